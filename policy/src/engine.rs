@@ -1,0 +1,520 @@
+//! The incremental compiler. It holds the cluster's namespaces, pods and policies and every
+//! node's slice, applies one [`Command`] (or a batch) at a revision, and returns exactly the
+//! nodes whose slice changed, each with its [`SliceDelta`] (equal to `diff(old, new)`).
+//!
+//! Work per command is proportional to what it can affect: a pod change looks at the policies
+//! of its namespace and the address sets whose scope takes its namespace; a policy change at
+//! the pods of its namespace; a namespace label change at the namespace-selector groups.
+
+mod compile;
+mod nodes;
+mod sets;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::delta::{diff_endpoint, MemberChange};
+use crate::model::{Command, Labels, Name, Namespace, NetworkPolicy, ObjKey, Pod};
+use crate::slice::{AddressSet, Endpoint, NodeSlice, SetId};
+use compile::CompiledPolicy;
+pub use nodes::{NodeSummary, NodeUpdate};
+use nodes::{Nodes, Work};
+use sets::{MemberLog, Sets, World};
+
+/// The compiler's whole state.
+#[derive(Default)]
+pub struct Engine {
+    revision: u64,
+    /// Effective labels of every known namespace (declared, or implied by a pod or policy).
+    namespaces: FxHashMap<Name, Labels>,
+    declared: FxHashSet<Name>,
+    pods: FxHashMap<Name, BTreeMap<Name, Pod>>,
+    policies: FxHashMap<Name, BTreeMap<Name, CompiledPolicy>>,
+    sets: Sets,
+    nodes: Nodes,
+}
+
+/// Bookkeeping of one revision.
+struct Tx {
+    /// Present when deltas are built.
+    log: Option<MemberLog>,
+    created: FxHashSet<SetId>,
+    released: Vec<SetId>,
+    touched: FxHashSet<(u32, Ipv4Addr)>,
+}
+
+impl Engine {
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    /// A fresh engine holding `commands` applied at `revision`, without building deltas: the
+    /// full compile.
+    pub fn load(revision: u64, commands: impl IntoIterator<Item = Command>) -> Engine {
+        let mut e = Engine::new();
+        e.run(revision, commands, false);
+        e
+    }
+
+    /// The revision of the last command applied.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Apply one command at `revision`; returns the nodes whose slice changed, sorted by name.
+    pub fn apply(&mut self, revision: u64, command: Command) -> Vec<NodeUpdate> {
+        self.run(revision, [command], true)
+    }
+
+    /// Apply several commands as one revision.
+    pub fn apply_batch(
+        &mut self,
+        revision: u64,
+        commands: impl IntoIterator<Item = Command>,
+    ) -> Vec<NodeUpdate> {
+        self.run(revision, commands, true)
+    }
+
+    fn run(
+        &mut self,
+        revision: u64,
+        commands: impl IntoIterator<Item = Command>,
+        deltas: bool,
+    ) -> Vec<NodeUpdate> {
+        debug_assert!(revision >= self.revision, "revisions go forward");
+        let mut tx = Tx {
+            log: deltas.then(MemberLog::default),
+            created: FxHashSet::default(),
+            released: Vec::new(),
+            touched: FxHashSet::default(),
+        };
+        for c in commands {
+            self.command(c, &mut tx);
+        }
+        self.commit(revision, tx)
+    }
+
+    fn command(&mut self, c: Command, tx: &mut Tx) {
+        match c {
+            Command::UpsertNamespace(ns) => self.upsert_namespace(ns, tx),
+            Command::DeleteNamespace(name) => self.delete_namespace(&name, tx),
+            Command::UpsertPod(p) => self.upsert_pod(p, tx),
+            Command::DeletePod(key) => self.delete_pod(&key, tx),
+            Command::UpsertPolicy(p) => self.upsert_policy(p, tx),
+            Command::DeletePolicy(key) => self.delete_policy(&key, tx),
+        }
+    }
+
+    fn set_namespace_labels(&mut self, name: &Name, labels: Labels, tx: &mut Tx) {
+        if self.namespaces.get(name) == Some(&labels) {
+            return;
+        }
+        self.namespaces.insert(name.clone(), labels);
+        let world = World {
+            namespaces: &self.namespaces,
+            pods: &self.pods,
+        };
+        self.sets
+            .namespace_changed(name, &self.namespaces[name], &world, tx.log.as_mut());
+    }
+
+    fn ensure_namespace(&mut self, name: &Name, tx: &mut Tx) {
+        if !self.namespaces.contains_key(name) {
+            self.set_namespace_labels(name, Namespace::implicit(name).labels, tx);
+        }
+    }
+
+    fn upsert_namespace(&mut self, ns: Namespace, tx: &mut Tx) {
+        self.declared.insert(ns.name.clone());
+        self.set_namespace_labels(&ns.name, ns.labels, tx);
+    }
+
+    fn delete_namespace(&mut self, name: &Name, tx: &mut Tx) {
+        if !self.declared.remove(name) {
+            return;
+        }
+        let in_use = self.pods.contains_key(name) || self.policies.contains_key(name);
+        if in_use {
+            // Objects remain: the namespace is still known by name, with only its name label.
+            self.set_namespace_labels(name, Namespace::implicit(name).labels, tx);
+        } else {
+            self.namespaces.remove(name);
+            self.sets.namespace_removed(name);
+        }
+    }
+
+    fn upsert_pod(&mut self, pod: Pod, tx: &mut Tx) {
+        let ns = pod.key.namespace.clone();
+        self.ensure_namespace(&ns, tx);
+        let name = pod.key.name.clone();
+        let slot = self.pods.entry(ns.clone()).or_default();
+        if slot.get(&name) == Some(&pod) {
+            return;
+        }
+        let old = slot.insert(name.clone(), pod);
+        let new = &self.pods[&ns][&name];
+        if let Some(o) = &old {
+            unclaim(&mut self.nodes, o, tx);
+        }
+        claim(&mut self.nodes, new, tx);
+        self.sets
+            .pod_changed(&ns, old.as_ref(), Some(new), tx.log.as_mut());
+    }
+
+    fn delete_pod(&mut self, key: &ObjKey, tx: &mut Tx) {
+        let Some(slot) = self.pods.get_mut(&key.namespace) else {
+            return;
+        };
+        let Some(old) = slot.remove(&key.name) else {
+            return;
+        };
+        if slot.is_empty() {
+            self.pods.remove(&key.namespace);
+        }
+        unclaim(&mut self.nodes, &old, tx);
+        self.sets
+            .pod_changed(&key.namespace, Some(&old), None, tx.log.as_mut());
+    }
+
+    fn upsert_policy(&mut self, policy: NetworkPolicy, tx: &mut Tx) {
+        let ns = policy.key.namespace.clone();
+        self.ensure_namespace(&ns, tx);
+        let existing = self.policies.get(&ns).and_then(|m| m.get(&policy.key.name));
+        if existing.is_some_and(|c| c.source == policy) {
+            return;
+        }
+        let compiled = CompiledPolicy::new(policy);
+        let world = World {
+            namespaces: &self.namespaces,
+            pods: &self.pods,
+        };
+        for def in &compiled.sets {
+            let (id, created) = self.sets.register(def, &world);
+            if created {
+                tx.created.insert(id);
+            }
+        }
+        let name = compiled.source.key.name.clone();
+        self.touch_selected(&compiled, tx);
+        let old = self.policies.entry(ns).or_default().insert(name, compiled);
+        if let Some(old) = old {
+            self.retire_policy(&old, tx);
+        }
+    }
+
+    fn delete_policy(&mut self, key: &ObjKey, tx: &mut Tx) {
+        let Some(slot) = self.policies.get_mut(&key.namespace) else {
+            return;
+        };
+        let Some(old) = slot.remove(&key.name) else {
+            return;
+        };
+        if slot.is_empty() {
+            self.policies.remove(&key.namespace);
+        }
+        self.retire_policy(&old, tx);
+    }
+
+    /// A policy version leaves: its pods are recomputed and its sets released.
+    fn retire_policy(&mut self, old: &CompiledPolicy, tx: &mut Tx) {
+        self.touch_selected(old, tx);
+        for def in &old.sets {
+            let id = def.id();
+            if self.sets.release(id) {
+                tx.released.push(id);
+            }
+        }
+    }
+
+    /// Mark every enforceable pod `p` selects for recomputation.
+    fn touch_selected(&self, p: &CompiledPolicy, tx: &mut Tx) {
+        let Some(pods) = self.pods.get(&p.source.key.namespace) else {
+            return;
+        };
+        for pod in pods.values().filter(|pod| p.selects(pod)) {
+            if let Some((node, ip)) = pod.endpoint() {
+                let n = self.nodes.index[node];
+                tx.touched.insert((n, ip));
+            }
+        }
+    }
+
+    /// The endpoint at `ip` on node `n` as the current objects define it.
+    fn endpoint_at(&self, n: u32, ip: Ipv4Addr) -> Option<Endpoint> {
+        let key = self.nodes.list[n as usize].claims.get(&ip)?.first()?;
+        let pod = self.pods.get(&key.namespace)?.get(&key.name)?;
+        let policies = self.policies.get(&key.namespace)?;
+        compile::endpoint(pod, policies.values())
+    }
+
+    fn commit(&mut self, revision: u64, tx: Tx) -> Vec<NodeUpdate> {
+        let track = tx.log.is_some();
+        let changes = self.member_changes(&tx);
+        let mut work: FxHashMap<u32, Work> = FxHashMap::default();
+
+        // Endpoints, and which sets each node starts or stops holding.
+        let mut touched: Vec<(u32, Ipv4Addr)> = tx.touched.into_iter().collect();
+        touched.sort_unstable();
+        for (n, ip) in touched {
+            let new = self.endpoint_at(n, ip);
+            let node = &mut self.nodes.list[n as usize];
+            let old = node.endpoints.remove(&ip);
+            if old.as_ref().map(|(e, _)| e) == new.as_ref() {
+                if let Some(old) = old {
+                    node.endpoints.insert(ip, old);
+                }
+                continue;
+            }
+            let w = work.entry(n).or_default();
+            w.changed = true;
+            if track {
+                w.endpoints.extend(diff_endpoint(
+                    ip,
+                    old.as_ref().map(|(e, _)| e),
+                    new.as_ref(),
+                ));
+            }
+            if let Some((e, acc)) = old {
+                e.set_refs().for_each(|id| node.drop_ref(id, w));
+                node.acc.sub(acc);
+            }
+            if let Some(e) = new {
+                e.set_refs().for_each(|id| node.add_ref(id, w));
+                let acc = e.digest_part(ip);
+                node.acc.add(acc);
+                node.endpoints.insert(ip, (e, acc));
+            }
+        }
+        for (&n, w) in work.iter_mut() {
+            let node = &mut self.nodes.list[n as usize];
+            for (id, &before) in &w.refs_before {
+                let after = node.set_refs.contains_key(id);
+                let e = self.sets.entries.get_mut(id).expect("held set exists");
+                match (before, after) {
+                    (false, true) => {
+                        e.node_refs.insert(n);
+                        node.acc.add(e.acc);
+                        w.sets_added.push(*id);
+                    }
+                    (true, false) => {
+                        e.node_refs.remove(&n);
+                        let old_acc = changes.get(id).map_or(e.acc, |(_, d)| e.acc.minus(*d));
+                        node.acc.sub(old_acc);
+                        w.sets_removed.push(*id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Member changes reach every node holding the set before and after.
+        for (id, (change, acc)) in &changes {
+            for &n in &self.sets.entries[id].node_refs {
+                let w = work.entry(n).or_default();
+                if w.refs_before.get(id) == Some(&false) {
+                    continue; // newly held: sent whole in sets_added
+                }
+                w.changed = true;
+                w.members.push(change.clone());
+                self.nodes.list[n as usize].acc.add(*acc);
+            }
+        }
+
+        let mut snapshots: FxHashMap<SetId, Arc<AddressSet>> = FxHashMap::default();
+        let entries = &self.sets.entries;
+        let mut snapshot = |id: SetId| {
+            snapshots
+                .entry(id)
+                .or_insert_with(|| Arc::new(entries[&id].snapshot(id)))
+                .clone()
+        };
+        let mut updates: Vec<NodeUpdate> = Vec::with_capacity(work.len());
+        for (n, w) in work {
+            if !w.changed && w.sets_added.is_empty() && w.sets_removed.is_empty() {
+                continue;
+            }
+            let node = &mut self.nodes.list[n as usize];
+            let from_version = node.version;
+            node.version = revision;
+            let delta = if track {
+                w.into_delta(&mut snapshot)
+            } else {
+                Default::default()
+            };
+            updates.push(NodeUpdate {
+                node: node.name.clone(),
+                from_version,
+                to_version: revision,
+                accumulator: node.acc,
+                delta,
+            });
+        }
+        updates.sort_unstable_by(|a, b| a.node.cmp(&b.node));
+        for id in tx.released {
+            if self
+                .sets
+                .entries
+                .get(&id)
+                .is_some_and(|e| e.policy_refs == 0)
+            {
+                self.sets.remove(id);
+            }
+        }
+        self.revision = revision;
+        updates
+    }
+
+    /// Net member changes of the revision, with their digest parts; sets created in it are
+    /// sent whole instead.
+    fn member_changes(
+        &self,
+        tx: &Tx,
+    ) -> BTreeMap<SetId, (Arc<MemberChange>, crate::digest::Accumulator)> {
+        let mut out = BTreeMap::new();
+        let Some(log) = &tx.log else { return out };
+        for (id, members) in log {
+            if tx.created.contains(id) {
+                continue;
+            }
+            let Some(e) = self.sets.entries.get(id) else {
+                continue;
+            };
+            let mut c = MemberChange {
+                set: *id,
+                added: Vec::new(),
+                removed: Vec::new(),
+            };
+            for (m, &before) in members {
+                match (before, e.members.contains_key(m)) {
+                    (false, true) => c.added.push(*m),
+                    (true, false) => c.removed.push(*m),
+                    _ => {}
+                }
+            }
+            if !c.is_empty() {
+                let acc = c.digest_part();
+                out.insert(*id, (Arc::new(c), acc));
+            }
+        }
+        out
+    }
+
+    /// The node's current slice; empty for a node the engine has never seen.
+    pub fn slice(&self, node: &str) -> NodeSlice {
+        let Some(state) = self.nodes.get(node) else {
+            return NodeSlice::empty(node);
+        };
+        NodeSlice {
+            node: state.name.clone(),
+            version: state.version,
+            endpoints: state
+                .endpoints
+                .iter()
+                .map(|(ip, (e, _))| (*ip, e.clone()))
+                .collect(),
+            sets: state
+                .set_refs
+                .keys()
+                .map(|id| (*id, self.sets.entries[id].snapshot(*id)))
+                .collect(),
+        }
+    }
+
+    /// Every node that has (or had) a pod scheduled on it, sorted by name.
+    pub fn nodes(&self) -> Vec<NodeSummary> {
+        let mut out: Vec<NodeSummary> = self.nodes.list.iter().map(|n| n.summary()).collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+
+    pub fn node(&self, name: &str) -> Option<NodeSummary> {
+        self.nodes.get(name).map(|n| n.summary())
+    }
+
+    pub fn pod(&self, key: &ObjKey) -> Option<&Pod> {
+        self.pods.get(&key.namespace)?.get(&key.name)
+    }
+
+    /// Every pod, sorted by namespace and name.
+    pub fn pods(&self) -> Vec<&Pod> {
+        let mut out: Vec<&Pod> = self.pods.values().flat_map(|m| m.values()).collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Every policy, sorted by namespace and name.
+    pub fn policies(&self) -> Vec<&NetworkPolicy> {
+        let mut out: Vec<&NetworkPolicy> = self
+            .policies
+            .values()
+            .flat_map(|m| m.values().map(|c| &c.source))
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Known namespaces with their effective labels, sorted.
+    pub fn namespaces(&self) -> BTreeMap<Name, Labels> {
+        self.namespaces
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The objects the engine holds, as the commands that recreate them (declared namespaces,
+    /// then pods, then policies, each sorted): `Engine::load(r, e.objects())` compiles the
+    /// same slices as `e`.
+    pub fn objects(&self) -> Vec<Command> {
+        let mut declared: Vec<&Name> = self.declared.iter().collect();
+        declared.sort();
+        let namespaces = declared.into_iter().map(|n| {
+            Command::UpsertNamespace(Namespace {
+                name: n.clone(),
+                labels: self.namespaces[n].clone(),
+            })
+        });
+        let pods = self
+            .pods()
+            .into_iter()
+            .map(|p| Command::UpsertPod(p.clone()));
+        let policies = self
+            .policies()
+            .into_iter()
+            .map(|p| Command::UpsertPolicy(p.clone()));
+        namespaces.chain(pods).chain(policies).collect()
+    }
+
+    /// Ids of every address set some policy references.
+    pub fn set_ids(&self) -> BTreeSet<SetId> {
+        self.sets.entries.keys().copied().collect()
+    }
+}
+
+fn unclaim(nodes: &mut Nodes, pod: &Pod, tx: &mut Tx) {
+    let Some((node, ip)) = pod.endpoint() else {
+        return;
+    };
+    let Some(&n) = nodes.index.get(node) else {
+        return;
+    };
+    let state = &mut nodes.list[n as usize];
+    if let Some(claim) = state.claims.get_mut(&ip) {
+        claim.remove(&pod.key);
+        if claim.is_empty() {
+            state.claims.remove(&ip);
+        }
+    }
+    tx.touched.insert((n, ip));
+}
+
+fn claim(nodes: &mut Nodes, pod: &Pod, tx: &mut Tx) {
+    let Some((node, ip)) = pod.endpoint() else {
+        return;
+    };
+    let n = nodes.get_or_create(node);
+    let state = &mut nodes.list[n as usize];
+    state.claims.entry(ip).or_default().insert(pod.key.clone());
+    tx.touched.insert((n, ip));
+}

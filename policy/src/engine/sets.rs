@@ -1,0 +1,384 @@
+//! The address-set registry: every set some policy references, its members (counted, since
+//! two pods may share an address), and indexes from a namespace to the sets a pod of that
+//! namespace might belong to, so a pod change looks only at candidate sets.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::digest::Accumulator;
+use crate::model::{Labels, Name, Pod, Selector};
+use crate::slice::set::{member_hash, set_hash};
+use crate::slice::{AddressSet, Member, NsScope, SetDef, SetId};
+
+/// Which pods a set draws members from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Scope {
+    /// No pods (an ipBlock).
+    Static,
+    /// Pods of one namespace.
+    Exact(Name),
+    /// Pods of namespaces matching a selector (the group's index).
+    Group(usize),
+    /// Pods of every namespace.
+    All,
+}
+
+pub(crate) struct SetEntry {
+    pub def: SetDef,
+    scope: Scope,
+    /// Compiled policies referencing the set; at 0 it is dropped at the end of the revision.
+    pub policy_refs: u32,
+    /// Member → number of pods contributing it (ipBlock members count 1).
+    pub members: BTreeMap<Member, u32>,
+    /// Digest part of the set as a slice holds it (definition plus present members).
+    pub acc: Accumulator,
+    /// Nodes holding the set.
+    pub node_refs: FxHashSet<u32>,
+}
+
+impl SetEntry {
+    pub fn snapshot(&self, id: SetId) -> AddressSet {
+        AddressSet {
+            id,
+            def: self.def.clone(),
+            members: self.members.keys().copied().collect(),
+        }
+    }
+}
+
+struct Group {
+    selector: Selector,
+    sets: Vec<SetId>,
+    /// Known namespaces the selector matches.
+    matching: FxHashSet<Name>,
+}
+
+/// Presence of each changed member before the revision began.
+pub(crate) type MemberLog = FxHashMap<SetId, BTreeMap<Member, bool>>;
+
+#[derive(Default)]
+pub(crate) struct Sets {
+    pub entries: FxHashMap<SetId, SetEntry>,
+    by_ns: FxHashMap<Name, Vec<SetId>>,
+    groups: Vec<Option<Group>>,
+    group_of: FxHashMap<Selector, usize>,
+    ns_groups: FxHashMap<Name, Vec<usize>>,
+    global: Vec<SetId>,
+}
+
+/// Read access to the cluster objects a set's members come from.
+pub(crate) struct World<'a> {
+    pub namespaces: &'a FxHashMap<Name, Labels>,
+    pub pods: &'a FxHashMap<Name, BTreeMap<Name, Pod>>,
+}
+
+impl World<'_> {
+    fn ns_pods(&self, ns: &str) -> impl Iterator<Item = &Pod> {
+        self.pods.get(ns).into_iter().flat_map(|m| m.values())
+    }
+}
+
+/// The members `pod` gives a set, assuming the set's namespace scope takes the pod's namespace
+/// (callers only ask sets whose scope does: see `pod_changed`).
+fn contribution(def: &SetDef, pod: &Pod, out: &mut Vec<Member>) {
+    let Some(ip) = pod.peer_ip() else { return };
+    if !def.admits(ip, &pod.labels) {
+        return;
+    }
+    match def {
+        SetDef::Pods { .. } => out.push(Member::host(ip)),
+        SetDef::NamedPort { protocol, name, .. } => {
+            out.extend(
+                pod.resolve_port(name, *protocol)
+                    .map(|p| Member::Port(ip, p)),
+            );
+        }
+        SetDef::IpBlock { .. } => {}
+    }
+}
+
+fn adjust(id: SetId, e: &mut SetEntry, m: Member, up: bool, log: Option<&mut MemberLog>) {
+    let present_before = e.members.contains_key(&m);
+    if up {
+        *e.members.entry(m).or_insert(0) += 1;
+    } else {
+        let Some(c) = e.members.get_mut(&m) else {
+            debug_assert!(false, "removing absent member {m} of {id}");
+            return;
+        };
+        *c -= 1;
+        if *c == 0 {
+            e.members.remove(&m);
+        }
+    }
+    let present_after = e.members.contains_key(&m);
+    if present_before != present_after {
+        let h = member_hash(id, &m);
+        if present_after {
+            e.acc.add(h);
+        } else {
+            e.acc.sub(h);
+        }
+        if let Some(log) = log {
+            log.entry(id)
+                .or_default()
+                .entry(m)
+                .or_insert(present_before);
+        }
+    }
+}
+
+impl Sets {
+    /// Take a reference on `def`, creating the set (with its members) if new. Returns its id
+    /// and whether it was created.
+    pub fn register(&mut self, def: &SetDef, world: &World) -> (SetId, bool) {
+        let id = def.id();
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.policy_refs += 1;
+            return (id, false);
+        }
+        let scope = self.scope_for(def, world.namespaces, id);
+        let mut members: BTreeMap<Member, u32> =
+            def.static_members().into_iter().map(|m| (m, 1)).collect();
+        let mut buf = Vec::new();
+        let mut add_pods = |pods: &mut dyn Iterator<Item = &Pod>| {
+            for pod in pods {
+                buf.clear();
+                contribution(def, pod, &mut buf);
+                for m in &buf {
+                    *members.entry(*m).or_insert(0) += 1;
+                }
+            }
+        };
+        match &scope {
+            Scope::Static => {}
+            Scope::Exact(ns) => add_pods(&mut world.ns_pods(ns)),
+            Scope::Group(g) => {
+                let group = self.groups[*g].as_ref().expect("live group");
+                let mut matching: Vec<&Name> = group.matching.iter().collect();
+                matching.sort();
+                for ns in matching {
+                    add_pods(&mut world.ns_pods(ns));
+                }
+            }
+            Scope::All => add_pods(&mut world.pods.values().flat_map(|m| m.values())),
+        }
+        let acc = set_hash(id, def).plus(members.keys().map(|m| member_hash(id, m)).sum());
+        self.entries.insert(
+            id,
+            SetEntry {
+                def: def.clone(),
+                scope,
+                policy_refs: 1,
+                members,
+                acc,
+                node_refs: FxHashSet::default(),
+            },
+        );
+        (id, true)
+    }
+
+    fn scope_for(
+        &mut self,
+        def: &SetDef,
+        namespaces: &FxHashMap<Name, Labels>,
+        id: SetId,
+    ) -> Scope {
+        let scope = match def {
+            SetDef::IpBlock { .. } => Scope::Static,
+            SetDef::Pods { namespaces: ns, .. } => match ns {
+                NsScope::Name(n) => Scope::Exact(n.clone()),
+                NsScope::Selector(sel) => Scope::Group(self.group(sel, namespaces)),
+            },
+            SetDef::NamedPort { within, .. } => match within.as_deref() {
+                Some(SetDef::Pods { namespaces: ns, .. }) => match ns {
+                    NsScope::Name(n) => Scope::Exact(n.clone()),
+                    NsScope::Selector(sel) => Scope::Group(self.group(sel, namespaces)),
+                },
+                _ => Scope::All,
+            },
+        };
+        match &scope {
+            Scope::Static => {}
+            Scope::Exact(n) => self.by_ns.entry(n.clone()).or_default().push(id),
+            Scope::Group(g) => self.groups[*g].as_mut().expect("live group").sets.push(id),
+            Scope::All => self.global.push(id),
+        }
+        scope
+    }
+
+    fn group(&mut self, sel: &Selector, namespaces: &FxHashMap<Name, Labels>) -> usize {
+        if let Some(g) = self.group_of.get(sel) {
+            return *g;
+        }
+        let matching: FxHashSet<Name> = namespaces
+            .iter()
+            .filter(|(_, labels)| sel.matches(labels))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let g = match self.groups.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.groups.push(None);
+                self.groups.len() - 1
+            }
+        };
+        for ns in &matching {
+            self.ns_groups.entry(ns.clone()).or_default().push(g);
+        }
+        self.groups[g] = Some(Group {
+            selector: sel.clone(),
+            sets: Vec::new(),
+            matching,
+        });
+        self.group_of.insert(sel.clone(), g);
+        g
+    }
+
+    /// Drop a reference; true when the set is now unreferenced by policies.
+    pub fn release(&mut self, id: SetId) -> bool {
+        let e = self.entries.get_mut(&id).expect("released set exists");
+        e.policy_refs -= 1;
+        e.policy_refs == 0
+    }
+
+    /// Remove a set no policy references (and no node holds).
+    pub fn remove(&mut self, id: SetId) {
+        let Some(e) = self.entries.remove(&id) else {
+            return;
+        };
+        debug_assert!(
+            e.node_refs.is_empty(),
+            "set {id} removed while nodes hold it"
+        );
+        let drop_id = |v: &mut Vec<SetId>| v.retain(|s| *s != id);
+        match e.scope {
+            Scope::Static => {}
+            Scope::Exact(n) => {
+                if let Some(v) = self.by_ns.get_mut(&n) {
+                    drop_id(v);
+                    if v.is_empty() {
+                        self.by_ns.remove(&n);
+                    }
+                }
+            }
+            Scope::All => drop_id(&mut self.global),
+            Scope::Group(g) => {
+                let group = self.groups[g].as_mut().expect("live group");
+                drop_id(&mut group.sets);
+                if group.sets.is_empty() {
+                    let group = self.groups[g].take().expect("live group");
+                    self.group_of.remove(&group.selector);
+                    for ns in &group.matching {
+                        if let Some(v) = self.ns_groups.get_mut(ns) {
+                            v.retain(|x| *x != g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A pod of namespace `ns` changed from `old` to `new`: update the sets it may belong to.
+    pub fn pod_changed(
+        &mut self,
+        ns: &Name,
+        old: Option<&Pod>,
+        new: Option<&Pod>,
+        mut log: Option<&mut MemberLog>,
+    ) {
+        let mut candidates: Vec<SetId> = Vec::new();
+        candidates.extend(self.by_ns.get(ns).into_iter().flatten());
+        for g in self.ns_groups.get(ns).into_iter().flatten() {
+            candidates.extend(&self.groups[*g].as_ref().expect("live group").sets);
+        }
+        candidates.extend(&self.global);
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for id in candidates {
+            let e = self.entries.get_mut(&id).expect("indexed set exists");
+            before.clear();
+            after.clear();
+            if let Some(p) = old {
+                contribution(&e.def, p, &mut before);
+            }
+            if let Some(p) = new {
+                contribution(&e.def, p, &mut after);
+            }
+            apply_change(id, e, &before, &after, log.as_deref_mut());
+        }
+    }
+
+    /// Namespace `ns` now has `labels` (it may be new). Groups whose match changed gain or
+    /// lose the namespace's pods.
+    pub fn namespace_changed(
+        &mut self,
+        ns: &Name,
+        labels: &Labels,
+        world: &World,
+        mut log: Option<&mut MemberLog>,
+    ) {
+        let mut buf = Vec::new();
+        let none: [Member; 0] = [];
+        for g in 0..self.groups.len() {
+            let Some(group) = self.groups[g].as_mut() else {
+                continue;
+            };
+            let now = group.selector.matches(labels);
+            if now == group.matching.contains(ns) {
+                continue;
+            }
+            if now {
+                group.matching.insert(ns.clone());
+                self.ns_groups.entry(ns.clone()).or_default().push(g);
+            } else {
+                group.matching.remove(ns);
+                if let Some(v) = self.ns_groups.get_mut(ns) {
+                    v.retain(|x| *x != g);
+                }
+            }
+            for id in group.sets.clone() {
+                let e = self.entries.get_mut(&id).expect("grouped set exists");
+                for pod in world.ns_pods(ns) {
+                    buf.clear();
+                    contribution(&e.def, pod, &mut buf);
+                    let (before, after) = if now {
+                        (&none[..], &buf[..])
+                    } else {
+                        (&buf[..], &none[..])
+                    };
+                    apply_change(id, e, before, after, log.as_deref_mut());
+                }
+            }
+        }
+    }
+
+    /// Forget a namespace that is gone entirely.
+    pub fn namespace_removed(&mut self, ns: &Name) {
+        if let Some(gs) = self.ns_groups.remove(ns) {
+            for g in gs {
+                if let Some(group) = self.groups[g].as_mut() {
+                    group.matching.remove(ns);
+                }
+            }
+        }
+    }
+}
+
+fn apply_change(
+    id: SetId,
+    e: &mut SetEntry,
+    before: &[Member],
+    after: &[Member],
+    mut log: Option<&mut MemberLog>,
+) {
+    if before == after {
+        return;
+    }
+    for m in before {
+        adjust(id, e, *m, false, log.as_deref_mut());
+    }
+    for m in after {
+        adjust(id, e, *m, true, log.as_deref_mut());
+    }
+}

@@ -1,0 +1,275 @@
+//! Manifests as text: multi-document YAML or JSON, `kind: List` (and `*List`), into validated
+//! model objects. Pure: the caller reads the files; this turns their text into objects and
+//! located problems. Kinds Palisade does not use (Deployments, Services…) are listed as
+//! ignored, never as errors, because real manifest bundles mix them in.
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+
+use crate::k8s::{self, Kind, Rejection};
+use crate::model::{Namespace, NetworkPolicy, Pod};
+
+/// A validated object read from a manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    NetworkPolicy(NetworkPolicy),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+        }
+    }
+
+    /// `namespace/name`, or the name of a namespace.
+    pub fn name(&self) -> String {
+        match self {
+            Object::Namespace(n) => n.name.to_string(),
+            Object::Pod(p) => p.key.to_string(),
+            Object::NetworkPolicy(p) => p.key.to_string(),
+        }
+    }
+}
+
+/// Where in the input an object or problem is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub source: String,
+    /// 1-based document number within the source.
+    pub document: usize,
+    /// 0-based index within a `List`'s `items`.
+    pub item: Option<usize>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (document {}", self.source, self.document)?;
+        if let Some(i) = self.item {
+            write!(f, ", items[{i}]")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// What went wrong with one document or object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum Problem {
+    #[error("not valid YAML or JSON: {0}")]
+    Syntax(String),
+    #[error("not a Kubernetes object: {0}")]
+    NotAnObject(String),
+    #[error("{kind} {object}: field {field}: {message}")]
+    Malformed {
+        kind: String,
+        object: String,
+        field: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{location}: {problem}")]
+pub struct ManifestError {
+    pub location: Location,
+    pub problem: Problem,
+}
+
+/// Everything read from one source.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub objects: Vec<(Location, Object)>,
+    pub errors: Vec<ManifestError>,
+    /// Objects of kinds Palisade does not use: (where, `Kind name`).
+    pub ignored: Vec<(Location, String)>,
+}
+
+/// Parse every document in `text`. Objects without a namespace land in `default_ns`.
+pub fn parse(source: &str, text: &str, default_ns: &str) -> Parsed {
+    let mut out = Parsed::default();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let location = Location {
+            source: source.to_string(),
+            document: i + 1,
+            item: None,
+        };
+        match Value::deserialize(doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => read_value(value, location, default_ns, &mut out),
+            Err(e) => {
+                out.errors.push(ManifestError {
+                    location,
+                    problem: Problem::Syntax(e.to_string()),
+                });
+                // The YAML stream cannot be resynchronised after a syntax error.
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(*k))?.as_str()
+}
+
+fn read_value(value: Value, location: Location, default_ns: &str, out: &mut Parsed) {
+    let fail = |out: &mut Parsed, location: Location, problem| {
+        out.errors.push(ManifestError { location, problem });
+    };
+    if !value.is_mapping() {
+        return fail(
+            out,
+            location,
+            Problem::NotAnObject("expected a mapping with apiVersion and kind".into()),
+        );
+    }
+    let kind = str_field(&value, &["kind"]).unwrap_or_default().to_string();
+    let api_version = str_field(&value, &["apiVersion"])
+        .unwrap_or_default()
+        .to_string();
+    if kind.is_empty() {
+        return fail(
+            out,
+            location,
+            Problem::NotAnObject("'kind' is missing".into()),
+        );
+    }
+    if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
+        let Some(items) = value.get("items").and_then(Value::as_sequence) else {
+            return fail(
+                out,
+                location,
+                Problem::NotAnObject(format!("{kind} has no 'items' list")),
+            );
+        };
+        for (i, item) in items.iter().enumerate() {
+            let loc = Location {
+                item: Some(i),
+                ..location.clone()
+            };
+            read_value(item.clone(), loc, default_ns, out);
+        }
+        return;
+    }
+    let result = match (kind.as_str(), api_version.as_str()) {
+        ("Namespace", "v1") => typed::<core::Namespace>(&value, &kind)
+            .and_then(|o| k8s::namespace(&o).map_err(Problem::Rejected))
+            .map(Object::Namespace),
+        ("Pod", "v1") => typed::<core::Pod>(&value, &kind)
+            .and_then(|o| k8s::pod(&o, default_ns).map_err(Problem::Rejected))
+            .map(Object::Pod),
+        ("NetworkPolicy", "networking.k8s.io/v1") => typed::<net::NetworkPolicy>(&value, &kind)
+            .and_then(|o| k8s::network_policy(&o, default_ns).map_err(Problem::Rejected))
+            .map(Object::NetworkPolicy),
+        ("Namespace" | "Pod" | "NetworkPolicy", other) => Err(Problem::Malformed {
+            kind: kind.clone(),
+            object: display_name(&value, default_ns),
+            field: "apiVersion".into(),
+            message: format!(
+                "'{other}' is not supported; use {}",
+                if kind == "NetworkPolicy" {
+                    "networking.k8s.io/v1"
+                } else {
+                    "v1"
+                }
+            ),
+        }),
+        _ => {
+            let name = display_name(&value, default_ns);
+            out.ignored.push((location, format!("{kind} {name}")));
+            return;
+        }
+    };
+    match result {
+        Ok(object) => out.objects.push((location, object)),
+        Err(problem) => fail(out, location, problem),
+    }
+}
+
+fn display_name(v: &Value, default_ns: &str) -> String {
+    let name = str_field(v, &["metadata", "name"]).unwrap_or("<unnamed>");
+    if str_field(v, &["kind"]) == Some("Namespace") {
+        return name.to_string();
+    }
+    let ns = str_field(v, &["metadata", "namespace"]).unwrap_or(default_ns);
+    format!("{ns}/{name}")
+}
+
+fn typed<T: DeserializeOwned>(value: &Value, kind: &str) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| Problem::Malformed {
+        kind: kind.to_string(),
+        object: display_name(value, k8s::DEFAULT_NAMESPACE),
+        field: e.path().to_string(),
+        message: e.into_inner().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_lists_and_ignored_kinds() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {env: prod}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: a, namespace: prod, labels: {app: a}}
+  spec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+  status: {podIP: 10.0.0.1}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: d}
+---
+{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny"}, "spec": {"podSelector": {}}}
+"#;
+        let parsed = parse("t.yaml", text, "default");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(parsed.objects.len(), 3);
+        assert_eq!(parsed.objects[1].0.item, Some(0));
+        assert_eq!(parsed.objects[2].1.name(), "default/deny");
+        assert_eq!(parsed.ignored.len(), 1);
+        let Object::Namespace(ns) = &parsed.objects[0].1 else {
+            panic!()
+        };
+        assert_eq!(ns.labels["kubernetes.io/metadata.name"], "prod");
+    }
+
+    #[test]
+    fn type_errors_name_the_field_and_syntax_errors_the_document() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: [1]}]}]}\n";
+        let parsed = parse("p.yaml", text, "default");
+        let err = &parsed.errors[0];
+        assert!(
+            matches!(&err.problem, Problem::Malformed { field, .. } if field.contains("containerPort")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("p.yaml (document 1)"));
+        let parsed = parse("bad.yaml", "a: [", "default");
+        assert!(matches!(parsed.errors[0].problem, Problem::Syntax(_)));
+        let parsed = parse(
+            "v.yaml",
+            "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: x}\n",
+            "default",
+        );
+        assert!(parsed.errors[0].to_string().contains("apiVersion"));
+    }
+}
