@@ -108,9 +108,14 @@ impl fmt::Display for SetDef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SetDef::Pods { namespaces, pods } => {
-                write!(f, "pods {pods} in ")?;
+                if pods.is_everything() {
+                    f.write_str("all pods in ")?;
+                } else {
+                    write!(f, "pods {pods} in ")?;
+                }
                 match namespaces {
                     NsScope::Name(n) => write!(f, "namespace {n}"),
+                    NsScope::Selector(s) if s.is_everything() => f.write_str("all namespaces"),
                     NsScope::Selector(s) => write!(f, "namespaces {s}"),
                 }
             }

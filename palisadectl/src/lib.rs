@@ -1,0 +1,9 @@
+//! `palisadectl`, the user's command line. Manifests come in from files, directories or stdin
+//! ([`load`]), are compiled by `palisade-policy` into node slices, and go out as reachability
+//! matrices, flow explanations ([`evaluate`]) and slices ([`show`]) on stdout; problems with
+//! the input go to stderr. `demo` runs the seed scenarios embedded in the binary ([`demo`]).
+
+pub mod demo;
+pub mod evaluate;
+pub mod load;
+pub mod show;
