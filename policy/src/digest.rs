@@ -1,8 +1,10 @@
 //! Slice digests that can be updated by a delta without re-reading the slice.
 //!
 //! A slice is a set of elements (endpoint headers, isolation, rules, address sets, members).
-//! Each element's canonical bytes are hashed with SHA-256 and the hashes are summed lane-wise
-//! (four wrapping u64 lanes); the digest is SHA-256 of that sum. Adding or removing an element
+//! Each element's canonical bytes are hashed to 256 bits (XXH3-128 under two fixed seeds: a
+//! specified, platform-independent hash, ten times cheaper than SHA-256 on these 20–80 byte
+//! elements) and the hashes are summed lane-wise (four wrapping u64 lanes); the digest is
+//! SHA-256 of that sum. Adding or removing an element
 //! adds or subtracts its hash, so the controller updates a node's digest in time proportional
 //! to the change, and a shared change (a pod joining a set referenced by 5,000 nodes) is hashed
 //! once. The digest detects divergence between controller and agent; it is not a defence
@@ -12,6 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::encode::Writer;
 
@@ -61,6 +64,10 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
+/// Seeds of the two element-hash halves (fixed forever: they are part of the digest format).
+const SEED_LOW: u64 = 0x7061_6c69_7361_6465; // "palisade"
+const SEED_HIGH: u64 = 0x736c_6963_6520_7631; // "slice v1"
+
 /// A running sum of element hashes.
 #[derive(Copy, Clone, PartialEq, Eq, Default, Debug)]
 pub struct Accumulator([u64; 4]);
@@ -70,12 +77,9 @@ impl Accumulator {
     pub fn element(write: impl FnOnce(&mut Writer)) -> Accumulator {
         let mut w = Writer::new();
         write(&mut w);
-        let h = Sha256::digest(w.bytes());
-        let mut lanes = [0u64; 4];
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            *lane = u64::from_be_bytes(h[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-        }
-        Accumulator(lanes)
+        let a = xxh3_128_with_seed(w.bytes(), SEED_LOW);
+        let b = xxh3_128_with_seed(w.bytes(), SEED_HIGH);
+        Accumulator([(a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64])
     }
 
     pub fn add(&mut self, other: Accumulator) {

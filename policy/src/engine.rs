@@ -7,6 +7,7 @@
 //! the pods of its namespace; a namespace label change at the namespace-selector groups.
 
 mod compile;
+mod groups;
 mod nodes;
 mod sets;
 
@@ -14,15 +15,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::delta::{diff_endpoint, MemberChange};
+use crate::digest::Accumulator;
 use crate::model::{Command, Labels, Name, Namespace, NetworkPolicy, ObjKey, Pod};
 use crate::slice::{AddressSet, Endpoint, NodeSlice, SetId};
 use compile::CompiledPolicy;
 pub use nodes::{NodeSummary, NodeUpdate};
 use nodes::{Nodes, Work};
 use sets::{MemberLog, Sets, World};
+
+/// Revisions touching at least this many endpoints compute them in parallel.
+const PARALLEL_MIN: usize = 512;
 
 /// The compiler's whole state.
 #[derive(Default)]
@@ -108,28 +114,33 @@ impl Engine {
         }
     }
 
-    fn set_namespace_labels(&mut self, name: &Name, labels: Labels, tx: &mut Tx) {
-        if self.namespaces.get(name) == Some(&labels) {
+    /// Namespace `name` now has `labels`, or is forgotten (`None`).
+    fn set_namespace_labels(&mut self, name: &Name, labels: Option<Labels>, tx: &mut Tx) {
+        if self.namespaces.get(name) == labels.as_ref() {
             return;
         }
-        self.namespaces.insert(name.clone(), labels);
+        let old = match labels {
+            Some(l) => self.namespaces.insert(name.clone(), l),
+            None => self.namespaces.remove(name),
+        };
         let world = World {
             namespaces: &self.namespaces,
             pods: &self.pods,
         };
+        let new = self.namespaces.get(name);
         self.sets
-            .namespace_changed(name, &self.namespaces[name], &world, tx.log.as_mut());
+            .namespace_changed(name, old.as_ref(), new, &world, tx.log.as_mut());
     }
 
     fn ensure_namespace(&mut self, name: &Name, tx: &mut Tx) {
         if !self.namespaces.contains_key(name) {
-            self.set_namespace_labels(name, Namespace::implicit(name).labels, tx);
+            self.set_namespace_labels(name, Some(Namespace::implicit(name).labels), tx);
         }
     }
 
     fn upsert_namespace(&mut self, ns: Namespace, tx: &mut Tx) {
         self.declared.insert(ns.name.clone());
-        self.set_namespace_labels(&ns.name, ns.labels, tx);
+        self.set_namespace_labels(&ns.name, Some(ns.labels), tx);
     }
 
     fn delete_namespace(&mut self, name: &Name, tx: &mut Tx) {
@@ -139,10 +150,9 @@ impl Engine {
         let in_use = self.pods.contains_key(name) || self.policies.contains_key(name);
         if in_use {
             // Objects remain: the namespace is still known by name, with only its name label.
-            self.set_namespace_labels(name, Namespace::implicit(name).labels, tx);
+            self.set_namespace_labels(name, Some(Namespace::implicit(name).labels), tx);
         } else {
-            self.namespaces.remove(name);
-            self.sets.namespace_removed(name);
+            self.set_namespace_labels(name, None, tx);
         }
     }
 
@@ -250,6 +260,25 @@ impl Engine {
         compile::endpoint(pod, policies.values())
     }
 
+    /// The endpoints (with digest parts) at `touched` locations. Pure, so a large revision
+    /// (a full compile) computes them on every core; results keep `touched`'s order.
+    fn compute_endpoints(
+        &self,
+        touched: &[(u32, Ipv4Addr)],
+    ) -> Vec<Option<(Endpoint, Accumulator)>> {
+        let one = |&(n, ip): &(u32, Ipv4Addr)| {
+            self.endpoint_at(n, ip).map(|e| {
+                let acc = e.digest_part(ip);
+                (e, acc)
+            })
+        };
+        if touched.len() < PARALLEL_MIN {
+            touched.iter().map(one).collect()
+        } else {
+            touched.par_iter().map(one).collect()
+        }
+    }
+
     fn commit(&mut self, revision: u64, tx: Tx) -> Vec<NodeUpdate> {
         let track = tx.log.is_some();
         let changes = self.member_changes(&tx);
@@ -258,11 +287,11 @@ impl Engine {
         // Endpoints, and which sets each node starts or stops holding.
         let mut touched: Vec<(u32, Ipv4Addr)> = tx.touched.into_iter().collect();
         touched.sort_unstable();
-        for (n, ip) in touched {
-            let new = self.endpoint_at(n, ip);
+        let computed = self.compute_endpoints(&touched);
+        for ((n, ip), new) in touched.into_iter().zip(computed) {
             let node = &mut self.nodes.list[n as usize];
             let old = node.endpoints.remove(&ip);
-            if old.as_ref().map(|(e, _)| e) == new.as_ref() {
+            if old.as_ref().map(|(e, _)| e) == new.as_ref().map(|(e, _)| e) {
                 if let Some(old) = old {
                     node.endpoints.insert(ip, old);
                 }
@@ -274,16 +303,15 @@ impl Engine {
                 w.endpoints.extend(diff_endpoint(
                     ip,
                     old.as_ref().map(|(e, _)| e),
-                    new.as_ref(),
+                    new.as_ref().map(|(e, _)| e),
                 ));
             }
             if let Some((e, acc)) = old {
                 e.set_refs().for_each(|id| node.drop_ref(id, w));
                 node.acc.sub(acc);
             }
-            if let Some(e) = new {
+            if let Some((e, acc)) = new {
                 e.set_refs().for_each(|id| node.add_ref(id, w));
-                let acc = e.digest_part(ip);
                 node.acc.add(acc);
                 node.endpoints.insert(ip, (e, acc));
             }
@@ -368,10 +396,7 @@ impl Engine {
 
     /// Net member changes of the revision, with their digest parts; sets created in it are
     /// sent whole instead.
-    fn member_changes(
-        &self,
-        tx: &Tx,
-    ) -> BTreeMap<SetId, (Arc<MemberChange>, crate::digest::Accumulator)> {
+    fn member_changes(&self, tx: &Tx) -> BTreeMap<SetId, (Arc<MemberChange>, Accumulator)> {
         let mut out = BTreeMap::new();
         let Some(log) = &tx.log else { return out };
         for (id, members) in log {

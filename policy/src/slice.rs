@@ -74,12 +74,13 @@ impl fmt::Display for PortMatch {
 /// One allow rule of an endpoint in one direction, with its origin.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Rule {
-    /// The NetworkPolicy (in the endpoint's namespace) this rule comes from.
-    pub policy: Name,
-    /// Index of the rule in that policy's `ingress` or `egress` list.
-    pub index: u32,
+    // Field order is the sort order: cheap comparisons first, the policy name last.
     pub peer: PeerRef,
     pub ports: PortMatch,
+    /// Index of the rule in its policy's `ingress` or `egress` list.
+    pub index: u32,
+    /// The NetworkPolicy (in the endpoint's namespace) this rule comes from.
+    pub policy: Name,
 }
 
 /// An endpoint's enforcement in one direction: it is isolated by `policies` and allows what

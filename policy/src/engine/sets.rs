@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::groups::Groups;
 use crate::digest::Accumulator;
-use crate::model::{Labels, Name, Pod, Selector};
+use crate::model::{Labels, Name, Pod};
 use crate::slice::set::{member_hash, set_hash};
 use crate::slice::{AddressSet, Member, NsScope, SetDef, SetId};
 
@@ -47,13 +48,6 @@ impl SetEntry {
     }
 }
 
-struct Group {
-    selector: Selector,
-    sets: Vec<SetId>,
-    /// Known namespaces the selector matches.
-    matching: FxHashSet<Name>,
-}
-
 /// Presence of each changed member before the revision began.
 pub(crate) type MemberLog = FxHashMap<SetId, BTreeMap<Member, bool>>;
 
@@ -61,9 +55,7 @@ pub(crate) type MemberLog = FxHashMap<SetId, BTreeMap<Member, bool>>;
 pub(crate) struct Sets {
     pub entries: FxHashMap<SetId, SetEntry>,
     by_ns: FxHashMap<Name, Vec<SetId>>,
-    groups: Vec<Option<Group>>,
-    group_of: FxHashMap<Selector, usize>,
-    ns_groups: FxHashMap<Name, Vec<usize>>,
+    groups: Groups,
     global: Vec<SetId>,
 }
 
@@ -155,7 +147,7 @@ impl Sets {
             Scope::Static => {}
             Scope::Exact(ns) => add_pods(&mut world.ns_pods(ns)),
             Scope::Group(g) => {
-                let group = self.groups[*g].as_ref().expect("live group");
+                let group = self.groups.get(*g);
                 let mut matching: Vec<&Name> = group.matching.iter().collect();
                 matching.sort();
                 for ns in matching {
@@ -185,55 +177,24 @@ impl Sets {
         namespaces: &FxHashMap<Name, Labels>,
         id: SetId,
     ) -> Scope {
-        let scope = match def {
-            SetDef::IpBlock { .. } => Scope::Static,
-            SetDef::Pods { namespaces: ns, .. } => match ns {
-                NsScope::Name(n) => Scope::Exact(n.clone()),
-                NsScope::Selector(sel) => Scope::Group(self.group(sel, namespaces)),
-            },
+        let ns_scope = match def {
+            SetDef::IpBlock { .. } => return Scope::Static,
+            SetDef::Pods { namespaces: ns, .. } => ns,
             SetDef::NamedPort { within, .. } => match within.as_deref() {
-                Some(SetDef::Pods { namespaces: ns, .. }) => match ns {
-                    NsScope::Name(n) => Scope::Exact(n.clone()),
-                    NsScope::Selector(sel) => Scope::Group(self.group(sel, namespaces)),
-                },
-                _ => Scope::All,
+                Some(SetDef::Pods { namespaces: ns, .. }) => ns,
+                _ => {
+                    self.global.push(id);
+                    return Scope::All;
+                }
             },
         };
-        match &scope {
-            Scope::Static => {}
-            Scope::Exact(n) => self.by_ns.entry(n.clone()).or_default().push(id),
-            Scope::Group(g) => self.groups[*g].as_mut().expect("live group").sets.push(id),
-            Scope::All => self.global.push(id),
-        }
-        scope
-    }
-
-    fn group(&mut self, sel: &Selector, namespaces: &FxHashMap<Name, Labels>) -> usize {
-        if let Some(g) = self.group_of.get(sel) {
-            return *g;
-        }
-        let matching: FxHashSet<Name> = namespaces
-            .iter()
-            .filter(|(_, labels)| sel.matches(labels))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let g = match self.groups.iter().position(Option::is_none) {
-            Some(free) => free,
-            None => {
-                self.groups.push(None);
-                self.groups.len() - 1
+        match ns_scope {
+            NsScope::Name(n) => {
+                self.by_ns.entry(n.clone()).or_default().push(id);
+                Scope::Exact(n.clone())
             }
-        };
-        for ns in &matching {
-            self.ns_groups.entry(ns.clone()).or_default().push(g);
+            NsScope::Selector(sel) => Scope::Group(self.groups.join(sel, id, namespaces)),
         }
-        self.groups[g] = Some(Group {
-            selector: sel.clone(),
-            sets: Vec::new(),
-            matching,
-        });
-        self.group_of.insert(sel.clone(), g);
-        g
     }
 
     /// Drop a reference; true when the set is now unreferenced by policies.
@@ -264,19 +225,7 @@ impl Sets {
                 }
             }
             Scope::All => drop_id(&mut self.global),
-            Scope::Group(g) => {
-                let group = self.groups[g].as_mut().expect("live group");
-                drop_id(&mut group.sets);
-                if group.sets.is_empty() {
-                    let group = self.groups[g].take().expect("live group");
-                    self.group_of.remove(&group.selector);
-                    for ns in &group.matching {
-                        if let Some(v) = self.ns_groups.get_mut(ns) {
-                            v.retain(|x| *x != g);
-                        }
-                    }
-                }
-            }
+            Scope::Group(g) => self.groups.leave(g, id),
         }
     }
 
@@ -290,8 +239,8 @@ impl Sets {
     ) {
         let mut candidates: Vec<SetId> = Vec::new();
         candidates.extend(self.by_ns.get(ns).into_iter().flatten());
-        for g in self.ns_groups.get(ns).into_iter().flatten() {
-            candidates.extend(&self.groups[*g].as_ref().expect("live group").sets);
+        for g in self.groups.matching(ns) {
+            candidates.extend(&self.groups.get(*g).sets);
         }
         candidates.extend(&self.global);
         let (mut before, mut after) = (Vec::new(), Vec::new());
@@ -309,56 +258,29 @@ impl Sets {
         }
     }
 
-    /// Namespace `ns` now has `labels` (it may be new). Groups whose match changed gain or
-    /// lose the namespace's pods.
+    /// Namespace `ns` changed from `old` to `new` labels (`None`: not known). Groups whose
+    /// match changed gain or lose the namespace's pods.
     pub fn namespace_changed(
         &mut self,
         ns: &Name,
-        labels: &Labels,
+        old: Option<&Labels>,
+        new: Option<&Labels>,
         world: &World,
         mut log: Option<&mut MemberLog>,
     ) {
         let mut buf = Vec::new();
-        let none: [Member; 0] = [];
-        for g in 0..self.groups.len() {
-            let Some(group) = self.groups[g].as_mut() else {
-                continue;
-            };
-            let now = group.selector.matches(labels);
-            if now == group.matching.contains(ns) {
-                continue;
-            }
-            if now {
-                group.matching.insert(ns.clone());
-                self.ns_groups.entry(ns.clone()).or_default().push(g);
-            } else {
-                group.matching.remove(ns);
-                if let Some(v) = self.ns_groups.get_mut(ns) {
-                    v.retain(|x| *x != g);
-                }
-            }
-            for id in group.sets.clone() {
+        for (g, now) in self.groups.namespace_changed(ns, old, new) {
+            for &id in &self.groups.get(g).sets {
                 let e = self.entries.get_mut(&id).expect("grouped set exists");
                 for pod in world.ns_pods(ns) {
                     buf.clear();
                     contribution(&e.def, pod, &mut buf);
                     let (before, after) = if now {
-                        (&none[..], &buf[..])
+                        (&[][..], &buf[..])
                     } else {
-                        (&buf[..], &none[..])
+                        (&buf[..], &[][..])
                     };
                     apply_change(id, e, before, after, log.as_deref_mut());
-                }
-            }
-        }
-    }
-
-    /// Forget a namespace that is gone entirely.
-    pub fn namespace_removed(&mut self, ns: &Name) {
-        if let Some(gs) = self.ns_groups.remove(ns) {
-            for g in gs {
-                if let Some(group) = self.groups[g].as_mut() {
-                    group.matching.remove(ns);
                 }
             }
         }

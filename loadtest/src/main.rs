@@ -1,0 +1,79 @@
+use anyhow::{ensure, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use palisade_loadtest::{compile, synth::Shape};
+
+/// Palisade load tests: synthetic multi-tenant clusters at scale, measured.
+#[derive(Parser)]
+#[command(name = "palisade-loadtest", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compile a synthetic cluster: full-compile time and peak RSS, then the latency of
+    /// single incremental commands (pod add, pod label change, policy add, namespace label
+    /// change), then slice sizes per node. Progress goes to stderr, the report to stdout.
+    Compile {
+        /// Nodes the pods are spread over.
+        #[arg(long, default_value_t = 5000, env = "PALISADE_LT_NODES")]
+        nodes: usize,
+        /// Pods (plus 60 system pods in kube-system, ingress-nginx and monitoring).
+        #[arg(long, default_value_t = 150_000, env = "PALISADE_LT_PODS")]
+        pods: usize,
+        /// Tenant namespaces (four per tenant).
+        #[arg(long, default_value_t = 10_000, env = "PALISADE_LT_NAMESPACES")]
+        namespaces: usize,
+        /// NetworkPolicies, spread evenly over the namespaces.
+        #[arg(long, default_value_t = 75_000, env = "PALISADE_LT_POLICIES")]
+        policies: usize,
+        /// Incremental commands timed per kind.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Seed of the generator: the same seed gives the same cluster.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Report format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Compile {
+            nodes,
+            pods,
+            namespaces,
+            policies,
+            samples,
+            seed,
+            output,
+        } => {
+            ensure!(
+                nodes > 0 && namespaces > 0,
+                "--nodes and --namespaces must be at least 1"
+            );
+            let shape = Shape {
+                nodes,
+                pods,
+                namespaces,
+                policies,
+                seed,
+            };
+            let report = compile::run(&shape, samples, &|m| eprintln!("{m}"));
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!("{}", compile::table(&report)),
+            }
+        }
+    }
+    Ok(())
+}
