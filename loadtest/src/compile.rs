@@ -56,21 +56,25 @@ pub struct Report {
     pub namespaces: usize,
     pub policies: usize,
     pub seed: u64,
+    /// Median wall-clock time of the full compiles.
     pub full_compile_seconds: f64,
+    /// Every full compile's wall-clock time, in run order.
+    pub full_compile_runs: Vec<f64>,
     /// Peak resident set of the process after the full compile (VmHWM).
     pub peak_rss_bytes: u64,
     /// Microseconds per command, engine.apply including delta construction.
     pub incremental_us: Incremental,
     /// Nodes whose slice changed, per command kind (mean).
     pub nodes_changed_mean: IncrementalNodes,
-    /// Slice elements per node (endpoints + rules + sets + set members).
-    pub entries_per_node: MeanMax,
+    /// Slice elements per node (endpoints + rules + sets + set members); null with
+    /// --skip-sizes, like the other size fields.
+    pub entries_per_node: Option<MeanMax>,
     /// eBPF map entries per node after lowering (a sample of nodes).
-    pub map_entries_per_node: MeanMax,
+    pub map_entries_per_node: Option<MeanMax>,
     pub map_entries_sampled_nodes: usize,
     /// Canonical encoding of each node's slice.
-    pub encoded_bytes_per_node: MeanMax,
-    pub encoded_bytes_total: u64,
+    pub encoded_bytes_per_node: Option<MeanMax>,
+    pub encoded_bytes_total: Option<u64>,
     /// Peak resident set at the end (after materialising every slice once).
     pub peak_rss_bytes_end: u64,
 }
@@ -129,19 +133,47 @@ fn extra_policy(ns: &str, n: usize) -> NetworkPolicy {
     }
 }
 
-pub fn run(shape: &Shape, samples: usize, progress: &dyn Fn(&str)) -> Report {
-    progress(&format!(
-        "full compile: {} nodes, {} pods, {} namespaces, {} policies",
-        shape.nodes, shape.pods, shape.namespaces, shape.policies
-    ));
-    let t = Instant::now();
-    let mut engine = Engine::load(1, synth::commands(shape));
-    let full_compile_seconds = t.elapsed().as_secs_f64();
+/// What to measure besides the full compile.
+pub struct Options {
+    /// Full compiles to run (the median is reported).
+    pub runs: usize,
+    /// Incremental commands timed per kind.
+    pub samples: usize,
+    /// Skip materialising every slice for size statistics.
+    pub skip_sizes: bool,
+}
+
+pub fn run(shape: &Shape, opts: &Options, progress: &dyn Fn(&str)) -> Report {
+    let samples = opts.samples;
+    let mut runs = Vec::new();
+    let mut engine = Engine::new();
+    let total = opts.runs.max(1);
+    for r in 0..total {
+        drop(std::mem::take(&mut engine));
+        progress(&format!(
+            "full compile {}/{total}: {} nodes, {} pods, {} namespaces, {} policies",
+            r + 1,
+            shape.nodes,
+            shape.pods,
+            shape.namespaces,
+            shape.policies
+        ));
+        // The input is generated before the clock starts: a controller receives its objects
+        // already decoded; the generator's own cost is not the compiler's.
+        let input: Vec<Command> = synth::commands(shape).collect();
+        let t = Instant::now();
+        engine = Engine::load(1, input);
+        runs.push(t.elapsed().as_secs_f64());
+        progress(&format!(
+            "  {:.3} s, peak RSS {} MiB",
+            runs[r],
+            peak_rss_bytes() >> 20
+        ));
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let full_compile_seconds = sorted[sorted.len() / 2];
     let peak_rss = peak_rss_bytes();
-    progress(&format!(
-        "  {full_compile_seconds:.2} s, peak RSS {} MiB",
-        peak_rss >> 20
-    ));
 
     let mut rng = Rng::new(shape.seed ^ 0x5eed);
     let mut rev = 1u64;
@@ -221,8 +253,14 @@ pub fn run(shape: &Shape, samples: usize, progress: &dyn Fn(&str)) -> Report {
         namespace_label_change: percentiles(t_ns),
     };
 
-    progress("slice sizes: materialising and encoding every node's slice");
-    let nodes = engine.nodes();
+    let nodes = if opts.skip_sizes {
+        Vec::new()
+    } else {
+        engine.nodes()
+    };
+    if !opts.skip_sizes {
+        progress("slice sizes: materialising and encoding every node's slice");
+    }
     let (mut entries, mut bytes, mut map_entries) = (Vec::new(), Vec::new(), Vec::new());
     let sample_every = (nodes.len() / 200).max(1);
     for (i, n) in nodes.iter().enumerate() {
@@ -233,9 +271,12 @@ pub fn run(shape: &Shape, samples: usize, progress: &dyn Fn(&str)) -> Report {
             map_entries.push(lower::lower(&s).entry_count());
         }
     }
-    let mm = |v: &[usize]| MeanMax {
-        mean: v.iter().sum::<usize>() as f64 / v.len().max(1) as f64,
-        max: v.iter().copied().max().unwrap_or(0),
+    let sized = !opts.skip_sizes;
+    let mm = |v: &[usize]| {
+        sized.then(|| MeanMax {
+            mean: v.iter().sum::<usize>() as f64 / v.len().max(1) as f64,
+            max: v.iter().copied().max().unwrap_or(0),
+        })
     };
     Report {
         nodes: shape.nodes,
@@ -244,6 +285,7 @@ pub fn run(shape: &Shape, samples: usize, progress: &dyn Fn(&str)) -> Report {
         policies: shape.policies,
         seed: shape.seed,
         full_compile_seconds,
+        full_compile_runs: runs,
         peak_rss_bytes: peak_rss,
         incremental_us,
         nodes_changed_mean,
@@ -251,7 +293,7 @@ pub fn run(shape: &Shape, samples: usize, progress: &dyn Fn(&str)) -> Report {
         map_entries_per_node: mm(&map_entries),
         map_entries_sampled_nodes: map_entries.len(),
         encoded_bytes_per_node: mm(&bytes),
-        encoded_bytes_total: bytes.iter().map(|b| *b as u64).sum(),
+        encoded_bytes_total: sized.then(|| bytes.iter().map(|b| *b as u64).sum()),
         peak_rss_bytes_end: peak_rss_bytes(),
     }
 }
@@ -263,38 +305,64 @@ pub fn table(r: &Report) -> String {
             x.p50, x.p99, x.max, x.samples
         )
     };
-    format!(
+    let runs: Vec<String> = r
+        .full_compile_runs
+        .iter()
+        .map(|t| format!("{t:.2}"))
+        .collect();
+    let mut out = format!(
         "cluster            {} nodes, {} pods, {} namespaces, {} policies (seed {})\n\
-         full compile       {:.3} s, peak RSS {:.0} MiB\n\
-         pod add            {}   {:.1} nodes changed\n\
-         pod label change   {}   {:.1} nodes changed\n\
-         policy add         {}   {:.1} nodes changed\n\
-         namespace labels   {}   {:.1} nodes changed\n\
-         slice entries      mean {:.0}, max {} per node\n\
-         map entries        mean {:.0}, max {} per node ({} nodes sampled)\n\
-         encoded slices     mean {:.0} B, max {} B per node, {:.1} MiB total\n",
+         full compile       {:.3} s median of {} run(s) [{}], peak RSS {:.0} MiB\n",
         r.nodes,
         r.pods,
         r.namespaces,
         r.policies,
         r.seed,
         r.full_compile_seconds,
+        runs.len(),
+        runs.join(" "),
         r.peak_rss_bytes as f64 / 1048576.0,
-        p(&r.incremental_us.pod_add),
-        r.nodes_changed_mean.pod_add,
-        p(&r.incremental_us.pod_label_change),
-        r.nodes_changed_mean.pod_label_change,
-        p(&r.incremental_us.policy_add),
-        r.nodes_changed_mean.policy_add,
-        p(&r.incremental_us.namespace_label_change),
-        r.nodes_changed_mean.namespace_label_change,
-        r.entries_per_node.mean,
-        r.entries_per_node.max,
-        r.map_entries_per_node.mean,
-        r.map_entries_per_node.max,
-        r.map_entries_sampled_nodes,
-        r.encoded_bytes_per_node.mean,
-        r.encoded_bytes_per_node.max,
-        r.encoded_bytes_total as f64 / 1048576.0,
-    )
+    );
+    let inc = &r.incremental_us;
+    let changed = &r.nodes_changed_mean;
+    for (name, x, n) in [
+        ("pod add", &inc.pod_add, changed.pod_add),
+        (
+            "pod label change",
+            &inc.pod_label_change,
+            changed.pod_label_change,
+        ),
+        ("policy add", &inc.policy_add, changed.policy_add),
+        (
+            "namespace labels",
+            &inc.namespace_label_change,
+            changed.namespace_label_change,
+        ),
+    ] {
+        out += &format!("{name:<18} {}   {n:.1} nodes changed\n", p(x));
+    }
+    match (
+        &r.entries_per_node,
+        &r.map_entries_per_node,
+        &r.encoded_bytes_per_node,
+        r.encoded_bytes_total,
+    ) {
+        (Some(e), Some(m), Some(b), Some(total)) => {
+            out += &format!(
+                "slice entries      mean {:.0}, max {} per node\n\
+                 map entries        mean {:.0}, max {} per node ({} nodes sampled)\n\
+                 encoded slices     mean {:.0} B, max {} B per node, {:.1} MiB total\n",
+                e.mean,
+                e.max,
+                m.mean,
+                m.max,
+                r.map_entries_sampled_nodes,
+                b.mean,
+                b.max,
+                total as f64 / 1048576.0
+            );
+        }
+        _ => out += "slice sizes        skipped (--skip-sizes)\n",
+    }
+    out
 }

@@ -37,6 +37,12 @@ enum Cmd {
         /// Incremental commands timed per kind.
         #[arg(long, default_value_t = 2000)]
         samples: usize,
+        /// Full compiles to run; the median is reported, with every run's time.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Skip the slice-size pass (materialising and encoding every node's slice).
+        #[arg(long)]
+        skip_sizes: bool,
         /// Seed of the generator: the same seed gives the same cluster.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -54,6 +60,8 @@ fn main() -> Result<()> {
             namespaces,
             policies,
             samples,
+            runs,
+            skip_sizes,
             seed,
             output,
         } => {
@@ -68,7 +76,12 @@ fn main() -> Result<()> {
                 policies,
                 seed,
             };
-            let report = compile::run(&shape, samples, &|m| eprintln!("{m}"));
+            let opts = compile::Options {
+                runs,
+                samples,
+                skip_sizes,
+            };
+            let report = compile::run(&shape, &opts, &|m| eprintln!("{m}"));
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Table => print!("{}", compile::table(&report)),

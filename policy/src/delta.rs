@@ -19,10 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Accumulator;
 use crate::model::{Direction, Name, ObjKey};
 use crate::slice::set::member_hash;
-use crate::slice::{
-    header_hash, isolation_hash, rule_hash, AddressSet, DirPolicy, Endpoint, Member, NodeSlice,
-    Rule, SetId,
-};
+use crate::slice::{AddressSet, DirPolicy, Endpoint, Member, NodeSlice, Rule, SetId};
 
 /// Members added to and removed from one address set. Shared (by `Arc`) between every node
 /// delta of the same revision that carries it.
@@ -137,8 +134,8 @@ pub fn diff_endpoint(
             endpoint: e.clone(),
         }),
         (Some(a), Some(b)) => {
-            let ingress = diff_dir(a.ingress.as_ref(), b.ingress.as_ref());
-            let egress = diff_dir(a.egress.as_ref(), b.egress.as_ref());
+            let ingress = diff_dir(a.ingress.as_deref(), b.ingress.as_deref());
+            let egress = diff_dir(a.egress.as_deref(), b.egress.as_deref());
             let pod = (a.pod != b.pod).then(|| b.pod.clone());
             if pod.is_none() && ingress.is_empty() && egress.is_empty() {
                 None
@@ -291,14 +288,12 @@ fn apply_endpoint(
             egress,
         } => {
             let ep = eps.get_mut(ip).ok_or(DeltaError::EndpointMissing(*ip))?;
-            let mut acc = Accumulator::default();
+            let before = ep.digest_part(*ip);
             if let Some(pod) = pod {
-                acc.sub(header_hash(*ip, &ep.pod));
                 ep.pod = pod.clone();
-                acc.add(header_hash(*ip, &ep.pod));
             }
             for (dir, dd) in [(Direction::Ingress, ingress), (Direction::Egress, egress)] {
-                acc.add(apply_dir(*ip, dir, ep.dir_mut(dir), dd)?);
+                apply_dir(*ip, dir, ep.dir_mut(dir), dd)?;
             }
             if ep.ingress.is_none() && ep.egress.is_none() {
                 return Err(DeltaError::Rules(
@@ -307,7 +302,7 @@ fn apply_endpoint(
                     "endpoint left with no isolation",
                 ));
             }
-            Ok(acc)
+            Ok(ep.digest_part(*ip).minus(before))
         }
     }
 }
@@ -315,53 +310,39 @@ fn apply_endpoint(
 fn apply_dir(
     ip: Ipv4Addr,
     dir: Direction,
-    slot: &mut Option<DirPolicy>,
+    slot: &mut Option<Arc<DirPolicy>>,
     dd: &DirDelta,
-) -> Result<Accumulator, DeltaError> {
-    let mut acc = Accumulator::default();
+) -> Result<(), DeltaError> {
     let err = |what| DeltaError::Rules(ip, dir, what);
     match &dd.isolation {
         IsolationChange::Unchanged => {}
         IsolationChange::IsolatedBy(policies) => {
-            let dp = slot.get_or_insert_with(DirPolicy::default);
-            if !dp.policies.is_empty() {
-                acc.sub(isolation_hash(ip, dir, &dp.policies));
-            }
-            dp.policies = policies.clone();
-            acc.add(isolation_hash(ip, dir, policies));
+            Arc::make_mut(slot.get_or_insert_with(Default::default)).policies = policies.clone();
         }
         IsolationChange::Released => {
-            let dp = slot.as_ref().ok_or(err("released but not isolated"))?;
-            acc.sub(isolation_hash(ip, dir, &dp.policies));
-        }
-    }
-    if dd.added.is_empty() && dd.removed.is_empty() {
-        if dd.isolation == IsolationChange::Released {
-            if slot.as_ref().is_some_and(|d| !d.rules.is_empty()) {
-                return Err(err("released with rules left"));
+            if slot.is_none() {
+                return Err(err("released but not isolated"));
             }
-            *slot = None;
         }
-        return Ok(acc);
     }
-    let dp = slot.as_mut().ok_or(err("rules changed but not isolated"))?;
-    for r in &dd.removed {
-        if !dp.rules.remove(r) {
-            return Err(err("removed rule not present"));
+    if !dd.added.is_empty() || !dd.removed.is_empty() {
+        let dp = Arc::make_mut(slot.as_mut().ok_or(err("rules changed but not isolated"))?);
+        for r in &dd.removed {
+            if !dp.rules.remove(r) {
+                return Err(err("removed rule not present"));
+            }
         }
-        acc.sub(rule_hash(ip, dir, r));
-    }
-    for r in &dd.added {
-        if !dp.rules.insert(r.clone()) {
-            return Err(err("added rule already present"));
+        for r in &dd.added {
+            if !dp.rules.insert(r.clone()) {
+                return Err(err("added rule already present"));
+            }
         }
-        acc.add(rule_hash(ip, dir, r));
     }
     if dd.isolation == IsolationChange::Released {
-        if !dp.rules.is_empty() {
+        if slot.as_ref().is_some_and(|d| !d.rules.is_empty()) {
             return Err(err("released with rules left"));
         }
         *slot = None;
     }
-    Ok(acc)
+    Ok(())
 }

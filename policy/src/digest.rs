@@ -75,11 +75,17 @@ pub struct Accumulator([u64; 4]);
 impl Accumulator {
     /// The hash of one element whose canonical bytes `write` produces.
     pub fn element(write: impl FnOnce(&mut Writer)) -> Accumulator {
-        let mut w = Writer::new();
-        write(&mut w);
-        let a = xxh3_128_with_seed(w.bytes(), SEED_LOW);
-        let b = xxh3_128_with_seed(w.bytes(), SEED_HIGH);
-        Accumulator([(a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64])
+        // Elements are hashed by the million in a full compile: reuse one buffer per thread.
+        thread_local! {
+            static BUF: std::cell::RefCell<Writer> = std::cell::RefCell::new(Writer::with_capacity(256));
+        }
+        BUF.with_borrow_mut(|w| {
+            w.clear();
+            write(w);
+            let a = xxh3_128_with_seed(w.bytes(), SEED_LOW);
+            let b = xxh3_128_with_seed(w.bytes(), SEED_HIGH);
+            Accumulator([(a >> 64) as u64, a as u64, (b >> 64) as u64, b as u64])
+        })
     }
 
     pub fn add(&mut self, other: Accumulator) {

@@ -19,6 +19,16 @@ impl Writer {
         Writer::default()
     }
 
+    pub fn with_capacity(n: usize) -> Writer {
+        Writer {
+            buf: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
     }

@@ -20,7 +20,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::delta::{diff_endpoint, MemberChange};
 use crate::digest::Accumulator;
-use crate::model::{Command, Labels, Name, Namespace, NetworkPolicy, ObjKey, Pod};
+use crate::model::{Command, Labels, Name, NamedPort, Namespace, NetworkPolicy, ObjKey, Pod};
 use crate::slice::{AddressSet, Endpoint, NodeSlice, SetId};
 use compile::CompiledPolicy;
 pub use nodes::{NodeSummary, NodeUpdate};
@@ -41,6 +41,21 @@ pub struct Engine {
     policies: FxHashMap<Name, BTreeMap<Name, CompiledPolicy>>,
     sets: Sets,
     nodes: Nodes,
+}
+
+/// A command, with its policy compiled ahead when batches are compiled in parallel.
+enum Prepared {
+    Policy(CompiledPolicy),
+    Other(Command),
+}
+
+impl From<Command> for Prepared {
+    fn from(c: Command) -> Prepared {
+        match c {
+            Command::UpsertPolicy(p) => Prepared::Policy(CompiledPolicy::new(p)),
+            other => Prepared::Other(other),
+        }
+    }
 }
 
 /// Bookkeeping of one revision.
@@ -97,19 +112,36 @@ impl Engine {
             released: Vec::new(),
             touched: FxHashSet::default(),
         };
-        for c in commands {
-            self.command(c, &mut tx);
+        let commands: Vec<Command> = commands.into_iter().collect();
+        let policies = commands
+            .iter()
+            .filter(|c| matches!(c, Command::UpsertPolicy(_)))
+            .count();
+        if policies >= PARALLEL_MIN {
+            // Compiling a policy is pure: do it on every core, apply in order.
+            let prepared: Vec<Prepared> = commands.into_par_iter().map(Prepared::from).collect();
+            for p in prepared {
+                self.command(p, &mut tx);
+            }
+        } else {
+            for c in commands {
+                self.command(Prepared::Other(c), &mut tx);
+            }
         }
         self.commit(revision, tx)
     }
 
-    fn command(&mut self, c: Command, tx: &mut Tx) {
+    fn command(&mut self, c: Prepared, tx: &mut Tx) {
+        let c = match c {
+            Prepared::Policy(p) => return self.upsert_policy(p, tx),
+            Prepared::Other(c) => c,
+        };
         match c {
             Command::UpsertNamespace(ns) => self.upsert_namespace(ns, tx),
             Command::DeleteNamespace(name) => self.delete_namespace(&name, tx),
             Command::UpsertPod(p) => self.upsert_pod(p, tx),
             Command::DeletePod(key) => self.delete_pod(&key, tx),
-            Command::UpsertPolicy(p) => self.upsert_policy(p, tx),
+            Command::UpsertPolicy(p) => self.upsert_policy(CompiledPolicy::new(p), tx),
             Command::DeletePolicy(key) => self.delete_policy(&key, tx),
         }
     }
@@ -189,22 +221,24 @@ impl Engine {
             .pod_changed(&key.namespace, Some(&old), None, tx.log.as_mut());
     }
 
-    fn upsert_policy(&mut self, policy: NetworkPolicy, tx: &mut Tx) {
-        let ns = policy.key.namespace.clone();
+    fn upsert_policy(&mut self, compiled: CompiledPolicy, tx: &mut Tx) {
+        let ns = compiled.source.key.namespace.clone();
         self.ensure_namespace(&ns, tx);
-        let existing = self.policies.get(&ns).and_then(|m| m.get(&policy.key.name));
-        if existing.is_some_and(|c| c.source == policy) {
+        let existing = self
+            .policies
+            .get(&ns)
+            .and_then(|m| m.get(&compiled.source.key.name));
+        if existing.is_some_and(|c| c.source == compiled.source) {
             return;
         }
-        let compiled = CompiledPolicy::new(policy);
         let world = World {
             namespaces: &self.namespaces,
             pods: &self.pods,
         };
-        for def in &compiled.sets {
-            let (id, created) = self.sets.register(def, &world);
+        for (id, def) in &compiled.sets {
+            let created = self.sets.register(*id, def, &world);
             if created {
-                tx.created.insert(id);
+                tx.created.insert(*id);
             }
         }
         let name = compiled.source.key.name.clone();
@@ -231,10 +265,9 @@ impl Engine {
     /// A policy version leaves: its pods are recomputed and its sets released.
     fn retire_policy(&mut self, old: &CompiledPolicy, tx: &mut Tx) {
         self.touch_selected(old, tx);
-        for def in &old.sets {
-            let id = def.id();
-            if self.sets.release(id) {
-                tx.released.push(id);
+        for (id, _) in &old.sets {
+            if self.sets.release(*id) {
+                tx.released.push(*id);
             }
         }
     }
@@ -252,30 +285,61 @@ impl Engine {
         }
     }
 
-    /// The endpoint at `ip` on node `n` as the current objects define it.
-    fn endpoint_at(&self, n: u32, ip: Ipv4Addr) -> Option<Endpoint> {
+    /// The pod enforced at `ip` on node `n`, if any.
+    fn pod_at(&self, n: u32, ip: Ipv4Addr) -> Option<&Pod> {
         let key = self.nodes.list[n as usize].claims.get(&ip)?.first()?;
         let pod = self.pods.get(&key.namespace)?.get(&key.name)?;
-        let policies = self.policies.get(&key.namespace)?;
-        compile::endpoint(pod, policies.values())
+        pod.endpoint().is_some().then_some(pod)
     }
 
-    /// The endpoints (with digest parts) at `touched` locations. Pure, so a large revision
-    /// (a full compile) computes them on every core; results keep `touched`'s order.
+    /// The endpoints (with digest parts) at `touched` locations. Rules are computed once per
+    /// class of alike pods (namespace, labels, named ports) and shared. Pure, so a large
+    /// revision (a full compile) runs on every core; results keep `touched`'s order.
     fn compute_endpoints(
         &self,
         touched: &[(u32, Ipv4Addr)],
     ) -> Vec<Option<(Endpoint, Accumulator)>> {
-        let one = |&(n, ip): &(u32, Ipv4Addr)| {
-            self.endpoint_at(n, ip).map(|e| {
-                let acc = e.digest_part(ip);
-                (e, acc)
+        let pods: Vec<Option<&Pod>> = touched.iter().map(|&(n, ip)| self.pod_at(n, ip)).collect();
+        let mut class_of: FxHashMap<(&Name, &Labels, &[NamedPort]), usize> = FxHashMap::default();
+        let mut examples: Vec<&Pod> = Vec::new();
+        let classes: Vec<Option<usize>> = pods
+            .iter()
+            .map(|p| {
+                let p = (*p)?;
+                let key = (&p.key.namespace, &p.labels, p.named_ports.as_slice());
+                Some(*class_of.entry(key).or_insert_with(|| {
+                    examples.push(p);
+                    examples.len() - 1
+                }))
             })
+            .collect();
+        let directions = |p: &&Pod| {
+            let policies = self
+                .policies
+                .get(&p.key.namespace)
+                .into_iter()
+                .flat_map(|m| m.values());
+            compile::directions(p, policies)
         };
-        if touched.len() < PARALLEL_MIN {
-            touched.iter().map(one).collect()
+        let per_class: Vec<compile::Directions> = if examples.len() < PARALLEL_MIN {
+            examples.iter().map(directions).collect()
         } else {
-            touched.par_iter().map(one).collect()
+            examples.par_iter().map(directions).collect()
+        };
+        // (address, pod, class) of each location.
+        let items: Vec<(Ipv4Addr, Option<&Pod>, Option<usize>)> = touched
+            .iter()
+            .zip(pods)
+            .zip(classes)
+            .map(|((&(_, ip), pod), class)| (ip, pod, class))
+            .collect();
+        let one = |&(ip, pod, class): &(Ipv4Addr, Option<&Pod>, Option<usize>)| {
+            per_class[class?].endpoint(pod?, ip)
+        };
+        if items.len() < PARALLEL_MIN {
+            items.iter().map(one).collect()
+        } else {
+            items.par_iter().map(one).collect()
         }
     }
 
@@ -443,6 +507,7 @@ impl Engine {
                 .set_refs
                 .keys()
                 .map(|id| (*id, self.sets.entries[id].snapshot(*id)))
+                // (collected into a BTreeMap: sorted by id whatever the hash order)
                 .collect(),
         }
     }

@@ -11,6 +11,7 @@ pub(crate) mod set;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,7 @@ use crate::digest::{Accumulator, Digest};
 use crate::encode::{Canonical, Writer};
 use crate::model::{Direction, Name, ObjKey, Protocol};
 pub use set::{AddressSet, Member, NsScope, SetDef, SetId};
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 /// Which peers a rule allows.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -91,24 +93,35 @@ pub struct DirPolicy {
     pub rules: BTreeSet<Rule>,
 }
 
-/// A local pod selected by at least one policy.
+impl DirPolicy {
+    /// 128-bit hash of the canonical encoding (policies, then rules). Pods alike share a
+    /// `DirPolicy`, so the engine computes this once per class of pods.
+    pub fn content_hash(&self) -> u128 {
+        let mut w = Writer::with_capacity(64 + 48 * self.rules.len());
+        w.put(&self.policies).put(&self.rules);
+        xxh3_128_with_seed(w.bytes(), 0)
+    }
+}
+
+/// A local pod selected by at least one policy. Its directions are shared (`Arc`) with every
+/// endpoint whose pod has the same namespace, labels and named ports: they get the same rules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub pod: ObjKey,
     /// `None`: not isolated for ingress (everything may reach it).
-    pub ingress: Option<DirPolicy>,
-    pub egress: Option<DirPolicy>,
+    pub ingress: Option<Arc<DirPolicy>>,
+    pub egress: Option<Arc<DirPolicy>>,
 }
 
 impl Endpoint {
     pub fn dir(&self, dir: Direction) -> Option<&DirPolicy> {
         match dir {
-            Direction::Ingress => self.ingress.as_ref(),
-            Direction::Egress => self.egress.as_ref(),
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
         }
     }
 
-    pub fn dir_mut(&mut self, dir: Direction) -> &mut Option<DirPolicy> {
+    pub fn dir_mut(&mut self, dir: Direction) -> &mut Option<Arc<DirPolicy>> {
         match dir {
             Direction::Ingress => &mut self.ingress,
             Direction::Egress => &mut self.egress,
@@ -127,18 +140,11 @@ impl Endpoint {
             })
     }
 
-    /// The digest contribution of this endpoint (header, isolation and rules).
+    /// The digest contribution of this endpoint: its header, and one element per isolated
+    /// direction naming the hash of that direction's policies and rules.
     pub fn digest_part(&self, ip: Ipv4Addr) -> Accumulator {
-        let mut acc = header_hash(ip, &self.pod);
-        for d in Direction::BOTH {
-            if let Some(dp) = self.dir(d) {
-                acc.add(isolation_hash(ip, d, &dp.policies));
-                for r in &dp.rules {
-                    acc.add(rule_hash(ip, d, r));
-                }
-            }
-        }
-        acc
+        let hashes = Direction::BOTH.map(|d| self.dir(d).map(DirPolicy::content_hash));
+        endpoint_hash(ip, &self.pod, hashes)
     }
 }
 
@@ -243,33 +249,31 @@ impl Canonical for Rule {
     }
 }
 
-const TAG_HEADER: u8 = 1;
-const TAG_ISOLATION: u8 = 2;
-const TAG_RULE: u8 = 3;
+const TAG_ENDPOINT: u8 = 1;
+const TAG_DIRECTION: u8 = 2;
 pub(crate) const TAG_SET: u8 = 4;
 pub(crate) const TAG_MEMBER: u8 = 5;
 
-fn dir_byte(d: Direction) -> u8 {
-    match d {
-        Direction::Ingress => 0,
-        Direction::Egress => 1,
+/// Digest part of the endpoint at `ip` for `pod`, given the content hash of its ingress and
+/// egress (`None`: not isolated).
+pub(crate) fn endpoint_hash(ip: Ipv4Addr, pod: &ObjKey, dirs: [Option<u128>; 2]) -> Accumulator {
+    let mut acc = Accumulator::element(|w| {
+        w.u8(TAG_ENDPOINT).ip(ip).put(pod);
+    });
+    for (d, h) in Direction::BOTH.into_iter().zip(dirs) {
+        if let Some(h) = h {
+            acc.add(Accumulator::element(|w| {
+                let d = match d {
+                    Direction::Ingress => 0,
+                    Direction::Egress => 1,
+                };
+                w.u8(TAG_DIRECTION)
+                    .ip(ip)
+                    .u8(d)
+                    .u64((h >> 64) as u64)
+                    .u64(h as u64);
+            }));
+        }
     }
-}
-
-pub(crate) fn header_hash(ip: Ipv4Addr, pod: &ObjKey) -> Accumulator {
-    Accumulator::element(|w| {
-        w.u8(TAG_HEADER).ip(ip).put(pod);
-    })
-}
-
-pub(crate) fn isolation_hash(ip: Ipv4Addr, d: Direction, policies: &BTreeSet<Name>) -> Accumulator {
-    Accumulator::element(|w| {
-        w.u8(TAG_ISOLATION).ip(ip).u8(dir_byte(d)).put(policies);
-    })
-}
-
-pub(crate) fn rule_hash(ip: Ipv4Addr, d: Direction, r: &Rule) -> Accumulator {
-    Accumulator::element(|w| {
-        w.u8(TAG_RULE).ip(ip).u8(dir_byte(d)).put(r);
-    })
+    acc
 }

@@ -292,3 +292,72 @@ fn canonical_encoding_is_stable() {
     assert_ne!(a.encode(), c.encode());
     assert_ne!(a.digest(), c.digest());
 }
+
+/// Batches large enough to take the parallel paths (policy compilation, endpoint
+/// computation) give the same slices as applying the same commands one at a time.
+#[test]
+fn large_batches_equal_one_command_at_a_time() {
+    let mut commands = Vec::new();
+    for ns in 0..40 {
+        let ns_name = format!("ns{ns}");
+        for i in 0..20 {
+            let name = format!("p{i}");
+            let ip = format!("10.{}.{}.{}", ns / 200, ns % 200, i + 1);
+            let mut p = pod(
+                &ns_name,
+                &name,
+                &format!("a{}", i % 4),
+                &format!("n{}", (ns * 7 + i) % 13),
+                &ip,
+            );
+            p.named_ports = vec![NamedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8000 + (i % 3) as u16,
+            }];
+            commands.push(Command::UpsertPod(p));
+        }
+        for q in 0..16 {
+            let mut policy = allow_from(
+                &ns_name,
+                &format!("q{q}"),
+                &format!("a{}", q % 4),
+                &format!("a{}", (q + 1) % 4),
+                80 + q as u16,
+            );
+            if q % 3 == 0 {
+                policy.egress = Some(vec![PolicyRule {
+                    peers: Some(vec![Peer::Pods {
+                        namespaces: Some(Selector::everything()),
+                        pods: app(&format!("a{}", q % 4)),
+                    }]),
+                    ports: Some(vec![PortSpec {
+                        protocol: Protocol::Tcp,
+                        port: PortRef::Named("http".into()),
+                    }]),
+                }]);
+            }
+            commands.push(Command::UpsertPolicy(policy));
+        }
+    }
+    assert!(commands.len() > 1200);
+    let batch = Engine::load(1, commands.clone());
+    let mut one_by_one = Engine::new();
+    for (i, c) in commands.into_iter().enumerate() {
+        one_by_one.apply(1 + i as u64, c);
+    }
+    let nodes = batch.nodes();
+    assert_eq!(nodes.len(), 13);
+    for n in nodes {
+        let (mut a, mut b) = (batch.slice(&n.node), one_by_one.slice(&n.node));
+        assert!(
+            a.endpoints.len() > 20,
+            "node {} enforces many endpoints",
+            n.node
+        );
+        (a.version, b.version) = (0, 0);
+        assert_eq!(a, b, "node {}", n.node);
+        assert_eq!(n.digest, a.digest());
+        assert_eq!(one_by_one.node(&n.node).unwrap().digest, b.digest());
+    }
+}

@@ -3,10 +3,15 @@
 //! An endpoint depends only on its own pod (labels, named ports) and the policies of its
 //! namespace; never on other pods. Other pods enter a slice only as members of address sets.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 
+use crate::digest::Accumulator;
 use crate::model::{Direction, Name, NetworkPolicy, Peer, Pod, PolicyRule, PortRef, Protocol};
-use crate::slice::{DirPolicy, Endpoint, NsScope, PeerRef, PortMatch, Rule, SetDef};
+use crate::slice::{
+    endpoint_hash, DirPolicy, Endpoint, NsScope, PeerRef, PortMatch, Rule, SetDef, SetId,
+};
 
 /// One (peer, port) pair of a policy rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,13 +39,13 @@ pub(crate) struct CompiledPolicy {
     pub source: NetworkPolicy,
     pub ingress: Option<Vec<CompiledRule>>,
     pub egress: Option<Vec<CompiledRule>>,
-    /// Every address-set definition the rules reference, deduplicated.
-    pub sets: Vec<SetDef>,
+    /// Every address-set definition the rules reference, deduplicated, with its id.
+    pub sets: Vec<(SetId, SetDef)>,
 }
 
 impl CompiledPolicy {
     pub fn new(source: NetworkPolicy) -> CompiledPolicy {
-        let mut sets = BTreeSet::new();
+        let mut sets = BTreeMap::new();
         let ns = source.key.namespace.clone();
         let mut dir = |rules: Option<&[PolicyRule]>, d| {
             rules.map(|rules| {
@@ -59,7 +64,7 @@ impl CompiledPolicy {
             source,
             ingress,
             egress,
-            sets: sets.into_iter().collect(),
+            sets: sets.into_iter().map(|(def, id)| (id, def)).collect(),
         }
     }
 
@@ -93,7 +98,10 @@ fn peer_def(p: &Peer, ns: &Name) -> Option<SetDef> {
     }
 }
 
-fn items(r: &PolicyRule, d: Direction, ns: &Name, sets: &mut BTreeSet<SetDef>) -> Vec<Item> {
+/// Set definitions of a policy → their ids (each hashed once).
+type SetIds = BTreeMap<SetDef, SetId>;
+
+fn items(r: &PolicyRule, d: Direction, ns: &Name, sets: &mut SetIds) -> Vec<Item> {
     // `None` stands for "any peer".
     let peers: Vec<Option<SetDef>> = match &r.peers {
         None => vec![None],
@@ -105,9 +113,13 @@ fn items(r: &PolicyRule, d: Direction, ns: &Name, sets: &mut BTreeSet<SetDef>) -
     };
     let mut out = Vec::new();
     for peer in &peers {
-        let peer_ref = |sets: &mut BTreeSet<SetDef>, def: &SetDef| {
-            sets.insert(def.clone());
-            PeerRef::Set(def.id())
+        let peer_ref = |sets: &mut SetIds, def: &SetDef| match sets.get(def) {
+            Some(id) => PeerRef::Set(*id),
+            None => {
+                let id = def.id();
+                sets.insert(def.clone(), id);
+                PeerRef::Set(id)
+            }
         };
         let plain = match peer {
             None => PeerRef::Any,
@@ -162,22 +174,18 @@ fn items(r: &PolicyRule, d: Direction, ns: &Name, sets: &mut BTreeSet<SetDef>) -
     out
 }
 
-/// The endpoint `pod` is, given the policies of its namespace; `None` when no policy isolates
-/// it in either direction (or it is not an enforceable pod).
-pub(crate) fn endpoint<'a>(
+/// The enforcement of a pod in each direction, given the policies of its namespace: `None`
+/// where no policy isolates it. Depends only on the pod's labels and named ports, so pods
+/// alike share the result.
+pub(crate) fn directions<'a>(
     pod: &Pod,
     policies: impl IntoIterator<Item = &'a CompiledPolicy>,
-) -> Option<Endpoint> {
-    pod.endpoint()?;
-    let mut ep = Endpoint {
-        pod: pod.key.clone(),
-        ingress: None,
-        egress: None,
-    };
+) -> Directions {
+    let mut dirs: [Option<DirPolicy>; 2] = [None, None];
     for p in policies.into_iter().filter(|p| p.selects(pod)) {
-        for d in Direction::BOTH {
+        for (slot, d) in dirs.iter_mut().zip(Direction::BOTH) {
             let Some(rules) = p.rules(d) else { continue };
-            let dp = ep.dir_mut(d).get_or_insert_with(DirPolicy::default);
+            let dp = slot.get_or_insert_with(DirPolicy::default);
             let policy = &p.source.key.name;
             dp.policies.insert(policy.clone());
             for r in rules {
@@ -185,7 +193,40 @@ pub(crate) fn endpoint<'a>(
             }
         }
     }
-    (ep.ingress.is_some() || ep.egress.is_some()).then_some(ep)
+    let hashes = dirs
+        .each_ref()
+        .map(|d| d.as_ref().map(DirPolicy::content_hash));
+    let [ingress, egress] = dirs.map(|d| d.map(Arc::new));
+    Directions {
+        ingress,
+        egress,
+        hashes,
+    }
+}
+
+/// A pod's enforcement per direction, shareable between endpoints, with content hashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Directions {
+    pub ingress: Option<Arc<DirPolicy>>,
+    pub egress: Option<Arc<DirPolicy>>,
+    hashes: [Option<u128>; 2],
+}
+
+impl Directions {
+    /// The endpoint of `pod` at `ip` with these directions, with its digest part, if it is
+    /// isolated at all.
+    pub fn endpoint(&self, pod: &Pod, ip: Ipv4Addr) -> Option<(Endpoint, Accumulator)> {
+        if self.ingress.is_none() && self.egress.is_none() {
+            return None;
+        }
+        let e = Endpoint {
+            pod: pod.key.clone(),
+            ingress: self.ingress.clone(),
+            egress: self.egress.clone(),
+        };
+        let acc = endpoint_hash(ip, &e.pod, self.hashes);
+        Some((e, acc))
+    }
 }
 
 fn expand(pod: &Pod, policy: &Name, r: &CompiledRule, out: &mut BTreeSet<Rule>) {

@@ -22,7 +22,7 @@ pub(crate) struct NodeState {
     /// Isolated endpoints with their digest parts.
     pub endpoints: BTreeMap<Ipv4Addr, (Endpoint, Accumulator)>,
     /// Address sets held → number of rules referencing them.
-    pub set_refs: BTreeMap<SetId, u32>,
+    pub set_refs: FxHashMap<SetId, u32>,
     pub acc: Accumulator,
 }
 
@@ -63,7 +63,7 @@ impl Nodes {
             version: 0,
             claims: BTreeMap::new(),
             endpoints: BTreeMap::new(),
-            set_refs: BTreeMap::new(),
+            set_refs: FxHashMap::default(),
             acc: Accumulator::default(),
         });
         self.index.insert(name.clone(), i);
@@ -81,7 +81,7 @@ pub(crate) struct Work {
     pub changed: bool,
     pub endpoints: Vec<EndpointDelta>,
     /// First-touched sets → whether the node held them before the revision.
-    pub refs_before: BTreeMap<SetId, bool>,
+    pub refs_before: FxHashMap<SetId, bool>,
     pub sets_added: Vec<SetId>,
     pub sets_removed: Vec<SetId>,
     pub members: Vec<Arc<MemberChange>>,

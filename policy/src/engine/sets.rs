@@ -122,13 +122,13 @@ fn adjust(id: SetId, e: &mut SetEntry, m: Member, up: bool, log: Option<&mut Mem
 }
 
 impl Sets {
-    /// Take a reference on `def`, creating the set (with its members) if new. Returns its id
-    /// and whether it was created.
-    pub fn register(&mut self, def: &SetDef, world: &World) -> (SetId, bool) {
-        let id = def.id();
+    /// Take a reference on set `id` (defined by `def`), creating it (with its members) if
+    /// new. Returns whether it was created.
+    pub fn register(&mut self, id: SetId, def: &SetDef, world: &World) -> bool {
+        debug_assert_eq!(id, def.id());
         if let Some(e) = self.entries.get_mut(&id) {
             e.policy_refs += 1;
-            return (id, false);
+            return false;
         }
         let scope = self.scope_for(def, world.namespaces, id);
         let mut members: BTreeMap<Member, u32> =
@@ -168,7 +168,7 @@ impl Sets {
                 node_refs: FxHashSet::default(),
             },
         );
-        (id, true)
+        true
     }
 
     fn scope_for(
