@@ -591,7 +591,7 @@ fn unclaim(nodes: &mut Nodes, pod: &Pod, tx: &mut Tx) {
     };
     let state = &mut nodes.list[n as usize];
     if let Some(claim) = state.claims.get_mut(&ip) {
-        claim.remove(&pod.key);
+        claim.retain(|k| k != &pod.key);
         if claim.is_empty() {
             state.claims.remove(&ip);
         }
@@ -605,6 +605,9 @@ fn claim(nodes: &mut Nodes, pod: &Pod, tx: &mut Tx) {
     };
     let n = nodes.get_or_create(node);
     let state = &mut nodes.list[n as usize];
-    state.claims.entry(ip).or_default().insert(pod.key.clone());
+    let claim = state.claims.entry(ip).or_default();
+    if let Err(at) = claim.binary_search(&pod.key) {
+        claim.insert(at, pod.key.clone());
+    }
     tx.touched.insert((n, ip));
 }

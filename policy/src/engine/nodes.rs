@@ -1,7 +1,7 @@
 //! Per-node state: which pods claim which local address, the endpoints enforced there, how
 //! many rules reference each address set, and the running digest.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -16,9 +16,9 @@ use crate::slice::{AddressSet, Endpoint, SetId};
 pub(crate) struct NodeState {
     pub name: Name,
     pub version: u64,
-    /// Pods scheduled here with an address, by address (normally one pod per address; the
-    /// smallest key wins when several claim one).
-    pub claims: BTreeMap<Ipv4Addr, BTreeSet<ObjKey>>,
+    /// Pods scheduled here with an address, by address, sorted (normally one pod per address;
+    /// the smallest key wins when several claim one).
+    pub claims: BTreeMap<Ipv4Addr, Vec<ObjKey>>,
     /// Isolated endpoints with their digest parts.
     pub endpoints: BTreeMap<Ipv4Addr, (Endpoint, Accumulator)>,
     /// Address sets held → number of rules referencing them.
@@ -143,7 +143,7 @@ impl NodeState {
             node: self.name.clone(),
             version: self.version,
             digest: self.acc.digest(),
-            pods: self.claims.values().map(BTreeSet::len).sum(),
+            pods: self.claims.values().map(Vec::len).sum(),
             endpoints: self.endpoints.len(),
             sets: self.set_refs.len(),
         }
