@@ -57,6 +57,8 @@ pub(crate) struct Sets {
     by_ns: FxHashMap<Name, Vec<SetId>>,
     groups: Groups,
     global: Vec<SetId>,
+    /// Reused buffers for a pod's contributions before and after a change.
+    scratch: (Vec<Member>, Vec<Member>),
 }
 
 /// Read access to the cluster objects a set's members come from.
@@ -237,24 +239,29 @@ impl Sets {
         new: Option<&Pod>,
         mut log: Option<&mut MemberLog>,
     ) {
-        let mut candidates: Vec<SetId> = Vec::new();
-        candidates.extend(self.by_ns.get(ns).into_iter().flatten());
-        for g in self.groups.matching(ns) {
-            candidates.extend(&self.groups.get(*g).sets);
-        }
-        candidates.extend(&self.global);
-        let (mut before, mut after) = (Vec::new(), Vec::new());
-        for id in candidates {
-            let e = self.entries.get_mut(&id).expect("indexed set exists");
+        let Sets {
+            entries,
+            by_ns,
+            groups,
+            global,
+            scratch: (before, after),
+        } = self;
+        let same_ns = by_ns.get(ns).map_or(&[][..], Vec::as_slice);
+        let grouped = groups
+            .matching(ns)
+            .iter()
+            .flat_map(|g| &groups.get(*g).sets);
+        for &id in same_ns.iter().chain(grouped).chain(global.iter()) {
+            let e = entries.get_mut(&id).expect("indexed set exists");
             before.clear();
             after.clear();
             if let Some(p) = old {
-                contribution(&e.def, p, &mut before);
+                contribution(&e.def, p, before);
             }
             if let Some(p) = new {
-                contribution(&e.def, p, &mut after);
+                contribution(&e.def, p, after);
             }
-            apply_change(id, e, &before, &after, log.as_deref_mut());
+            apply_change(id, e, before, after, log.as_deref_mut());
         }
     }
 
