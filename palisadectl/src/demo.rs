@@ -98,7 +98,12 @@ pub fn run(json: bool) -> Result<String> {
     if json {
         out.push_str("{\"scenarios\": [\n");
     } else {
-        out.push_str("Palisade: the seed NetworkPolicy scenarios, compiled into per-node slices and evaluated\nfrom them as the datapath will (try `palisadectl evaluate -f examples/<name> --help`).\n\n");
+        out.push_str(
+            "Palisade: the seed NetworkPolicy scenarios, compiled into per-node slices and evaluated\n\
+             from those slices as the datapath will. Evaluate one yourself, e.g.:\n  \
+             palisadectl evaluate -f examples/microservices --probe 8080/TCP\n  \
+             palisadectl slice -f examples/microservices --node node-2 -o table\n\n",
+        );
     }
     for (i, s) in SCENARIOS.iter().enumerate() {
         let sources: Vec<(String, String)> = s
