@@ -3,21 +3,31 @@
 //! A delta is canonical: [`diff`] of two slices is the only delta between them, and the engine's
 //! incremental deltas equal it. [`apply`] replays it on a slice. Make-before-break order, for a
 //! dataplane that applies a delta in steps:
-//! 1. `sets_added`, then the `added` half of `members` (addresses before the rules using them);
+//! 1. `sets_added`, the new members of `sets_replaced`, then the `added` half of `members`
+//!    (addresses before the rules using them);
 //! 2. rules added (`EndpointDelta::Add` rules, `DirDelta::added`);
-//! 3. endpoint headers and isolation (`Add`, `Change.isolation`): an endpoint becomes isolated
-//!    only once its allow rules are in place;
+//! 3. endpoint headers and isolation (`Add`, `Replace`, `Change.isolation`): an endpoint
+//!    becomes isolated only once its allow rules are in place;
 //! 4. endpoint removals, then rules removed (`DirDelta::removed`): rules go before addresses;
-//! 5. the `removed` half of `members`, then `sets_removed`.
+//! 5. the `removed` half of `members` (and old members of `sets_replaced`), then
+//!    `sets_removed`.
+//!
+//! [`compose`] folds consecutive deltas into one, for an agent that fell behind.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod apply;
+mod compose;
+
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use apply::{apply, DeltaError};
+pub use compose::compose;
+
 use crate::digest::Accumulator;
-use crate::model::{Direction, Name, ObjKey};
+use crate::model::{Name, ObjKey};
 use crate::slice::set::member_hash;
 use crate::slice::{AddressSet, DirPolicy, Endpoint, Member, NodeSlice, Rule, SetId};
 
@@ -83,6 +93,12 @@ pub enum EndpointDelta {
         ingress: DirDelta,
         egress: DirDelta,
     },
+    /// Whatever endpoint is at this address is replaced. Only in composed deltas (an endpoint
+    /// removed and added again); `diff` never produces it.
+    Replace {
+        ip: Ipv4Addr,
+        endpoint: Endpoint,
+    },
     Remove {
         ip: Ipv4Addr,
     },
@@ -93,6 +109,7 @@ impl EndpointDelta {
         match self {
             EndpointDelta::Add { ip, .. }
             | EndpointDelta::Change { ip, .. }
+            | EndpointDelta::Replace { ip, .. }
             | EndpointDelta::Remove { ip } => *ip,
         }
     }
@@ -103,6 +120,9 @@ impl EndpointDelta {
 pub struct SliceDelta {
     /// Sets the node did not hold before, with all their members. Sorted by id.
     pub sets_added: Vec<Arc<AddressSet>>,
+    /// Held sets whose whole membership is replaced. Sorted by id. Only in composed deltas
+    /// (a set removed and added again); `diff` never produces it.
+    pub sets_replaced: Vec<Arc<AddressSet>>,
     /// Member changes of sets held before and after. Sorted by set id.
     pub members: Vec<Arc<MemberChange>>,
     /// Sorted by address.
@@ -114,6 +134,7 @@ pub struct SliceDelta {
 impl SliceDelta {
     pub fn is_empty(&self) -> bool {
         self.sets_added.is_empty()
+            && self.sets_replaced.is_empty()
             && self.members.is_empty()
             && self.endpoints.is_empty()
             && self.sets_removed.is_empty()
@@ -208,141 +229,4 @@ pub fn diff(a: &NodeSlice, b: &NodeSlice) -> SliceDelta {
         .filter_map(|ip| diff_endpoint(*ip, a.endpoints.get(ip), b.endpoints.get(ip)))
         .collect();
     d
-}
-
-/// A delta that does not fit the slice it is applied to.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeltaError {
-    #[error("address set {0} is added but already present")]
-    SetExists(SetId),
-    #[error("address set {0} is changed or removed but not present")]
-    SetMissing(SetId),
-    #[error("member {1} of set {0} is added but already present")]
-    MemberExists(SetId, Member),
-    #[error("member {1} of set {0} is removed but not present")]
-    MemberMissing(SetId, Member),
-    #[error("endpoint {0} is added but already present")]
-    EndpointExists(Ipv4Addr),
-    #[error("endpoint {0} is changed or removed but not present")]
-    EndpointMissing(Ipv4Addr),
-    #[error("endpoint {0} {1}: rule change does not fit ({2})")]
-    Rules(Ipv4Addr, Direction, &'static str),
-}
-
-/// Apply `d` to `s`, checking that it fits; returns the change of the slice's digest
-/// accumulator. On error `s` may be partly changed: callers apply to a copy or discard.
-pub fn apply(s: &mut NodeSlice, d: &SliceDelta) -> Result<Accumulator, DeltaError> {
-    let mut acc = Accumulator::default();
-    for set in &d.sets_added {
-        if s.sets.insert(set.id, AddressSet::clone(set)).is_some() {
-            return Err(DeltaError::SetExists(set.id));
-        }
-        acc.add(set.digest_part());
-    }
-    for c in &d.members {
-        let set = s
-            .sets
-            .get_mut(&c.set)
-            .ok_or(DeltaError::SetMissing(c.set))?;
-        for m in &c.added {
-            if !set.members.insert(*m) {
-                return Err(DeltaError::MemberExists(c.set, *m));
-            }
-        }
-        for m in &c.removed {
-            if !set.members.remove(m) {
-                return Err(DeltaError::MemberMissing(c.set, *m));
-            }
-        }
-        acc.add(c.digest_part());
-    }
-    for e in &d.endpoints {
-        acc.add(apply_endpoint(&mut s.endpoints, e)?);
-    }
-    for id in &d.sets_removed {
-        let set = s.sets.remove(id).ok_or(DeltaError::SetMissing(*id))?;
-        acc.sub(set.digest_part());
-    }
-    Ok(acc)
-}
-
-fn apply_endpoint(
-    eps: &mut BTreeMap<Ipv4Addr, Endpoint>,
-    e: &EndpointDelta,
-) -> Result<Accumulator, DeltaError> {
-    match e {
-        EndpointDelta::Add { ip, endpoint } => {
-            if eps.insert(*ip, endpoint.clone()).is_some() {
-                return Err(DeltaError::EndpointExists(*ip));
-            }
-            Ok(endpoint.digest_part(*ip))
-        }
-        EndpointDelta::Remove { ip } => {
-            let old = eps.remove(ip).ok_or(DeltaError::EndpointMissing(*ip))?;
-            Ok(Accumulator::default().minus(old.digest_part(*ip)))
-        }
-        EndpointDelta::Change {
-            ip,
-            pod,
-            ingress,
-            egress,
-        } => {
-            let ep = eps.get_mut(ip).ok_or(DeltaError::EndpointMissing(*ip))?;
-            let before = ep.digest_part(*ip);
-            if let Some(pod) = pod {
-                ep.pod = pod.clone();
-            }
-            for (dir, dd) in [(Direction::Ingress, ingress), (Direction::Egress, egress)] {
-                apply_dir(*ip, dir, ep.dir_mut(dir), dd)?;
-            }
-            if ep.ingress.is_none() && ep.egress.is_none() {
-                return Err(DeltaError::Rules(
-                    *ip,
-                    Direction::Ingress,
-                    "endpoint left with no isolation",
-                ));
-            }
-            Ok(ep.digest_part(*ip).minus(before))
-        }
-    }
-}
-
-fn apply_dir(
-    ip: Ipv4Addr,
-    dir: Direction,
-    slot: &mut Option<Arc<DirPolicy>>,
-    dd: &DirDelta,
-) -> Result<(), DeltaError> {
-    let err = |what| DeltaError::Rules(ip, dir, what);
-    match &dd.isolation {
-        IsolationChange::Unchanged => {}
-        IsolationChange::IsolatedBy(policies) => {
-            Arc::make_mut(slot.get_or_insert_with(Default::default)).policies = policies.clone();
-        }
-        IsolationChange::Released => {
-            if slot.is_none() {
-                return Err(err("released but not isolated"));
-            }
-        }
-    }
-    if !dd.added.is_empty() || !dd.removed.is_empty() {
-        let dp = Arc::make_mut(slot.as_mut().ok_or(err("rules changed but not isolated"))?);
-        for r in &dd.removed {
-            if !dp.rules.remove(r) {
-                return Err(err("removed rule not present"));
-            }
-        }
-        for r in &dd.added {
-            if !dp.rules.insert(r.clone()) {
-                return Err(err("added rule already present"));
-            }
-        }
-    }
-    if dd.isolation == IsolationChange::Released {
-        if slot.as_ref().is_some_and(|d| !d.rules.is_empty()) {
-            return Err(err("released with rules left"));
-        }
-        *slot = None;
-    }
-    Ok(())
 }

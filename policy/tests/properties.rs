@@ -4,7 +4,9 @@
 //! - every engine delta equals `diff(old, new)`, and its digest equals the new slice's;
 //! - cluster verdicts from compiled slices equal a naive reading of the policies;
 //! - the lowered map image gives the same verdict as the slice on every probed flow;
-//! - apply(diff(a, b), a) == b, and apply order does not matter for the final state.
+//! - apply(diff(a, b), a) == b, and apply order does not matter for the final state;
+//! - apply(compose(d1, d2), s) == apply(d2, apply(d1, s)), for arbitrary slices and for the
+//!   chains of deltas the engine emits.
 
 #[path = "support/gen.rs"]
 mod gen;
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use palisade_policy::cluster::ClusterView;
-use palisade_policy::delta::{apply, diff};
+use palisade_policy::delta::{apply, compose, diff, SliceDelta};
 use palisade_policy::engine::Engine;
 use palisade_policy::eval::{evaluate, Flow};
 use palisade_policy::lower;
@@ -204,6 +206,50 @@ proptest! {
         for node in gen::NODES {
             prop_assert_eq!(e1.slice(node), e2.slice(node));
             prop_assert_eq!(e1.slice(node).encode(), e2.slice(node).encode());
+        }
+    }
+
+    #[test]
+    fn composed_diffs_apply_like_the_sequence(
+        a in prop::collection::vec(gen::command(), 0..25),
+        b in prop::collection::vec(gen::command(), 0..25),
+        c in prop::collection::vec(gen::command(), 0..25),
+    ) {
+        let engines = [Engine::load(1, a), Engine::load(1, b), Engine::load(1, c)];
+        for node in gen::NODES {
+            let [sa, sb, sc] = engines.each_ref().map(|e| e.slice(node));
+            let d = compose(&diff(&sa, &sb), &diff(&sb, &sc)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut replay = sa.clone();
+            let acc = apply(&mut replay, &d).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&replay.endpoints, &sc.endpoints);
+            prop_assert_eq!(&replay.sets, &sc.sets);
+            prop_assert_eq!(sa.accumulator().plus(acc).digest(), sc.digest());
+        }
+    }
+
+    #[test]
+    fn composed_engine_updates_reach_the_latest_slice(
+        setup in prop::collection::vec(gen::command(), 0..20),
+        commands in prop::collection::vec(gen::command(), 1..40),
+    ) {
+        let mut engine = Engine::load(1, setup);
+        let start = all_slices(&engine);
+        let mut pending: BTreeMap<Name, SliceDelta> = BTreeMap::new();
+        for (i, c) in commands.into_iter().enumerate() {
+            for u in engine.apply(2 + i as u64, c) {
+                let d = match pending.remove(&u.node) {
+                    None => u.delta.clone(),
+                    Some(prev) => compose(&prev, &u.delta).map_err(|e| TestCaseError::fail(e.to_string()))?,
+                };
+                pending.insert(u.node.clone(), d);
+            }
+        }
+        for (node, end) in all_slices(&engine) {
+            let mut replay = start[&node].clone();
+            if let Some(d) = pending.get(&node) {
+                apply(&mut replay, d).map_err(|e| TestCaseError::fail(format!("{node}: {e}")))?;
+            }
+            prop_assert_eq!(content(replay), content(end), "node {}", node);
         }
     }
 }

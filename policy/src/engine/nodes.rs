@@ -95,6 +95,7 @@ impl Work {
         self.sets_removed.sort();
         SliceDelta {
             sets_added: self.sets_added.into_iter().map(snapshot).collect(),
+            sets_replaced: Vec::new(),
             members: self.members,
             endpoints: self.endpoints,
             sets_removed: self.sets_removed,
