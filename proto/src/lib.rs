@@ -1,6 +1,28 @@
-//! Palisade's wire API, package `palisade.v1` (not built yet: the distribution issue adds it).
+//! Palisade's wire API, package `palisade.v1`.
 //!
-//! Data comes from `palisade-policy` (slices, deltas, digests, verdicts) and goes out as
-//! protobuf messages over the agent sync stream and the introspection service; agent acks and
-//! nacks come back the same way. This crate will hold the `.proto` files, the generated code
-//! and the conversions between them and the policy types.
+//! Data comes from `palisade-policy` (slices, deltas, digests, verdicts), is converted here
+//! ([`convert`]) into the generated protobuf types ([`v1`]) and encoded ([`encode`]) for the
+//! agent sync stream and the introspection service; agent acks and nacks, and slices received
+//! by agents, come back through the same conversions. [`v1::FILE_DESCRIPTOR_SET`] feeds server
+//! reflection.
+
+pub mod convert;
+pub mod encode;
+
+/// The generated `palisade.v1` messages, clients and servers.
+pub mod v1 {
+    tonic::include_proto!("palisade.v1");
+
+    /// The compiled descriptors of `palisade.v1` (with comments), for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/palisade_v1_descriptor.bin"));
+}
+
+/// The Sync server as the controller runs it (`pre_encoded::sync_server::SyncServer`): its
+/// responses are [`Encoded`] `ControllerMessage`s, encoded once per update and shared by every
+/// send.
+pub mod pre_encoded {
+    include!(concat!(env!("OUT_DIR"), "/pre_encoded/palisade.v1.rs"));
+}
+
+pub use encode::Encoded;

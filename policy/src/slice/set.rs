@@ -30,6 +30,20 @@ impl fmt::Debug for SetId {
     }
 }
 
+impl std::str::FromStr for SetId {
+    type Err = String;
+
+    /// 16 hex digits, as `Display` writes them.
+    fn from_str(s: &str) -> Result<SetId, String> {
+        if s.len() != 16 {
+            return Err(format!("set id '{s}' is not 16 hex digits"));
+        }
+        u64::from_str_radix(s, 16)
+            .map(SetId)
+            .map_err(|_| format!("set id '{s}' is not 16 hex digits"))
+    }
+}
+
 impl Serialize for SetId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -39,9 +53,7 @@ impl Serialize for SetId {
 impl<'de> Deserialize<'de> for SetId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SetId, D::Error> {
         let s = String::deserialize(d)?;
-        u64::from_str_radix(&s, 16)
-            .map(SetId)
-            .map_err(|_| serde::de::Error::custom("expected 16 hex digits"))
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
