@@ -1,5 +1,15 @@
-//! The Palisade node agent (not built yet: the distribution and dataplane issues add it).
+//! The Palisade node agent.
 //!
-//! Data comes from the controller's sync stream as slice snapshots and deltas, is lowered by
-//! `palisade_policy::lower` to map operations and goes into the dataplane (eBPF maps or an
-//! in-memory fake); what the dataplane holds is acked back by version and digest.
+//! Data comes from the controller's sync stream ([`client`]) as snapshots and deltas of the
+//! node's slice; each is applied to a copy of the held slice, checked against the controller's
+//! digest, installed into the [`dataplane`] (all or nothing), saved to the state directory
+//! ([`store`]), and only then acknowledged by version and digest, or nacked with the error.
+//! A restarted agent installs its saved slice again and resumes from its version.
+
+pub mod client;
+pub mod dataplane;
+pub mod store;
+
+pub use client::{Agent, AgentConfig, ClientTls, Phase, Status};
+pub use dataplane::{Capacities, Dataplane, DataplaneError, MemoryDataplane};
+pub use store::StateStore;

@@ -3,7 +3,9 @@
 //! matrices, flow explanations ([`evaluate`]) and slices ([`show`]) on stdout; problems with
 //! the input go to stderr. `demo` runs the seed scenarios embedded in the binary ([`demo`]).
 
+pub mod certs;
 pub mod demo;
 pub mod evaluate;
 pub mod load;
+pub mod remote;
 pub mod show;

@@ -4,14 +4,17 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade_policy::cluster::{ClusterView, Probe};
-use palisadectl::{demo, evaluate, load, show};
+use palisadectl::{certs, demo, evaluate, load, remote, show};
 
 /// Palisade's command line: evaluate Kubernetes NetworkPolicy manifests exactly as Palisade
 /// enforces them, and inspect the per-node policy slices it computes.
 ///
-/// Exit status: 0 success; 1 error (nothing evaluated); 2 bad command line; 3 for
-/// `evaluate --from/--to` when the flow is denied; 4 results printed but some objects were
-/// invalid (rejected as the Kubernetes API server would reject them, and skipped).
+/// Offline (`evaluate`, `slice`, `demo`) it reads manifests; online (`nodes`, `node`, `wait`,
+/// `explain`, `rejected`) it asks a running controller, with an operator certificate.
+///
+/// Exit status: 0 success; 1 error; 2 bad command line; 3 a negative answer (an explained
+/// flow is denied, a waited-for revision is not realized); 4 results printed but some objects
+/// were invalid (rejected as the Kubernetes API server would reject them, and skipped).
 #[derive(Parser)]
 #[command(name = "palisadectl", version, propagate_version = true)]
 struct Cli {
@@ -108,6 +111,133 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+
+    /// Mint a CA and certificates for a local Palisade: the controller (naming --host), one
+    /// per --node, one per --operator. An existing CA in DIR is reused.
+    Certs {
+        /// Directory to write the PEM files to (created if missing).
+        #[arg(long, default_value = "palisade-certs")]
+        dir: PathBuf,
+        /// DNS name or IP address agents and operators reach the controller at. Repeatable.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        /// Node to mint an agent certificate for. Repeatable.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Operator to mint an introspection certificate for. Repeatable.
+        #[arg(long = "operator", default_values_t = ["admin".to_string()])]
+        operators: Vec<String>,
+    },
+
+    /// Every node the running controller knows: versions, acks, lag, connection.
+    Nodes {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+
+    /// One node on the running controller, optionally with its slice.
+    Node {
+        /// Node name.
+        name: String,
+        /// Show the node's slice too.
+        #[arg(long)]
+        slice: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+
+    /// Wait until a revision is realized (every affected node acked it), or the timeout;
+    /// says which nodes lag. Exit status 3 when not realized.
+    Wait {
+        /// Revision number, or `latest`.
+        #[arg(default_value = "latest")]
+        revision: String,
+        /// How long to wait.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+
+    /// Explain one flow on the running controller: against one node's slice (--node), or the
+    /// source node's egress and the destination node's ingress. Exit status 3 when denied.
+    Explain {
+        /// Source: NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        from: String,
+        /// Destination: NAMESPACE/POD or an IPv4 address.
+        #[arg(long)]
+        to: String,
+        /// Destination port.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// TCP, UDP or SCTP.
+        #[arg(long, default_value = "TCP", value_parser = evaluate::parse_protocol)]
+        protocol: palisade_policy::model::Protocol,
+        /// Evaluate against this node's slice only.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+
+    /// Objects the running controller rejected as invalid.
+    Rejected {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+/// How to reach a running controller.
+#[derive(clap::Args)]
+struct ConnArgs {
+    /// The controller: HOST:PORT, or a URL with http:// (plaintext) or https://.
+    #[arg(long, env = "PALISADE_CONTROLLER", default_value = "127.0.0.1:7443")]
+    controller: String,
+    /// CA certificate (PEM) that signed the controller's certificate.
+    #[arg(long, env = "PALISADE_CA")]
+    ca: Option<PathBuf>,
+    /// Operator certificate (PEM), e.g. from `palisadectl certs`.
+    #[arg(long, env = "PALISADE_OPERATOR_CERT")]
+    cert: Option<PathBuf>,
+    /// Operator private key (PEM).
+    #[arg(long, env = "PALISADE_OPERATOR_KEY")]
+    key: Option<PathBuf>,
+    /// Name to verify the controller's certificate against (default: the address's host).
+    #[arg(long, env = "PALISADE_TLS_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Plaintext (a controller run with --insecure).
+    #[arg(long, env = "PALISADE_INSECURE")]
+    insecure: bool,
+}
+
+impl ConnArgs {
+    fn conn(self) -> remote::Conn {
+        remote::Conn {
+            controller: self.controller,
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            server_name: self.server_name,
+            insecure: self.insecure,
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -168,6 +298,96 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Demo { output } => {
             print!("{}", demo::run(output == Output::Json)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Certs {
+            dir,
+            hosts,
+            nodes,
+            operators,
+        } => {
+            let written = certs::mint(&certs::Request {
+                dir: &dir,
+                hosts: &hosts,
+                nodes: &nodes,
+                operators: &operators,
+            })?;
+            for f in written {
+                println!("{}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Nodes { conn, output } => {
+            print!(
+                "{}",
+                runtime()?.block_on(remote::nodes(&conn.conn(), output == Output::Json))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Node {
+            name,
+            slice,
+            conn,
+            output,
+        } => {
+            print!(
+                "{}",
+                runtime()?.block_on(remote::node(
+                    &conn.conn(),
+                    &name,
+                    slice,
+                    output == Output::Json
+                ))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Wait {
+            revision,
+            timeout,
+            conn,
+            output,
+        } => {
+            let revision = match revision.as_str() {
+                "latest" => None,
+                r => Some(r.parse::<u64>().map_err(|_| {
+                    anyhow::anyhow!("REVISION must be a number or `latest`, not '{r}'")
+                })?),
+            };
+            let (text, realized) = runtime()?.block_on(remote::wait(
+                &conn.conn(),
+                revision,
+                timeout,
+                output == Output::Json,
+            ))?;
+            print!("{text}");
+            Ok(exit(false, !realized))
+        }
+        Cmd::Explain {
+            from,
+            to,
+            port,
+            protocol,
+            node,
+            conn,
+            output,
+        } => {
+            let req = palisade_proto::v1::ExplainFlowRequest {
+                node: node.unwrap_or_default(),
+                source: from,
+                destination: to,
+                protocol: i32::from(protocol.number()),
+                port: u32::from(port),
+            };
+            let (text, allowed) =
+                runtime()?.block_on(remote::explain(&conn.conn(), req, output == Output::Json))?;
+            print!("{text}");
+            Ok(exit(false, !allowed))
+        }
+        Cmd::Rejected { conn, output } => {
+            print!(
+                "{}",
+                runtime()?.block_on(remote::rejected(&conn.conn(), output == Output::Json))?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -3,6 +3,7 @@
 //! ingress on the destination's. Used by `palisadectl evaluate` and by introspection; it never
 //! reads policies directly, only the compiled slices.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -47,6 +48,72 @@ pub struct FlowExplanation {
 pub struct Probe {
     pub port: u16,
     pub protocol: Protocol,
+}
+
+/// One direction of `flow` for `pod` (if any), on its node's slice.
+fn side<'a>(
+    pod: &Option<PodInfo>,
+    dir: Direction,
+    flow: &Flow,
+    slice: impl Fn(&str) -> Option<Cow<'a, NodeSlice>>,
+) -> Option<NodeCheck> {
+    let pod = pod.as_ref()?;
+    let node = pod.node.as_ref()?;
+    let verdict = slice(node)
+        .and_then(|s| check(&s, flow, dir))
+        .unwrap_or_else(|| DirVerdict::NotIsolated {
+            endpoint: pod.key.clone(),
+        });
+    Some(NodeCheck {
+        node: node.clone(),
+        verdict,
+    })
+}
+
+/// The verdict of `flow` between `source` and `destination` (the pods at its addresses, if
+/// any), from the slices `slice` returns for their nodes.
+fn explain_with<'a>(
+    flow: &Flow,
+    source: Option<PodInfo>,
+    destination: Option<PodInfo>,
+    slice: impl Fn(&str) -> Option<Cow<'a, NodeSlice>>,
+) -> FlowExplanation {
+    let egress = side(&source, Direction::Egress, flow, &slice);
+    let ingress = side(&destination, Direction::Ingress, flow, &slice);
+    let self_traffic = flow.src == flow.dst;
+    let passes = |c: &Option<NodeCheck>| c.as_ref().is_none_or(|c| c.verdict.passes());
+    FlowExplanation {
+        flow: *flow,
+        allowed: self_traffic || (passes(&egress) && passes(&ingress)),
+        source,
+        destination,
+        self_traffic,
+        egress,
+        ingress,
+    }
+}
+
+/// The peer pod at `ip` (the smallest key when several claim it), by a scan of every pod.
+pub fn peer_at(engine: &Engine, ip: Ipv4Addr) -> Option<PodInfo> {
+    engine
+        .pods()
+        .into_iter()
+        .find(|p| p.peer_ip() == Some(ip))
+        .map(|p| PodInfo {
+            key: p.key.clone(),
+            ip,
+            node: p.node.clone(),
+        })
+}
+
+/// The verdict of one flow straight from an engine: only the two nodes' slices involved are
+/// materialised (finding the pods scans every pod once).
+pub fn explain_in(engine: &Engine, flow: &Flow) -> FlowExplanation {
+    let source = peer_at(engine, flow.src);
+    let destination = peer_at(engine, flow.dst);
+    explain_with(flow, source, destination, |n| {
+        Some(Cow::Owned(engine.slice(n)))
+    })
 }
 
 /// Every node's slice and every peer pod, materialised once for many queries.
@@ -99,45 +166,11 @@ impl ClusterView {
         self.slices.get(node)
     }
 
-    fn side(
-        &self,
-        ip: Ipv4Addr,
-        dir: Direction,
-        flow: &Flow,
-    ) -> (Option<PodInfo>, Option<NodeCheck>) {
-        let Some(pod) = self.by_ip.get(&ip).map(|i| self.pods[*i].clone()) else {
-            return (None, None);
-        };
-        let check = pod.node.as_ref().map(|node| {
-            let verdict = self
-                .slices
-                .get(node)
-                .and_then(|s| check(s, flow, dir))
-                .unwrap_or_else(|| DirVerdict::NotIsolated {
-                    endpoint: pod.key.clone(),
-                });
-            NodeCheck {
-                node: node.clone(),
-                verdict,
-            }
-        });
-        (Some(pod), check)
-    }
-
     pub fn explain(&self, flow: &Flow) -> FlowExplanation {
-        let (source, egress) = self.side(flow.src, Direction::Egress, flow);
-        let (destination, ingress) = self.side(flow.dst, Direction::Ingress, flow);
-        let self_traffic = flow.src == flow.dst;
-        let passes = |c: &Option<NodeCheck>| c.as_ref().is_none_or(|c| c.verdict.passes());
-        FlowExplanation {
-            flow: *flow,
-            allowed: self_traffic || (passes(&egress) && passes(&ingress)),
-            source,
-            destination,
-            self_traffic,
-            egress,
-            ingress,
-        }
+        let pod = |ip| self.by_ip.get(&ip).map(|i| self.pods[*i].clone());
+        explain_with(flow, pod(flow.src), pod(flow.dst), |n| {
+            self.slices.get(n).map(Cow::Borrowed)
+        })
     }
 
     pub fn allowed(&self, src: Ipv4Addr, dst: Ipv4Addr, probe: Probe) -> bool {

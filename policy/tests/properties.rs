@@ -69,6 +69,7 @@ fn check_sequence(setup: Vec<Command>, commands: Vec<Command>) -> Result<(), Tes
             prop_assert_eq!(content(replay), content(new.clone()));
             prop_assert_eq!(old.accumulator().plus(acc), new.accumulator());
             prop_assert_eq!(u.digest(), new.digest());
+            prop_assert_eq!(u.from_digest(), old.digest());
             prop_assert!(!u.delta.is_empty());
         }
         for (n, s) in &after {
@@ -137,6 +138,9 @@ proptest! {
                     let got = view.explain(&flow).allowed;
                     let want = world.allowed(src, dst, protocol, port);
                     prop_assert_eq!(got, want, "{:?}\n{:#?}", flow, view.explain(&flow));
+                    if port == 80 {
+                        prop_assert_eq!(palisade_policy::cluster::explain_in(&engine, &flow), view.explain(&flow));
+                    }
                 }
             }
         }

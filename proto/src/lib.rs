@@ -26,3 +26,38 @@ pub mod pre_encoded {
 }
 
 pub use encode::Encoded;
+
+/// Who a certificate names, by URI subject alternative name (the convention `palisadectl
+/// certs` mints and the controller checks).
+pub mod identity {
+    /// `palisade://node/NAME`: the agent of node NAME; may sync only NAME's slice.
+    pub const NODE: &str = "palisade://node/";
+    /// `palisade://operator/NAME`: may call introspection.
+    pub const OPERATOR: &str = "palisade://operator/";
+    /// `palisade://controller`: a controller replica.
+    pub const CONTROLLER: &str = "palisade://controller";
+
+    pub fn node_uri(node: &str) -> String {
+        format!("{NODE}{node}")
+    }
+
+    pub fn operator_uri(name: &str) -> String {
+        format!("{OPERATOR}{name}")
+    }
+}
+
+/// An error with its causes, repeated levels dropped: "transport error: tcp connect error:
+/// Connection refused (os error 111)" (tonic's own message says only "transport error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}

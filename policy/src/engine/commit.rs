@@ -92,7 +92,8 @@ impl Engine {
                 }
                 continue;
             }
-            let w = work.entry(n).or_default();
+            let acc = node.acc;
+            let w = work.entry(n).or_insert_with(|| Work::new(acc));
             w.changed = true;
             if track {
                 w.endpoints.extend(diff_endpoint(
@@ -135,7 +136,8 @@ impl Engine {
         // Member changes reach every node holding the set before and after.
         for (id, (change, acc)) in &changes {
             for &n in &self.sets.entries[id].node_refs {
-                let w = work.entry(n).or_default();
+                let before = self.nodes.list[n as usize].acc;
+                let w = work.entry(n).or_insert_with(|| Work::new(before));
                 if w.refs_before.get(id) == Some(&false) {
                     continue; // newly held: sent whole in sets_added
                 }
@@ -161,6 +163,7 @@ impl Engine {
             let node = &mut self.nodes.list[n as usize];
             let from_version = node.version;
             node.version = revision;
+            let w_acc_before = w.acc_before;
             let delta = if track {
                 w.into_delta(&mut snapshot)
             } else {
@@ -170,6 +173,7 @@ impl Engine {
                 node: node.name.clone(),
                 from_version,
                 to_version: revision,
+                from_accumulator: w_acc_before,
                 accumulator: node.acc,
                 delta,
             });

@@ -76,8 +76,9 @@ impl Nodes {
 }
 
 /// What one revision changes on one node.
-#[derive(Default)]
 pub(crate) struct Work {
+    /// The node's digest accumulator before the revision.
+    pub acc_before: Accumulator,
     pub changed: bool,
     pub endpoints: Vec<EndpointDelta>,
     /// First-touched sets → whether the node held them before the revision.
@@ -88,6 +89,18 @@ pub(crate) struct Work {
 }
 
 impl Work {
+    pub fn new(acc_before: Accumulator) -> Work {
+        Work {
+            acc_before,
+            changed: false,
+            endpoints: Vec::new(),
+            refs_before: FxHashMap::default(),
+            sets_added: Vec::new(),
+            sets_removed: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
     pub fn into_delta(mut self, snapshot: &mut impl FnMut(SetId) -> Arc<AddressSet>) -> SliceDelta {
         self.endpoints.sort_by_key(EndpointDelta::ip);
         self.members.sort_by_key(|c| c.set);
@@ -111,6 +124,8 @@ pub struct NodeUpdate {
     pub from_version: u64,
     /// This revision.
     pub to_version: u64,
+    /// Digest accumulator of the slice before; see [`NodeUpdate::from_digest`].
+    pub from_accumulator: Accumulator,
     /// Digest accumulator of the new slice; see [`NodeUpdate::digest`].
     pub accumulator: Accumulator,
     /// Empty when the engine was asked not to build deltas (bulk loads).
@@ -121,6 +136,11 @@ impl NodeUpdate {
     /// Digest of the slice after this update.
     pub fn digest(&self) -> Digest {
         self.accumulator.digest()
+    }
+
+    /// Digest of the slice this update starts from.
+    pub fn from_digest(&self) -> Digest {
+        self.from_accumulator.digest()
     }
 }
 

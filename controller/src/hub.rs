@@ -1,0 +1,221 @@
+//! The controller's shared state: the policy engine, the per-node update history, rollout
+//! state and rejected objects, behind one lock held only for short, non-blocking sections.
+//! Writers (the source) apply commands; readers (sync streams, introspection) take slices,
+//! catch-ups and status. Streams wake through a watch channel per node, so a change reaches
+//! exactly the nodes it affects.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use palisade_policy::engine::Engine;
+use palisade_policy::model::{Command, Name};
+use palisade_policy::Digest;
+use palisade_proto::encode::{self, SharedParts};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::history::{Entry, History, Limits};
+use crate::metrics::Metrics;
+use crate::revision::RevisionStore;
+use crate::rollout::{AckOutcome, Rollout};
+use crate::source::Rejected;
+
+pub struct State {
+    pub engine: Engine,
+    pub history: History,
+    pub rollout: Rollout,
+    pub rejected: Vec<Rejected>,
+    revisions: RevisionStore,
+    watchers: HashMap<Name, watch::Sender<u64>>,
+}
+
+impl State {
+    /// The latest committed revision.
+    pub fn revision(&self) -> u64 {
+        self.engine.revision()
+    }
+
+    /// The node's desired version and digest (0 and the empty digest for an unknown node).
+    pub fn desired(&self, node: &str) -> (u64, Digest) {
+        match self.engine.node(node) {
+            Some(n) => (n.version, n.digest),
+            None => (0, palisade_policy::NodeSlice::empty(node).digest()),
+        }
+    }
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    revision: watch::Sender<u64>,
+    realized: watch::Sender<u64>,
+    pub metrics: Metrics,
+}
+
+impl Hub {
+    pub fn new(revisions: RevisionStore, limits: Limits, metrics: Metrics) -> Hub {
+        Hub {
+            state: Mutex::new(State {
+                engine: Engine::new(),
+                history: History::new(limits),
+                rollout: Rollout::default(),
+                rejected: Vec::new(),
+                revisions,
+                watchers: HashMap::new(),
+            }),
+            revision: watch::channel(0).0,
+            realized: watch::channel(0).0,
+            metrics,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would leave the state half-updated; there is nothing
+        // sensible to continue with, so propagate it.
+        self.state.lock().expect("controller state lock poisoned")
+    }
+
+    /// The latest revision, as a watch.
+    pub fn revisions(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// The realized watermark, as a watch.
+    pub fn realized(&self) -> watch::Receiver<u64> {
+        self.realized.subscribe()
+    }
+
+    /// The node's latest version, as a watch that fires when its slice changes.
+    pub fn watch_node(&self, node: &Name) -> watch::Receiver<u64> {
+        let mut st = self.lock();
+        let version = st.desired(node).0;
+        st.watchers
+            .entry(node.clone())
+            .or_insert_with(|| watch::channel(version).0)
+            .subscribe()
+    }
+
+    /// The full compile at startup: every command at one revision.
+    pub fn load(&self, commands: Vec<Command>) -> std::io::Result<u64> {
+        let started = Instant::now();
+        let mut st = self.lock();
+        let revision = st.revisions.hand_out()?;
+        st.engine = Engine::load(revision, commands);
+        let now = Instant::now();
+        let nodes = st.engine.nodes();
+        for n in &nodes {
+            if n.version > 0 {
+                st.rollout.known(&n.node, n.version, n.digest, now);
+            }
+            if let Some(w) = st.watchers.get(&n.node) {
+                w.send_replace(n.version);
+            }
+        }
+        st.rollout.committed(revision, now);
+        let elapsed = started.elapsed();
+        self.metrics.full_compile(elapsed, nodes.len());
+        info!(
+            revision,
+            nodes = nodes.len(),
+            seconds = elapsed.as_secs_f64(),
+            "full compile"
+        );
+        drop(st);
+        self.published(revision);
+        Ok(revision)
+    }
+
+    /// Apply `commands`, each at the next revision; returns the last revision.
+    pub fn apply(&self, commands: Vec<Command>) -> std::io::Result<u64> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut last = st.revision();
+        for command in commands {
+            let revision = st.revisions.hand_out()?;
+            let kind = command.kind();
+            let started = Instant::now();
+            let updates = st.engine.apply(revision, command);
+            self.metrics.compiled(kind, started.elapsed());
+            let now = Instant::now();
+            let mut shared = SharedParts::default();
+            for u in &updates {
+                let digest = u.digest();
+                let from_digest = u.from_digest();
+                let encoded = encode::update(
+                    &u.node,
+                    u.from_version,
+                    u.to_version,
+                    &digest,
+                    &u.delta,
+                    &mut shared,
+                );
+                st.history.push(
+                    &u.node,
+                    Entry {
+                        from: u.from_version,
+                        from_digest,
+                        to: u.to_version,
+                        digest,
+                        delta: std::sync::Arc::new(u.delta.clone()),
+                        encoded,
+                    },
+                );
+                st.rollout.changed(&u.node, u.to_version, digest, now);
+                if let Some(w) = st.watchers.get(&u.node) {
+                    w.send_replace(u.to_version);
+                }
+            }
+            st.rollout.committed(revision, now);
+            debug!(revision, kind, nodes = updates.len(), "applied");
+            last = revision;
+        }
+        self.metrics.history_entries(st.history.updates_held());
+        self.observe_realized(st);
+        self.published(last);
+        Ok(last)
+    }
+
+    fn published(&self, revision: u64) {
+        self.revision.send_replace(revision);
+        self.metrics.revision(revision);
+    }
+
+    /// Record an ack; returns what it did.
+    pub fn ack(&self, node: &Name, version: u64, digest: Digest) -> AckOutcome {
+        let mut st = self.lock();
+        let expected = if st.desired(node).0 == version {
+            Some(st.desired(node).1)
+        } else {
+            st.history.digest_at(node, version)
+        };
+        let outcome = st.rollout.acked(node, version, digest, expected);
+        self.metrics.ack(matches!(outcome, AckOutcome::Recorded));
+        self.observe_realized(&mut st);
+        outcome
+    }
+
+    pub fn nack(&self, node: &Name, version: u64, error: String) {
+        self.lock().rollout.nacked(node, version, error);
+        self.metrics.nack();
+    }
+
+    fn observe_realized(&self, st: &mut State) {
+        let now = Instant::now();
+        for (_, latency) in st.rollout.take_realized(now) {
+            self.metrics.realized(latency);
+        }
+        let through = st.rollout.realized_through();
+        self.metrics
+            .realized_revision(through, st.rollout.lagging_nodes());
+        self.realized.send_if_modified(|v| {
+            let moved = *v != through;
+            *v = through;
+            moved
+        });
+    }
+
+    pub fn set_rejected(&self, rejected: Vec<Rejected>) {
+        self.metrics.rejected(rejected.len());
+        self.lock().rejected = rejected;
+    }
+}

@@ -1,0 +1,326 @@
+//! The `palisade.v1.Introspection` service (DESIGN.md contract 7): nodes, slices, rollout
+//! state, revisions, flow explanations and rejected objects. Operators only (see `auth`).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_policy::cluster::{self, NodeCheck};
+use palisade_policy::eval::{self, DirVerdict, Flow};
+use palisade_policy::model::{Direction, Name, ObjKey};
+use palisade_policy::slice::{NodeSlice, PeerRef, Rule};
+use palisade_proto::convert;
+use palisade_proto::v1::introspection_server::Introspection;
+use palisade_proto::v1::{self as pb, direction_check::Result as CheckResult};
+use tonic::{Request, Response, Status};
+
+use crate::hub::{Hub, State};
+
+pub struct IntrospectionService {
+    hub: Arc<Hub>,
+}
+
+impl IntrospectionService {
+    pub fn new(hub: Arc<Hub>) -> IntrospectionService {
+        IntrospectionService { hub }
+    }
+}
+
+/// Longest a WaitRevision may wait.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
+    let (desired, desired_digest) = st.desired(node);
+    let summary = st.engine.node(node);
+    let r = st.rollout.node(node);
+    let acked = r.map_or(0, |r| r.acked_version);
+    pb::NodeStatus {
+        node: node.to_string(),
+        desired_version: desired,
+        desired_digest: desired_digest.to_hex(),
+        acked_version: acked,
+        acked_digest: r
+            .and_then(|r| r.acked_digest)
+            .map(|d| d.to_hex())
+            .unwrap_or_default(),
+        connected: r.is_some_and(|r| r.connections > 0),
+        lag_revisions: desired.saturating_sub(acked),
+        lag_seconds: r.map_or(0.0, |r| r.lag(now).as_secs_f64()),
+        nack_version: r.and_then(|r| r.nack.as_ref()).map_or(0, |(v, _)| *v),
+        nack_error: r
+            .and_then(|r| r.nack.as_ref())
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default(),
+        pods: summary.as_ref().map_or(0, |s| s.pods as u32),
+        endpoints: summary.as_ref().map_or(0, |s| s.endpoints as u32),
+        sets: summary.as_ref().map_or(0, |s| s.sets as u32),
+        agent_version: r.map(|r| r.agent_version.clone()).unwrap_or_default(),
+        slice: None,
+    }
+}
+
+/// Nodes the controller knows: with pods, or with an agent that connected.
+fn known_nodes(st: &State) -> BTreeSet<Name> {
+    let mut names: BTreeSet<Name> = st.engine.nodes().into_iter().map(|n| n.node).collect();
+    names.extend(st.rollout.nodes().map(|(n, _)| n.clone()));
+    names
+}
+
+fn revision_status(st: &State, revision: u64) -> pb::RevisionStatus {
+    pb::RevisionStatus {
+        revision,
+        latest_revision: st.revision(),
+        realized: st.rollout.is_realized(revision) && revision <= st.revision(),
+        realized_through: st.rollout.realized_through(),
+        lagging: st
+            .rollout
+            .lagging(revision)
+            .into_iter()
+            .map(|l| pb::LaggingNode {
+                node: l.node.to_string(),
+                needed_version: l.needed_version,
+                acked_version: l.acked_version,
+                connected: l.connected,
+                nack_error: l.nack.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// An address from `IP` or `namespace/name` of a pod with an address.
+fn address(st: &State, s: &str, field: &str) -> Result<Ipv4Addr, Status> {
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return Ok(ip);
+    }
+    let key: ObjKey = s
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e} or an IPv4 address")))?;
+    let pod = st
+        .engine
+        .pod(&key)
+        .ok_or_else(|| Status::not_found(format!("{field}: no pod {key}")))?;
+    pod.peer_ip().ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "{field}: pod {key} is not a policy peer (no IPv4 address, host network, or finished)"
+        ))
+    })
+}
+
+fn describe(slice: &NodeSlice, r: &Rule, dir: Direction) -> String {
+    let peer = match r.peer {
+        PeerRef::Any => "any address".to_string(),
+        PeerRef::Set(id) => slice
+            .sets
+            .get(&id)
+            .map_or_else(|| format!("set {id}"), |s| s.def.to_string()),
+    };
+    let word = if dir == Direction::Egress {
+        "to"
+    } else {
+        "from"
+    };
+    format!(
+        "{} {dir}[{}]: {word} {peer}, {}",
+        r.policy, r.index, r.ports
+    )
+}
+
+fn check_pb(c: &NodeCheck, dir: Direction, slice: &NodeSlice) -> pb::DirectionCheck {
+    let (endpoint, result, policies, rules) = match &c.verdict {
+        DirVerdict::NotIsolated { endpoint } => {
+            (endpoint, CheckResult::NotIsolated, vec![], vec![])
+        }
+        DirVerdict::Allowed { endpoint, rules } => {
+            let isolating = slice
+                .endpoints
+                .values()
+                .find(|e| &e.pod == endpoint)
+                .and_then(|e| e.dir(dir))
+                .map(|d| d.policies.iter().map(|p| p.to_string()).collect())
+                .unwrap_or_default();
+            (
+                endpoint,
+                CheckResult::Allowed,
+                isolating,
+                rules.iter().map(|r| describe(slice, r, dir)).collect(),
+            )
+        }
+        DirVerdict::Denied { endpoint, policies } => (
+            endpoint,
+            CheckResult::Denied,
+            policies.iter().map(|p| p.to_string()).collect(),
+            vec![],
+        ),
+    };
+    pb::DirectionCheck {
+        node: c.node.to_string(),
+        endpoint: endpoint.to_string(),
+        result: result as i32,
+        policies,
+        rules,
+    }
+}
+
+#[tonic::async_trait]
+impl Introspection for IntrospectionService {
+    async fn list_nodes(
+        &self,
+        _req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let st = self.hub.lock();
+        let now = Instant::now();
+        let nodes = known_nodes(&st)
+            .iter()
+            .map(|n| node_status(&st, n, now))
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse {
+            revision: st.revision(),
+            nodes,
+        }))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let req = req.into_inner();
+        let st = self.hub.lock();
+        if !known_nodes(&st).contains(req.node.as_str()) {
+            return Err(Status::not_found(format!(
+                "no node {} (no pod is scheduled there and no agent connected)",
+                req.node
+            )));
+        }
+        let mut status = node_status(&st, &req.node, Instant::now());
+        if req.include_slice {
+            status.slice = Some(convert::slice_to_pb(&st.engine.slice(&req.node)));
+        }
+        Ok(Response::new(status))
+    }
+
+    async fn get_revision(
+        &self,
+        req: Request<pb::RevisionRequest>,
+    ) -> Result<Response<pb::RevisionStatus>, Status> {
+        let st = self.hub.lock();
+        Ok(Response::new(revision_status(
+            &st,
+            req.into_inner().revision,
+        )))
+    }
+
+    async fn wait_revision(
+        &self,
+        req: Request<pb::WaitRevisionRequest>,
+    ) -> Result<Response<pb::RevisionStatus>, Status> {
+        let req = req.into_inner();
+        let timeout = Duration::from_millis(req.timeout_ms).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut realized = self.hub.realized();
+        let mut revisions = self.hub.revisions();
+        loop {
+            {
+                let st = self.hub.lock();
+                let status = revision_status(&st, req.revision);
+                if status.realized || tokio::time::Instant::now() >= deadline {
+                    return Ok(Response::new(status));
+                }
+            }
+            tokio::select! {
+                _ = realized.changed() => {}
+                _ = revisions.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn explain_flow(
+        &self,
+        req: Request<pb::ExplainFlowRequest>,
+    ) -> Result<Response<pb::FlowExplanation>, Status> {
+        let req = req.into_inner();
+        let st = self.hub.lock();
+        let protocol = convert::protocol_from_pb(req.protocol, "protocol")
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .ok_or_else(|| Status::invalid_argument("protocol: name TCP, UDP or SCTP"))?;
+        let port = u16::try_from(req.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("port: {} is not 1-65535", req.port))
+            })?;
+        let flow = Flow {
+            src: address(&st, &req.source, "source")?,
+            dst: address(&st, &req.destination, "destination")?,
+            protocol: protocol.number(),
+            port,
+        };
+        let src_pod = cluster::peer_at(&st.engine, flow.src);
+        let dst_pod = cluster::peer_at(&st.engine, flow.dst);
+        let pod_name = |p: &Option<cluster::PodInfo>| {
+            p.as_ref().map(|p| p.key.to_string()).unwrap_or_default()
+        };
+        let mut out = pb::FlowExplanation {
+            allowed: false,
+            self_traffic: flow.src == flow.dst,
+            source_ip: flow.src.to_string(),
+            destination_ip: flow.dst.to_string(),
+            source_pod: pod_name(&src_pod),
+            destination_pod: pod_name(&dst_pod),
+            egress: None,
+            ingress: None,
+        };
+        if req.node.is_empty() {
+            let e = cluster::explain_in(&st.engine, &flow);
+            let slice_of = |c: &NodeCheck| st.engine.slice(&c.node);
+            out.allowed = e.allowed;
+            out.egress = e
+                .egress
+                .as_ref()
+                .map(|c| check_pb(c, Direction::Egress, &slice_of(c)));
+            out.ingress = e
+                .ingress
+                .as_ref()
+                .map(|c| check_pb(c, Direction::Ingress, &slice_of(c)));
+        } else {
+            let slice = st.engine.slice(&req.node);
+            let e = eval::explain(&slice, &flow);
+            let node: Name = req.node.as_str().into();
+            let wrap = |v: Option<DirVerdict>, dir| {
+                v.map(|verdict| {
+                    check_pb(
+                        &NodeCheck {
+                            node: node.clone(),
+                            verdict,
+                        },
+                        dir,
+                        &slice,
+                    )
+                })
+            };
+            out.allowed = e.verdict().is_allow();
+            out.egress = wrap(e.egress, Direction::Egress);
+            out.ingress = wrap(e.ingress, Direction::Ingress);
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn list_rejected(
+        &self,
+        _req: Request<pb::ListRejectedRequest>,
+    ) -> Result<Response<pb::ListRejectedResponse>, Status> {
+        let st = self.hub.lock();
+        let objects = st
+            .rejected
+            .iter()
+            .map(|r| pb::RejectedObject {
+                source: r.source.clone(),
+                kind: r.kind.clone(),
+                object: r.object.clone(),
+                errors: r.errors.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListRejectedResponse { objects }))
+    }
+}

@@ -1,0 +1,233 @@
+//! Prometheus metrics of the controller, served as text on `--metrics-listen` (`/metrics`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabel {
+    command: &'static str,
+}
+
+struct Inner {
+    registry: Registry,
+    streams: Gauge,
+    sent_messages: Family<KindLabel, Counter>,
+    sent_bytes: Family<KindLabel, Counter>,
+    acks: Counter,
+    acks_diverged: Counter,
+    nacks: Counter,
+    refused_streams: Counter,
+    realization: Histogram,
+    compile: Family<CommandLabel, Histogram>,
+    full_compile: Gauge<f64, std::sync::atomic::AtomicU64>,
+    revision: Gauge,
+    realized: Gauge,
+    lagging: Gauge,
+    nodes: Gauge,
+    rejected: Gauge,
+    history: Gauge,
+}
+
+/// Cheap to clone; every clone updates the same metrics.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("palisade");
+        let inner = Inner {
+            streams: Gauge::default(),
+            sent_messages: Family::default(),
+            sent_bytes: Family::default(),
+            acks: Counter::default(),
+            acks_diverged: Counter::default(),
+            nacks: Counter::default(),
+            refused_streams: Counter::default(),
+            // 1 ms .. ~65 s
+            realization: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 1 µs .. ~65 ms
+            compile: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1e-6, 2.0, 17))
+            }),
+            full_compile: Gauge::default(),
+            revision: Gauge::default(),
+            realized: Gauge::default(),
+            lagging: Gauge::default(),
+            nodes: Gauge::default(),
+            rejected: Gauge::default(),
+            history: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sync_streams",
+            "Agent sync streams connected",
+            inner.streams.clone(),
+        );
+        registry.register(
+            "sync_messages_sent",
+            "Messages sent to agents, by kind (snapshot, update, keepalive)",
+            inner.sent_messages.clone(),
+        );
+        registry.register(
+            "sync_bytes_sent",
+            "Encoded bytes sent to agents, by kind",
+            inner.sent_bytes.clone(),
+        );
+        registry.register("acks", "Acknowledgements recorded", inner.acks.clone());
+        registry.register(
+            "acks_diverged",
+            "Acks whose digest disagreed with what was sent (answered with a snapshot)",
+            inner.acks_diverged.clone(),
+        );
+        registry.register(
+            "nacks",
+            "Versions agents could not apply",
+            inner.nacks.clone(),
+        );
+        registry.register(
+            "sync_streams_refused",
+            "Sync streams refused (bad Hello, wrong node for the certificate)",
+            inner.refused_streams.clone(),
+        );
+        registry.register(
+            "revision_realization_seconds",
+            "Time from a revision's commit to every affected node acking it",
+            inner.realization.clone(),
+        );
+        registry.register(
+            "compile_seconds",
+            "Time to apply one command to the policy engine, by command",
+            inner.compile.clone(),
+        );
+        registry.register(
+            "full_compile_seconds",
+            "Duration of the last full compile",
+            inner.full_compile.clone(),
+        );
+        registry.register(
+            "revision",
+            "Latest committed revision",
+            inner.revision.clone(),
+        );
+        registry.register(
+            "realized_revision",
+            "Every revision up to this one is realized",
+            inner.realized.clone(),
+        );
+        registry.register(
+            "nodes_lagging",
+            "Nodes with unacknowledged versions",
+            inner.lagging.clone(),
+        );
+        registry.register(
+            "nodes",
+            "Nodes known to the controller",
+            inner.nodes.clone(),
+        );
+        registry.register(
+            "rejected_objects",
+            "Objects rejected as invalid",
+            inner.rejected.clone(),
+        );
+        registry.register(
+            "history_updates",
+            "Updates held in the per-node histories",
+            inner.history.clone(),
+        );
+        Metrics(Arc::new(Inner { registry, ..inner }))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
+            .expect("writing to a String");
+        out
+    }
+
+    pub fn stream_opened(&self) {
+        self.0.streams.inc();
+    }
+
+    pub fn stream_closed(&self) {
+        self.0.streams.dec();
+    }
+
+    pub fn stream_refused(&self) {
+        self.0.refused_streams.inc();
+    }
+
+    pub fn sent(&self, kind: &'static str, bytes: usize) {
+        self.0
+            .sent_messages
+            .get_or_create(&KindLabel { kind })
+            .inc();
+        self.0
+            .sent_bytes
+            .get_or_create(&KindLabel { kind })
+            .inc_by(bytes as u64);
+    }
+
+    pub fn ack(&self, recorded: bool) {
+        if recorded {
+            self.0.acks.inc();
+        } else {
+            self.0.acks_diverged.inc();
+        }
+    }
+
+    pub fn nack(&self) {
+        self.0.nacks.inc();
+    }
+
+    pub fn realized(&self, latency: Duration) {
+        self.0.realization.observe(latency.as_secs_f64());
+    }
+
+    pub fn realized_revision(&self, through: u64, lagging: usize) {
+        self.0.realized.set(through as i64);
+        self.0.lagging.set(lagging as i64);
+    }
+
+    pub fn compiled(&self, command: &'static str, took: Duration) {
+        self.0
+            .compile
+            .get_or_create(&CommandLabel { command })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn full_compile(&self, took: Duration, nodes: usize) {
+        self.0.full_compile.set(took.as_secs_f64());
+        self.0.nodes.set(nodes as i64);
+    }
+
+    pub fn revision(&self, revision: u64) {
+        self.0.revision.set(revision as i64);
+    }
+
+    pub fn rejected(&self, n: usize) {
+        self.0.rejected.set(n as i64);
+    }
+
+    pub fn history_entries(&self, n: usize) {
+        self.0.history.set(n as i64);
+    }
+}

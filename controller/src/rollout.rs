@@ -1,0 +1,327 @@
+//! Rollout state (DESIGN.md contract 5): per node the desired version, what its agent acked or
+//! nacked, whether it is connected, and which revisions are realized.
+//!
+//! A revision R is realized when every node acked at least the version its slice had at R.
+//! For a node, let u be its first unacked version (the oldest change it has not acked); R is
+//! realized for that node exactly when R < u. So one watermark answers for every revision:
+//! everything up to `min(u over nodes) - 1` is realized. Acks move nodes' u forward, changes
+//! enqueue versions; both are O(log nodes).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use palisade_policy::model::Name;
+use palisade_policy::Digest;
+
+/// One node's rollout.
+#[derive(Clone, Debug)]
+pub struct NodeRollout {
+    pub desired_version: u64,
+    pub desired_digest: Digest,
+    pub acked_version: u64,
+    pub acked_digest: Option<Digest>,
+    /// Versions changed after the acked one, oldest first, with when they were committed.
+    unacked: VecDeque<(u64, Instant)>,
+    /// Open sync streams.
+    pub connections: u32,
+    pub nack: Option<(u64, String)>,
+    pub agent_version: String,
+}
+
+impl NodeRollout {
+    fn new(digest: Digest) -> NodeRollout {
+        NodeRollout {
+            desired_version: 0,
+            desired_digest: digest,
+            acked_version: 0,
+            acked_digest: None,
+            unacked: VecDeque::new(),
+            connections: 0,
+            nack: None,
+            agent_version: String::new(),
+        }
+    }
+
+    /// First version this node has not acked, if any.
+    pub fn first_unacked(&self) -> Option<u64> {
+        self.unacked.front().map(|(v, _)| *v)
+    }
+
+    /// How long the oldest unacked change has waited.
+    pub fn lag(&self, now: Instant) -> Duration {
+        self.unacked
+            .front()
+            .map_or(Duration::ZERO, |(_, t)| now.saturating_duration_since(*t))
+    }
+}
+
+/// What an ack did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Recorded; the realized watermark may have moved.
+    Recorded,
+    /// The digest does not match what the controller sent for that version: the agent holds
+    /// something else and needs a snapshot.
+    Diverged { expected: Digest },
+    /// A version the controller never sent (ahead of the desired one): ignored.
+    Unknown,
+}
+
+/// A node lagging behind a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lagging {
+    pub node: Name,
+    /// The version the node must ack for the revision to be realized.
+    pub needed_version: u64,
+    pub acked_version: u64,
+    pub connected: bool,
+    pub nack: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Rollout {
+    nodes: BTreeMap<Name, NodeRollout>,
+    /// (first unacked version, node) of every node with unacked versions.
+    waiting: BTreeSet<(u64, Name)>,
+    latest_revision: u64,
+    /// Commit time of revisions not yet realized, for realization latency.
+    committed: BTreeMap<u64, Instant>,
+}
+
+/// Revisions whose commit time is remembered (older ones are forgotten, unmeasured).
+const COMMIT_TIMES_KEPT: usize = 100_000;
+
+impl Rollout {
+    pub fn node(&self, name: &str) -> Option<&NodeRollout> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (&Name, &NodeRollout)> {
+        self.nodes.iter()
+    }
+
+    fn entry(&mut self, node: &Name) -> &mut NodeRollout {
+        self.nodes
+            .entry(node.clone())
+            .or_insert_with(|| NodeRollout::new(palisade_policy::NodeSlice::empty(node).digest()))
+    }
+
+    /// A node known from the start (a full compile) at `version`. Versions it had before (from
+    /// an earlier controller run) are not tracked: it must ack `version`.
+    pub fn known(&mut self, node: &Name, version: u64, digest: Digest, now: Instant) {
+        self.changed(node, version, digest, now);
+    }
+
+    /// `revision` was committed (whether or not it changed any node).
+    pub fn committed(&mut self, revision: u64, now: Instant) {
+        self.latest_revision = self.latest_revision.max(revision);
+        self.committed.insert(revision, now);
+        while self.committed.len() > COMMIT_TIMES_KEPT {
+            self.committed.pop_first();
+        }
+    }
+
+    /// Node `node`'s slice changed to `version` with `digest`.
+    pub fn changed(&mut self, node: &Name, version: u64, digest: Digest, now: Instant) {
+        let n = self.entry(node);
+        let before = n.first_unacked();
+        n.desired_version = version;
+        n.desired_digest = digest;
+        if version > n.acked_version {
+            n.unacked.push_back((version, now));
+        }
+        let after = n.first_unacked();
+        self.reindex(node, before, after);
+    }
+
+    fn reindex(&mut self, node: &Name, before: Option<u64>, after: Option<u64>) {
+        if before == after {
+            return;
+        }
+        if let Some(b) = before {
+            self.waiting.remove(&(b, node.clone()));
+        }
+        if let Some(a) = after {
+            self.waiting.insert((a, node.clone()));
+        }
+    }
+
+    /// The agent of `node` holds `version` with `digest`. `expected` is the digest the
+    /// controller sent for that version, when it still knows it.
+    pub fn acked(
+        &mut self,
+        node: &Name,
+        version: u64,
+        digest: Digest,
+        expected: Option<Digest>,
+    ) -> AckOutcome {
+        let n = self.entry(node);
+        if version > n.desired_version {
+            return AckOutcome::Unknown;
+        }
+        if let Some(expected) = expected {
+            if expected != digest {
+                n.nack = Some((
+                    version,
+                    format!(
+                        "digest mismatch: the agent holds {digest}, the controller sent {expected}"
+                    ),
+                ));
+                return AckOutcome::Diverged { expected };
+            }
+        }
+        let before = n.first_unacked();
+        if version >= n.acked_version {
+            n.acked_version = version;
+            n.acked_digest = Some(digest);
+        }
+        while n.unacked.front().is_some_and(|(v, _)| *v <= version) {
+            n.unacked.pop_front();
+        }
+        if n.nack.as_ref().is_some_and(|(v, _)| *v <= version) {
+            n.nack = None;
+        }
+        let after = n.first_unacked();
+        self.reindex(node, before, after);
+        AckOutcome::Recorded
+    }
+
+    pub fn nacked(&mut self, node: &Name, version: u64, error: String) {
+        self.entry(node).nack = Some((version, error));
+    }
+
+    pub fn connected(&mut self, node: &Name, agent_version: &str) {
+        let n = self.entry(node);
+        n.connections += 1;
+        n.agent_version = agent_version.to_string();
+    }
+
+    pub fn disconnected(&mut self, node: &Name) {
+        let n = self.entry(node);
+        n.connections = n.connections.saturating_sub(1);
+    }
+
+    /// Every revision up to this one is realized.
+    pub fn realized_through(&self) -> u64 {
+        match self.waiting.first() {
+            Some((u, _)) => u - 1,
+            None => self.latest_revision,
+        }
+    }
+
+    pub fn is_realized(&self, revision: u64) -> bool {
+        revision <= self.realized_through()
+    }
+
+    /// Nodes keeping `revision` from being realized.
+    pub fn lagging(&self, revision: u64) -> Vec<Lagging> {
+        self.waiting
+            .iter()
+            .take_while(|(u, _)| *u <= revision)
+            .map(|(_, name)| {
+                let n = &self.nodes[name];
+                let needed = n
+                    .unacked
+                    .iter()
+                    .take_while(|(v, _)| *v <= revision)
+                    .last()
+                    .map_or(n.acked_version, |(v, _)| *v);
+                Lagging {
+                    node: name.clone(),
+                    needed_version: needed,
+                    acked_version: n.acked_version,
+                    connected: n.connections > 0,
+                    nack: n.nack.as_ref().map(|(_, e)| e.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Realization latencies of revisions realized since the last call (the watermark moved
+    /// past them); they are forgotten afterwards.
+    pub fn take_realized(&mut self, now: Instant) -> Vec<(u64, Duration)> {
+        let through = self.realized_through();
+        let mut out = Vec::new();
+        while let Some((&r, &t)) = self.committed.first_key_value() {
+            if r > through {
+                break;
+            }
+            self.committed.pop_first();
+            out.push((r, now.saturating_duration_since(t)));
+        }
+        out
+    }
+
+    pub fn lagging_nodes(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.first_unacked().is_some())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest([n; 32])
+    }
+
+    #[test]
+    fn watermark_follows_the_slowest_node() {
+        let (a, b): (Name, Name) = ("a".into(), "b".into());
+        let now = Instant::now();
+        let mut r = Rollout::default();
+        for rev in 1..=5 {
+            r.committed(rev, now);
+        }
+        assert_eq!(
+            r.realized_through(),
+            5,
+            "nothing changed: everything realized"
+        );
+        r.changed(&a, 6, d(6), now);
+        r.committed(6, now);
+        r.changed(&b, 7, d(7), now);
+        r.committed(7, now);
+        r.changed(&a, 8, d(8), now);
+        r.committed(8, now);
+        assert_eq!(r.realized_through(), 5);
+        assert_eq!(r.acked(&a, 6, d(6), Some(d(6))), AckOutcome::Recorded);
+        assert_eq!(r.realized_through(), 6, "b's change at 7 is unacked");
+        assert!(!r.is_realized(7));
+        // Listed by their oldest unacked change.
+        let lag = r.lagging(8);
+        assert_eq!(
+            lag.iter().map(|l| &*l.node).collect::<Vec<_>>(),
+            vec!["b", "a"]
+        );
+        assert_eq!(lag[1].needed_version, 8);
+        r.acked(&b, 7, d(7), Some(d(7)));
+        assert_eq!(r.realized_through(), 7);
+        // An ack of a later version covers the earlier ones.
+        r.acked(&a, 8, d(8), None);
+        assert_eq!(r.realized_through(), 8);
+        assert_eq!(r.take_realized(now).len(), 8);
+    }
+
+    #[test]
+    fn a_wrong_digest_is_divergence_and_nacks_clear_on_ack() {
+        let a: Name = "a".into();
+        let now = Instant::now();
+        let mut r = Rollout::default();
+        r.changed(&a, 3, d(3), now);
+        assert_eq!(
+            r.acked(&a, 3, d(9), Some(d(3))),
+            AckOutcome::Diverged { expected: d(3) }
+        );
+        assert_eq!(r.realized_through(), 2);
+        assert!(r.node("a").unwrap().nack.is_some());
+        assert_eq!(r.acked(&a, 4, d(4), None), AckOutcome::Unknown);
+        r.nacked(&a, 3, "no room".into());
+        assert_eq!(r.lagging(3)[0].nack.as_deref(), Some("no room"));
+        r.acked(&a, 3, d(3), Some(d(3)));
+        assert!(r.node("a").unwrap().nack.is_none());
+    }
+}

@@ -1,0 +1,148 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use palisade_agent::{Agent, AgentConfig, Capacities, ClientTls, MemoryDataplane, StateStore};
+use tokio_util::sync::CancellationToken;
+
+/// The Palisade node agent: holds its node's policy slice in the dataplane, kept in sync with
+/// the controller over one gRPC stream (mTLS), and acknowledges each version it holds.
+///
+/// It saves the last slice it applied under --state-dir, so after a restart it resumes from
+/// that version instead of taking a snapshot. It exits within a few seconds of SIGTERM,
+/// leaving the dataplane as it was.
+#[derive(Parser)]
+#[command(name = "palisade-agent", version)]
+struct Cli {
+    /// This node's name, as in the pods' spec.nodeName (and in this agent's certificate).
+    #[arg(long, env = "PALISADE_NODE")]
+    node: String,
+
+    /// The controller: HOST:PORT, or a URL with http:// (plaintext) or https://.
+    #[arg(long, env = "PALISADE_CONTROLLER", default_value = "127.0.0.1:7443")]
+    controller: String,
+
+    /// Directory for the agent's saved slice. Created if missing.
+    #[arg(long, env = "PALISADE_STATE_DIR")]
+    state_dir: PathBuf,
+
+    /// Where policy is enforced: `memory` keeps the compiled maps in memory (no enforcement,
+    /// for tests and machines without BPF); `ebpf` programs TC/eBPF maps.
+    #[arg(long, value_enum, default_value = "memory", env = "PALISADE_DATAPLANE")]
+    dataplane: DataplaneKind,
+
+    /// CA certificate (PEM) that signed the controller's certificate.
+    #[arg(long, env = "PALISADE_TLS_CA", required_unless_present = "insecure")]
+    tls_ca: Option<PathBuf>,
+
+    /// This agent's certificate (PEM); it must name the node (URI SAN palisade://node/NAME).
+    #[arg(long, env = "PALISADE_TLS_CERT", required_unless_present = "insecure")]
+    tls_cert: Option<PathBuf>,
+
+    /// This agent's private key (PEM).
+    #[arg(long, env = "PALISADE_TLS_KEY", required_unless_present = "insecure")]
+    tls_key: Option<PathBuf>,
+
+    /// Name to verify the controller's certificate against (default: the address's host).
+    #[arg(long, env = "PALISADE_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+
+    /// Plaintext, no certificates: for development only (the controller must run with
+    /// --insecure too).
+    #[arg(long, env = "PALISADE_INSECURE", conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    insecure: bool,
+
+    /// Most endpoint entries the dataplane holds (default: unlimited for memory).
+    #[arg(long)]
+    max_endpoints: Option<u64>,
+
+    /// Most address-identity entries the dataplane holds.
+    #[arg(long)]
+    max_identities: Option<u64>,
+
+    /// Most rule entries the dataplane holds.
+    #[arg(long)]
+    max_rules: Option<u64>,
+
+    /// Reconnect when the controller has been silent this long.
+    #[arg(long, default_value = "35s", value_parser = humantime::parse_duration)]
+    silence_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "PALISADE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum DataplaneKind {
+    Memory,
+    Ebpf,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn read(p: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+    if cli.dataplane == DataplaneKind::Ebpf {
+        bail!("the eBPF dataplane is not part of this build yet; run with --dataplane memory");
+    }
+    let tls = match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+            ca: read(ca)?,
+            cert: read(cert)?,
+            key: read(key)?,
+            domain: cli.tls_server_name.clone(),
+        }),
+        _ => None,
+    };
+    let config = AgentConfig {
+        tls,
+        silence_timeout: cli.silence_timeout,
+        ..AgentConfig::new(&cli.node, &cli.controller)
+    };
+    let store = StateStore::open(&cli.state_dir)?;
+    let dataplane = MemoryDataplane::new(Capacities {
+        endpoints: cli.max_endpoints,
+        identities: cli.max_identities,
+        rules: cli.max_rules,
+    });
+    let agent = Agent::new(config, dataplane, store)?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    agent.run(shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! Subcommands against a running controller's Introspection service.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use palisade_proto::convert;
+use palisade_proto::v1::direction_check::Result as CheckResult;
+use palisade_proto::v1::introspection_client::IntrospectionClient;
+use palisade_proto::v1::{self as pb};
+use serde_json::{json, Value};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::show;
+
+/// How to reach the controller.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    /// HOST:PORT, or a URL with http:// or https://.
+    pub controller: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub insecure: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("cannot reach the controller at {0}: {1}")]
+    Connect(String, String),
+    #[error("the controller answered {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("the controller sent a slice Palisade cannot read: {0}")]
+    Decode(String),
+}
+
+impl From<tonic::Status> for RemoteError {
+    fn from(s: tonic::Status) -> RemoteError {
+        RemoteError::Status {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+pub async fn client(conn: &Conn) -> Result<IntrospectionClient<Channel>, RemoteError> {
+    let tls = !conn.insecure;
+    let url = if conn.controller.contains("://") {
+        conn.controller.clone()
+    } else {
+        format!(
+            "{}://{}",
+            if tls { "https" } else { "http" },
+            conn.controller
+        )
+    };
+    let bad = |e: String| RemoteError::Connect(conn.controller.clone(), e);
+    let mut ep = Endpoint::from_shared(url)
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5));
+    if tls {
+        let read = |p: &Option<PathBuf>, flag: &str| -> Result<Vec<u8>, RemoteError> {
+            let p = p.as_ref().ok_or_else(|| {
+                RemoteError::Usage(format!(
+                    "{flag} is required (or --insecure for a plaintext controller)"
+                ))
+            })?;
+            std::fs::read(p).map_err(|e| RemoteError::Read(p.clone(), e))
+        };
+        let mut tc = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&conn.ca, "--ca")?))
+            .identity(Identity::from_pem(
+                read(&conn.cert, "--cert")?,
+                read(&conn.key, "--key")?,
+            ));
+        if let Some(n) = &conn.server_name {
+            tc = tc.domain_name(n.clone());
+        }
+        ep = ep.tls_config(tc).map_err(|e| bad(e.to_string()))?;
+    }
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| bad(palisade_proto::error_chain(&e)))?;
+    Ok(IntrospectionClient::new(channel).max_decoding_message_size(256 << 20))
+}
+
+fn status_json(n: &pb::NodeStatus) -> Value {
+    json!({
+        "node": n.node,
+        "desiredVersion": n.desired_version,
+        "desiredDigest": n.desired_digest,
+        "ackedVersion": n.acked_version,
+        "ackedDigest": n.acked_digest,
+        "connected": n.connected,
+        "lagRevisions": n.lag_revisions,
+        "lagSeconds": n.lag_seconds,
+        "nackVersion": n.nack_version,
+        "nackError": n.nack_error,
+        "pods": n.pods,
+        "endpoints": n.endpoints,
+        "sets": n.sets,
+        "agentVersion": n.agent_version,
+    })
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+pub async fn nodes(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
+    let r = client(conn)
+        .await?
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner();
+    if json_out {
+        let v = json!({"revision": r.revision, "nodes": r.nodes.iter().map(status_json).collect::<Vec<_>>()});
+        return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
+    }
+    let mut out = format!("revision {}\n", r.revision);
+    let width = r
+        .nodes
+        .iter()
+        .map(|n| n.node.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  NACK",
+        "NODE", "DESIRED", "ACKED", "LAG", "CONNECTED", "PODS", "ENDPOINTS", "SETS"
+    );
+    for n in &r.nodes {
+        let _ = writeln!(
+            out,
+            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  {}",
+            n.node,
+            n.desired_version,
+            n.acked_version,
+            n.lag_revisions,
+            yes(n.connected),
+            n.pods,
+            n.endpoints,
+            n.sets,
+            n.nack_error
+        );
+    }
+    Ok(out)
+}
+
+pub async fn node(
+    conn: &Conn,
+    name: &str,
+    with_slice: bool,
+    json_out: bool,
+) -> Result<String, RemoteError> {
+    let n = client(conn)
+        .await?
+        .get_node(pb::GetNodeRequest {
+            node: name.to_string(),
+            include_slice: with_slice,
+        })
+        .await?
+        .into_inner();
+    let slice = match &n.slice {
+        Some(s) => Some(
+            convert::slice_from_pb(s)
+                .map_err(|e| RemoteError::Decode(e.to_string()))?
+                .0,
+        ),
+        None => None,
+    };
+    if json_out {
+        let mut v = status_json(&n);
+        if let Some(s) = &slice {
+            v["slice"] = serde_json::from_str(&show::json(s)).expect("valid JSON");
+        }
+        return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
+    }
+    let mut out = format!(
+        "node {}\n  desired version {} (digest {})\n  acked version   {} (digest {})\n  connected       {} (agent {})\n  lag             {} revisions, {:.1} s\n  pods {}, endpoints {}, address sets {}\n",
+        n.node,
+        n.desired_version,
+        short(&n.desired_digest),
+        n.acked_version,
+        short(&n.acked_digest),
+        yes(n.connected),
+        if n.agent_version.is_empty() { "-" } else { &n.agent_version },
+        n.lag_revisions,
+        n.lag_seconds,
+        n.pods,
+        n.endpoints,
+        n.sets,
+    );
+    if !n.nack_error.is_empty() {
+        let _ = writeln!(
+            out,
+            "  last nack       version {}: {}",
+            n.nack_version, n.nack_error
+        );
+    }
+    if let Some(s) = &slice {
+        out.push('\n');
+        out.push_str(&show::table(s));
+    }
+    Ok(out)
+}
+
+fn short(digest: &str) -> &str {
+    if digest.is_empty() {
+        "-"
+    } else {
+        &digest[..digest.len().min(16)]
+    }
+}
+
+fn revision_json(r: &pb::RevisionStatus) -> Value {
+    json!({
+        "revision": r.revision,
+        "latestRevision": r.latest_revision,
+        "realized": r.realized,
+        "realizedThrough": r.realized_through,
+        "lagging": r.lagging.iter().map(|l| json!({
+            "node": l.node,
+            "neededVersion": l.needed_version,
+            "ackedVersion": l.acked_version,
+            "connected": l.connected,
+            "nackError": l.nack_error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Wait for `revision` (`None`: the latest); returns the report and whether it is realized.
+pub async fn wait(
+    conn: &Conn,
+    revision: Option<u64>,
+    timeout: Duration,
+    json_out: bool,
+) -> Result<(String, bool), RemoteError> {
+    let mut c = client(conn).await?;
+    let revision = match revision {
+        Some(r) => r,
+        None => {
+            c.list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .revision
+        }
+    };
+    let r = c
+        .wait_revision(pb::WaitRevisionRequest {
+            revision,
+            timeout_ms: timeout.as_millis() as u64,
+        })
+        .await?
+        .into_inner();
+    if json_out {
+        return Ok((
+            serde_json::to_string_pretty(&revision_json(&r)).expect("serialisable") + "\n",
+            r.realized,
+        ));
+    }
+    let mut out = String::new();
+    if r.realized {
+        let _ = writeln!(
+            out,
+            "revision {} is realized (every revision up to {} is)",
+            r.revision, r.realized_through
+        );
+    } else if r.revision > r.latest_revision {
+        let _ = writeln!(
+            out,
+            "revision {} is not committed yet (latest is {})",
+            r.revision, r.latest_revision
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "revision {} is not realized after {}; waiting on:",
+            r.revision,
+            humantime::format_duration(timeout)
+        );
+        for l in &r.lagging {
+            let _ = writeln!(
+                out,
+                "  {}  needs version {}, acked {}, {}{}",
+                l.node,
+                l.needed_version,
+                l.acked_version,
+                if l.connected {
+                    "connected"
+                } else {
+                    "not connected"
+                },
+                if l.nack_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(", last error: {}", l.nack_error)
+                }
+            );
+        }
+    }
+    Ok((out, r.realized))
+}
+
+/// Explain a flow on the running controller; returns the report and whether it is allowed.
+pub async fn explain(
+    conn: &Conn,
+    req: pb::ExplainFlowRequest,
+    json_out: bool,
+) -> Result<(String, bool), RemoteError> {
+    let e = client(conn).await?.explain_flow(req).await?.into_inner();
+    let check_json = |c: &Option<pb::DirectionCheck>| {
+        c.as_ref().map(|c| {
+            json!({
+                "node": c.node,
+                "endpoint": c.endpoint,
+                "result": match CheckResult::try_from(c.result) {
+                    Ok(CheckResult::NotIsolated) => "notIsolated",
+                    Ok(CheckResult::Allowed) => "allowed",
+                    Ok(CheckResult::Denied) => "denied",
+                    _ => "unknown",
+                },
+                "policies": c.policies,
+                "rules": c.rules,
+            })
+        })
+    };
+    if json_out {
+        let v = json!({
+            "allowed": e.allowed,
+            "selfTraffic": e.self_traffic,
+            "source": {"ip": e.source_ip, "pod": e.source_pod},
+            "destination": {"ip": e.destination_ip, "pod": e.destination_pod},
+            "egress": check_json(&e.egress),
+            "ingress": check_json(&e.ingress),
+        });
+        return Ok((
+            serde_json::to_string_pretty(&v).expect("serialisable") + "\n",
+            e.allowed,
+        ));
+    }
+    let side = |ip: &str, pod: &str| {
+        if pod.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{pod} ({ip})")
+        }
+    };
+    let mut out = format!(
+        "{} -> {}: {}\n",
+        side(&e.source_ip, &e.source_pod),
+        side(&e.destination_ip, &e.destination_pod),
+        if e.allowed { "ALLOWED" } else { "DENIED" }
+    );
+    if e.self_traffic {
+        out.push_str("  traffic from a pod to itself is always allowed\n");
+    }
+    for (dir, c) in [("egress", &e.egress), ("ingress", &e.ingress)] {
+        let Some(c) = c else {
+            let _ = writeln!(
+                out,
+                "  {dir:<7}: not checked: not a scheduled pod, or not on the node asked about"
+            );
+            continue;
+        };
+        let what = match CheckResult::try_from(c.result) {
+            Ok(CheckResult::NotIsolated) => {
+                format!("{} is not isolated for {dir}: allowed", c.endpoint)
+            }
+            Ok(CheckResult::Allowed) => format!(
+                "{} is isolated for {dir} by {}; allowed by:",
+                c.endpoint,
+                c.policies.join(", ")
+            ),
+            _ => format!(
+                "{} is isolated for {dir} by {} and no rule allows this flow: DENIED",
+                c.endpoint,
+                c.policies.join(", ")
+            ),
+        };
+        let _ = writeln!(out, "  {dir:<7} (on {}): {what}", c.node);
+        for r in &c.rules {
+            let _ = writeln!(out, "      {r}");
+        }
+    }
+    Ok((out, e.allowed))
+}
+
+pub async fn rejected(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
+    let r = client(conn)
+        .await?
+        .list_rejected(pb::ListRejectedRequest {})
+        .await?
+        .into_inner();
+    if json_out {
+        let v: Vec<Value> = r
+            .objects
+            .iter()
+            .map(|o| json!({"source": o.source, "kind": o.kind, "object": o.object, "errors": o.errors}))
+            .collect();
+        return Ok(
+            serde_json::to_string_pretty(&json!({"objects": v})).expect("serialisable") + "\n",
+        );
+    }
+    if r.objects.is_empty() {
+        return Ok("no rejected objects\n".into());
+    }
+    let mut out = String::new();
+    for o in &r.objects {
+        let _ = writeln!(out, "{}: {} {}", o.source, o.kind, o.object);
+        for e in &o.errors {
+            let _ = writeln!(out, "    {e}");
+        }
+    }
+    Ok(out)
+}
