@@ -1,11 +1,13 @@
 //! The agent sync stream (DESIGN.md contract 6).
 //!
 //! Each connection knows what the agent holds (or that it does not know), and the node's
-//! latest version from a watch channel. When they differ and the stream can take a message,
-//! it sends what takes the agent from the one to the other, computed at that moment: so a
-//! slow agent gets one coalesced update for everything it missed, and the controller holds at
-//! most one message per connection in flight (memory per agent is bounded). Updates recorded
-//! in the node's history go out pre-encoded, shared with every other send of them.
+//! latest version from a watch channel. When they differ, and the agent has answered the
+//! previous update (one unacknowledged update at a time), it sends what takes the agent from
+//! the one to the other, computed at that moment: so a slow agent gets one coalesced update
+//! for everything it missed, and the controller holds at most one message per connection in
+//! flight (memory per agent is bounded). Transport buffers alone would not do this: small
+//! updates fit in HTTP/2 windows and would queue there. Updates recorded in the node's history
+//! go out pre-encoded, shared with every other send of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +123,7 @@ impl Sync for SyncService {
             config: self.config.clone(),
             node,
             holds,
+            awaiting: None,
             greeted: false,
             last_snapshot: None,
             snapshot_refused_at: None,
@@ -147,6 +150,8 @@ struct Connection {
     config: SyncConfig,
     node: Name,
     holds: Knowledge,
+    /// The version of the update sent and not yet acked or nacked.
+    awaiting: Option<u64>,
     /// Whether the Hello was answered (it always is, if only with an empty update, so the
     /// agent knows it is in sync).
     greeted: bool,
@@ -158,6 +163,9 @@ struct Connection {
 
 impl Connection {
     fn pending(&self, latest: u64) -> bool {
+        if self.awaiting.is_some() {
+            return false;
+        }
         if !self.greeted {
             return true;
         }
@@ -313,6 +321,7 @@ impl Connection {
         debug!(kind, from = ?self.holds, to = desired, bytes = msg.len(), "sending");
         self.holds = Knowledge::Holds(desired, digest);
         self.greeted = true;
+        self.awaiting = Some(desired);
         self.last_snapshot = (kind == "snapshot").then_some(desired);
         Some((msg, kind))
     }
@@ -322,6 +331,9 @@ impl Connection {
             Some(Msg::Ack(a)) => {
                 let digest = Digest::from_hex(&a.digest)
                     .ok_or_else(|| Status::invalid_argument("Ack.digest is not 64 hex digits"))?;
+                if self.awaiting.is_some_and(|v| a.version >= v) {
+                    self.awaiting = None;
+                }
                 match self.hub.ack(&self.node, a.version, digest) {
                     AckOutcome::Recorded => debug!(version = a.version, "ack"),
                     AckOutcome::Diverged { expected } => {
@@ -340,6 +352,7 @@ impl Connection {
                     "agent could not apply"
                 );
                 self.hub.nack(&self.node, n.version, n.error);
+                self.awaiting = None;
                 // The agent kept what it held before, which is now unknown here. After a
                 // refused update, try a snapshot; after a refused snapshot, wait for the node
                 // to change rather than resend the same thing.
