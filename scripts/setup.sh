@@ -19,4 +19,11 @@ for component in rustfmt clippy; do
     fi
 done
 
-log "ready: $(cargo --version)"
+# Python's grpcio and grpcio-reflection: the independent reflection client the tests use in
+# place of grpcurl (no grpcurl package exists for this machine).
+if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
+    log "installing grpcio and grpcio-reflection (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-reflection
+fi
+
+log "ready: $(cargo --version), $(python3 -c 'import grpc; print("grpcio", grpc.__version__)')"

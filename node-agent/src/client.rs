@@ -216,15 +216,20 @@ fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
     let addr = &config.controller;
     let bad = |e: String| AgentError::Address(addr.clone(), e);
     let tls = config.tls.is_some();
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-        if tls && addr.starts_with("http://") {
+    let url = match addr.split_once("://") {
+        Some(("https", _)) => addr.clone(),
+        Some(("http", _)) if tls => {
             return Err(bad(
                 "http:// with TLS configured: use https:// or drop the scheme".into(),
             ));
         }
-        addr.clone()
-    } else {
-        format!("{}://{addr}", if tls { "https" } else { "http" })
+        Some(("http", _)) => addr.clone(),
+        Some((scheme, _)) => {
+            return Err(bad(format!(
+                "unsupported scheme {scheme}://: use HOST:PORT, http:// or https://"
+            )));
+        }
+        None => format!("{}://{addr}", if tls { "https" } else { "http" }),
     };
     let mut ep = Endpoint::from_shared(url)
         .map_err(|e| bad(e.to_string()))?

@@ -42,6 +42,7 @@ pub struct AgentOpts {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
     controller: Option<Controller>,
     pub agents: BTreeMap<String, AgentHandle>,
 }
@@ -69,13 +70,16 @@ impl Cluster {
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         let mut c = Cluster {
             dir,
             addr,
+            metrics_addr,
             controller: None,
             agents: BTreeMap::new(),
         };
-        c.start_controller_on(listener).await;
+        c.start_controller_on(listener, Some(metrics)).await;
         c
     }
 
@@ -98,9 +102,13 @@ impl Cluster {
         }
     }
 
-    async fn start_controller_on(&mut self, listener: tokio::net::TcpListener) {
+    async fn start_controller_on(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        metrics: Option<tokio::net::TcpListener>,
+    ) {
         let shutdown = CancellationToken::new();
-        let running = server::start(self.config(), listener, None, shutdown.clone())
+        let running = server::start(self.config(), listener, metrics, shutdown.clone())
             .await
             .unwrap();
         self.controller = Some(Controller { running, shutdown });
@@ -119,7 +127,7 @@ impl Cluster {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
-        self.start_controller_on(listener.expect("the controller's port is free again"))
+        self.start_controller_on(listener.expect("the controller's port is free again"), None)
             .await;
     }
 
@@ -185,6 +193,32 @@ impl Cluster {
             .await
             .expect("agent stops")
             .unwrap()
+    }
+
+    /// Connection settings for `palisadectl`'s client with the operator certificate.
+    pub fn operator(&self) -> palisadectl::remote::Conn {
+        palisadectl::remote::Conn {
+            controller: self.addr.to_string(),
+            ca: Some(self.path("certs/ca.pem")),
+            cert: Some(self.path("certs/operator-admin.pem")),
+            key: Some(self.path("certs/operator-admin-key.pem")),
+            server_name: None,
+            insecure: false,
+        }
+    }
+
+    /// GET `path` from the metrics listener.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
     }
 
     pub fn status(&self, node: &str) -> Status {

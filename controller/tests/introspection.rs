@@ -1,0 +1,169 @@
+//! Introspection through `palisadectl`'s client (the code behind `palisadectl nodes`, `node`,
+//! `wait`, `explain`, `rejected`), and the Prometheus metrics.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::{allow, pod, AgentOpts, Cluster};
+use palisadectl::remote;
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).expect("JSON output")
+}
+
+async fn shop() -> Cluster {
+    let manifests = vec![(
+        "app.yaml",
+        [
+            pod("shop", "web", "web", "n1", "10.0.0.1"),
+            pod("shop", "api", "api", "n2", "10.0.0.2"),
+            pod("shop", "db", "db", "n3", "10.0.0.3"),
+            allow("shop", "api", "api", "web", 8080),
+            allow("shop", "db", "db", "api", 5432),
+        ]
+        .join("---\n"),
+    )];
+    let mut c = Cluster::start(&manifests, &["n1", "n2", "n3"]).await;
+    for n in ["n1", "n2"] {
+        c.start_agent(n, AgentOpts::default());
+    }
+    c.in_sync("n1").await;
+    c.in_sync("n2").await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_node_wait_explain_and_rejected() {
+    let c = shop().await;
+    let op = c.operator();
+    let nodes = json(&remote::nodes(&op, true).await.unwrap());
+    let names: Vec<&str> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["n1", "n2", "n3"]);
+    let n3 = &nodes["nodes"][2];
+    assert_eq!(n3["connected"], false);
+    assert_eq!(n3["ackedVersion"], 0);
+    assert!(n3["lagRevisions"].as_u64().unwrap() > 0);
+
+    let n2 = json(&remote::node(&op, "n2", true, true).await.unwrap());
+    assert_eq!(n2["connected"], true);
+    assert_eq!(n2["desiredVersion"], n2["ackedVersion"]);
+    assert_eq!(n2["slice"]["endpoints"]["10.0.0.2"]["pod"]["name"], "api");
+    let text = remote::node(&op, "n2", true, false).await.unwrap();
+    assert!(
+        text.contains("ENDPOINTS") && text.contains("shop/api"),
+        "{text}"
+    );
+    let err = remote::node(&op, "nope", false, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("NotFound") && err.contains("no node nope"),
+        "{err}"
+    );
+
+    // n3's agent is not running: the latest revision is not realized, and n3 is named.
+    let (text, realized) = remote::wait(&op, None, Duration::from_millis(300), false)
+        .await
+        .unwrap();
+    assert!(!realized);
+    assert!(
+        text.contains("n3") && text.contains("not connected"),
+        "{text}"
+    );
+    let (out, realized) = remote::wait(&op, None, Duration::from_millis(100), true)
+        .await
+        .unwrap();
+    assert!(!realized);
+    assert_eq!(json(&out)["lagging"][0]["node"], "n3");
+
+    let req = |src: &str, dst: &str, port: u32| palisade_proto::v1::ExplainFlowRequest {
+        node: String::new(),
+        source: src.into(),
+        destination: dst.into(),
+        protocol: 6,
+        port,
+    };
+    let (text, allowed) = remote::explain(&op, req("shop/web", "shop/api", 8080), false)
+        .await
+        .unwrap();
+    assert!(allowed, "{text}");
+    assert!(
+        text.contains("allowed by") && text.contains("api ingress[0]"),
+        "{text}"
+    );
+    let (out, allowed) = remote::explain(&op, req("shop/web", "shop/db", 5432), true)
+        .await
+        .unwrap();
+    assert!(!allowed);
+    assert_eq!(json(&out)["ingress"]["result"], "denied");
+    assert_eq!(json(&out)["ingress"]["node"], "n3");
+    let err = remote::explain(&op, req("shop/nope", "shop/db", 5432), true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no pod shop/nope"), "{err}");
+
+    assert_eq!(
+        remote::rejected(&op, false).await.unwrap(),
+        "no rejected objects\n"
+    );
+    c.write("bad.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}\n");
+    let mut rejected = Value::Null;
+    for _ in 0..100 {
+        rejected = json(&remote::rejected(&op, true).await.unwrap());
+        if !rejected["objects"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rejected["objects"][0]["object"], "shop/bad");
+    assert!(rejected["objects"][0]["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("except[0]"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_streams_messages_acks_and_realization() {
+    let mut c = shop().await;
+    c.start_agent("n3", AgentOpts::default());
+    c.in_sync("n3").await;
+    c.realized(c.revision()).await;
+    let page = c.http_get("/metrics").await;
+    let value = |name: &str| -> f64 {
+        page.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{page}"))
+    };
+    assert!(
+        page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
+        "{page}"
+    );
+    assert_eq!(value("palisade_sync_streams"), 3.0);
+    // n2 and n3 enforce policy (a snapshot each); n1 enforces nothing (an empty confirmation).
+    assert_eq!(
+        value("palisade_sync_messages_sent_total{kind=\"snapshot\"}"),
+        2.0
+    );
+    assert!(value("palisade_sync_messages_sent_total{kind=\"update\"}") >= 1.0);
+    assert!(value("palisade_sync_bytes_sent_total{kind=\"snapshot\"}") > 100.0);
+    assert!(value("palisade_acks_total") >= 3.0);
+    assert_eq!(value("palisade_nacks_total"), 0.0);
+    assert_eq!(value("palisade_realized_revision"), c.revision() as f64);
+    assert!(value("palisade_revision_realization_seconds_count") >= 1.0);
+    assert!(value("palisade_full_compile_seconds") > 0.0);
+    assert!(c.http_get("/healthz").await.ends_with("ok\n"));
+    c.shutdown().await;
+}

@@ -1,0 +1,88 @@
+//! grpcurl's view of the controller, through an independent client: Python's grpcio and
+//! grpcio-reflection (installed by scripts/setup.sh) list the services over reflection v1 and
+//! v1alpha and call introspection with messages built from the served descriptors alone.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::{allow, pod, AgentOpts, Cluster};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_reflection_client_lists_and_calls_everything() {
+    let manifests = vec![(
+        "app.yaml",
+        [
+            pod("shop", "web", "web", "n1", "10.0.0.1"),
+            pod("shop", "api", "api", "n2", "10.0.0.2"),
+            allow("shop", "api", "api", "web", 8080),
+        ]
+        .join("---\n"),
+    )];
+    let mut c = Cluster::start(&manifests, &["n1", "n2"]).await;
+    c.start_agent("n2", AgentOpts::default());
+    c.all_in_sync().await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reflection_client.py");
+    let path = |p: &str| c.path(p).display().to_string();
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--addr", &c.addr.to_string()])
+        .args([
+            "--ca",
+            &path("certs/ca.pem"),
+            "--cert",
+            &path("certs/operator-admin.pem"),
+            "--key",
+            &path("certs/operator-admin-key.pem"),
+        ])
+        .args(["--node", "n2", "--flow", "shop/web", "shop/api", "8080"])
+        .output()
+        .await
+        .expect("python3 runs (scripts/setup.sh installs grpcio and grpcio-reflection)");
+    assert!(
+        out.status.success(),
+        "reflection client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    // Old and new grpcurl both work: each reflection protocol lists everything, itself included.
+    for (protocol, itself) in [
+        ("services_v1", "grpc.reflection.v1.ServerReflection"),
+        (
+            "services_v1alpha",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ),
+    ] {
+        let services: Vec<&str> = v[protocol]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        for s in [
+            "palisade.v1.Sync",
+            "palisade.v1.Introspection",
+            "grpc.health.v1.Health",
+            itself,
+        ] {
+            assert!(services.contains(&s), "{protocol} lists {s}: {services:?}");
+        }
+    }
+    let methods = v["introspection_methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 6, "{methods:?}");
+    let nodes: Vec<&str> = v["list_nodes"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, vec!["n1", "n2"]);
+    assert_eq!(v["get_node"]["connected"], true);
+    assert_eq!(v["get_node"]["slice"]["endpoints"][0]["pod"]["name"], "api");
+    assert_eq!(v["explain"]["allowed"], true);
+    assert_eq!(v["explain"]["ingress"]["result"], "RESULT_ALLOWED");
+    assert_eq!(v["health"]["status"], "SERVING");
+    c.shutdown().await;
+}

@@ -1,0 +1,134 @@
+//! The agent's saved state, and the binary's behaviour as an operator meets it.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_agent::StateStore;
+use palisade_policy::manifest;
+use palisade_policy::model::Command as PolicyCommand;
+use palisade_policy::{Engine, NodeSlice};
+
+fn a_slice() -> NodeSlice {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/ports/manifests.yaml"
+    ))
+    .unwrap();
+    let parsed = manifest::parse("ports.yaml", &text, "default");
+    let commands = parsed.objects.into_iter().map(|(_, o)| match o {
+        manifest::Object::Namespace(n) => PolicyCommand::UpsertNamespace(n),
+        manifest::Object::Pod(p) => PolicyCommand::UpsertPod(p),
+        manifest::Object::NetworkPolicy(p) => PolicyCommand::UpsertPolicy(p),
+    });
+    let s = Engine::load(7, commands).slice("node-2");
+    assert!(!s.endpoints.is_empty());
+    s
+}
+
+#[test]
+fn the_saved_slice_round_trips_and_corruption_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    assert!(store.load().unwrap().is_none());
+    let slice = a_slice();
+    store.save(&slice).unwrap();
+    assert_eq!(store.load().unwrap(), Some(slice));
+    let file = dir.path().join("slice.pb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let err = store.load().unwrap_err().to_string();
+    assert!(
+        err.contains("slice.pb") && err.contains("not a saved slice"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_agent_exits_promptly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-agent"))
+        .args(["--node", "n1", "--insecure", "--controller", "127.0.0.1:1"])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700)); // connecting, failing, backing off
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success(), "clean exit: {s:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "exits within a few seconds of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("Connection refused"),
+        "the reason it could not connect is logged: {log}"
+    );
+}
+
+#[test]
+fn bad_flags_are_explained() {
+    let run = |args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-agent"))
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(5) {
+                child.kill().unwrap();
+                panic!("palisade-agent {args:?} should fail at once");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["--node", "n1", "--state-dir", "/tmp/x"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--tls-ca"),
+        "TLS is required unless --insecure: {err}"
+    );
+    let (code, err) = run(&[
+        "--node",
+        "n1",
+        "--state-dir",
+        "/tmp/x",
+        "--insecure",
+        "--dataplane",
+        "ebpf",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("eBPF dataplane"), "{err}");
+    let (code, err) = run(&[
+        "--node",
+        "n1",
+        "--state-dir",
+        "/tmp/x",
+        "--insecure",
+        "--controller",
+        "ftp://x",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ftp://x"), "{err}");
+}
