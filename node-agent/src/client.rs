@@ -339,9 +339,13 @@ impl<D: Dataplane> Agent<D> {
         match state {
             State::Connecting { attempt } => {
                 self.set_phase(Phase::Connecting);
+                // Bound the whole attempt (TCP, TLS, HTTP/2, the controller's first response):
+                // a peer that accepts and then says nothing must not hold the agent here.
+                let limit = self.config.connect_timeout * 2;
                 let connected = tokio::select! {
                     _ = shutdown.cancelled() => return stop(),
-                    c = self.connect() => c,
+                    c = tokio::time::timeout(limit, self.connect()) => c
+                        .unwrap_or_else(|_| Err(format!("no answer from {} within {limit:?}", self.config.controller))),
                 };
                 match connected {
                     Ok(session) => {

@@ -132,3 +132,52 @@ fn bad_flags_are_explained() {
     assert_eq!(code, Some(1));
     assert!(err.contains("ftp://x"), "{err}");
 }
+
+/// A peer that accepts connections and never answers (a hung or half-dead controller): the
+/// agent gives up on it within its timeouts and keeps retrying, instead of hanging.
+#[tokio::test]
+async fn a_silent_controller_does_not_hang_the_agent() {
+    use palisade_agent::{Agent, AgentConfig, MemoryDataplane, Phase};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock); // keep it open, say nothing
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        connect_timeout: Duration::from_millis(200),
+        backoff_initial: Duration::from_millis(10),
+        ..AgentConfig::new("n1", &addr.to_string())
+    };
+    let agent = Agent::new(
+        config,
+        MemoryDataplane::default(),
+        StateStore::open(dir.path()).unwrap(),
+    )
+    .unwrap();
+    let mut status = agent.status();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(agent.run(shutdown.clone()));
+    let s = tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| s.last_error.is_some()),
+    )
+    .await
+    .expect("the agent notices the silence")
+    .unwrap()
+    .clone();
+    assert!(
+        s.last_error.unwrap().contains("no answer"),
+        "{:?}",
+        status.borrow()
+    );
+    assert_ne!(status.borrow().phase, Phase::Synced);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("stops")
+        .unwrap();
+}
