@@ -1,20 +1,23 @@
 //! A directory of manifests as the source of commands (until the Kubernetes watch exists).
 //!
-//! Every scan reads the directory (recursively; `.yaml`, `.yml`, `.json`; dotfiles and editor
-//! leftovers skipped), re-parsing only files whose size, inode or modification time changed,
-//! and turns the difference between what it finds and what it last reported into commands.
-//! Editors and tools that write a temporary file and rename it over the old one are seen as a
-//! change of that file. Like the Kubernetes API server:
+//! Every scan lists the directory (recursively; `.yaml`, `.yml`, `.json`; dotfiles and editor
+//! leftovers skipped) and re-parses only files whose size, inode or modification time changed;
+//! only the objects those files held or now hold are compared, so an edit costs what it
+//! touches, not the size of the cluster. Editors and tools that write a temporary file and
+//! rename it over the old one are seen as a change of that file. Like the Kubernetes API
+//! server:
 //! * an edit that makes an object invalid is rejected, and the object's last valid version
 //!   stays in force (and is reported);
-//! * a file that no longer parses keeps the objects it last had (and is reported), so a
+//! * a file that no longer parses keeps the objects it had in force (and is reported), so a
 //!   half-written file never removes enforcement.
+//!
+//! When several files define one object, the last file (by path) wins, with a warning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use palisade_policy::manifest::{self, Location, Object, Problem};
+use palisade_policy::manifest::{self, Object, Problem};
 use palisade_policy::model::Command;
 
 /// An object the source could not take, as introspection reports it.
@@ -32,11 +35,14 @@ pub struct Scan {
     /// Commands bringing the engine to the directory's content, in a safe order: upserts
     /// (namespaces, policies, pods) before deletes (pods, policies, namespaces).
     pub commands: Vec<Command>,
+    /// Everything currently rejected, across all files.
     pub rejected: Vec<Rejected>,
     pub warnings: Vec<String>,
 }
 
 type Key = (&'static str, String);
+
+const KINDS: [&str; 3] = ["Namespace", "Pod", "NetworkPolicy"];
 
 fn key(o: &Object) -> Key {
     let kind = match o {
@@ -68,21 +74,21 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
 
 struct CachedFile {
     stamp: Stamp,
-    /// Valid objects of the latest parse.
-    objects: Vec<(Location, Object)>,
+    /// The objects this file holds in force: its valid objects, plus the previous version of
+    /// each object whose new version is rejected; all it had when it no longer parses.
+    in_force: BTreeMap<Key, Object>,
     problems: Vec<Rejected>,
     warnings: Vec<String>,
-    /// The file does not parse (or is not text): the objects it had stay in force.
-    broken: bool,
 }
 
 pub struct ManifestDir {
     root: PathBuf,
     default_ns: String,
     files: BTreeMap<PathBuf, CachedFile>,
+    /// Which files define each object.
+    defined_in: BTreeMap<Key, BTreeSet<PathBuf>>,
+    /// The objects reported so far (what the engine holds from this source).
     current: BTreeMap<Key, Object>,
-    /// The file each object in force came from.
-    origin: BTreeMap<Key, PathBuf>,
 }
 
 fn wanted(p: &Path) -> bool {
@@ -147,14 +153,27 @@ fn rejected(e: &manifest::ManifestError) -> Rejected {
     }
 }
 
+fn pod_warnings(objects: &[(manifest::Location, Object)]) -> Vec<String> {
+    objects
+        .iter()
+        .filter_map(|(loc, o)| match o {
+            Object::Pod(p) if p.node.is_none() && p.peer_ip().is_some() => Some(format!(
+                "{loc}: Pod {} has an address but no spec.nodeName: a peer of others, enforced nowhere",
+                p.key
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 impl ManifestDir {
     pub fn new(root: impl Into<PathBuf>, default_ns: &str) -> ManifestDir {
         ManifestDir {
             root: root.into(),
             default_ns: default_ns.to_string(),
             files: BTreeMap::new(),
+            defined_in: BTreeMap::new(),
             current: BTreeMap::new(),
-            origin: BTreeMap::new(),
         }
     }
 
@@ -162,168 +181,202 @@ impl ManifestDir {
         &self.root
     }
 
-    fn refresh(&mut self, path: &Path, meta: &std::fs::Metadata) {
-        let st = stamp(meta);
-        if self.files.get(path).is_some_and(|f| f.stamp == st) {
-            return;
-        }
+    /// The file's new content: what it holds in force and its problems. `None` when it
+    /// cannot be read right now (the next scan retries).
+    fn read(&self, path: &Path, st: Stamp, previous: &BTreeMap<Key, Object>) -> Option<CachedFile> {
         let name = path
             .strip_prefix(&self.root)
             .unwrap_or(path)
             .display()
             .to_string();
-        let text = match std::fs::read(path).map(String::from_utf8) {
-            Ok(Ok(t)) => t,
-            Ok(Err(_)) => {
-                let problem = Rejected {
+        let bytes = std::fs::read(path).ok()?;
+        let Ok(text) = String::from_utf8(bytes) else {
+            return Some(CachedFile {
+                stamp: st,
+                in_force: previous.clone(),
+                problems: vec![Rejected {
                     source: name,
                     kind: String::new(),
                     object: String::new(),
                     errors: vec!["not UTF-8 text; the objects it had stay in force".into()],
-                };
-                self.files.insert(
-                    path.to_path_buf(),
-                    CachedFile {
-                        stamp: st,
-                        objects: vec![],
-                        problems: vec![problem],
-                        warnings: vec![],
-                        broken: true,
-                    },
-                );
-                return;
-            }
-            Err(_) => return, // vanished or unreadable right now: the next scan retries
+                }],
+                warnings: vec![],
+            });
         };
         let parsed = manifest::parse(&name, &text, &self.default_ns);
-        let broken = parsed
+        let mut problems: Vec<Rejected> = parsed.errors.iter().map(rejected).collect();
+        if parsed
             .errors
             .iter()
-            .any(|e| matches!(e.problem, Problem::Syntax(_)));
-        let mut problems: Vec<Rejected> = parsed.errors.iter().map(rejected).collect();
-        if broken {
+            .any(|e| matches!(e.problem, Problem::Syntax(_)))
+        {
             for p in &mut problems {
                 p.errors
                     .push("the objects this file had stay in force".into());
             }
-        }
-        let warnings = parsed
-            .objects
-            .iter()
-            .filter_map(|(loc, o)| match o {
-                Object::Pod(p) if p.node.is_none() && p.peer_ip().is_some() => Some(format!(
-                    "{loc}: Pod {} has an address but no spec.nodeName: a peer of others, enforced nowhere",
-                    p.key
-                )),
-                _ => None,
-            })
-            .collect();
-        self.files.insert(
-            path.to_path_buf(),
-            CachedFile {
+            return Some(CachedFile {
                 stamp: st,
-                objects: parsed.objects,
+                in_force: previous.clone(),
                 problems,
-                warnings,
-                broken,
-            },
-        );
+                warnings: vec![],
+            });
+        }
+        let warnings = pod_warnings(&parsed.objects);
+        let mut in_force: BTreeMap<Key, Object> = parsed
+            .objects
+            .into_iter()
+            .map(|(_, o)| (key(&o), o))
+            .collect();
+        // An invalid edit of an object keeps the version this file had in force.
+        for r in &problems {
+            if let Some(kind) = KINDS.into_iter().find(|k| *k == r.kind) {
+                let k = (kind, r.object.clone());
+                if let (false, Some(old)) = (in_force.contains_key(&k), previous.get(&k)) {
+                    in_force.insert(k, old.clone());
+                }
+            }
+        }
+        Some(CachedFile {
+            stamp: st,
+            in_force,
+            problems,
+            warnings,
+        })
     }
 
-    /// Read the directory and return the commands that bring the engine to its content.
+    /// Read what changed in the directory and return the commands that bring the engine to
+    /// its content.
     pub fn scan(&mut self) -> std::io::Result<Scan> {
         let mut found = Vec::new();
         walk(&self.root, &mut found)?;
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        let present: std::collections::BTreeSet<PathBuf> =
-            found.iter().map(|(p, _)| p.clone()).collect();
-        self.files.retain(|p, _| present.contains(p));
+        let present: BTreeSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
+        let mut touched: BTreeSet<Key> = BTreeSet::new();
+
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            let f = self.files.remove(&path).expect("listed");
+            for k in f.in_force.into_keys() {
+                self.forget(&k, &path);
+                touched.insert(k);
+            }
+        }
         for (path, meta) in &found {
-            self.refresh(path, meta);
+            let st = stamp(meta);
+            if self.files.get(path).is_some_and(|f| f.stamp == st) {
+                continue;
+            }
+            let empty = BTreeMap::new();
+            let previous = self.files.get(path).map_or(&empty, |f| &f.in_force);
+            let Some(new) = self.read(path, st, previous) else {
+                continue;
+            };
+            let old = self
+                .files
+                .remove(path)
+                .map(|f| f.in_force)
+                .unwrap_or_default();
+            for (k, o) in &old {
+                if new.in_force.get(k) != Some(o) {
+                    touched.insert(k.clone());
+                }
+                if !new.in_force.contains_key(k) {
+                    self.forget(k, path);
+                }
+            }
+            for (k, o) in &new.in_force {
+                if old.get(k) != Some(o) {
+                    touched.insert(k.clone());
+                }
+                self.defined_in
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(path.clone());
+            }
+            self.files.insert(path.clone(), new);
         }
 
         let mut scan = Scan::default();
-        let mut desired: BTreeMap<Key, Object> = BTreeMap::new();
-        let mut origin: BTreeMap<Key, PathBuf> = BTreeMap::new();
-        let mut seen_at: BTreeMap<Key, String> = BTreeMap::new();
-        for (path, f) in &self.files {
+        let mut upserts: Vec<Object> = Vec::new();
+        let mut deletes: Vec<Object> = Vec::new();
+        for k in touched {
+            // The last file (by path) defining the object wins.
+            let effective = self
+                .defined_in
+                .get(&k)
+                .and_then(|paths| paths.last())
+                .and_then(|p| self.files[p].in_force.get(&k))
+                .cloned();
+            match (effective, self.current.get(&k)) {
+                (Some(new), Some(old)) if new == *old => {}
+                (Some(new), _) => {
+                    self.current.insert(k, new.clone());
+                    upserts.push(new);
+                }
+                (None, Some(_)) => deletes.push(self.current.remove(&k).expect("present")),
+                (None, None) => {}
+            }
+        }
+        scan.commands = commands(upserts, deletes);
+        for f in self.files.values() {
             scan.rejected.extend(f.problems.iter().cloned());
             scan.warnings.extend(f.warnings.iter().cloned());
-            for (loc, o) in &f.objects {
-                let k = key(o);
-                if let Some(prev) = seen_at.insert(k.clone(), loc.to_string()) {
-                    scan.warnings.push(format!(
-                        "{loc}: {} {} is also defined at {prev}; the later file wins",
-                        k.0, k.1
-                    ));
-                }
-                origin.insert(k.clone(), path.clone());
-                desired.insert(k, o.clone());
+        }
+        for ((kind, name), paths) in &self.defined_in {
+            if paths.len() > 1 {
+                let list: Vec<String> = paths
+                    .iter()
+                    .map(|p| {
+                        p.strip_prefix(&self.root)
+                            .unwrap_or(p)
+                            .display()
+                            .to_string()
+                    })
+                    .collect();
+                scan.warnings.push(format!(
+                    "{kind} {name} is defined in {}; the last one wins",
+                    list.join(", ")
+                ));
             }
         }
-        let current = &self.current;
-        let mut keep = |k: &Key, path: &PathBuf| {
-            if let (false, Some(old)) = (desired.contains_key(k), current.get(k)) {
-                desired.insert(k.clone(), old.clone());
-                origin.insert(k.clone(), path.clone());
-            }
-        };
-        // A file that does not parse keeps the objects it had in force.
-        for (k, path) in &self.origin {
-            if self.files.get(path).is_some_and(|f| f.broken) {
-                keep(k, path);
-            }
-        }
-        // An invalid edit of an object keeps its last valid version in force.
-        for r in &scan.rejected {
-            let kind = ["Namespace", "Pod", "NetworkPolicy"]
-                .into_iter()
-                .find(|k| *k == r.kind);
-            if let Some(kind) = kind {
-                let k = (kind, r.object.clone());
-                let path = self.origin.get(&k).cloned().unwrap_or_default();
-                keep(&k, &path);
-            }
-        }
-        scan.commands = diff(&self.current, &desired);
-        self.current = desired;
-        self.origin = origin;
         Ok(scan)
     }
-}
 
-fn rank(kind: &str) -> u8 {
-    match kind {
-        "Namespace" => 0,
-        "NetworkPolicy" => 1,
-        _ => 2,
+    fn forget(&mut self, k: &Key, path: &Path) {
+        if let Some(paths) = self.defined_in.get_mut(k) {
+            paths.remove(path);
+            if paths.is_empty() {
+                self.defined_in.remove(k);
+            }
+        }
     }
 }
 
-/// Commands taking `old` to `new`: upserts of new or changed objects (namespaces, policies,
-/// pods), then deletes (pods, policies, namespaces).
-fn diff(old: &BTreeMap<Key, Object>, new: &BTreeMap<Key, Object>) -> Vec<Command> {
-    let mut upserts: Vec<&Object> = new
-        .iter()
-        .filter(|(k, o)| old.get(*k) != Some(*o))
-        .map(|(_, o)| o)
-        .collect();
-    upserts.sort_by_key(|o| rank(key(o).0));
-    let mut deletes: Vec<&Object> = old
-        .iter()
-        .filter(|(k, _)| !new.contains_key(*k))
-        .map(|(_, o)| o)
-        .collect();
-    deletes.sort_by_key(|o| std::cmp::Reverse(rank(key(o).0)));
-    let up = upserts.into_iter().map(|o| match o.clone() {
+fn rank(o: &Object) -> u8 {
+    match o {
+        Object::Namespace(_) => 0,
+        Object::NetworkPolicy(_) => 1,
+        Object::Pod(_) => 2,
+    }
+}
+
+/// Upserts (namespaces, policies, pods) then deletes (pods, policies, namespaces).
+fn commands(mut upserts: Vec<Object>, mut deletes: Vec<Object>) -> Vec<Command> {
+    upserts.sort_by_key(rank);
+    deletes.sort_by_key(|o| std::cmp::Reverse(rank(o)));
+    let up = upserts.into_iter().map(|o| match o {
         Object::Namespace(n) => Command::UpsertNamespace(n),
         Object::Pod(p) => Command::UpsertPod(p),
         Object::NetworkPolicy(p) => Command::UpsertPolicy(p),
     });
     let down = deletes.into_iter().map(|o| match o {
-        Object::Namespace(n) => Command::DeleteNamespace(n.name.clone()),
-        Object::Pod(p) => Command::DeletePod(p.key.clone()),
-        Object::NetworkPolicy(p) => Command::DeletePolicy(p.key.clone()),
+        Object::Namespace(n) => Command::DeleteNamespace(n.name),
+        Object::Pod(p) => Command::DeletePod(p.key),
+        Object::NetworkPolicy(p) => Command::DeletePolicy(p.key),
     });
     up.chain(down).collect()
 }
@@ -362,6 +415,39 @@ mod tests {
 
         std::fs::remove_file(dir.join("pol.yaml")).unwrap();
         assert_eq!(kinds(&src.scan().unwrap().commands), vec!["delete-policy"]);
+    }
+
+    #[test]
+    fn an_object_in_two_files_comes_from_the_last_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut src = ManifestDir::new(dir, "default");
+        std::fs::write(dir.join("a.yaml"), POLICY).unwrap();
+        std::fs::write(dir.join("b.yaml"), POLICY.replace("port: 80", "port: 81")).unwrap();
+        let s = src.scan().unwrap();
+        let Command::UpsertPolicy(p) = &s.commands[0] else {
+            panic!()
+        };
+        assert_eq!(
+            p.ingress.as_ref().unwrap()[0].ports.as_ref().unwrap()[0].port,
+            palisade_policy::model::PortRef::Range(81, 81)
+        );
+        assert!(
+            s.warnings.iter().any(|w| w.contains("a.yaml, b.yaml")),
+            "{:?}",
+            s.warnings
+        );
+        // Without b.yaml, a.yaml's version is the one in force.
+        std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        let s = src.scan().unwrap();
+        let Command::UpsertPolicy(p) = &s.commands[0] else {
+            panic!()
+        };
+        assert_eq!(
+            p.ingress.as_ref().unwrap()[0].ports.as_ref().unwrap()[0].port,
+            palisade_policy::model::PortRef::Range(80, 80)
+        );
+        assert!(s.warnings.is_empty());
     }
 
     #[test]

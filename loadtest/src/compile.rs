@@ -20,7 +20,7 @@ pub struct Percentiles {
     pub samples: usize,
 }
 
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
+pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| {
         v.get(((v.len() as f64 - 1.0) * q).round() as usize)

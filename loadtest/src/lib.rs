@@ -1,7 +1,11 @@
 //! Palisade's load and scale tests. Synthetic multi-tenant clusters come from [`synth`]
-//! (deterministic for a seed); [`compile`] feeds them to the policy engine and measures full
-//! compile time, peak memory, incremental latency and slice sizes, reporting JSON or a table
-//! on stdout with progress on stderr.
+//! (deterministic for a seed). [`compile`] feeds them to the policy engine and measures full
+//! compile time, peak memory, incremental latency and slice sizes; [`sync`] writes them as
+//! manifests ([`manifests`]) for a real controller with many real agents in one process and
+//! times edits to every affected agent's ack. Reports go to stdout (JSON or a table), progress
+//! to stderr.
 
 pub mod compile;
+pub mod manifests;
+pub mod sync;
 pub mod synth;

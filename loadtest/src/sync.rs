@@ -1,0 +1,290 @@
+//! `palisade-loadtest sync`: a real controller and many real agents (in-memory dataplane) in
+//! one process, over loopback gRPC with mTLS. The synthetic cluster is written as manifest
+//! files (one per namespace); then single-pod edits are made to those files and timed from the
+//! write to every affected agent's ack, with the bytes each change put on the wire.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use palisade_agent::{Agent, AgentConfig, ClientTls, MemoryDataplane, StateStore};
+use palisade_controller::server::{self, Config, TlsFiles};
+use palisade_policy::model::Command;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::compile::{peak_rss_bytes, MeanMax, Percentiles};
+use crate::manifests;
+use crate::synth::{self, Rng, Shape};
+
+pub struct SyncOptions {
+    pub shape: Shape,
+    pub edits: usize,
+    pub insecure: bool,
+}
+
+#[derive(Serialize)]
+pub struct SyncReport {
+    pub agents: usize,
+    pub pods: usize,
+    pub namespaces: usize,
+    pub policies: usize,
+    pub tls: bool,
+    /// From starting the agents to every node acking its initial slice.
+    pub initial_sync_seconds: f64,
+    /// Encoded size of the initial snapshots (nodes with policy).
+    pub snapshot_bytes: MeanMax,
+    pub snapshots: u64,
+    /// Per single-pod edit: nodes whose slice changed.
+    pub nodes_changed_per_edit: MeanMaxF,
+    /// Encoded size of one node's update for a single-pod change.
+    pub update_bytes: MeanMaxF,
+    /// From writing the manifest to every affected agent's ack (realized), in milliseconds.
+    pub edit_to_acked_ms: Percentiles,
+    pub peak_rss_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct MeanMaxF {
+    pub mean: f64,
+    pub max: f64,
+}
+
+fn mean_max(v: &[f64]) -> MeanMaxF {
+    MeanMaxF {
+        mean: v.iter().sum::<f64>() / v.len().max(1) as f64,
+        max: v.iter().copied().fold(0.0, f64::max),
+    }
+}
+
+/// The value of `name` (with its labels) in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Write the cluster as one manifest file per namespace; returns each namespace's documents.
+fn write_manifests(
+    dir: &Path,
+    commands: &[Command],
+) -> std::io::Result<BTreeMap<String, Vec<String>>> {
+    let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in commands {
+        let ns = match c {
+            Command::UpsertNamespace(n) => n.name.to_string(),
+            Command::UpsertPod(p) => p.key.namespace.to_string(),
+            Command::UpsertPolicy(p) => p.key.namespace.to_string(),
+            _ => continue,
+        };
+        files.entry(ns).or_default().extend(manifests::document(c));
+    }
+    for (ns, docs) in &files {
+        std::fs::write(dir.join(format!("{ns}.yaml")), manifests::stream(docs))?;
+    }
+    Ok(files)
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
+fn read(p: std::path::PathBuf) -> anyhow::Result<Vec<u8>> {
+    Ok(std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
+}
+
+pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> anyhow::Result<SyncReport> {
+    let shape = &opts.shape;
+    let dir = tempfile::tempdir()?;
+    let manifest_dir = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifest_dir)?;
+    progress(&format!(
+        "writing manifests: {} nodes, {} pods, {} namespaces, {} policies",
+        shape.nodes, shape.pods, shape.namespaces, shape.policies
+    ));
+    let commands: Vec<Command> = synth::commands(shape).collect();
+    let mut files = write_manifests(&manifest_dir, &commands)?;
+    drop(commands);
+    let nodes: Vec<String> = (0..shape.nodes).map(synth::node_name).collect();
+    let certs = dir.path().join("certs");
+    if !opts.insecure {
+        progress(&format!("minting {} node certificates", nodes.len()));
+        palisadectl::certs::mint(&palisadectl::certs::Request {
+            dir: &certs,
+            hosts: &["127.0.0.1".to_string()],
+            nodes: &nodes,
+            operators: &[],
+        })?;
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        state_dir: Some(dir.path().join("controller")),
+        tls: (!opts.insecure).then(|| TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join("controller.pem"),
+            key: certs.join("controller-key.pem"),
+        }),
+        ..Config::new(&manifest_dir)
+    };
+    progress("starting the controller (full compile)");
+    let controller = server::start(config, listener, None, shutdown.clone()).await?;
+    let hub = controller.hub.clone();
+
+    progress(&format!("starting {} agents", nodes.len()));
+    let started = Instant::now();
+    let ca = if opts.insecure {
+        vec![]
+    } else {
+        read(certs.join("ca.pem"))?
+    };
+    let mut agents = Vec::new();
+    for n in &nodes {
+        let tls = if opts.insecure {
+            None
+        } else {
+            Some(ClientTls {
+                ca: ca.clone(),
+                cert: read(certs.join(format!("node-{n}.pem")))?,
+                key: read(certs.join(format!("node-{n}-key.pem")))?,
+                domain: None,
+            })
+        };
+        let config = AgentConfig {
+            tls,
+            connect_timeout: Duration::from_secs(30),
+            ..AgentConfig::new(n, &addr.to_string())
+        };
+        let store = StateStore::open(&dir.path().join("agents").join(n))?;
+        let agent = Agent::new(config, MemoryDataplane::default(), store)?;
+        agents.push(tokio::spawn(agent.run(shutdown.clone())));
+    }
+    let loaded = controller.loaded_revision;
+    let mut realized = hub.realized();
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        realized.wait_for(|r| *r >= loaded),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("agents did not all sync within 10 minutes"))??;
+    let initial_sync_seconds = started.elapsed().as_secs_f64();
+    progress(&format!(
+        "all {} agents in sync after {initial_sync_seconds:.1} s",
+        nodes.len()
+    ));
+    let page = hub.metrics.render();
+    let snapshots = metric(
+        &page,
+        "palisade_sync_messages_sent_total{kind=\"snapshot\"}",
+    ) as u64;
+    let snapshot_bytes_total = metric(&page, "palisade_sync_bytes_sent_total{kind=\"snapshot\"}");
+    let snapshot_max = {
+        let st = hub.lock();
+        nodes
+            .iter()
+            .map(|n| palisade_proto::encode::snapshot(&st.engine.slice(n)).len())
+            .max()
+            .unwrap_or(0)
+    };
+
+    progress(&format!("{} single-pod edits", opts.edits));
+    let mut rng = Rng::new(shape.seed ^ 0xed17);
+    let (mut latencies, mut changed, mut update_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..opts.edits {
+        let ns = synth::ns_name(rng.below(shape.namespaces));
+        let pod = synth::pod(
+            &ns,
+            format!("edit-{i}"),
+            rng.below(synth::APPS_PER_NAMESPACE),
+            rng.below(shape.nodes),
+            synth::pod_ip(shape.pods + i),
+        );
+        let docs = files.get_mut(&ns).expect("namespace file");
+        docs.extend(manifests::document(&Command::UpsertPod(pod)));
+        let before_page = hub.metrics.render();
+        let before = *hub.revisions().borrow();
+        let t0 = Instant::now();
+        write_atomically(
+            &manifest_dir.join(format!("{ns}.yaml")),
+            &manifests::stream(docs.iter()),
+        )?;
+        let mut revisions = hub.revisions();
+        tokio::time::timeout(Duration::from_secs(60), revisions.wait_for(|r| *r > before))
+            .await??;
+        let revision = *revisions.borrow();
+        let mut realized = hub.realized();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            realized.wait_for(|r| *r >= revision),
+        )
+        .await??;
+        latencies.push(t0.elapsed().as_secs_f64() * 1e3);
+        let after_page = hub.metrics.render();
+        let d = |name: &str| metric(&after_page, name) - metric(&before_page, name);
+        let updates = d("palisade_sync_messages_sent_total{kind=\"update\"}");
+        changed.push(updates);
+        if updates > 0.0 {
+            update_bytes.push(d("palisade_sync_bytes_sent_total{kind=\"update\"}") / updates);
+        }
+    }
+    shutdown.cancel();
+    for a in agents {
+        a.await?;
+    }
+    controller.wait().await?;
+    Ok(SyncReport {
+        agents: nodes.len(),
+        pods: shape.pods,
+        namespaces: shape.namespaces,
+        policies: shape.policies,
+        tls: !opts.insecure,
+        initial_sync_seconds,
+        snapshot_bytes: MeanMax {
+            mean: snapshot_bytes_total / snapshots.max(1) as f64,
+            max: snapshot_max,
+        },
+        snapshots,
+        nodes_changed_per_edit: mean_max(&changed),
+        update_bytes: mean_max(&update_bytes),
+        edit_to_acked_ms: crate::compile::percentiles(latencies),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+pub fn table(r: &SyncReport) -> String {
+    format!(
+        "cluster            {} agents (nodes), {} pods, {} namespaces, {} policies, {}\n\
+         initial sync       {:.2} s for every agent to ack its first slice\n\
+         snapshots          {} sent, mean {:.0} B, max {} B\n\
+         single-pod edit    {:.1} nodes changed on average (max {:.0}), {:.0} B per node update (max {:.0})\n\
+         edit -> all acked  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} edits)\n\
+         peak RSS           {:.0} MiB (controller and all agents)\n",
+        r.agents,
+        r.pods,
+        r.namespaces,
+        r.policies,
+        if r.tls { "mTLS" } else { "plaintext" },
+        r.initial_sync_seconds,
+        r.snapshots,
+        r.snapshot_bytes.mean,
+        r.snapshot_bytes.max,
+        r.nodes_changed_per_edit.mean,
+        r.nodes_changed_per_edit.max,
+        r.update_bytes.mean,
+        r.update_bytes.max,
+        r.edit_to_acked_ms.p50,
+        r.edit_to_acked_ms.p99,
+        r.edit_to_acked_ms.max,
+        r.edit_to_acked_ms.samples,
+        r.peak_rss_bytes as f64 / 1048576.0,
+    )
+}
