@@ -96,21 +96,52 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-fn read(p: std::path::PathBuf) -> anyhow::Result<Vec<u8>> {
-    Ok(std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
+/// Why the sync load test could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error(transparent)]
+    Certs(#[from] palisadectl::certs::CertError),
+    #[error("controller: {0}")]
+    Controller(#[from] palisade_controller::server::ServerError),
+    #[error("agent: {0}")]
+    Agent(#[from] palisade_agent::client::AgentError),
+    #[error("agent state: {0}")]
+    Store(#[from] palisade_agent::store::StoreError),
+    #[error("{0}")]
+    Timeout(String),
 }
 
-pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> anyhow::Result<SyncReport> {
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
+    move |e| SyncError::Io(what.to_string(), e)
+}
+
+fn read(p: std::path::PathBuf) -> Result<Vec<u8>, SyncError> {
+    std::fs::read(&p).map_err(|e| SyncError::Io(p.display().to_string(), e))
+}
+
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, SyncError> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| SyncError::Timeout(format!("{what} within {limit:?}")))
+}
+
+pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncReport, SyncError> {
     let shape = &opts.shape;
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::tempdir().map_err(io("temporary directory"))?;
     let manifest_dir = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifest_dir)?;
+    std::fs::create_dir_all(&manifest_dir).map_err(io("manifests directory"))?;
     progress(&format!(
         "writing manifests: {} nodes, {} pods, {} namespaces, {} policies",
         shape.nodes, shape.pods, shape.namespaces, shape.policies
     ));
     let commands: Vec<Command> = synth::commands(shape).collect();
-    let mut files = write_manifests(&manifest_dir, &commands)?;
+    let mut files = write_manifests(&manifest_dir, &commands).map_err(io("writing manifests"))?;
     drop(commands);
     let nodes: Vec<String> = (0..shape.nodes).map(synth::node_name).collect();
     let certs = dir.path().join("certs");
@@ -124,8 +155,10 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         })?;
     }
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io("listening"))?;
+    let addr = listener.local_addr().map_err(io("listening"))?;
     let shutdown = CancellationToken::new();
     let config = Config {
         state_dir: Some(dir.path().join("controller")),
@@ -170,12 +203,12 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     }
     let loaded = controller.loaded_revision;
     let mut realized = hub.realized();
-    tokio::time::timeout(
+    let _ = within(
         Duration::from_secs(600),
+        "every agent synced",
         realized.wait_for(|r| *r >= loaded),
     )
-    .await
-    .map_err(|_| anyhow::anyhow!("agents did not all sync within 10 minutes"))??;
+    .await?;
     let initial_sync_seconds = started.elapsed().as_secs_f64();
     progress(&format!(
         "all {} agents in sync after {initial_sync_seconds:.1} s",
@@ -216,17 +249,23 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         write_atomically(
             &manifest_dir.join(format!("{ns}.yaml")),
             &manifests::stream(docs.iter()),
-        )?;
+        )
+        .map_err(io("editing a manifest"))?;
         let mut revisions = hub.revisions();
-        tokio::time::timeout(Duration::from_secs(60), revisions.wait_for(|r| *r > before))
-            .await??;
+        let _ = within(
+            Duration::from_secs(60),
+            "the edit picked up",
+            revisions.wait_for(|r| *r > before),
+        )
+        .await?;
         let revision = *revisions.borrow();
         let mut realized = hub.realized();
-        tokio::time::timeout(
+        let _ = within(
             Duration::from_secs(60),
+            "the edit realized",
             realized.wait_for(|r| *r >= revision),
         )
-        .await??;
+        .await?;
         latencies.push(t0.elapsed().as_secs_f64() * 1e3);
         let after_page = hub.metrics.render();
         let d = |name: &str| metric(&after_page, name) - metric(&before_page, name);
@@ -238,7 +277,7 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     }
     shutdown.cancel();
     for a in agents {
-        a.await?;
+        let _ = a.await;
     }
     controller.wait().await?;
     Ok(SyncReport {
