@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{ensure, Result};
+use crate::Error;
 use palisade_policy::cluster::{ClusterView, Probe};
 use palisade_policy::model::Protocol;
 
@@ -93,7 +93,7 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 /// Evaluate every embedded scenario; returns what to print.
-pub fn run(json: bool) -> Result<String> {
+pub fn run(json: bool) -> Result<String, Error> {
     let mut out = String::new();
     if json {
         out.push_str("{\"scenarios\": [\n");
@@ -112,12 +112,12 @@ pub fn run(json: bool) -> Result<String> {
             .map(|(p, t)| (format!("examples/{p}"), t.to_string()))
             .collect();
         let loaded = parse_sources(&sources, "default");
-        ensure!(
-            loaded.errors.is_empty(),
-            "embedded example {} is invalid: {:?}",
-            s.name,
-            loaded.errors
-        );
+        if !loaded.errors.is_empty() {
+            return Err(Error::Usage(format!(
+                "embedded example {} is invalid: {:?}",
+                s.name, loaded.errors
+            )));
+        }
         let view = ClusterView::new(&loaded.engine());
         let probes: Vec<Probe> = s
             .probes

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use anyhow::{anyhow, bail, Result};
+use crate::Error;
 use palisade_policy::cluster::{ClusterView, FlowExplanation, NodeCheck, PodInfo, Probe};
 use palisade_policy::eval::{DirVerdict, Flow};
 use palisade_policy::model::{Direction, ObjKey, Protocol};
@@ -99,21 +99,21 @@ pub fn matrix_table(view: &ClusterView, probes: &[Probe]) -> String {
 }
 
 /// A flow endpoint given on the command line: `NAMESPACE/POD` or an IPv4 address.
-pub fn resolve(view: &ClusterView, s: &str, flag: &str) -> Result<Ipv4Addr> {
+pub fn resolve(view: &ClusterView, s: &str, flag: &str) -> Result<Ipv4Addr, Error> {
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
         return Ok(ip);
     }
     let key: ObjKey = s
         .parse()
-        .map_err(|e| anyhow!("{flag}: {e} or an IPv4 address"))?;
+        .map_err(|e| Error::Usage(format!("{flag}: {e} or an IPv4 address")))?;
     if let Some(p) = view.pod(&key) {
         return Ok(p.ip);
     }
     let known: Vec<String> = view.pods().iter().map(|p| p.key.to_string()).collect();
-    bail!(
+    Err(Error::Usage(format!(
         "{flag}: no pod {key} with an address in the manifests (pods without an IP, host-network pods and finished pods are not policy peers); known pods: {}",
         if known.is_empty() { "none".to_string() } else { known.join(", ") }
-    )
+    )))
 }
 
 #[derive(Serialize)]

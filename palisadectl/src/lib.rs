@@ -9,3 +9,13 @@ pub mod evaluate;
 pub mod load;
 pub mod remote;
 pub mod show;
+
+/// Why a `palisadectl` command could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The arguments or input do not allow it; the message says what to change.
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {0}: {1}")]
+    Read(std::path::PathBuf, std::io::Error),
+}

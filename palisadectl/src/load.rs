@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::Error;
+
+type Result<T> = std::result::Result<T, Error>;
 use palisade_policy::manifest::{self, Location, Object};
 use palisade_policy::model::Command;
 use palisade_policy::Engine;
@@ -62,17 +64,17 @@ const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 
 /// Files under `path`: itself, or every .yaml/.yml/.json file below a directory, sorted.
 fn files(path: &Path) -> Result<Vec<PathBuf>> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::Read(path.to_path_buf(), e))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot list {}", path.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("cannot list {}", path.display()))?;
+        .and_then(|d| {
+            d.map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<_>>()
+        })
+        .map_err(|e| Error::Read(path.to_path_buf(), e))?;
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -91,7 +93,9 @@ fn files(path: &Path) -> Result<Vec<PathBuf>> {
 /// Read every `-f` argument (`-` is stdin). Objects without a namespace go to `default_ns`.
 pub fn load(paths: &[PathBuf], default_ns: &str) -> Result<Loaded> {
     if paths.is_empty() {
-        bail!("no manifests given: pass -f FILE, -f DIRECTORY or -f - (stdin)");
+        return Err(Error::Usage(
+            "no manifests given: pass -f FILE, -f DIRECTORY or -f - (stdin)".into(),
+        ));
     }
     let mut sources: Vec<(String, String)> = Vec::new();
     for p in paths {
@@ -99,17 +103,19 @@ pub fn load(paths: &[PathBuf], default_ns: &str) -> Result<Loaded> {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .context("cannot read stdin")?;
+                .map_err(|e| Error::Read("<stdin>".into(), e))?;
             sources.push(("<stdin>".into(), text));
             continue;
         }
         let found = files(p)?;
         if found.is_empty() {
-            bail!("{} holds no .yaml, .yml or .json files", p.display());
+            return Err(Error::Usage(format!(
+                "{} holds no .yaml, .yml or .json files",
+                p.display()
+            )));
         }
         for f in found {
-            let text = std::fs::read_to_string(&f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| Error::Read(f.clone(), e))?;
             sources.push((f.display().to_string(), text));
         }
     }
