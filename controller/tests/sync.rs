@@ -17,30 +17,10 @@ const NODES: [&str; 8] = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"];
 /// Four namespaces t0..t3: a web pod on n{2i}, an api pod on n{2i+1}, and a policy letting
 /// web reach api on 8080. So n1, n3, n5, n7 enforce something; the even nodes nothing.
 fn manifests() -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    for i in 0..4 {
-        let ns = format!("t{i}");
-        let text = [
-            pod(
-                &ns,
-                "web",
-                "web",
-                &format!("n{}", 2 * i),
-                &format!("10.0.{i}.1"),
-            ),
-            pod(
-                &ns,
-                "api",
-                "api",
-                &format!("n{}", 2 * i + 1),
-                &format!("10.0.{i}.2"),
-            ),
-            allow(&ns, "api", "api", "web", 8080),
-        ]
-        .join("---\n");
-        out.push((["t0.yaml", "t1.yaml", "t2.yaml", "t3.yaml"][i], text));
-    }
-    out
+    let names = ["t0.yaml", "t1.yaml", "t2.yaml", "t3.yaml"];
+    (0..4)
+        .map(|i| (names[i], namespace_file(i, 8080, "")))
+        .collect()
 }
 
 fn namespace_file(i: usize, port: u16, extra: &str) -> String {
