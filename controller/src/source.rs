@@ -418,6 +418,33 @@ mod tests {
     }
 
     #[test]
+    fn namespace_labels_and_container_ports_are_changes_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut src = ManifestDir::new(dir, "default");
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: red}}\n";
+        std::fs::write(dir.join("ns.yaml"), ns).unwrap();
+        std::fs::write(dir.join("pod.yaml"), POD).unwrap();
+        src.scan().unwrap();
+        std::fs::write(dir.join("ns.yaml"), ns.replace("red", "blue")).unwrap();
+        assert_eq!(
+            kinds(&src.scan().unwrap().commands),
+            vec!["upsert-namespace"]
+        );
+        let with_port = POD.replace(
+            "image: i}",
+            "image: i, ports: [{name: http, containerPort: 8080}]}",
+        );
+        std::fs::write(dir.join("pod.yaml"), with_port).unwrap();
+        assert_eq!(kinds(&src.scan().unwrap().commands), vec!["upsert-pod"]);
+        std::fs::remove_file(dir.join("ns.yaml")).unwrap();
+        assert_eq!(
+            kinds(&src.scan().unwrap().commands),
+            vec!["delete-namespace"]
+        );
+    }
+
+    #[test]
     fn an_object_in_two_files_comes_from_the_last_one() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
