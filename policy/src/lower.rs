@@ -23,7 +23,16 @@ use std::net::Ipv4Addr;
 use crate::eval::Flow;
 use crate::model::Direction;
 use crate::net::{port_prefixes, Prefix};
-use crate::slice::{Member, NodeSlice, PeerRef, PortMatch, SetId};
+use crate::slice::{NodeSlice, PeerRef, PortMatch};
+
+mod fit;
+mod identity;
+mod plan;
+
+pub use fit::{fit, Capacities, FitError, Fitted};
+use identity::{memberships, Atom};
+pub use identity::{Identities, Membership};
+pub use plan::{plan, MapOp};
 
 /// Identity of the wildcard "any peer" rule entries.
 pub const IDENTITY_ANY: u32 = 0;
@@ -97,6 +106,9 @@ impl RuleKey {
 pub struct EndpointFlags {
     pub ingress_isolated: bool,
     pub egress_isolated: bool,
+    /// The slice did not fit the dataplane's maps: the endpoint is isolated in both directions
+    /// with no rules (see [`fit`]).
+    pub fail_closed: bool,
 }
 
 impl EndpointFlags {
@@ -148,56 +160,37 @@ fn u128_of(d: &[u8; 12]) -> u128 {
     d.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
 }
 
-/// What an address is, with respect to the slice's sets.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Atom {
-    In(SetId),
-    Port(SetId, u16),
+/// The map image of `slice`, numbering identities from scratch. Deterministic: equal slices
+/// give equal images.
+pub fn lower(slice: &NodeSlice) -> MapImage {
+    lower_with(slice, &Identities::default()).0
 }
 
-/// The map image of `slice`. Deterministic: equal slices give equal images.
-pub fn lower(slice: &NodeSlice) -> MapImage {
-    let mut at_prefix: BTreeMap<Prefix, BTreeSet<Atom>> = BTreeMap::new();
-    for (id, set) in &slice.sets {
-        for m in &set.members {
-            let (p, atom) = match m {
-                Member::Net(p) => (*p, Atom::In(*id)),
-                Member::Port(ip, port) => (Prefix::host(*ip), Atom::Port(*id, *port)),
-            };
-            at_prefix.entry(p).or_default().insert(atom);
-        }
-    }
-    // Membership of a prefix = atoms of itself and every covering prefix. In (address, length)
-    // order a prefix comes after all prefixes covering it, so a stack of the current chain of
-    // covering prefixes suffices.
-    let mut stack: Vec<(Prefix, BTreeSet<Atom>)> = Vec::new();
-    let mut membership: BTreeMap<Prefix, BTreeSet<Atom>> = BTreeMap::new();
-    for (p, atoms) in at_prefix {
-        while stack.last().is_some_and(|(top, _)| !top.covers(p)) {
-            stack.pop();
-        }
-        let mut m = stack.last().map(|(_, m)| m.clone()).unwrap_or_default();
-        m.extend(atoms);
-        membership.insert(p, m.clone());
-        stack.push((p, m));
-    }
-    let distinct: BTreeSet<&BTreeSet<Atom>> = membership.values().collect();
-    let ids: BTreeMap<&BTreeSet<Atom>, u32> = distinct.into_iter().zip(IDENTITY_FIRST..).collect();
+/// The map image of `slice`, keeping the identity numbers `prev` gave to memberships that
+/// persist and giving new memberships numbers `prev` does not use, so that while the maps move
+/// from the old image to the new one no identity number means two different memberships.
+pub fn lower_with(slice: &NodeSlice, prev: &Identities) -> (MapImage, Identities) {
+    let membership = memberships(slice);
+    let identities = Identities::assign(membership.values(), prev);
     let mut by_atom: BTreeMap<Atom, Vec<u32>> = BTreeMap::new();
-    for (m, id) in &ids {
-        for a in m.iter() {
-            by_atom.entry(*a).or_default().push(*id);
+    for (m, id) in identities.iter() {
+        for a in m.atoms() {
+            by_atom.entry(*a).or_default().push(id);
         }
     }
 
     let mut image = MapImage {
-        identities: membership.iter().map(|(p, m)| (*p, ids[m])).collect(),
+        identities: membership
+            .iter()
+            .map(|(p, m)| (*p, identities.id(m).expect("assigned")))
+            .collect(),
         ..MapImage::default()
     };
     for (ip, ep) in &slice.endpoints {
         let flags = EndpointFlags {
             ingress_isolated: ep.ingress.is_some(),
             egress_isolated: ep.egress.is_some(),
+            fail_closed: false,
         };
         image.endpoints.insert(*ip, flags);
         for d in Direction::BOTH {
@@ -259,7 +252,7 @@ pub fn lower(slice: &NodeSlice) -> MapImage {
             }
         }
     }
-    image
+    (image, identities)
 }
 
 /// The datapath's verdict for the first packet of `flow` on a node holding `image`: the

@@ -361,3 +361,31 @@ fn large_batches_equal_one_command_at_a_time() {
         assert_eq!(one_by_one.node(&n.node).unwrap().digest, b.digest());
     }
 }
+
+#[test]
+fn a_slice_with_more_endpoints_than_the_map_holds_does_not_fit() {
+    use palisade_policy::lower::{fit, Capacities, FitError, Identities};
+    let slice = chain().slice("n2");
+    let caps = Capacities {
+        endpoints: Some(0),
+        ..Capacities::default()
+    };
+    assert_eq!(
+        fit(&slice, &Identities::default(), &caps),
+        Err(FitError::Endpoints {
+            needed: 1,
+            capacity: 0
+        })
+    );
+    let caps = Capacities {
+        endpoints: Some(1),
+        rules: Some(0),
+        ..Capacities::default()
+    };
+    let fitted = fit(&slice, &Identities::default(), &caps).unwrap();
+    assert_eq!(
+        fitted.failed_closed.into_iter().collect::<Vec<_>>(),
+        [ip("10.0.2.1")]
+    );
+    assert!(fitted.image.rules.is_empty() && fitted.image.identities.is_empty());
+}
