@@ -181,7 +181,15 @@ impl Hub {
     }
 
     /// Record an ack; returns what it did.
-    pub fn ack(&self, node: &Name, version: u64, digest: Digest) -> AckOutcome {
+    /// `degraded`: what the agent said it fails closed for lack of room, and why (None: not
+    /// said, as in a Hello).
+    pub fn ack(
+        &self,
+        node: &Name,
+        version: u64,
+        digest: Digest,
+        degraded: Option<(Vec<String>, String)>,
+    ) -> AckOutcome {
         let mut st = self.lock();
         let expected = if st.desired(node).0 == version {
             Some(st.desired(node).1)
@@ -190,6 +198,11 @@ impl Hub {
         };
         let outcome = st.rollout.acked(node, version, digest, expected);
         self.metrics.ack(matches!(outcome, AckOutcome::Recorded));
+        if let (AckOutcome::Recorded, Some((failed_closed, warning))) = (&outcome, degraded) {
+            st.rollout.degraded(node, failed_closed, warning);
+            let (endpoints, nodes) = st.rollout.failed_closed();
+            self.metrics.failed_closed(endpoints, nodes);
+        }
         self.observe_realized(&mut st);
         outcome
     }

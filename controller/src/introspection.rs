@@ -57,6 +57,13 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
         sets: summary.as_ref().map_or(0, |s| s.sets as u32),
         agent_version: r.map(|r| r.agent_version.clone()).unwrap_or_default(),
         slice: None,
+        failed_closed: r.map(|r| r.failed_closed.clone()).unwrap_or_default(),
+        capacity_warning: r.map(|r| r.capacity_warning.clone()).unwrap_or_default(),
+        capacities: r.map(|r| pb::Capacities {
+            endpoints: r.capacities[0],
+            identities: r.capacities[1],
+            rules: r.capacities[2],
+        }),
     }
 }
 

@@ -38,6 +38,8 @@ struct Inner {
     nodes: Gauge,
     rejected: Gauge,
     history: Gauge,
+    failed_closed: Gauge,
+    degraded: Gauge,
 }
 
 /// Cheap to clone; every clone updates the same metrics.
@@ -74,6 +76,8 @@ impl Metrics {
             nodes: Gauge::default(),
             rejected: Gauge::default(),
             history: Gauge::default(),
+            failed_closed: Gauge::default(),
+            degraded: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +156,16 @@ impl Metrics {
             "Updates held in the per-node histories",
             inner.history.clone(),
         );
+        registry.register(
+            "failed_closed_endpoints",
+            "Endpoints whose node's dataplane fails them closed because the slice does not fit its maps",
+            inner.failed_closed.clone(),
+        );
+        registry.register(
+            "nodes_degraded",
+            "Nodes failing some endpoints closed for lack of map capacity",
+            inner.degraded.clone(),
+        );
         Metrics(Arc::new(Inner { registry, ..inner }))
     }
 
@@ -225,6 +239,11 @@ impl Metrics {
 
     pub fn rejected(&self, n: usize) {
         self.0.rejected.set(n as i64);
+    }
+
+    pub fn failed_closed(&self, endpoints: usize, nodes: usize) {
+        self.0.failed_closed.set(endpoints as i64);
+        self.0.degraded.set(nodes as i64);
     }
 
     pub fn history_entries(&self, n: usize) {

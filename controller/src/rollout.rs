@@ -26,6 +26,12 @@ pub struct NodeRollout {
     pub connections: u32,
     pub nack: Option<(u64, String)>,
     pub agent_version: String,
+    /// Map capacities the agent reported (endpoints, identities, rules; 0: unlimited).
+    pub capacities: [u64; 3],
+    /// Endpoints the dataplane fails closed because the slice does not fit, as of the last
+    /// ack, and the agent's explanation.
+    pub failed_closed: Vec<String>,
+    pub capacity_warning: String,
 }
 
 impl NodeRollout {
@@ -39,6 +45,9 @@ impl NodeRollout {
             connections: 0,
             nack: None,
             agent_version: String::new(),
+            capacities: [0; 3],
+            failed_closed: Vec::new(),
+            capacity_warning: String::new(),
         }
     }
 
@@ -86,6 +95,9 @@ pub struct Rollout {
     latest_revision: u64,
     /// Commit time of revisions not yet realized, for realization latency.
     committed: BTreeMap<u64, Instant>,
+    /// Sum of `failed_closed.len()`, and nodes where it is not 0.
+    failed_closed: usize,
+    degraded_nodes: usize,
 }
 
 /// Revisions whose commit time is remembered (older ones are forgotten, unmeasured).
@@ -190,10 +202,28 @@ impl Rollout {
         self.entry(node).nack = Some((version, error));
     }
 
-    pub fn connected(&mut self, node: &Name, agent_version: &str) {
+    pub fn connected(&mut self, node: &Name, agent_version: &str, capacities: [u64; 3]) {
         let n = self.entry(node);
         n.connections += 1;
         n.agent_version = agent_version.to_string();
+        n.capacities = capacities;
+    }
+
+    /// What the last ack of `node` said its dataplane fails closed (empty: everything fits).
+    pub fn degraded(&mut self, node: &Name, failed_closed: Vec<String>, warning: String) {
+        let n = self.entry(node);
+        let (was_degraded, was) = (!n.failed_closed.is_empty(), n.failed_closed.len());
+        n.failed_closed = failed_closed;
+        n.capacity_warning = warning;
+        let (is_degraded, is) = (!n.failed_closed.is_empty(), n.failed_closed.len());
+        self.failed_closed = self.failed_closed - was + is;
+        self.degraded_nodes =
+            self.degraded_nodes - usize::from(was_degraded) + usize::from(is_degraded);
+    }
+
+    /// Endpoints failed closed over all nodes, and the nodes with any.
+    pub fn failed_closed(&self) -> (usize, usize) {
+        (self.failed_closed, self.degraded_nodes)
     }
 
     pub fn disconnected(&mut self, node: &Name) {

@@ -129,10 +129,7 @@ impl Sync for SyncService {
             snapshot_refused_at: None,
         };
         let shutdown = self.shutdown.clone();
-        tokio::spawn(
-            conn.run(hello.agent_version, inbound, tx, shutdown)
-                .instrument(span),
-        );
+        tokio::spawn(conn.run(hello, inbound, tx, shutdown).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -177,16 +174,18 @@ impl Connection {
 
     async fn run(
         mut self,
-        agent_version: String,
+        hello: pb::Hello,
         mut inbound: Streaming<pb::AgentMessage>,
         tx: mpsc::Sender<Result<Encoded, Status>>,
         shutdown: CancellationToken,
     ) {
-        info!(agent_version, holds = ?self.holds, "agent connected");
-        self.hub
-            .lock()
-            .rollout
-            .connected(&self.node, &agent_version);
+        let caps = hello.capacities.unwrap_or_default();
+        info!(agent_version = hello.agent_version, holds = ?self.holds, capacities = ?caps, "agent connected");
+        self.hub.lock().rollout.connected(
+            &self.node,
+            &hello.agent_version,
+            [caps.endpoints, caps.identities, caps.rules],
+        );
         self.hub.metrics.stream_opened();
         self.hello_ack();
         let mut latest = self.hub.watch_node(&self.node);
@@ -252,7 +251,7 @@ impl Connection {
             (v == desired && d == desired_digest) || st.history.digest_at(&self.node, v) == Some(d)
         };
         if known && v > 0 {
-            self.hub.ack(&self.node, v, d);
+            self.hub.ack(&self.node, v, d, None);
         }
     }
 
@@ -334,7 +333,20 @@ impl Connection {
                 if self.awaiting.is_some_and(|v| a.version >= v) {
                     self.awaiting = None;
                 }
-                match self.hub.ack(&self.node, a.version, digest) {
+                if !a.failed_closed.is_empty() {
+                    warn!(
+                        version = a.version,
+                        failed_closed = a.failed_closed.len(),
+                        warning = a.warning,
+                        "agent fails endpoints closed"
+                    );
+                }
+                match self.hub.ack(
+                    &self.node,
+                    a.version,
+                    digest,
+                    Some((a.failed_closed, a.warning)),
+                ) {
                     AckOutcome::Recorded => debug!(version = a.version, "ack"),
                     AckOutcome::Diverged { expected } => {
                         warn!(version = a.version, %digest, %expected, "agent holds another slice than sent; sending a snapshot");

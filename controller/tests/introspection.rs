@@ -7,6 +7,7 @@ mod cluster;
 use std::time::Duration;
 
 use cluster::{allow, pod, AgentOpts, Cluster};
+use palisade_agent::Capacities;
 use palisadectl::remote;
 use serde_json::Value;
 
@@ -165,5 +166,57 @@ async fn metrics_count_streams_messages_acks_and_realization() {
     assert!(value("palisade_revision_realization_seconds_count") >= 1.0);
     assert!(value("palisade_full_compile_seconds") > 0.0);
     assert!(c.http_get("/healthz").await.ends_with("ok\n"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
+    let mut c = shop().await;
+    // n3's maps hold no rules: its endpoint (db, which allows api on 5432) is failed closed,
+    // acked, and reported, never silently truncated.
+    c.start_agent(
+        "n3",
+        AgentOpts {
+            capacities: Capacities {
+                rules: Some(0),
+                ..Capacities::default()
+            },
+            ..AgentOpts::default()
+        },
+    );
+    c.in_sync("n3").await;
+    c.realized(c.revision()).await;
+    let op = c.operator();
+    let n3 = json(&remote::node(&op, "n3", false, true).await.unwrap());
+    assert_eq!(n3["failedClosed"], serde_json::json!(["10.0.0.3"]));
+    assert!(
+        n3["capacityWarning"]
+            .as_str()
+            .unwrap()
+            .contains("rule entries"),
+        "{n3}"
+    );
+    assert_eq!(n3["capacities"]["rules"], 0);
+    let text = remote::node(&op, "n3", false, false).await.unwrap();
+    assert!(text.contains("FAILED CLOSED   10.0.0.3"), "{text}");
+    let table = remote::nodes(&op, false).await.unwrap();
+    assert!(table.contains("FAILED-CLOSED"), "{table}");
+    let page = c.http_get("/metrics").await;
+    assert!(
+        page.contains("palisade_failed_closed_endpoints 1\n"),
+        "{page}"
+    );
+    assert!(page.contains("palisade_nodes_degraded 1\n"), "{page}");
+
+    // Room again (a restarted agent with bigger maps): the report clears with the next ack.
+    c.stop_agent("n3").await;
+    c.start_agent("n3", AgentOpts::default());
+    c.write("more.yaml", &allow("shop", "db2", "db", "web", 5432));
+    let r = c.next_revision(c.revision()).await;
+    c.realized(r).await;
+    let n3 = json(&remote::node(&op, "n3", false, true).await.unwrap());
+    assert_eq!(n3["failedClosed"], serde_json::json!([]), "{n3}");
+    let page = c.http_get("/metrics").await;
+    assert!(page.contains("palisade_nodes_degraded 0\n"), "{page}");
     c.shutdown().await;
 }

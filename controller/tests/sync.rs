@@ -170,8 +170,9 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
     let mut c = Cluster::start(&manifests(), &NODES).await;
     for n in NODES {
         let capacities = if n == "n7" {
+            // No room for even one endpoint: nothing can be failed closed, so it is refused.
             Capacities {
-                rules: Some(0),
+                endpoints: Some(0),
                 ..Capacities::default()
             }
         } else {
@@ -190,7 +191,7 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
         s.last_error
             .as_deref()
             .unwrap_or("")
-            .contains("rule entries"),
+            .contains("endpoint map holds 0"),
         "{s:?}"
     );
     for n in NODES.iter().filter(|n| **n != "n7") {
@@ -212,7 +213,11 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
     let lagging = c.hub().lock().rollout.lagging(revision);
     assert_eq!(lagging.len(), 1, "{lagging:?}");
     assert_eq!(&*lagging[0].node, "n7");
-    assert!(lagging[0].nack.as_deref().unwrap().contains("rule entries"));
+    assert!(lagging[0]
+        .nack
+        .as_deref()
+        .unwrap()
+        .contains("endpoint map holds 0"));
     assert!(lagging[0].connected);
 
     // Changes for other nodes are still delivered and acked.

@@ -26,7 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, Installed};
 use crate::store::StateStore;
 
 /// mTLS material, PEM.
@@ -116,7 +116,7 @@ struct Session {
 
 /// What a message calls for.
 enum Reply {
-    Ack(u64, Digest),
+    Ack(u64, Digest, Installed),
     Nack(u64, String),
     Nothing,
 }
@@ -125,6 +125,8 @@ enum Reply {
 /// Moved into a blocking task for each message (installing and fsyncing block).
 struct Holder<D> {
     held: NodeSlice,
+    /// What the last install left failed closed.
+    installed: Installed,
     dataplane: D,
     store: Arc<StateStore>,
 }
@@ -132,8 +134,12 @@ struct Holder<D> {
 impl<D: Dataplane> Holder<D> {
     fn install(&mut self, target: NodeSlice, delta: Option<&SliceDelta>) -> Reply {
         let (version, digest) = (target.version, target.digest());
-        if let Err(e) = self.dataplane.install(&target, delta) {
-            return Reply::Nack(version, e.to_string());
+        let installed = match self.dataplane.install(&target, delta) {
+            Ok(i) => i,
+            Err(e) => return Reply::Nack(version, e.to_string()),
+        };
+        if let Some(w) = &installed.warning {
+            warn!(version, "{w}");
         }
         if let Err(e) = self.store.save(&target) {
             // The dataplane holds it; only a restart would lose track. Still ack: the contract
@@ -141,7 +147,8 @@ impl<D: Dataplane> Holder<D> {
             warn!("cannot save the slice: {e}");
         }
         self.held = target;
-        Reply::Ack(version, digest)
+        self.installed = installed.clone();
+        Reply::Ack(version, digest, installed)
     }
 
     fn handle(&mut self, msg: Msg) -> Reply {
@@ -197,7 +204,7 @@ impl<D: Dataplane> Holder<D> {
                     );
                 }
                 if delta.is_empty() && self.held.version == to {
-                    return Reply::Ack(to, digest);
+                    return Reply::Ack(to, digest, self.installed.clone());
                 }
                 self.install(target, Some(&delta))
             }
@@ -261,10 +268,12 @@ impl<D: Dataplane> Agent<D> {
     ) -> Result<Agent<D>, AgentError> {
         let endpoint = endpoint(&config)?;
         let empty = NodeSlice::empty(&config.node);
+        let mut installed = Installed::default();
         let held = match store.load() {
             Ok(Some(s)) if *s.node == *config.node => match dataplane.install(&s, None) {
-                Ok(()) => {
+                Ok(i) => {
                     info!(version = s.version, "resuming from the saved slice");
+                    installed = i;
                     s
                 }
                 Err(e) => {
@@ -292,6 +301,7 @@ impl<D: Dataplane> Agent<D> {
             config,
             holder: Some(Holder {
                 held,
+                installed,
                 dataplane,
                 store: Arc::new(store),
             }),
@@ -467,7 +477,7 @@ impl<D: Dataplane> Agent<D> {
         self.holder = Some(holder);
         let answer = match reply {
             Reply::Nothing => return Ok(()),
-            Reply::Ack(version, digest) => {
+            Reply::Ack(version, digest, installed) => {
                 debug!(version, "ack");
                 self.status.send_modify(|s| {
                     s.acks += 1;
@@ -477,6 +487,12 @@ impl<D: Dataplane> Agent<D> {
                 pb::agent_message::Msg::Ack(pb::Ack {
                     version,
                     digest: digest.to_hex(),
+                    failed_closed: installed
+                        .failed_closed
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect(),
+                    warning: installed.warning.unwrap_or_default(),
                 })
             }
             Reply::Nack(version, error) => {

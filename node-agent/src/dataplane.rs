@@ -1,30 +1,55 @@
 //! Where an agent's policy goes. A dataplane takes a whole slice at a time, all or nothing:
 //! when `install` fails it still holds what it held before, so the agent acks only what the
-//! dataplane holds. The eBPF dataplane (next issue) and the in-memory one here implement the
-//! same trait.
+//! dataplane holds. Both dataplanes fit the slice to their capacities the same way
+//! (`palisade_policy::lower::fit`): a slice that does not fit fails whole endpoints closed,
+//! and the install says which, so the agent reports it with its ack.
+//!
+//! * [`MemoryDataplane`]: the lowered map image in memory (many agents in one process, tests,
+//!   machines without BPF).
+//! * [`crate::ebpf::EbpfDataplane`]: the same image in pinned eBPF maps that TC programs on
+//!   every local pod's veth consult.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use palisade_policy::delta::SliceDelta;
-use palisade_policy::lower::{self, MapImage};
+use palisade_policy::lower::{self, FitError, Fitted, Identities, MapImage};
 use palisade_policy::slice::NodeSlice;
 
-/// What a dataplane can hold, in map entries (`None`: unlimited).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Capacities {
-    pub endpoints: Option<u64>,
-    pub identities: Option<u64>,
-    pub rules: Option<u64>,
+pub use palisade_policy::lower::Capacities;
+
+/// What an install left in force, besides the slice itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// Endpoints failed closed because the slice does not fit the maps.
+    pub failed_closed: Vec<Ipv4Addr>,
+    /// Why, when some did: the entries needed against the capacities.
+    pub warning: Option<String>,
+}
+
+impl Installed {
+    pub(crate) fn of(fitted: &Fitted, caps: &Capacities) -> Installed {
+        if fitted.failed_closed.is_empty() {
+            return Installed::default();
+        }
+        let [_, identities, rules] = fitted.needed;
+        let cap = |c: Option<u64>| c.map_or("unlimited".to_string(), |c| c.to_string());
+        Installed {
+            failed_closed: fitted.failed_closed.iter().copied().collect(),
+            warning: Some(format!(
+                "the slice needs {identities} identity and {rules} rule entries, the maps hold {} and {}: {} endpoint(s) failed closed",
+                cap(caps.identities),
+                cap(caps.rules),
+                fitted.failed_closed.len()
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("the slice needs {needed} {map} entries; the dataplane holds {capacity}")]
-    Capacity {
-        map: &'static str,
-        needed: u64,
-        capacity: u64,
-    },
+    #[error(transparent)]
+    Fit(#[from] FitError),
     #[error("dataplane failure: {0}")]
     Failed(String),
 }
@@ -36,20 +61,20 @@ pub trait Dataplane: Send + 'static {
     fn capacities(&self) -> Capacities;
 
     /// Hold `target` from now on. `delta` is the change from what it held, when the agent
-    /// has one (an implementation may use it to change only what differs, in make-before-break
-    /// order). All or nothing.
+    /// has one. All or nothing.
     fn install(
         &mut self,
         target: &NodeSlice,
         delta: Option<&SliceDelta>,
-    ) -> Result<(), DataplaneError>;
+    ) -> Result<Installed, DataplaneError>;
 }
 
 /// A dataplane that keeps the lowered map image in memory: what the eBPF maps would hold,
-/// checked against capacities the same way. For running many agents in one process (tests,
-/// load tests) and on machines without BPF.
+/// fitted to capacities the same way. For running many agents in one process (tests, load
+/// tests) and on machines without BPF.
 pub struct MemoryDataplane {
     image: MapImage,
+    identities: Identities,
     capacities: Capacities,
     delay: Option<Duration>,
 }
@@ -64,6 +89,7 @@ impl MemoryDataplane {
     pub fn new(capacities: Capacities) -> MemoryDataplane {
         MemoryDataplane {
             image: MapImage::default(),
+            identities: Identities::default(),
             capacities,
             delay: None,
         }
@@ -80,17 +106,6 @@ impl MemoryDataplane {
     }
 }
 
-fn check(map: &'static str, needed: usize, capacity: Option<u64>) -> Result<(), DataplaneError> {
-    match capacity {
-        Some(c) if needed as u64 > c => Err(DataplaneError::Capacity {
-            map,
-            needed: needed as u64,
-            capacity: c,
-        }),
-        _ => Ok(()),
-    }
-}
-
 impl Dataplane for MemoryDataplane {
     fn name(&self) -> &'static str {
         "memory"
@@ -104,19 +119,14 @@ impl Dataplane for MemoryDataplane {
         &mut self,
         target: &NodeSlice,
         _delta: Option<&SliceDelta>,
-    ) -> Result<(), DataplaneError> {
-        let image = lower::lower(target);
-        check("endpoint", image.endpoints.len(), self.capacities.endpoints)?;
-        check(
-            "identity",
-            image.identities.len(),
-            self.capacities.identities,
-        )?;
-        check("rule", image.rules.len(), self.capacities.rules)?;
+    ) -> Result<Installed, DataplaneError> {
+        let fitted = lower::fit(target, &self.identities, &self.capacities)?;
         if let Some(d) = self.delay {
             std::thread::sleep(d);
         }
-        self.image = image;
-        Ok(())
+        let installed = Installed::of(&fitted, &self.capacities);
+        self.image = fitted.image;
+        self.identities = fitted.identities;
+        Ok(installed)
     }
 }

@@ -106,6 +106,13 @@ fn status_json(n: &pb::NodeStatus) -> Value {
         "endpoints": n.endpoints,
         "sets": n.sets,
         "agentVersion": n.agent_version,
+        "failedClosed": n.failed_closed,
+        "capacityWarning": n.capacity_warning,
+        "capacities": n.capacities.as_ref().map(|c| json!({
+            "endpoints": c.endpoints,
+            "identities": c.identities,
+            "rules": c.rules,
+        })),
     })
 }
 
@@ -137,13 +144,21 @@ pub async fn nodes(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
         .max(4);
     let _ = writeln!(
         out,
-        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  NACK",
-        "NODE", "DESIRED", "ACKED", "LAG", "CONNECTED", "PODS", "ENDPOINTS", "SETS"
+        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  {:>13}  NACK",
+        "NODE",
+        "DESIRED",
+        "ACKED",
+        "LAG",
+        "CONNECTED",
+        "PODS",
+        "ENDPOINTS",
+        "SETS",
+        "FAILED-CLOSED"
     );
     for n in &r.nodes {
         let _ = writeln!(
             out,
-            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  {}",
+            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  {:>13}  {}",
             n.node,
             n.desired_version,
             n.acked_version,
@@ -152,6 +167,7 @@ pub async fn nodes(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
             n.pods,
             n.endpoints,
             n.sets,
+            n.failed_closed.len(),
             n.nack_error
         );
     }
@@ -202,6 +218,30 @@ pub async fn node(
         n.endpoints,
         n.sets,
     );
+    if let Some(c) = &n.capacities {
+        let cap = |c: u64| {
+            if c == 0 {
+                "unlimited".to_string()
+            } else {
+                c.to_string()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  map capacity    {} endpoints, {} identities, {} rules",
+            cap(c.endpoints),
+            cap(c.identities),
+            cap(c.rules)
+        );
+    }
+    if !n.failed_closed.is_empty() {
+        let _ = writeln!(
+            out,
+            "  FAILED CLOSED   {}: {}",
+            n.failed_closed.join(", "),
+            n.capacity_warning
+        );
+    }
     if !n.nack_error.is_empty() {
         let _ = writeln!(
             out,
