@@ -26,4 +26,51 @@ if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-reflection
 fi
 
-log "ready: $(cargo --version), $(python3 -c 'import grpc; print("grpcio", grpc.__version__)')"
+# The eBPF programs (dataplane-ebpf/ebpf) are built by the agent's build script with the
+# nightly toolchain (`-Z build-std=core` needs its rust-src) and linked by bpf-linker. The
+# linker is built against the nightly toolchain's own LLVM, so no system LLVM is needed (see
+# docs/architecture.md, "Building the eBPF programs").
+if ! rustc +nightly --version >/dev/null 2>&1; then
+    log "installing the nightly toolchain (the eBPF programs need it)"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "installing rust-src for nightly"
+    rustup component add rust-src --toolchain nightly
+fi
+BPF_LINKER_VERSION=0.13.0
+if ! bpf-linker --version 2>/dev/null | grep -qF "$BPF_LINKER_VERSION"; then
+    nightly_lib="$(rustc +nightly --print sysroot)/lib"
+    llvm_lib=$(find "$nightly_lib" -maxdepth 1 -name 'libLLVM.so.*-rust-*' | head -n1)
+    if [ -z "$llvm_lib" ]; then
+        log "no libLLVM in $nightly_lib: cannot build bpf-linker against nightly's LLVM"
+        exit 1
+    fi
+    llvm_major=$(basename "$llvm_lib" | sed -E 's/^libLLVM\.so\.([0-9]+).*/\1/')
+    prefix=$(mktemp -d)
+    mkdir -p "$prefix/lib"
+    ln -sf "$llvm_lib" "$prefix/lib/libLLVM.so"
+    log "building bpf-linker $BPF_LINKER_VERSION against nightly's LLVM $llvm_major (about a minute)"
+    LLVM_PREFIX="$prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$nightly_lib" \
+        cargo install bpf-linker --version "$BPF_LINKER_VERSION" --locked --force \
+        --no-default-features --features "llvm-$llvm_major"
+    rm -rf "$prefix"
+fi
+
+# Debian packages the end-to-end tests and the quick start use: iproute2 (`ip netns`, veth,
+# tc) and iperf3 (the throughput benchmark). Installing them needs root; without it, say so
+# and go on (the in-memory dataplane works without them).
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing ${missing[*]} (Debian)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+    else
+        log "not root: skipping ${missing[*]} (needed only by the network-namespace tests)"
+    fi
+fi
+
+log "ready: $(cargo --version), $(rustc +nightly --version), $(bpf-linker --version), $(python3 -c 'import grpc; print("grpcio", grpc.__version__)')"
