@@ -8,8 +8,10 @@
 
 pub mod client;
 pub mod dataplane;
+pub mod ebpf;
 pub mod store;
 
 pub use client::{Agent, AgentConfig, ClientTls, Phase, Status};
-pub use dataplane::{Capacities, Dataplane, DataplaneError, MemoryDataplane};
+pub use dataplane::{Capacities, Dataplane, DataplaneError, Installed, MemoryDataplane};
+pub use ebpf::{EbpfConfig, EbpfDataplane, EbpfError};
 pub use store::StateStore;

@@ -3,7 +3,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use palisade_agent::{Agent, AgentConfig, Capacities, ClientTls, MemoryDataplane, StateStore};
+use palisade_agent::{
+    Agent, AgentConfig, Capacities, ClientTls, Dataplane, EbpfConfig, EbpfDataplane,
+    MemoryDataplane, StateStore,
+};
 use tokio_util::sync::CancellationToken;
 
 /// The Palisade node agent: holds its node's policy slice in the dataplane, kept in sync with
@@ -27,10 +30,23 @@ struct Cli {
     #[arg(long, env = "PALISADE_STATE_DIR")]
     state_dir: PathBuf,
 
-    /// Where policy is enforced: `memory` keeps the compiled maps in memory (no enforcement,
-    /// for tests and machines without BPF); `ebpf` programs TC/eBPF maps.
+    /// Where policy is enforced: `ebpf` writes it to pinned eBPF maps consulted by TC programs
+    /// on every local pod's host-side interface (found from the node's /32 routes to pod
+    /// addresses; needs root); `memory` keeps the same maps in memory and enforces nothing
+    /// (tests, machines without BPF).
     #[arg(long, value_enum, default_value = "memory", env = "PALISADE_DATAPLANE")]
     dataplane: DataplaneKind,
+
+    /// Directory on a bpffs where the eBPF dataplane pins its maps and TC links, so that policy
+    /// stays enforced while the agent is stopped and a restarted agent re-adopts it. Mounted
+    /// as a bpffs if it is not one. Under `ip netns exec` (its own mount namespace) a bpffs
+    /// mounted by the agent vanishes when it exits: mount one beforehand there.
+    #[arg(long, env = "PALISADE_BPFFS", default_value = "/sys/fs/bpf/palisade")]
+    bpffs: PathBuf,
+
+    /// Connections the eBPF dataplane tracks (LRU; replies of allowed connections pass).
+    #[arg(long, default_value_t = palisade_ebpf_common::defaults::CONNTRACK)]
+    max_connections: u32,
 
     /// CA certificate (PEM) that signed the controller's certificate.
     #[arg(long, env = "PALISADE_TLS_CA", required_unless_present = "insecure")]
@@ -53,15 +69,18 @@ struct Cli {
     #[arg(long, env = "PALISADE_INSECURE", conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
     insecure: bool,
 
-    /// Most endpoint entries the dataplane holds (default: unlimited for memory).
+    /// Most endpoint entries the dataplane holds (default: unlimited for memory, 4096 for
+    /// eBPF). A slice with more endpoints is refused (nacked).
     #[arg(long)]
     max_endpoints: Option<u64>,
 
-    /// Most address-identity entries the dataplane holds.
+    /// Most address-identity entries the dataplane holds (default: unlimited for memory,
+    /// 65536 for eBPF). A slice needing more fails endpoints closed and says so.
     #[arg(long)]
     max_identities: Option<u64>,
 
-    /// Most rule entries the dataplane holds.
+    /// Most rule entries the dataplane holds (default: unlimited for memory, 262144 for eBPF).
+    /// A slice needing more fails endpoints closed and says so.
     #[arg(long)]
     max_rules: Option<u64>,
 
@@ -97,13 +116,11 @@ async fn main() -> Result<()> {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
-    }
-    if cli.dataplane == DataplaneKind::Ebpf {
-        bail!("the eBPF dataplane is not part of this build yet; run with --dataplane memory");
     }
     let tls = match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
         (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
@@ -120,12 +137,43 @@ async fn main() -> Result<()> {
         ..AgentConfig::new(&cli.node, &cli.controller)
     };
     let store = StateStore::open(&cli.state_dir)?;
-    let dataplane = MemoryDataplane::new(Capacities {
-        endpoints: cli.max_endpoints,
-        identities: cli.max_identities,
-        rules: cli.max_rules,
-    });
-    let agent = Agent::new(config, dataplane, store)?;
+    match cli.dataplane {
+        DataplaneKind::Memory => {
+            let dataplane = MemoryDataplane::new(Capacities {
+                endpoints: cli.max_endpoints,
+                identities: cli.max_identities,
+                rules: cli.max_rules,
+            });
+            run(Agent::new(config, dataplane, store)?).await
+        }
+        DataplaneKind::Ebpf => {
+            let size = |v: Option<u64>, default: u32, what: &str| -> Result<u32> {
+                match v {
+                    None => Ok(default),
+                    Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(n as u32),
+                    Some(n) => bail!("--max-{what} {n}: an eBPF map holds 1 to 4294967295 entries"),
+                }
+            };
+            let defaults = EbpfConfig::new(&cli.bpffs);
+            let ebpf = EbpfConfig {
+                endpoints: size(cli.max_endpoints, defaults.endpoints, "endpoints")?,
+                identities: size(cli.max_identities, defaults.identities, "identities")?,
+                rules: size(cli.max_rules, defaults.rules, "rules")?,
+                conntrack: cli.max_connections,
+                ..defaults
+            };
+            let dataplane = EbpfDataplane::open(&ebpf).with_context(|| {
+                format!(
+                    "cannot start the eBPF dataplane under {}",
+                    cli.bpffs.display()
+                )
+            })?;
+            run(Agent::new(config, dataplane, store)?).await
+        }
+    }
+}
+
+async fn run<D: Dataplane>(agent: Agent<D>) -> Result<()> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {

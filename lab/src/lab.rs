@@ -1,0 +1,357 @@
+//! A running lab: the topology, a controller in the root namespace (plaintext on the bridge
+//! address, development mode) watching a manifests directory, and one `palisade-agent
+//! --dataplane ebpf` per node inside the node's namespace. Manifests are written into the
+//! directory as a user would; the controller's introspection says when they are realized.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_policy::cluster::{ClusterView, Probe};
+use palisade_policy::model::Protocol;
+use palisadectl::remote::{self, Conn};
+
+use crate::probe::{self, Flow};
+use crate::topology::{PodSpec, Topology};
+use crate::LabError;
+
+/// Where the binaries are and how the agents run.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// Directory holding `palisade-controller` and `palisade-agent`.
+    pub bin_dir: PathBuf,
+    /// Extra arguments for every agent.
+    pub agent_args: Vec<String>,
+    /// Nodes without pods to start as well.
+    pub extra_nodes: Vec<String>,
+}
+
+impl LabOptions {
+    /// Binaries beside the running executable (or one level up, from `target/*/deps`).
+    pub fn beside_executable() -> LabOptions {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        LabOptions {
+            bin_dir: dir,
+            agent_args: Vec::new(),
+            extra_nodes: Vec::new(),
+        }
+    }
+}
+
+pub struct Lab {
+    pub topology: Topology,
+    pub dir: PathBuf,
+    pub manifests: PathBuf,
+    pub conn: Conn,
+    opts: LabOptions,
+    controller: Option<Child>,
+    agents: BTreeMap<String, Child>,
+    runtime: tokio::runtime::Runtime,
+    port: u16,
+}
+
+/// Pods (with a node and an address) in manifests, as `palisadectl evaluate` sees them.
+pub fn pods_of(manifests: &[(String, String)]) -> Result<Vec<PodSpec>, LabError> {
+    let loaded = palisadectl::load::parse_sources(manifests, "default");
+    if !loaded.errors.is_empty() {
+        return Err(LabError::Manifests(loaded.errors.join("; ")));
+    }
+    let view = ClusterView::new(&loaded.engine());
+    Ok(view
+        .pods()
+        .iter()
+        .filter_map(|p| {
+            Some(PodSpec {
+                name: p.key.to_string(),
+                node: p.node.as_ref()?.to_string(),
+                ip: p.ip,
+            })
+        })
+        .collect())
+}
+
+impl Lab {
+    /// Build the topology for the pods in `manifests`, write them, start the controller and an
+    /// agent per node, and wait until the controller says every node holds its slice.
+    pub fn start(
+        id: u8,
+        manifests: &[(String, String)],
+        opts: LabOptions,
+    ) -> Result<Lab, LabError> {
+        for bin in ["palisade-controller", "palisade-agent"] {
+            if !opts.bin_dir.join(bin).exists() {
+                return Err(LabError::Topology(format!(
+                    "{bin} is not in {} (cargo build --bins first)",
+                    opts.bin_dir.display()
+                )));
+            }
+        }
+        let pods = pods_of(manifests)?;
+        let extra: Vec<&str> = opts.extra_nodes.iter().map(String::as_str).collect();
+        let topology = Topology::build(id, &pods, &extra)?;
+        let dir = PathBuf::from(format!("/run/palisade-lab/{id}"));
+        let manifests_dir = dir.join("manifests");
+        std::fs::create_dir_all(&manifests_dir).map_err(io("create the manifests directory"))?;
+        for (name, text) in manifests {
+            std::fs::write(manifests_dir.join(name), text).map_err(io("write a manifest"))?;
+        }
+        let port = 7400 + u16::from(id);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("start a runtime"))?;
+        let mut lab = Lab {
+            conn: Conn {
+                controller: format!("http://{}:{port}", topology.gateway),
+                ca: None,
+                cert: None,
+                key: None,
+                server_name: None,
+                insecure: true,
+            },
+            topology,
+            dir,
+            manifests: manifests_dir,
+            opts,
+            controller: None,
+            agents: BTreeMap::new(),
+            runtime,
+            port,
+        };
+        lab.start_controller()?;
+        let nodes: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &nodes {
+            lab.start_agent(n)?;
+        }
+        lab.realized(0)?;
+        Ok(lab)
+    }
+
+    fn log(&self, name: &str) -> Result<Stdio, LabError> {
+        let f = std::fs::File::create(self.dir.join(format!("{name}.log")))
+            .map_err(io("create a log file"))?;
+        Ok(Stdio::from(f))
+    }
+
+    fn start_controller(&mut self) -> Result<(), LabError> {
+        let mut cmd = Command::new(self.opts.bin_dir.join("palisade-controller"));
+        cmd.args(["--insecure", "--rescan", "1s", "--manifests"])
+            .arg(&self.manifests)
+            .arg("--listen")
+            .arg(format!("{}:{}", self.topology.gateway, self.port))
+            .arg("--metrics-listen")
+            .arg(format!("{}:{}", self.topology.gateway, self.port + 1000))
+            .arg("--state-dir")
+            .arg(self.dir.join("controller"))
+            .stdout(Stdio::null())
+            .stderr(self.log("controller")?);
+        let child = cmd
+            .spawn()
+            .map_err(|e| LabError::Command(format!("start palisade-controller: {e}")))?;
+        self.controller = Some(child);
+        Ok(())
+    }
+
+    /// Start (or restart) the agent of `node` with the eBPF dataplane.
+    pub fn start_agent(&mut self, node: &str) -> Result<(), LabError> {
+        let n = self
+            .topology
+            .node(node)
+            .ok_or_else(|| LabError::Topology(format!("no node {node}")))?
+            .clone();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &n.netns])
+            .arg(self.opts.bin_dir.join("palisade-agent"))
+            .args(["--insecure", "--dataplane", "ebpf", "--node", node])
+            .arg("--controller")
+            .arg(&self.conn.controller)
+            .arg("--bpffs")
+            .arg(self.topology.bpffs.join(&n.name))
+            .arg("--state-dir")
+            .arg(self.dir.join("agents").join(&n.name))
+            .args(&self.opts.agent_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("agent-{node}"))?);
+        let child = cmd
+            .spawn()
+            .map_err(|e| LabError::Command(format!("start palisade-agent for {node}: {e}")))?;
+        self.agents.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    /// Stop the agent of `node` (SIGTERM, then wait): its pinned programs and maps stay.
+    pub fn stop_agent(&mut self, node: &str) {
+        if let Some(mut c) = self.agents.remove(node) {
+            terminate(&mut c);
+        }
+    }
+
+    /// Stop the controller: agents keep enforcing what they hold.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            terminate(&mut c);
+        }
+    }
+
+    /// The text an agent or the controller logged.
+    pub fn logs(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Write (or replace) a manifest file.
+    pub fn write(&self, name: &str, text: &str) -> Result<(), LabError> {
+        // Write beside and rename, so the controller never reads half a file.
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).map_err(io("write a manifest"))?;
+        std::fs::rename(&tmp, self.manifests.join(name)).map_err(io("write a manifest"))
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), LabError> {
+        std::fs::remove_file(self.manifests.join(name)).map_err(io("remove a manifest"))
+    }
+
+    /// The controller's latest revision.
+    pub fn revision(&self) -> Result<u64, LabError> {
+        let text = self
+            .runtime
+            .block_on(remote::nodes(&self.conn, true))
+            .map_err(|e| LabError::Controller(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LabError::Controller(e.to_string()))?;
+        Ok(v["revision"].as_u64().unwrap_or(0))
+    }
+
+    /// Wait for a revision after `after` and for every node to hold it; returns it.
+    pub fn realized(&self, after: u64) -> Result<u64, LabError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let revision = loop {
+            match self.revision() {
+                Ok(r) if r > after => break r,
+                _ if Instant::now() > deadline => {
+                    return Err(LabError::Controller(format!(
+                        "no revision after {after} within 60 s; controller log:\n{}",
+                        self.logs("controller")
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let (text, ok) = self
+            .runtime
+            .block_on(remote::wait(
+                &self.conn,
+                Some(revision),
+                Duration::from_secs(60),
+                false,
+            ))
+            .map_err(|e| LabError::Controller(e.to_string()))?;
+        if !ok {
+            return Err(LabError::Controller(text));
+        }
+        Ok(revision)
+    }
+
+    /// Write a manifest and wait until it is enforced on every node.
+    pub fn apply(&self, name: &str, text: &str) -> Result<u64, LabError> {
+        let before = self.revision()?;
+        self.write(name, text)?;
+        self.realized(before)
+    }
+
+    /// Verdicts `palisadectl evaluate` predicts for `flows` from the manifests now in the
+    /// directory (`outside` is an address in no pod).
+    pub fn predicted(&self, flows: &[Flow]) -> Result<BTreeMap<Flow, bool>, LabError> {
+        let mut sources = Vec::new();
+        for e in std::fs::read_dir(&self.manifests).map_err(io("read the manifests"))? {
+            let p = e.map_err(io("read the manifests"))?.path();
+            let text = std::fs::read_to_string(&p).map_err(io("read a manifest"))?;
+            sources.push((p.display().to_string(), text));
+        }
+        let loaded = palisadectl::load::parse_sources(&sources, "default");
+        let view = ClusterView::new(&loaded.engine());
+        let addrs = self.topology.endpoints();
+        Ok(flows
+            .iter()
+            .map(|f| {
+                let probe = Probe {
+                    port: f.2,
+                    protocol: f.3,
+                };
+                (f.clone(), view.allowed(addrs[&f.0], addrs[&f.1], probe))
+            })
+            .collect())
+    }
+
+    /// Verdicts measured with real connections.
+    pub fn measured(&self, flows: &[Flow]) -> BTreeMap<Flow, bool> {
+        let mut ns: BTreeMap<String, String> = self
+            .topology
+            .pods
+            .iter()
+            .map(|p| (p.spec.name.clone(), p.netns.clone()))
+            .collect();
+        ns.insert("outside".into(), self.topology.outside.netns.clone());
+        probe::measure(flows, &ns, &self.topology.endpoints(), 48)
+    }
+
+    /// Every (from, to) pair of distinct pods and `outside` as a source, for each probe.
+    pub fn all_flows(&self, probes: &[(u16, Protocol)]) -> Vec<Flow> {
+        let names: Vec<String> = self
+            .topology
+            .pods
+            .iter()
+            .map(|p| p.spec.name.clone())
+            .collect();
+        let mut out = Vec::new();
+        for (port, proto) in probes {
+            for from in names.iter().chain(std::iter::once(&"outside".to_string())) {
+                for to in &names {
+                    if from != to {
+                        out.push((from.clone(), to.clone(), *port, *proto));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Address of a pod (or `outside`).
+    pub fn addr(&self, name: &str) -> Ipv4Addr {
+        self.topology.endpoints()[name]
+    }
+}
+
+fn terminate(c: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let nodes: Vec<String> = self.agents.keys().cloned().collect();
+        for n in nodes {
+            self.stop_agent(&n);
+        }
+        self.stop_controller();
+    }
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> LabError {
+    move |e| LabError::Command(format!("{what}: {e}"))
+}

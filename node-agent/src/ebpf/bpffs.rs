@@ -1,0 +1,56 @@
+//! The bpffs directory under which the agent pins its maps and TC links, so that they outlive
+//! the agent: a restarted agent re-adopts them, and a stopped one leaves policy enforced.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// `statfs` type of a bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `dir` is on a bpffs.
+pub fn is_bpffs(dir: &Path) -> std::io::Result<bool> {
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Make `dir` a bpffs directory: create it, and mount a bpffs on it unless it is on one
+/// already. A bpffs mounted here lives in this process's mount namespace: under
+/// `ip netns exec` (which gives every command its own), pins on it vanish when the agent
+/// exits, so pass a directory on a bpffs mounted beforehand where pins must outlive the agent.
+pub fn ensure(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    match is_bpffs(dir) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => return Err(format!("cannot statfs {}: {e}", dir.display())),
+    }
+    let target = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let fstype = CString::new("bpf").expect("no NUL");
+    // SAFETY: NUL-terminated strings; no mount data.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "{} is not a bpffs and mounting one there failed: {} (the eBPF dataplane needs root)",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!(dir = %dir.display(), "mounted a bpffs");
+    Ok(())
+}
