@@ -204,6 +204,12 @@ impl Topology {
             &format!("net/ipv4/conf/{host_if}/proxy_arp"),
             "1",
         )?;
+        // Answer at once (the default delays proxy ARP answers up to 0.8 s), as Calico does.
+        sysctl_in(
+            &node.netns,
+            &format!("net/ipv4/neigh/{host_if}/proxy_delay"),
+            "0",
+        )?;
         ip_in(&node.netns, &["link", "set", &host_if, "up"])?;
         ip_in(
             &node.netns,

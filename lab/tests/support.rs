@@ -76,10 +76,44 @@ pub fn assert_matches(lab: &Lab, flows: &[Flow]) -> BTreeMap<Flow, bool> {
     measured
 }
 
-/// The allowed flows of a matrix, as "from->to:port/proto" strings.
+/// The allowed flows of a matrix, as "from->to:port/proto" strings, sorted.
 pub fn allowed(m: &BTreeMap<Flow, bool>) -> Vec<String> {
-    m.iter()
+    let mut v: Vec<String> = m
+        .iter()
         .filter(|(_, ok)| **ok)
         .map(|(f, _)| format!("{}->{}:{}/{:?}", f.0, f.1, f.2, f.3))
-        .collect()
+        .collect();
+    v.sort();
+    v
+}
+
+/// A running pod's manifest: `labels` like "app: web, tier: x", `ports` like
+/// "{name: http, containerPort: 80}" entries.
+pub fn pod(ns: &str, name: &str, labels: &str, node: &str, ip: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
+         spec: {{nodeName: {node}, containers: [{{name: c, image: c, ports: [{ports}]}}]}}\n\
+         status: {{phase: Running, podIP: {ip}}}\n"
+    )
+}
+
+/// A policy manifest from its spec (YAML, indented by two).
+pub fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+    )
+}
+
+/// Servers for `probes` in every pod of the lab.
+pub fn serve_all(
+    lab: &Lab,
+    probes: &[(u16, palisade_policy::model::Protocol)],
+) -> palisade_lab::probe::Servers {
+    let mut s = palisade_lab::probe::Servers::new();
+    for p in &lab.topology.pods {
+        for (port, proto) in probes {
+            s.serve(&p.netns, *port, *proto).unwrap();
+        }
+    }
+    s
 }
