@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses some of these
 //! Shared by the end-to-end tests: one lab at a time (they share two cores), each with its
 //! own ID, and matrices compared with a readable report.
 

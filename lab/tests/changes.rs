@@ -1,0 +1,159 @@
+//! Changes on real packets: policy edits on open connections, pods coming, relabelled and
+//! going, agents restarting and the controller going away.
+
+#[path = "support.rs"]
+mod support;
+
+use palisade_lab::probe::{probe, Connection, Servers};
+use palisade_lab::topology::PodSpec;
+use palisade_policy::model::Protocol::Tcp;
+use support::{assert_matches, lab, policy, pod};
+
+fn ns() -> String {
+    "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".to_string()
+}
+
+fn api_and_web() -> String {
+    [
+        pod("shop", "web", "app: web", "node-1", "10.244.1.2", ""),
+        pod("shop", "api", "app: api", "node-2", "10.244.2.2", ""),
+    ]
+    .join("---\n")
+}
+
+/// api accepts 8080 from pods labelled `from`.
+fn api_allows(from: &str) -> String {
+    policy(
+        "shop",
+        "api",
+        &format!(
+            "  podSelector: {{matchLabels: {{app: api}}}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: {from}}}}}}}]\n    ports: [{{protocol: TCP, port: 8080}}]\n"
+        ),
+    )
+}
+
+#[test]
+fn a_policy_change_applies_to_open_and_new_connections_at_their_next_packet() {
+    let (n, p) = (ns(), api_and_web());
+    let allow = api_allows("web");
+    let lab = lab(&[("ns.yaml", &n), ("pods.yaml", &p), ("policy.yaml", &allow)]);
+    let api = lab.topology.pod("shop/api").unwrap().clone();
+    let web = lab.topology.pod("shop/web").unwrap().clone();
+    let mut servers = Servers::new();
+    servers.serve(&api.netns, 8080, Tcp).unwrap();
+
+    let mut open = Connection::open(&web.netns, api.spec.ip, 8080).unwrap();
+    assert!(open.echoes(), "allowed connection works");
+
+    // The rule goes: the open connection's next packet is checked against the new policy
+    // (conntrack only remembers that a connection exists; verdicts are always current).
+    lab.apply("policy.yaml", &api_allows("nobody")).unwrap();
+    assert!(!open.echoes(), "the open connection is cut");
+    assert!(!probe(&web.netns, api.spec.ip, 8080, Tcp), "new ones too");
+
+    // Allowed again: new connections work.
+    lab.apply("policy.yaml", &allow).unwrap();
+    assert!(probe(&web.netns, api.spec.ip, 8080, Tcp));
+    let mut again = Connection::open(&web.netns, api.spec.ip, 8080).unwrap();
+    assert!(again.echoes());
+}
+
+#[test]
+fn a_pod_added_relabelled_and_deleted() {
+    let (n, p) = (ns(), api_and_web());
+    let allow = api_allows("web");
+    let mut lab = lab(&[("ns.yaml", &n), ("pods.yaml", &p), ("policy.yaml", &allow)]);
+    let api_ip = lab.addr("shop/api");
+    let mut servers = Servers::new();
+    let api_ns = lab.topology.pod("shop/api").unwrap().netns.clone();
+    servers.serve(&api_ns, 8080, Tcp).unwrap();
+
+    // A new pod: the CNI wires it, then the API server reports it. Labelled `job`, it is
+    // denied; its own interface is filtered from the moment its route appears.
+    lab.topology
+        .add_pod(PodSpec {
+            name: "shop/job".into(),
+            node: "node-1".into(),
+            ip: "10.244.1.7".parse().unwrap(),
+        })
+        .unwrap();
+    let job_ns = lab.topology.pod("shop/job").unwrap().netns.clone();
+    lab.apply(
+        "job.yaml",
+        &pod("shop", "job", "app: job", "node-1", "10.244.1.7", ""),
+    )
+    .unwrap();
+    assert!(!probe(&job_ns, api_ip, 8080, Tcp), "job is not web");
+    let mut job_servers = Servers::new();
+    job_servers.serve(&job_ns, 9000, Tcp).unwrap();
+    assert!(probe(&lab.topology.outside.netns, "10.244.1.7".parse().unwrap(), 9000, Tcp));
+
+    // Relabelled web: now allowed.
+    lab.apply(
+        "job.yaml",
+        &pod("shop", "job", "app: web", "node-1", "10.244.1.7", ""),
+    )
+    .unwrap();
+    assert!(probe(&job_ns, api_ip, 8080, Tcp), "relabelled to web");
+
+    // Deleted: its address leaves api's allowed set; the agent stops filtering its gone
+    // interface.
+    let before = lab.revision().unwrap();
+    lab.remove("job.yaml").unwrap();
+    lab.realized(before).unwrap();
+    // Its processes end (a socket would keep its network namespace, and so its veth, alive).
+    drop(job_servers);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    lab.topology.delete_pod("shop/job").unwrap();
+    let flows: Vec<_> = lab
+        .all_flows(&[(8080, Tcp)])
+        .into_iter()
+        .filter(|f| f.1 == "shop/api")
+        .collect();
+    assert_matches(&lab, &flows);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lab.logs("agent-node-1").contains("pod interface gone")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        lab.logs("agent-node-1").contains("pod interface gone"),
+        "{}",
+        lab.logs("agent-node-1")
+    );
+}
+
+#[test]
+fn policy_stays_enforced_while_the_agent_restarts_and_without_a_controller() {
+    let (n, p) = (ns(), api_and_web());
+    let deny_web = api_allows("nobody");
+    let mut lab = lab(&[("ns.yaml", &n), ("pods.yaml", &p), ("policy.yaml", &deny_web)]);
+    let api = lab.topology.pod("shop/api").unwrap().clone();
+    let web = lab.topology.pod("shop/web").unwrap().clone();
+    let mut servers = Servers::new();
+    servers.serve(&api.netns, 8080, Tcp).unwrap();
+    servers.serve(&web.netns, 9090, Tcp).unwrap();
+    let denied = || !probe(&web.netns, api.spec.ip, 8080, Tcp);
+    assert!(denied());
+    // An allowed connection (web is not isolated), open throughout.
+    let mut other = Connection::open(&api.netns, web.spec.ip, 9090).unwrap();
+
+    // The agent of api's node stops: its programs and maps stay pinned and enforcing.
+    lab.stop_agent("node-2");
+    assert!(denied(), "enforced with the agent stopped");
+    assert!(other.echoes(), "and what was allowed still is");
+
+    // It comes back and re-adopts the pinned maps and links, with no window.
+    lab.start_agent("node-2").unwrap();
+    assert!(denied(), "enforced across the restart");
+    assert!(other.echoes());
+    lab.realized(0).unwrap();
+    let log = lab.logs("agent-node-2");
+    assert!(log.contains("re-adopting the policy maps"), "{log}");
+
+    // The controller goes away: both agents keep enforcing the last policy.
+    lab.stop_controller();
+    assert!(denied(), "enforced without a controller");
+    assert!(other.echoes());
+}
