@@ -7,7 +7,7 @@ mod support;
 use palisade_lab::probe::{probe, Connection, Servers};
 use palisade_lab::topology::PodSpec;
 use palisade_policy::model::Protocol::Tcp;
-use support::{assert_matches, lab, policy, pod};
+use support::{assert_matches, lab, pod, policy};
 
 fn ns() -> String {
     "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".to_string()
@@ -86,7 +86,12 @@ fn a_pod_added_relabelled_and_deleted() {
     assert!(!probe(&job_ns, api_ip, 8080, Tcp), "job is not web");
     let mut job_servers = Servers::new();
     job_servers.serve(&job_ns, 9000, Tcp).unwrap();
-    assert!(probe(&lab.topology.outside.netns, "10.244.1.7".parse().unwrap(), 9000, Tcp));
+    assert!(probe(
+        &lab.topology.outside.netns,
+        "10.244.1.7".parse().unwrap(),
+        9000,
+        Tcp
+    ));
 
     // Relabelled web: now allowed.
     lab.apply(
@@ -128,7 +133,11 @@ fn a_pod_added_relabelled_and_deleted() {
 fn policy_stays_enforced_while_the_agent_restarts_and_without_a_controller() {
     let (n, p) = (ns(), api_and_web());
     let deny_web = api_allows("nobody");
-    let mut lab = lab(&[("ns.yaml", &n), ("pods.yaml", &p), ("policy.yaml", &deny_web)]);
+    let mut lab = lab(&[
+        ("ns.yaml", &n),
+        ("pods.yaml", &p),
+        ("policy.yaml", &deny_web),
+    ]);
     let api = lab.topology.pod("shop/api").unwrap().clone();
     let web = lab.topology.pod("shop/web").unwrap().clone();
     let mut servers = Servers::new();

@@ -109,6 +109,9 @@ impl EbpfDataplane {
             return Err(EbpfError::NotBuilt);
         }
         bpffs::ensure(&config.bpffs).map_err(EbpfError::Bpffs)?;
+        let progs_dir = config.bpffs.join("progs");
+        std::fs::create_dir_all(&progs_dir)
+            .map_err(|e| EbpfError::Bpffs(format!("cannot create {}: {e}", progs_dir.display())))?;
         let maps_dir = config.bpffs.join("maps");
         std::fs::create_dir_all(&maps_dir)
             .map_err(|e| EbpfError::Bpffs(format!("cannot create {}: {e}", maps_dir.display())))?;
@@ -130,6 +133,12 @@ impl EbpfDataplane {
                 .map_err(|e| EbpfError::Load(format!("{name}: {e}")))?;
             prog.load()
                 .map_err(|e| EbpfError::Load(format!("{name}: {e}")))?;
+            // Pinned for inspection (bpftool) and for BPF_PROG_TEST_RUN in tests; the links,
+            // not these pins, keep the programs on the interfaces.
+            let pin = progs_dir.join(name);
+            let _ = std::fs::remove_file(&pin);
+            prog.pin(&pin)
+                .map_err(|e| EbpfError::Load(format!("cannot pin {}: {e}", pin.display())))?;
         }
         let maps = PolicyMaps {
             endpoints: take::<HashMap<MapData, _, _>>(&mut bpf, map_names::ENDPOINTS)?,
@@ -281,7 +290,7 @@ impl Drop for EbpfDataplane {
 /// Remove everything the agent pinned under `bpffs`: the programs leave every interface and
 /// the maps are freed once nothing uses them. For uninstalling, and for tests.
 pub fn unpin_all(bpffs: &Path) -> std::io::Result<()> {
-    for sub in ["links", "maps"] {
+    for sub in ["links", "maps", "progs"] {
         let dir = bpffs.join(sub);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;

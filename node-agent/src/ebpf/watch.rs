@@ -88,7 +88,8 @@ fn wait(sock: Option<&OwnedFd>) {
 }
 
 fn read_routes() -> routes::PodInterfaces {
-    match std::fs::read_to_string("/proc/net/route") {
+    // This thread's network namespace (`/proc/net` is the process's main thread's).
+    match std::fs::read_to_string("/proc/thread-self/net/route") {
         Ok(t) => routes::pod_interfaces(&t),
         Err(e) => {
             warn!("cannot read /proc/net/route: {e}");

@@ -1,0 +1,173 @@
+//! A real eBPF dataplane in a fresh network namespace and a private bpffs, and crafted packets
+//! run through its TC programs with `BPF_PROG_TEST_RUN`. Needs root and BPF.
+
+#![allow(dead_code)] // each test binary uses some of these
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use aya::maps::{HashMap, Map, MapData};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use palisade_agent::{Dataplane, EbpfConfig, EbpfDataplane};
+use palisade_ebpf_common::{CtEntry, CtKey, LocalKey};
+use palisade_policy::slice::NodeSlice;
+
+pub struct Harness {
+    pub dataplane: EbpfDataplane,
+    pub from_pod: SchedClassifier,
+    pub to_pod: SchedClassifier,
+    ct: HashMap<MapData, CtKey, CtEntry>,
+    local: HashMap<MapData, LocalKey, u32>,
+    bpffs: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// `BPF_PROG_TEST_RUN` runs packets as if on loopback.
+const TEST_IFINDEX: u32 = 1;
+
+impl Harness {
+    /// On this thread: a new network namespace (so the dataplane finds no pod interface to
+    /// attach to), a bpffs of its own, and the agent's eBPF dataplane on it.
+    pub fn start() -> Harness {
+        // SAFETY: affects only this thread's network namespace.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "verdict tests need root: {}",
+            std::io::Error::last_os_error()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let bpffs = dir.path().join("bpf");
+        let dataplane = EbpfDataplane::open(&EbpfConfig::new(&bpffs))
+            .unwrap_or_else(|e| panic!("verdict tests need root and BPF: {e}"));
+        let prog = |n: &str| SchedClassifier::from_pin(bpffs.join("progs").join(n)).unwrap();
+        let map = |n: &str| MapData::from_pin(bpffs.join("maps").join(n)).unwrap();
+        Harness {
+            from_pod: prog("from_pod"),
+            to_pod: prog("to_pod"),
+            ct: HashMap::try_from(Map::LruHashMap(map("PAL_CT"))).unwrap(),
+            local: HashMap::try_from(Map::HashMap(map("PAL_LOCAL"))).unwrap(),
+            dataplane,
+            bpffs,
+            _dir: dir,
+        }
+    }
+
+    pub fn install(&mut self, slice: &NodeSlice) {
+        self.dataplane.install(slice, None).unwrap();
+    }
+
+    /// `addr` may send from the test interface (the anti-spoofing map).
+    pub fn local(&mut self, addr: Ipv4Addr) {
+        let key = LocalKey {
+            ifindex: TEST_IFINDEX,
+            addr: addr.octets(),
+        };
+        self.local.insert(key, 1, 0).unwrap();
+    }
+
+    /// Forget every tracked connection.
+    pub fn clear_conntrack(&mut self) {
+        let keys: Vec<CtKey> = self.ct.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.ct.remove(&k);
+        }
+    }
+
+    /// Whether `prog` passes `packet` (TC_ACT_UNSPEC: on to the next program / pass).
+    pub fn passes(prog: &SchedClassifier, packet: &[u8]) -> bool {
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        match r.return_value as i32 {
+            -1 => true,
+            2 => false,
+            other => panic!("unexpected TC verdict {other}"),
+        }
+    }
+
+    /// Per-run cost of `prog` on `packet`, over `repeat` runs in the kernel.
+    pub fn cost(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> std::time::Duration {
+        prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .unwrap()
+        .duration
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = palisade_agent::ebpf::unpin_all(&self.bpffs);
+        if let Ok(c) = std::ffi::CString::new(self.bpffs.to_string_lossy().as_bytes()) {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// An Ethernet + IPv4 packet carrying `protocol` with `sport`/`dport` (TCP with `tcp_flags`;
+/// ICMP: an echo request with identifier `sport`, or a reply when `tcp_flags` is 1).
+pub fn packet(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+) -> Vec<u8> {
+    let l4: Vec<u8> = match protocol {
+        6 => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&sport.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[12] = 5 << 4;
+            h[13] = tcp_flags;
+            h
+        }
+        17 => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&sport.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[4..6].copy_from_slice(&8u16.to_be_bytes());
+            h
+        }
+        132 => {
+            // Common header (ports, verification tag, checksum) and an INIT chunk header.
+            let mut h = vec![0u8; 16];
+            h[0..2].copy_from_slice(&sport.to_be_bytes());
+            h[2..4].copy_from_slice(&dport.to_be_bytes());
+            h[12] = 1;
+            h[15] = 4;
+            h
+        }
+        1 => {
+            let mut h = vec![0u8; 8];
+            h[0] = if tcp_flags == 1 { 0 } else { 8 };
+            h[4..6].copy_from_slice(&sport.to_be_bytes());
+            h
+        }
+        _ => vec![0u8; 8],
+    };
+    let mut p = vec![0u8; 14];
+    p[12] = 0x08; // IPv4
+    let total = 20 + l4.len();
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    p.extend(ip);
+    p.extend(l4);
+    p
+}
