@@ -28,9 +28,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{
-        lpm_trie::Key, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
-    },
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use palisade_ebpf_common::{
@@ -38,8 +36,7 @@ use palisade_ebpf_common::{
     LocalKey, CT_CLOSING, CT_REFRESH_NS, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS,
     CT_TIMEOUT_TCP_NS, DENY_FAIL_CLOSED, DENY_POLICY, DENY_SPOOFED, DIR_EGRESS, DIR_INGRESS,
     ENDPOINT_EGRESS_ISOLATED, ENDPOINT_FAIL_CLOSED, ENDPOINT_INGRESS_ISOLATED, IDENTITY_ANY,
-    IDENTITY_WORLD, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RULE_KEY_BITS,
-    RULE_KEY_BYTES,
+    IDENTITY_WORLD, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RULE_KEY_BITS, RULE_KEY_BYTES,
 };
 
 #[map(name = "PAL_ENDPOINTS")]
@@ -182,8 +179,7 @@ fn check(ctx: &TcContext, direction: u8) -> Result<i32, ()> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
 
     let local = if direction == DIR_EGRESS { src } else { dst };
-    if direction == DIR_EGRESS && unsafe { LOCAL.get(&LocalKey { ifindex, addr: src }) }.is_none()
-    {
+    if direction == DIR_EGRESS && unsafe { LOCAL.get(&LocalKey { ifindex, addr: src }) }.is_none() {
         let t = Tuple {
             src,
             dst,
@@ -240,7 +236,9 @@ fn check(ctx: &TcContext, direction: u8) -> Result<i32, ()> {
             match icmp[0] {
                 ICMP_ECHO_REQUEST => tuple.sport = ident,
                 ICMP_ECHO_REPLY => tuple.dport = ident,
-                ICMP_UNREACHABLE | ICMP_SOURCE_QUENCH | ICMP_TIME_EXCEEDED
+                ICMP_UNREACHABLE
+                | ICMP_SOURCE_QUENCH
+                | ICMP_TIME_EXCEEDED
                 | ICMP_PARAMETER_PROBLEM => {
                     kind = match quoted(ctx, l4 + 8) {
                         Some(q) => Kind::Related(q),
@@ -414,7 +412,14 @@ fn track(key: &CtKey, now: u64, tcp_flags: u8) {
 
 /// Whether `local`'s check in `direction` lets `peer` reach it with `protocol`/`port`.
 #[inline(always)]
-fn allows(local: [u8; 4], flags: u32, direction: u8, peer: [u8; 4], protocol: u8, port: u16) -> bool {
+fn allows(
+    local: [u8; 4],
+    flags: u32,
+    direction: u8,
+    peer: [u8; 4],
+    protocol: u8,
+    port: u16,
+) -> bool {
     let isolated = if direction == DIR_INGRESS {
         flags & ENDPOINT_INGRESS_ISOLATED
     } else {
