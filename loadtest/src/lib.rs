@@ -2,10 +2,11 @@
 //! (deterministic for a seed). [`compile`] feeds them to the policy engine and measures full
 //! compile time, peak memory, incremental latency and slice sizes; [`sync`] writes them as
 //! manifests ([`manifests`]) for a real controller with many real agents in one process and
-//! times edits to every affected agent's ack. Reports go to stdout (JSON or a table), progress
-//! to stderr.
+//! times edits to every affected agent's ack; [`datapath`] measures the TC programs' per-packet
+//! cost at growing rule counts. Reports go to stdout (JSON or a table), progress to stderr.
 
 pub mod compile;
+pub mod datapath;
 pub mod manifests;
 pub mod sync;
 pub mod synth;

@@ -1,6 +1,6 @@
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use palisade_loadtest::{compile, sync, synth::Shape};
+use palisade_loadtest::{compile, datapath, sync, synth::Shape};
 
 /// Palisade load tests: synthetic multi-tenant clusters at scale, measured.
 #[derive(Parser)]
@@ -43,6 +43,21 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Per-packet verdict cost of the TC programs, measured in the kernel with
+    /// BPF_PROG_TEST_RUN, at growing rule counts (needs root and BPF).
+    Datapath {
+        /// Rule-entry counts to measure, smallest first.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,100000")]
+        rules: Vec<usize>,
+        /// Packets per kernel run.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Runs per measurement; the median is reported.
+        #[arg(long, default_value_t = 7)]
+        trials: usize,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Compile a synthetic cluster: full-compile time and peak RSS, then the latency of
     /// single incremental commands (pod add, pod label change, policy add, namespace label
     /// change), then slice sizes per node. Progress goes to stderr, the report to stdout.
@@ -79,6 +94,23 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Datapath {
+            rules,
+            repeat,
+            trials,
+            output,
+        } => {
+            ensure!(
+                !rules.is_empty() && rules.iter().all(|r| *r > 0),
+                "--rules: counts of at least 1"
+            );
+            ensure!(repeat > 0 && trials > 0, "--repeat and --trials must be at least 1");
+            let rows = datapath::run(&rules, repeat, trials, &|m| eprintln!("{m}"))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => print!("{}", datapath::table(&rows)),
+            }
+        }
         Cmd::Sync {
             agents,
             pods,

@@ -14,6 +14,7 @@ mod attach;
 mod bpffs;
 mod maps;
 pub mod routes;
+pub mod testrun;
 mod watch;
 
 use std::path::{Path, PathBuf};

@@ -5,18 +5,16 @@
 #[allow(dead_code)]
 #[path = "../../policy/tests/support/gen.rs"]
 mod gen;
-#[path = "support/bpf.rs"]
-mod support_bpf;
 
 use std::net::Ipv4Addr;
 
+use palisade_agent::ebpf::testrun::{packet, Harness, TCP_ACK, TCP_SYN};
 use palisade_policy::engine::Engine;
 use palisade_policy::eval::{check, Flow};
 use palisade_policy::manifest::Object;
 use palisade_policy::model::{Command, Direction};
 use palisade_policy::slice::NodeSlice;
 use proptest::prelude::*;
-use support_bpf::{packet, Harness, TCP_ACK, TCP_SYN};
 
 /// What the programs must decide for `flow` in direction `dir`: the slice's check of the
 /// local side, passing when that side is no endpoint here or is not isolated.
@@ -55,7 +53,7 @@ proptest! {
         HARNESS.with(|h| -> Result<(), TestCaseError> {
             let mut h = h.borrow_mut();
             let h = h.get_or_insert_with(|| {
-                let mut h = Harness::start();
+                let mut h = Harness::start().unwrap_or_else(|e| panic!("verdict tests need root and BPF: {e}"));
                 for ip in gen::probe_ips() {
                     h.local(ip);
                 }
@@ -63,7 +61,7 @@ proptest! {
             });
             let engine = Engine::load(1, commands);
             let slice = engine.slice(gen::NODES[0]);
-            h.install(&slice);
+            h.install(&slice).unwrap();
             h.clear_conntrack();
             let ips = gen::probe_ips();
             let ports = gen::probe_ports();
@@ -116,8 +114,8 @@ fn sctp_verdicts_through_the_programs() {
             .collect::<Vec<_>>(),
     );
     let slice = engine.slice("node-1");
-    let mut h = Harness::start();
-    h.install(&slice);
+    let mut h = Harness::start().unwrap_or_else(|e| panic!("verdict tests need root and BPF: {e}"));
+    h.install(&slice).unwrap();
     let (telco, client) = (ip("10.244.1.61"), ip("10.244.2.61"));
     h.local(telco);
     let sctp = |dport| packet(client, telco, 132, 5000, dport, 0);

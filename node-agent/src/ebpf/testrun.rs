@@ -1,16 +1,18 @@
-//! A real eBPF dataplane in a fresh network namespace and a private bpffs, and crafted packets
-//! run through its TC programs with `BPF_PROG_TEST_RUN`. Needs root and BPF.
-
-#![allow(dead_code)] // each test binary uses some of these
+//! The eBPF dataplane on a bench: a real [`EbpfDataplane`] in a fresh network namespace (so it
+//! finds no pod interface) on a private bpffs, and crafted packets run through its TC programs
+//! with `BPF_PROG_TEST_RUN`. For the verdict tests and the per-packet cost benchmark
+//! (`palisade-loadtest datapath`). Needs root and BPF.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use aya::maps::{HashMap, Map, MapData};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use palisade_agent::{Dataplane, EbpfConfig, EbpfDataplane};
 use palisade_ebpf_common::{CtEntry, CtKey, LocalKey};
 use palisade_policy::slice::NodeSlice;
+
+use super::{EbpfConfig, EbpfDataplane, EbpfError};
+use crate::dataplane::{Dataplane, DataplaneError, Installed};
 
 pub struct Harness {
     pub dataplane: EbpfDataplane,
@@ -19,7 +21,7 @@ pub struct Harness {
     ct: HashMap<MapData, CtKey, CtEntry>,
     local: HashMap<MapData, LocalKey, u32>,
     bpffs: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 /// `BPF_PROG_TEST_RUN` runs packets as if on loopback.
@@ -28,33 +30,44 @@ const TEST_IFINDEX: u32 = 1;
 impl Harness {
     /// On this thread: a new network namespace (so the dataplane finds no pod interface to
     /// attach to), a bpffs of its own, and the agent's eBPF dataplane on it.
-    pub fn start() -> Harness {
+    pub fn start() -> Result<Harness, EbpfError> {
         // SAFETY: affects only this thread's network namespace.
-        assert_eq!(
-            unsafe { libc::unshare(libc::CLONE_NEWNET) },
-            0,
-            "verdict tests need root: {}",
-            std::io::Error::last_os_error()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let bpffs = dir.path().join("bpf");
-        let dataplane = EbpfDataplane::open(&EbpfConfig::new(&bpffs))
-            .unwrap_or_else(|e| panic!("verdict tests need root and BPF: {e}"));
-        let prog = |n: &str| SchedClassifier::from_pin(bpffs.join("progs").join(n)).unwrap();
-        let map = |n: &str| MapData::from_pin(bpffs.join("maps").join(n)).unwrap();
-        Harness {
-            from_pod: prog("from_pod"),
-            to_pod: prog("to_pod"),
-            ct: HashMap::try_from(Map::LruHashMap(map("PAL_CT"))).unwrap(),
-            local: HashMap::try_from(Map::HashMap(map("PAL_LOCAL"))).unwrap(),
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(EbpfError::Bpffs(format!(
+                "cannot make a network namespace (needs root): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "palisade-bench-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let bpffs = dir.join("bpf");
+        let dataplane = EbpfDataplane::open(&EbpfConfig::new(&bpffs))?;
+        let load = |e: String| EbpfError::Load(e);
+        let prog = |n: &str| {
+            SchedClassifier::from_pin(bpffs.join("progs").join(n)).map_err(|e| load(e.to_string()))
+        };
+        let map = |n: &str| {
+            MapData::from_pin(bpffs.join("maps").join(n)).map_err(|e| load(e.to_string()))
+        };
+        Ok(Harness {
+            from_pod: prog("from_pod")?,
+            to_pod: prog("to_pod")?,
+            ct: HashMap::try_from(Map::LruHashMap(map("PAL_CT")?))
+                .map_err(|e| load(e.to_string()))?,
+            local: HashMap::try_from(Map::HashMap(map("PAL_LOCAL")?))
+                .map_err(|e| load(e.to_string()))?,
             dataplane,
             bpffs,
-            _dir: dir,
-        }
+            dir,
+        })
     }
 
-    pub fn install(&mut self, slice: &NodeSlice) {
-        self.dataplane.install(slice, None).unwrap();
+    pub fn install(&mut self, slice: &NodeSlice) -> Result<Installed, DataplaneError> {
+        self.dataplane.install(slice, None)
     }
 
     /// `addr` may send from the test interface (the anti-spoofing map).
@@ -63,7 +76,9 @@ impl Harness {
             ifindex: TEST_IFINDEX,
             addr: addr.octets(),
         };
-        self.local.insert(key, 1, 0).unwrap();
+        self.local
+            .insert(key, 1, 0)
+            .expect("PAL_LOCAL has room for test addresses");
     }
 
     /// Forget every tracked connection.
@@ -81,7 +96,7 @@ impl Harness {
                 data_in: Some(packet),
                 ..TestRunOptions::default()
             })
-            .unwrap();
+            .expect("BPF_PROG_TEST_RUN");
         match r.return_value as i32 {
             -1 => true,
             2 => false,
@@ -96,18 +111,19 @@ impl Harness {
             repeat,
             ..TestRunOptions::default()
         })
-        .unwrap()
+        .expect("BPF_PROG_TEST_RUN")
         .duration
     }
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let _ = palisade_agent::ebpf::unpin_all(&self.bpffs);
+        let _ = super::unpin_all(&self.bpffs);
         if let Ok(c) = std::ffi::CString::new(self.bpffs.to_string_lossy().as_bytes()) {
             // SAFETY: a NUL-terminated path.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
