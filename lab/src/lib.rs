@@ -5,6 +5,7 @@
 //! predicts from the same manifests. The end-to-end tests and the quick start use it. Needs
 //! root, BPF and network namespaces.
 
+pub mod bench;
 pub mod demo;
 pub mod fallback;
 pub mod lab;

@@ -42,6 +42,24 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// Measure on real packets: TCP throughput between pods with and without policy
+    /// (iperf3), and the time from a policy change to its enforcement.
+    Bench {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// iperf3 runs with and without policy (interleaved); medians are compared.
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Policy changes (deny, then allow again) to time.
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
+        #[arg(long, default_value_t = 201)]
+        id: u8,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what a lab left behind (namespaces, bridge, bpffs), e.g. after a crash.
     Clean {
         #[arg(long, default_value_t = 200)]
@@ -95,6 +113,34 @@ fn main() -> Result<()> {
         id: 200,
         bin_dir: None,
     }) {
+        Cmd::Bench {
+            seconds,
+            trials,
+            changes,
+            id,
+            json,
+        } => {
+            if let Err(why) = palisade_lab::check_privileges() {
+                bail!("the benchmark needs root, BPF and network namespaces: {why}");
+            }
+            if trials == 0 || seconds == 0 {
+                bail!("--trials and --seconds must be at least 1");
+            }
+            let r = palisade_lab::bench::run(
+                id,
+                LabOptions::beside_executable(),
+                seconds,
+                trials,
+                changes,
+                &|m| eprintln!("{m}"),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", palisade_lab::bench::table(&r));
+            }
+            Ok(())
+        }
         Cmd::Clean { id } => {
             palisade_lab::topology::Topology::cleanup(id);
             println!("removed lab {id}");
