@@ -60,14 +60,20 @@ fn iperf(lab: &Lab, seconds: u32) -> Result<f64, LabError> {
     let a = lab.topology.pod("bench/a").expect("pod a");
     let b = lab.topology.pod("bench/b").expect("pod b");
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &b.netns, "iperf3", "-s", "-1", "-p", "5201"])
+        .args([
+            "netns", "exec", &b.netns, "iperf3", "-s", "-1", "-p", "5201",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| LabError::Command(format!("iperf3 -s: {e} (scripts/setup.sh installs iperf3)")))?;
+        .map_err(|e| {
+            LabError::Command(format!("iperf3 -s: {e} (scripts/setup.sh installs iperf3)"))
+        })?;
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new("ip")
-        .args(["netns", "exec", &a.netns, "iperf3", "-J", "-p", "5201", "-t"])
+        .args([
+            "netns", "exec", &a.netns, "iperf3", "-J", "-p", "5201", "-t",
+        ])
         .arg(seconds.to_string())
         .args(["-c", &b.spec.ip.to_string()])
         .output()
@@ -93,7 +99,9 @@ fn until(lab: &Lab, text: &str, want: bool) -> Result<f64, LabError> {
             return Ok(t0.elapsed().as_secs_f64() * 1e3);
         }
         if t0.elapsed() > Duration::from_secs(30) {
-            return Err(LabError::Probe("the change was not enforced within 30 s".into()));
+            return Err(LabError::Probe(
+                "the change was not enforced within 30 s".into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -168,7 +176,10 @@ pub fn run(
         let a = until(&lab, &allow, true)?;
         let before = lab.revision()?;
         lab.realized(before.saturating_sub(1))?;
-        progress(format!("change {}: denied after {d:.0} ms, allowed again after {a:.0} ms", i + 1));
+        progress(format!(
+            "change {}: denied after {d:.0} ms, allowed again after {a:.0} ms",
+            i + 1
+        ));
         report.deny_ms.push(d);
         report.allow_ms.push(a);
     }

@@ -17,6 +17,9 @@ use crate::probe::{self, Flow};
 use crate::topology::{PodSpec, Topology};
 use crate::LabError;
 
+/// Where each agent serves its metrics, inside its node's network namespace.
+pub const AGENT_METRICS: &str = "127.0.0.1:9464";
+
 /// Where the binaries are and how the agents run.
 #[derive(Clone, Debug)]
 pub struct LabOptions {
@@ -169,6 +172,7 @@ impl Lab {
         cmd.args(["netns", "exec", &n.netns])
             .arg(self.opts.bin_dir.join("palisade-agent"))
             .args(["--insecure", "--dataplane", "ebpf", "--node", node])
+            .args(["--metrics-listen", AGENT_METRICS])
             .arg("--controller")
             .arg(&self.conn.controller)
             .arg("--bpffs")
@@ -198,6 +202,23 @@ impl Lab {
         if let Some(mut c) = self.controller.take() {
             terminate(&mut c);
         }
+    }
+
+    /// The agent of `node`'s Prometheus metrics (fetched inside the node's namespace).
+    pub fn agent_metrics(&self, node: &str) -> Result<String, LabError> {
+        use std::io::{Read, Write};
+        let n = self
+            .topology
+            .node(node)
+            .ok_or_else(|| LabError::Topology(format!("no node {node}")))?;
+        crate::netns::in_netns(&n.netns, || {
+            let mut s = std::net::TcpStream::connect(AGENT_METRICS)?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<String, std::io::Error>(out)
+        })?
+        .map_err(|e| LabError::Probe(format!("agent metrics of {node}: {e}")))
     }
 
     /// The text an agent or the controller logged.

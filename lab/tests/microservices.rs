@@ -36,4 +36,18 @@ fn no_policy_is_all_open_and_the_chain_is_exactly_what_the_seed_allows() {
             "outside->microservices/frontend:80/Tcp",
         ]
     );
+
+    // The agents count what they passed and dropped, per endpoint and direction.
+    let metrics = lab.agent_metrics("node-2").unwrap();
+    let value = |labels: &str| -> u64 {
+        let name = format!("palisade_agent_packets_total{{{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    let mysql = "endpoint=\"10.244.2.10\",direction=\"ingress\"";
+    assert!(value(&format!("{mysql},verdict=\"allowed\"")) > 0);
+    assert!(value(&format!("{mysql},verdict=\"denied\"")) > 0);
 }

@@ -108,7 +108,14 @@ pub fn run(
         h.clear_conntrack();
         let last = endpoint_ip(endpoints - 1);
         let peer = Ipv4Addr::new(10, 1, 2, 3);
-        let allowed = packet(peer, last, 6, 40000, (1000 + 2 * (ports - 1)) as u16, TCP_SYN);
+        let allowed = packet(
+            peer,
+            last,
+            6,
+            40000,
+            (1000 + 2 * (ports - 1)) as u16,
+            TCP_SYN,
+        );
         let denied = packet(peer, last, 6, 40000, 999, TCP_SYN);
         let egress = packet(last, peer, 6, 40001, 443, TCP_SYN);
         h.local(last);

@@ -104,7 +104,10 @@ fn main() -> Result<()> {
                 !rules.is_empty() && rules.iter().all(|r| *r > 0),
                 "--rules: counts of at least 1"
             );
-            ensure!(repeat > 0 && trials > 0, "--repeat and --trials must be at least 1");
+            ensure!(
+                repeat > 0 && trials > 0,
+                "--repeat and --trials must be at least 1"
+            );
             let rows = datapath::run(&rules, repeat, trials, &|m| eprintln!("{m}"))?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),

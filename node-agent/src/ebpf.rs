@@ -12,6 +12,7 @@
 
 mod attach;
 mod bpffs;
+pub mod counters;
 mod maps;
 pub mod routes;
 pub mod testrun;

@@ -44,6 +44,12 @@ struct Cli {
     #[arg(long, env = "PALISADE_BPFFS", default_value = "/sys/fs/bpf/palisade")]
     bpffs: PathBuf,
 
+    /// HTTP address for Prometheus metrics (/metrics) with the eBPF dataplane's per-endpoint
+    /// packet counters (allowed and denied, per direction) and program statistics. Off unless
+    /// given.
+    #[arg(long, env = "PALISADE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
     /// Connections the eBPF dataplane tracks (LRU; replies of allowed connections pass).
     #[arg(long, default_value_t = palisade_ebpf_common::defaults::CONNTRACK)]
     max_connections: u32,
@@ -168,8 +174,50 @@ async fn main() -> Result<()> {
                     cli.bpffs.display()
                 )
             })?;
+            if let Some(addr) = cli.metrics_listen {
+                let reader = palisade_agent::ebpf::counters::CounterReader::open(&cli.bpffs)?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+                tracing::info!(%addr, "serving metrics on /metrics");
+                tokio::spawn(serve_metrics(listener, std::sync::Arc::new(reader)));
+            }
             run(Agent::new(config, dataplane, store)?).await
         }
+    }
+}
+
+/// A minimal HTTP/1.0 server: `GET /metrics` gets the counters, anything else 404.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    reader: std::sync::Arc<palisade_agent::ebpf::counters::CounterReader>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if request.starts_with("GET /metrics") {
+                let r = reader.clone();
+                let body = tokio::task::spawn_blocking(move || r.render())
+                    .await
+                    .unwrap_or_default();
+                ("200 OK", body)
+            } else {
+                ("404 Not Found", "only /metrics is here\n".to_string())
+            };
+            let head = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
     }
 }
 
