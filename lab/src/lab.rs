@@ -249,6 +249,15 @@ impl Lab {
         Ok(v["revision"].as_u64().unwrap_or(0))
     }
 
+    /// What the controller says of `node` (`palisadectl node NODE -o json`).
+    pub fn node_status(&self, node: &str) -> Result<serde_json::Value, LabError> {
+        let text = self
+            .runtime
+            .block_on(remote::node(&self.conn, node, false, true))
+            .map_err(|e| LabError::Controller(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| LabError::Controller(e.to_string()))
+    }
+
     /// Wait for a revision after `after` and for every node to hold it; returns it.
     pub fn realized(&self, after: u64) -> Result<u64, LabError> {
         let deadline = Instant::now() + Duration::from_secs(60);

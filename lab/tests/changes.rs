@@ -6,8 +6,9 @@ mod support;
 
 use palisade_lab::probe::{probe, Connection, Servers};
 use palisade_lab::topology::PodSpec;
+use palisade_lab::LabOptions;
 use palisade_policy::model::Protocol::Tcp;
-use support::{assert_matches, lab, pod, policy};
+use support::{allowed, assert_matches, lab, lab_with, pod, policy};
 
 fn ns() -> String {
     "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".to_string()
@@ -165,4 +166,55 @@ fn policy_stays_enforced_while_the_agent_restarts_and_without_a_controller() {
     lab.stop_controller();
     assert!(denied(), "enforced without a controller");
     assert!(other.echoes());
+}
+
+#[test]
+fn a_slice_that_does_not_fit_the_maps_fails_endpoints_closed_and_says_so() {
+    let files = [
+        (
+            "00-namespace.yaml",
+            include_str!("../../examples/microservices/00-namespace.yaml"),
+        ),
+        (
+            "10-pods.yaml",
+            include_str!("../../examples/microservices/10-pods.yaml"),
+        ),
+        (
+            "20-policies.yaml",
+            include_str!("../../examples/microservices/20-policies.yaml"),
+        ),
+    ];
+    // Rule maps of 3 entries: node-1 needs 9 (frontend's allow from 0.0.0.0/0 takes one entry
+    // per identity inside it), so frontend (the endpoint with the most) is failed closed and
+    // backend keeps its 3; node-2 fits.
+    let mut opts = LabOptions::beside_executable();
+    opts.agent_args = vec!["--max-rules".into(), "3".into()];
+    let lab = lab_with(&files, opts);
+    let status = lab.node_status("node-1").unwrap();
+    assert_eq!(
+        status["failedClosed"],
+        serde_json::json!(["10.244.1.10"]),
+        "{status}"
+    );
+    assert_eq!(status["capacities"]["rules"], 3);
+    assert_eq!(status["ackedVersion"], status["desiredVersion"]);
+    assert_eq!(
+        lab.node_status("node-2").unwrap()["failedClosed"],
+        serde_json::json!([])
+    );
+
+    let probes = [(80, Tcp), (8080, Tcp), (3306, Tcp), (6379, Tcp)];
+    let _s = support::serve_all(&lab, &probes);
+    let m = lab.measured(&lab.all_flows(&probes));
+    // Frontend neither receives nor sends; backend still reaches mysql and redis.
+    assert_eq!(
+        allowed(&m),
+        vec![
+            "microservices/backend->microservices/mysql:3306/Tcp",
+            "microservices/backend->microservices/redis:6379/Tcp",
+        ],
+        "{}",
+        lab.logs("agent-node-1")
+    );
+    assert!(lab.logs("agent-node-1").contains("endpoint failed closed"));
 }
