@@ -170,20 +170,7 @@ fn policy_stays_enforced_while_the_agent_restarts_and_without_a_controller() {
 
 #[test]
 fn a_slice_that_does_not_fit_the_maps_fails_endpoints_closed_and_says_so() {
-    let files = [
-        (
-            "00-namespace.yaml",
-            include_str!("../../examples/microservices/00-namespace.yaml"),
-        ),
-        (
-            "10-pods.yaml",
-            include_str!("../../examples/microservices/10-pods.yaml"),
-        ),
-        (
-            "20-policies.yaml",
-            include_str!("../../examples/microservices/20-policies.yaml"),
-        ),
-    ];
+    let files = palisade_lab::demo::MICROSERVICES;
     // Rule maps of 3 entries: node-1 needs 9 (frontend's allow from 0.0.0.0/0 takes one entry
     // per identity inside it), so frontend (the endpoint with the most) is failed closed and
     // backend keeps its 3; node-2 fits.
