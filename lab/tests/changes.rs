@@ -4,6 +4,8 @@
 #[path = "support.rs"]
 mod support;
 
+use std::time::Duration;
+
 use palisade_lab::probe::{probe, Connection, Servers};
 use palisade_lab::topology::PodSpec;
 use palisade_lab::LabOptions;
@@ -154,11 +156,40 @@ fn policy_stays_enforced_while_the_agent_restarts_and_without_a_controller() {
     assert!(denied(), "enforced with the agent stopped");
     assert!(other.echoes(), "and what was allowed still is");
 
-    // It comes back and re-adopts the pinned maps and links, with no window.
+    // It comes back and re-adopts the pinned maps and links, with no window: connection
+    // attempts every few milliseconds all through the restart never get through.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (stop, ns, dst) = (stop.clone(), web.netns.clone(), api.spec.ip);
+        std::thread::spawn(move || {
+            palisade_lab::netns::in_netns(&ns, move || {
+                let (mut tries, mut through) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let addr = std::net::SocketAddr::from((dst, 8080));
+                    tries += 1;
+                    if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(20))
+                        .is_ok()
+                    {
+                        through += 1;
+                    }
+                }
+                (tries, through)
+            })
+            .unwrap()
+        })
+    };
     lab.start_agent("node-2").unwrap();
-    assert!(denied(), "enforced across the restart");
-    assert!(other.echoes());
     lab.realized(0).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, through) = hammer.join().unwrap();
+    assert!(tries > 10, "{tries} attempts");
+    assert_eq!(
+        through, 0,
+        "{through} of {tries} attempts got through during the restart"
+    );
+    assert!(denied(), "enforced after the restart");
+    assert!(other.echoes());
     let log = lab.logs("agent-node-2");
     assert!(log.contains("re-adopting the policy maps"), "{log}");
 
