@@ -368,16 +368,8 @@ fn rank(o: &Object) -> u8 {
 fn commands(mut upserts: Vec<Object>, mut deletes: Vec<Object>) -> Vec<Command> {
     upserts.sort_by_key(rank);
     deletes.sort_by_key(|o| std::cmp::Reverse(rank(o)));
-    let up = upserts.into_iter().map(|o| match o {
-        Object::Namespace(n) => Command::UpsertNamespace(n),
-        Object::Pod(p) => Command::UpsertPod(p),
-        Object::NetworkPolicy(p) => Command::UpsertPolicy(p),
-    });
-    let down = deletes.into_iter().map(|o| match o {
-        Object::Namespace(n) => Command::DeleteNamespace(n.name),
-        Object::Pod(p) => Command::DeletePod(p.key),
-        Object::NetworkPolicy(p) => Command::DeletePolicy(p.key),
-    });
+    let up = upserts.into_iter().map(Object::upsert);
+    let down = deletes.into_iter().map(Object::delete);
     up.chain(down).collect()
 }
 

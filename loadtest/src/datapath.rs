@@ -11,7 +11,7 @@ use std::time::Duration;
 use palisade_agent::ebpf::testrun::{packet, Harness, TCP_SYN};
 use palisade_policy::engine::Engine;
 use palisade_policy::lower;
-use palisade_policy::manifest::{self, Object};
+use palisade_policy::manifest;
 use palisade_policy::model::Command;
 use serde::Serialize;
 
@@ -90,11 +90,7 @@ pub fn run(
         let commands: Vec<Command> = parsed
             .objects
             .into_iter()
-            .map(|(_, o)| match o {
-                Object::Namespace(n) => Command::UpsertNamespace(n),
-                Object::Pod(p) => Command::UpsertPod(p),
-                Object::NetworkPolicy(p) => Command::UpsertPolicy(p),
-            })
+            .map(|(_, o)| o.upsert())
             .collect();
         let slice = Engine::load(1, commands).slice("n0");
         let image = lower::lower(&slice);

@@ -159,7 +159,7 @@ pub fn stream<'a>(docs: impl IntoIterator<Item = &'a String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use palisade_policy::manifest::{self, Object};
+    use palisade_policy::manifest;
 
     use super::*;
     use crate::synth::{commands, Shape};
@@ -179,12 +179,7 @@ mod tests {
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors.first());
         assert_eq!(parsed.objects.len(), cmds.len());
         for ((_, o), c) in parsed.objects.iter().zip(&cmds) {
-            let back = match o.clone() {
-                Object::Namespace(n) => Command::UpsertNamespace(n),
-                Object::Pod(p) => Command::UpsertPod(p),
-                Object::NetworkPolicy(p) => Command::UpsertPolicy(p),
-            };
-            assert_eq!(&back, c);
+            assert_eq!(&o.clone().upsert(), c);
         }
     }
 }

@@ -11,8 +11,7 @@ use std::net::Ipv4Addr;
 use palisade_agent::ebpf::testrun::{packet, Harness, TCP_ACK, TCP_SYN};
 use palisade_policy::engine::Engine;
 use palisade_policy::eval::{check, Flow};
-use palisade_policy::manifest::Object;
-use palisade_policy::model::{Command, Direction};
+use palisade_policy::model::Direction;
 use palisade_policy::slice::NodeSlice;
 use proptest::prelude::*;
 
@@ -106,11 +105,7 @@ fn sctp_verdicts_through_the_programs() {
         parsed
             .objects
             .into_iter()
-            .map(|(_, o)| match o {
-                Object::Namespace(n) => Command::UpsertNamespace(n),
-                Object::Pod(p) => Command::UpsertPod(p),
-                Object::NetworkPolicy(p) => Command::UpsertPolicy(p),
-            })
+            .map(|(_, o)| o.upsert())
             .collect::<Vec<_>>(),
     );
     let slice = engine.slice("node-1");

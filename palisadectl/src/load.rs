@@ -27,11 +27,7 @@ impl Loaded {
         let mut commands: Vec<Command> = self
             .objects
             .values()
-            .map(|(_, o)| match o.clone() {
-                Object::Namespace(n) => Command::UpsertNamespace(n),
-                Object::Pod(p) => Command::UpsertPod(p),
-                Object::NetworkPolicy(p) => Command::UpsertPolicy(p),
-            })
+            .map(|(_, o)| o.clone().upsert())
             .collect();
         commands.sort_by_key(|c| match c {
             Command::UpsertNamespace(_) => 0,

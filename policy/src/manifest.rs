@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 use crate::k8s::{self, Kind, Rejection};
-use crate::model::{Namespace, NetworkPolicy, Pod};
+use crate::model::{Command, Namespace, NetworkPolicy, Pod};
 
 /// A validated object read from a manifest.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +28,24 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Pod(_) => Kind::Pod,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+        }
+    }
+
+    /// The command that creates or replaces this object.
+    pub fn upsert(self) -> Command {
+        match self {
+            Object::Namespace(n) => Command::UpsertNamespace(n),
+            Object::Pod(p) => Command::UpsertPod(p),
+            Object::NetworkPolicy(p) => Command::UpsertPolicy(p),
+        }
+    }
+
+    /// The command that deletes this object.
+    pub fn delete(self) -> Command {
+        match self {
+            Object::Namespace(n) => Command::DeleteNamespace(n.name),
+            Object::Pod(p) => Command::DeletePod(p.key),
+            Object::NetworkPolicy(p) => Command::DeletePolicy(p.key),
         }
     }
 
