@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use palisade_agent::ebpf::bpffs;
+
 use crate::netns::{ip, ip_in, list, sysctl_in};
 use crate::LabError;
 
@@ -93,7 +95,7 @@ impl Topology {
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{gateway}/24"), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
-        mount_bpffs(&t.bpffs)?;
+        bpffs::ensure(&t.bpffs).map_err(LabError::Command)?;
 
         let mut names: Vec<String> = pods.iter().map(|p| p.node.clone()).collect();
         names.extend(extra_nodes.iter().map(|s| s.to_string()));
@@ -268,11 +270,7 @@ impl Topology {
         }
         let _ = ip(&["link", "delete", &format!("pl{id}br")]);
         let dir = PathBuf::from(format!("/run/palisade-lab/{id}"));
-        let bpf = dir.join("bpf");
-        if let Ok(c) = std::ffi::CString::new(bpf.to_string_lossy().as_bytes()) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        bpffs::unmount(&dir.join("bpf"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -292,29 +290,4 @@ impl Drop for Topology {
     fn drop(&mut self) {
         Topology::cleanup(self.id);
     }
-}
-
-fn mount_bpffs(dir: &std::path::Path) -> Result<(), LabError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| LabError::Command(format!("mkdir {}: {e}", dir.display())))?;
-    let target = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("no NUL");
-    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
-    // SAFETY: NUL-terminated strings, no data.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(LabError::Command(format!(
-            "mount bpffs on {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
 }

@@ -11,7 +11,7 @@
 //! latter.
 
 mod attach;
-mod bpffs;
+pub mod bpffs;
 pub mod counters;
 mod maps;
 pub mod routes;

@@ -10,8 +10,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Whether `dir` is on a bpffs.
 pub fn is_bpffs(dir: &Path) -> std::io::Result<bool> {
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let c = c_path(dir)?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
@@ -32,7 +31,24 @@ pub fn ensure(dir: &Path) -> Result<(), String> {
         Ok(false) => {}
         Err(e) => return Err(format!("cannot statfs {}: {e}", dir.display())),
     }
-    let target = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    mount(dir).map_err(|e| {
+        format!(
+            "{} is not a bpffs and mounting one there failed: {e} (the eBPF dataplane needs root)",
+            dir.display()
+        )
+    })?;
+    tracing::info!(dir = %dir.display(), "mounted a bpffs");
+    Ok(())
+}
+
+fn c_path(dir: &Path) -> std::io::Result<CString> {
+    CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+/// Mount a new bpffs on `dir` (an existing directory).
+pub fn mount(dir: &Path) -> std::io::Result<()> {
+    let target = c_path(dir)?;
     let fstype = CString::new("bpf").expect("no NUL");
     // SAFETY: NUL-terminated strings; no mount data.
     let rc = unsafe {
@@ -45,12 +61,16 @@ pub fn ensure(dir: &Path) -> Result<(), String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "{} is not a bpffs and mounting one there failed: {} (the eBPF dataplane needs root)",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(std::io::Error::last_os_error());
     }
-    tracing::info!(dir = %dir.display(), "mounted a bpffs");
     Ok(())
+}
+
+/// Detach whatever is mounted on `dir` (lazily: it goes once nothing uses it). Nothing
+/// mounted there is not an error worth reporting.
+pub fn unmount(dir: &Path) {
+    if let Ok(c) = c_path(dir) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
 }

@@ -119,10 +119,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = super::unpin_all(&self.bpffs);
-        if let Ok(c) = std::ffi::CString::new(self.bpffs.to_string_lossy().as_bytes()) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
+        super::bpffs::unmount(&self.bpffs);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
