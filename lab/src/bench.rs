@@ -87,7 +87,8 @@ fn iperf(lab: &Lab, seconds: u32) -> Result<f64, LabError> {
         .ok_or_else(|| LabError::Command(format!("iperf3 failed: {}", v["error"])))
 }
 
-/// Milliseconds from `write` to `probe_ok` returning `want`, probing every 5 ms.
+/// Milliseconds from writing `text` as the policy to the first probe of `a -> b:8080` whose
+/// outcome is `want`, probing every 5 ms.
 fn until(lab: &Lab, text: &str, want: bool) -> Result<f64, LabError> {
     let a = lab.topology.pod("bench/a").expect("pod a").netns.clone();
     let b = lab.addr("bench/b");

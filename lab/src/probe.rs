@@ -108,14 +108,12 @@ impl Connection {
             TcpStream::connect_timeout(&SocketAddr::from((dst, port)), PROBE_TIMEOUT)
         })?
         .map_err(|e| LabError::Probe(format!("connect to {dst}:{port} from {netns}: {e}")))?;
+        let mut s = s;
         s.set_read_timeout(Some(PROBE_TIMEOUT)).ok();
-        let mut c = Connection(s);
         let mut b = [0u8; 1];
-        (&c.0)
-            .read_exact(&mut b)
+        s.read_exact(&mut b)
             .map_err(|e| LabError::Probe(format!("no greeting from {dst}:{port}: {e}")))?;
-        let _ = &mut c;
-        Ok(c)
+        Ok(Connection(s))
     }
 
     /// Whether a message sent now comes back.

@@ -19,7 +19,7 @@ pub mod testrun;
 mod watch;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use aya::maps::{HashMap, IterableMap, LpmTrie, Map, MapData, RingBuf};
@@ -84,7 +84,8 @@ pub struct EbpfDataplane {
     /// them from what the maps held at start.
     identities: Option<Identities>,
     capacities: Capacities,
-    shared: Arc<watch::Shared>,
+    /// Tells the interface thread to stop.
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -168,26 +169,16 @@ impl EbpfDataplane {
             .ok();
         let attacher = attach::Attacher::new(bpf, local, &config.bpffs.join("links"))
             .map_err(EbpfError::Attach)?;
-        let shared = Arc::new(watch::Shared::default());
-        let thread = watch::start(attacher, events, shared.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = watch::start(attacher, events, stop.clone());
         Ok(EbpfDataplane {
             maps,
             image,
             identities: None,
             capacities,
-            shared,
+            stop,
             thread: Some(thread),
         })
-    }
-
-    /// What the maps hold, as last written.
-    pub fn image(&self) -> &MapImage {
-        &self.image
-    }
-
-    /// Deny events read from the ring buffer so far.
-    pub fn deny_events(&self) -> u64 {
-        self.shared.deny_events.load(Ordering::Relaxed)
     }
 
     /// Apply `ops` in order; on a failed write, undo the ones before it.
@@ -282,7 +273,7 @@ impl Dataplane for EbpfDataplane {
 impl Drop for EbpfDataplane {
     /// Stops watching interfaces; maps and links stay pinned, so policy stays enforced.
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

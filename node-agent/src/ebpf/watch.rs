@@ -3,7 +3,7 @@
 //! least every second, and drains the deny-event ring buffer into the log.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,6 @@ use super::routes;
 
 /// Deny events logged per second at most (the rest are only counted).
 const EVENTS_LOGGED_PER_SECOND: u32 = 50;
-
-/// Shared with the dataplane: how many deny events were read, and a stop flag.
-#[derive(Default)]
-pub struct Shared {
-    pub stop: AtomicBool,
-    pub deny_events: AtomicU64,
-}
 
 /// A netlink socket subscribed to IPv4 route and link changes, with a 1 s receive timeout.
 fn route_events() -> std::io::Result<OwnedFd> {
@@ -99,11 +92,11 @@ fn read_routes() -> routes::PodInterfaces {
 }
 
 /// Attach to the current pod interfaces once (adopting pinned links), then keep doing it in a
-/// thread until `shared.stop`.
+/// thread until `stop`.
 pub fn start(
     mut attacher: Attacher,
     mut events: Option<RingBuf<MapData>>,
-    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     attacher.sync(&read_routes(), true);
     std::thread::Builder::new()
@@ -113,13 +106,13 @@ pub fn start(
                 .map_err(|e| warn!("no route change notices ({e}); polling the routing table"))
                 .ok();
             let mut window = (Instant::now(), 0u32);
-            while !shared.stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let wanted = read_routes();
                 if wanted != attacher.attached() {
                     attacher.sync(&wanted, false);
                 }
                 if let Some(ring) = events.as_mut() {
-                    drain(ring, &shared, &mut window);
+                    drain(ring, &mut window);
                 }
                 wait(sock.as_ref());
             }
@@ -127,9 +120,8 @@ pub fn start(
         .expect("spawn the interface thread")
 }
 
-fn drain(ring: &mut RingBuf<MapData>, shared: &Shared, window: &mut (Instant, u32)) {
+fn drain(ring: &mut RingBuf<MapData>, window: &mut (Instant, u32)) {
     while let Some(item) = ring.next() {
-        shared.deny_events.fetch_add(1, Ordering::Relaxed);
         if item.len() < std::mem::size_of::<DenyEvent>() {
             continue;
         }
