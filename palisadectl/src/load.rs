@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 use crate::Error;
 
 type Result<T> = std::result::Result<T, Error>;
-use palisade_policy::manifest::{self, Location, Object};
+use palisade_files::read::{self, Require};
+use palisade_files::walk;
+use palisade_policy::manifest::{self, Limits, Location, Object};
 use palisade_policy::model::Command;
 use palisade_policy::Engine;
 
-/// What was read: valid objects (the last definition of each wins) and what went wrong.
+/// What was read: valid objects (the first definition of each, as the controller keeps it)
+/// and what went wrong.
 #[derive(Default)]
 pub struct Loaded {
     pub objects: BTreeMap<(String, String), (Location, Object)>,
@@ -56,66 +59,76 @@ impl Loaded {
     }
 }
 
-const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
-
-/// Files under `path`: itself, or every .yaml/.yml/.json file below a directory, sorted.
-fn files(path: &Path) -> Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::Read(path.to_path_buf(), e))?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .and_then(|d| {
-            d.map(|e| e.map(|e| e.path()))
-                .collect::<std::io::Result<_>>()
-        })
-        .map_err(|e| Error::Read(path.to_path_buf(), e))?;
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            out.extend(files(&p)?);
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| EXTENSIONS.contains(&e))
-        {
-            out.push(p);
-        }
-    }
-    Ok(out)
-}
-
-/// Read every `-f` argument (`-` is stdin). Objects without a namespace go to `default_ns`.
+/// Read every `-f` argument (`-` is stdin): a file named explicitly is read whatever its
+/// name or kind (a FIFO from `<(…)` too); a directory is walked as the controller walks its
+/// manifests directory ([`palisade_files::walk`]), so a prediction never comes from a file the
+/// controller would not read. Objects without a namespace go to `default_ns`.
 pub fn load(paths: &[PathBuf], default_ns: &str) -> Result<Loaded> {
     if paths.is_empty() {
         return Err(Error::Usage(
             "no manifests given: pass -f FILE, -f DIRECTORY or -f - (stdin)".into(),
         ));
     }
+    let limit = Limits::default().max_bytes as u64;
     let mut sources: Vec<(String, String)> = Vec::new();
+    let mut warnings = Vec::new();
+    let text = |path: &Path, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|_| {
+            Error::Read(
+                path.to_path_buf(),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+            )
+        })
+    };
     for p in paths {
         if p.as_os_str() == "-" {
-            let mut text = String::new();
+            let mut bytes = Vec::new();
             std::io::stdin()
-                .read_to_string(&mut text)
+                .take(limit + 1)
+                .read_to_end(&mut bytes)
                 .map_err(|e| Error::Read("<stdin>".into(), e))?;
-            sources.push(("<stdin>".into(), text));
+            if bytes.len() as u64 > limit {
+                return Err(Error::Usage(format!("stdin holds more than {limit} bytes")));
+            }
+            sources.push(("<stdin>".into(), text(Path::new("<stdin>"), bytes)?));
             continue;
         }
-        let found = files(p)?;
-        if found.is_empty() {
-            return Err(Error::Usage(format!(
-                "{} holds no .yaml, .yml or .json files",
-                p.display()
-            )));
-        }
+        let is_dir = std::fs::metadata(p)
+            .map_err(|e| Error::Read(p.clone(), e))?
+            .is_dir();
+        let found: Vec<PathBuf> = if is_dir {
+            let walk = walk::manifests(p).map_err(|e| Error::Read(p.clone(), e))?;
+            warnings.extend(
+                walk.skipped
+                    .iter()
+                    .map(|s| format!("{}: {}", s.path.display(), s.reason)),
+            );
+            if walk.files.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{} holds no .yaml, .yml or .json files",
+                    p.display()
+                )));
+            }
+            walk.files.into_iter().map(|f| f.path).collect()
+        } else {
+            vec![p.clone()]
+        };
         for f in found {
-            let text = std::fs::read_to_string(&f).map_err(|e| Error::Read(f.clone(), e))?;
-            sources.push((f.display().to_string(), text));
+            let require = if is_dir {
+                Require::Regular
+            } else {
+                Require::Any
+            };
+            let bytes = read::file(&f, limit, require).map_err(|e| match e {
+                read::ReadError::Io(e) => Error::Read(f.clone(), e),
+                other => Error::Usage(format!("{}: {other}", f.display())),
+            })?;
+            sources.push((f.display().to_string(), text(&f, bytes)?));
         }
     }
-    Ok(parse_sources(&sources, default_ns))
+    let mut loaded = parse_sources(&sources, default_ns);
+    loaded.warnings.splice(0..0, warnings);
+    Ok(loaded)
 }
 
 /// Parse already-read sources (name, text).
@@ -135,12 +148,15 @@ pub fn parse_sources(sources: &[(String, String)], default_ns: &str) -> Loaded {
                     ));
                 }
             }
+            // As the controller does: an object defined twice is a conflict, and the first
+            // definition (by path, then by document) is the one in force.
             let key = (obj.kind().to_string(), obj.name());
-            if let Some((prev, _)) = loaded.objects.get(&key) {
-                loaded.warnings.push(format!(
-                    "{loc}: {} {} is also defined at {prev}; the later definition wins",
+            if let Some((first, _)) = loaded.objects.get(&key) {
+                loaded.errors.push(format!(
+                    "{loc}: {} {} is also defined at {first}: a conflict; the first definition is used",
                     key.0, key.1
                 ));
+                continue;
             }
             loaded.objects.insert(key, (loc, obj));
         }

@@ -72,7 +72,9 @@ impl Errors {
 }
 
 /// The object kinds Palisade reads.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub enum Kind {
     Namespace,
     Pod,

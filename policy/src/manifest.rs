@@ -1,21 +1,32 @@
 //! Manifests as text: multi-document YAML or JSON, `kind: List` (and `*List`), into validated
 //! model objects. Pure: the caller reads the files; this turns their text into objects and
-//! located problems. Kinds Palisade does not use (Deployments, Services…) are listed as
-//! ignored, never as errors, because real manifest bundles mix them in.
+//! located problems. Kinds Palisade does not use (Deployments, Services, custom resources) are
+//! listed as ignored, never as errors, because real manifest bundles mix them in; a document
+//! that cannot be identified (no `kind` or `apiVersion`, a misspelled kind, an API version that
+//! does not serve the kind) is an error, and so is a field the Kubernetes type does not have
+//! (the API server's strict field validation). Parsing is bounded ([`Limits`]): input size,
+//! nesting depth, alias expansion.
 
 use std::fmt;
+
+mod identify;
+mod strict;
+mod yaml;
+
+pub use identify::{distance, nearest};
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
+use serde_json::Value;
 
-use crate::k8s::{self, Kind, Rejection};
+use crate::k8s::{self, FieldError, Kind, Rejection};
 use crate::model::{Command, Namespace, NetworkPolicy, Pod};
+use identify::Identity;
 
 /// A validated object read from a manifest.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
@@ -113,26 +124,45 @@ pub struct Parsed {
     pub ignored: Vec<(Location, String)>,
 }
 
-/// Parse every document in `text`. Objects without a namespace land in `default_ns`.
+/// Bounds on what one source may cost to parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of text.
+    pub max_bytes: usize,
+    /// Nesting of mappings and sequences.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_bytes: 16 << 20,
+            max_depth: 64,
+        }
+    }
+}
+
+/// Parse every document in `text` within the default [`Limits`]. Objects without a namespace
+/// land in `default_ns`.
 pub fn parse(source: &str, text: &str, default_ns: &str) -> Parsed {
+    parse_with(source, text, default_ns, &Limits::default())
+}
+
+/// Parse every document in `text` within `limits`.
+pub fn parse_with(source: &str, text: &str, default_ns: &str, limits: &Limits) -> Parsed {
     let mut out = Parsed::default();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in yaml::documents(text, limits).into_iter().enumerate() {
         let location = Location {
             source: source.to_string(),
             document: i + 1,
             item: None,
         };
-        match Value::deserialize(doc) {
-            Ok(Value::Null) => {}
-            Ok(value) => read_value(value, location, default_ns, &mut out),
-            Err(e) => {
-                out.errors.push(ManifestError {
-                    location,
-                    problem: Problem::Syntax(e.to_string()),
-                });
-                // The YAML stream cannot be resynchronised after a syntax error.
-                break;
-            }
+        match doc {
+            Ok(value) => read_value(&value, location, default_ns, &mut out),
+            Err(e) => out.errors.push(ManifestError {
+                location,
+                problem: Problem::Syntax(e),
+            }),
         }
     }
     out
@@ -142,30 +172,21 @@ fn str_field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(*k))?.as_str()
 }
 
-fn read_value(value: Value, location: Location, default_ns: &str, out: &mut Parsed) {
+fn read_value(value: &Value, location: Location, default_ns: &str, out: &mut Parsed) {
     let fail = |out: &mut Parsed, location: Location, problem| {
         out.errors.push(ManifestError { location, problem });
     };
-    if !value.is_mapping() {
+    if !value.is_object() {
         return fail(
             out,
             location,
             Problem::NotAnObject("expected a mapping with apiVersion and kind".into()),
         );
     }
-    let kind = str_field(&value, &["kind"]).unwrap_or_default().to_string();
-    let api_version = str_field(&value, &["apiVersion"])
-        .unwrap_or_default()
-        .to_string();
-    if kind.is_empty() {
-        return fail(
-            out,
-            location,
-            Problem::NotAnObject("'kind' is missing".into()),
-        );
-    }
+    let kind = str_field(value, &["kind"]).unwrap_or_default();
+    let api_version = str_field(value, &["apiVersion"]).unwrap_or_default();
     if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-        let Some(items) = value.get("items").and_then(Value::as_sequence) else {
+        let Some(items) = value.get("items").and_then(Value::as_array) else {
             return fail(
                 out,
                 location,
@@ -177,38 +198,32 @@ fn read_value(value: Value, location: Location, default_ns: &str, out: &mut Pars
                 item: Some(i),
                 ..location.clone()
             };
-            read_value(item.clone(), loc, default_ns, out);
+            read_value(item, loc, default_ns, out);
         }
         return;
     }
-    let result = match (kind.as_str(), api_version.as_str()) {
-        ("Namespace", "v1") => typed::<core::Namespace>(&value, &kind)
-            .and_then(|o| k8s::namespace(&o).map_err(Problem::Rejected))
-            .map(Object::Namespace),
-        ("Pod", "v1") => typed::<core::Pod>(&value, &kind)
-            .and_then(|o| k8s::pod(&o, default_ns).map_err(Problem::Rejected))
-            .map(Object::Pod),
-        ("NetworkPolicy", "networking.k8s.io/v1") => typed::<net::NetworkPolicy>(&value, &kind)
-            .and_then(|o| k8s::network_policy(&o, default_ns).map_err(Problem::Rejected))
-            .map(Object::NetworkPolicy),
-        ("Namespace" | "Pod" | "NetworkPolicy", other) => Err(Problem::Malformed {
-            kind: kind.clone(),
-            object: display_name(&value, default_ns),
-            field: "apiVersion".into(),
-            message: format!(
-                "'{other}' is not supported; use {}",
-                if kind == "NetworkPolicy" {
-                    "networking.k8s.io/v1"
-                } else {
-                    "v1"
-                }
-            ),
-        }),
-        _ => {
-            let name = display_name(&value, default_ns);
-            out.ignored.push((location, format!("{kind} {name}")));
+    let name = || display_name(value, default_ns);
+    let result = match identify::identify(api_version, kind) {
+        Identity::Other => {
+            out.ignored.push((location, format!("{kind} {}", name())));
             return;
         }
+        Identity::Unknown(why) => Err(Problem::NotAnObject(format!("{why} ({})", name()))),
+        Identity::WrongVersion(k, why) => Err(Problem::Malformed {
+            kind: k.to_string(),
+            object: name(),
+            field: "apiVersion".into(),
+            message: why,
+        }),
+        Identity::Ours(Kind::Namespace) => typed::<core::Namespace>(value, kind, default_ns)
+            .and_then(|o| k8s::namespace(&o).map_err(Problem::Rejected))
+            .map(Object::Namespace),
+        Identity::Ours(Kind::Pod) => typed::<core::Pod>(value, kind, default_ns)
+            .and_then(|o| k8s::pod(&o, default_ns).map_err(Problem::Rejected))
+            .map(Object::Pod),
+        Identity::Ours(Kind::NetworkPolicy) => typed::<net::NetworkPolicy>(value, kind, default_ns)
+            .and_then(|o| k8s::network_policy(&o, default_ns).map_err(Problem::Rejected))
+            .map(Object::NetworkPolicy),
     };
     match result {
         Ok(object) => out.objects.push((location, object)),
@@ -225,13 +240,39 @@ fn display_name(v: &Value, default_ns: &str) -> String {
     format!("{ns}/{name}")
 }
 
-fn typed<T: DeserializeOwned>(value: &Value, kind: &str) -> Result<T, Problem> {
-    serde_path_to_error::deserialize(value.clone()).map_err(|e| Problem::Malformed {
-        kind: kind.to_string(),
-        object: display_name(value, k8s::DEFAULT_NAMESPACE),
-        field: e.path().to_string(),
-        message: e.into_inner().to_string(),
+fn typed<T: DeserializeOwned>(value: &Value, kind: &str, default_ns: &str) -> Result<T, Problem> {
+    strict::decode(value).map_err(|failure| {
+        let object = display_name(value, default_ns);
+        match failure {
+            strict::Failure::Type { field, message } => Problem::Malformed {
+                kind: kind.to_string(),
+                object,
+                field,
+                message,
+            },
+            strict::Failure::Unknown(fields) => Problem::Rejected(Rejection {
+                kind: identify_kind(kind),
+                object,
+                errors: fields
+                    .into_iter()
+                    .map(|field| FieldError {
+                        field,
+                        reason:
+                            "unknown field (the API server's strict field validation rejects it)"
+                                .into(),
+                    })
+                    .collect(),
+            }),
+        }
     })
+}
+
+fn identify_kind(kind: &str) -> Kind {
+    match kind {
+        "Namespace" => Kind::Namespace,
+        "Pod" => Kind::Pod,
+        _ => Kind::NetworkPolicy,
+    }
 }
 
 #[cfg(test)]

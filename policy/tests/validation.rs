@@ -344,3 +344,80 @@ fn valid_edge_cases_are_accepted() {
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
     assert!(matches!(parsed.objects[0].1, Object::NetworkPolicy(_)));
 }
+
+/// Parse `bad` followed by a valid policy; return the single problem, as shown to users.
+fn problem(bad: &str) -> String {
+    let text = format!("{bad}\n---\n{GOOD}");
+    let parsed = parse("test.yaml", &text, "default");
+    let names: Vec<String> = parsed.objects.iter().map(|(_, o)| o.name()).collect();
+    assert_eq!(names, vec!["prod/good"], "the valid object still loads");
+    assert!(
+        parsed.ignored.is_empty(),
+        "not ignored: {:?}",
+        parsed.ignored
+    );
+    assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+    parsed.errors[0].to_string()
+}
+
+#[test]
+fn unknown_fields_are_rejected_as_strict_field_validation_does() {
+    let r = rejection(&policy("{podSelecter: {matchLabels: {app: db}}}"));
+    assert_field(&r, "spec.podSelecter", "unknown field");
+    let r = rejection(&policy("{podSelector: {}, ingres: [{}]}"));
+    assert_field(&r, "spec.ingres", "unknown field");
+    let r = rejection(&ingress_from("{podSelector: {}, namespaceSelektor: {}}"));
+    assert_field(
+        &r,
+        "spec.ingress[0].from[0].namespaceSelektor",
+        "unknown field",
+    );
+}
+
+#[test]
+fn documents_that_cannot_be_identified_are_problems_not_ignored() {
+    let body = "metadata: {name: bad, namespace: prod}\nspec: {podSelector: {}}";
+    let shown = problem(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Networkpolicy\n{body}"
+    ));
+    assert!(
+        shown.contains("Networkpolicy") && shown.contains("prod/bad"),
+        "{shown}"
+    );
+    let shown = problem(&format!("apiVersion: networking.k8s.io/v1\n{body}"));
+    assert!(
+        shown.contains("'kind' is missing") && shown.contains("prod/bad"),
+        "{shown}"
+    );
+    let shown = problem(&format!("kind: NetworkPolicy\n{body}"));
+    assert!(shown.contains("'apiVersion' is missing"), "{shown}");
+    let shown = problem(&format!(
+        "apiVersion: networking.k8s.io/v2\nkind: NetworkPolicy\n{body}"
+    ));
+    assert!(
+        shown.contains("apiVersion") && shown.contains("networking.k8s.io/v1"),
+        "{shown}"
+    );
+    let shown = problem(&format!("apiVersion: v1\nkind: Pods\n{body}"));
+    assert!(shown.contains("did you mean Pod"), "{shown}");
+}
+
+#[test]
+fn a_type_error_names_the_object_in_its_namespace() {
+    // No metadata.namespace: the object is in the namespace the caller chose.
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo}\nspec: {podSelector: {}, ingress: [{ports: [{port: [80]}]}]}\n";
+    let parsed = parse("t.yaml", text, "team-a");
+    let Problem::Malformed { object, field, .. } = &parsed.errors[0].problem else {
+        panic!("{:?}", parsed.errors)
+    };
+    assert_eq!(object, "team-a/typo");
+    assert!(field.contains("port"), "{field}");
+}
+
+#[test]
+fn kinds_of_other_apis_are_ignored() {
+    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: c}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n";
+    let parsed = parse("t.yaml", text, "default");
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(parsed.ignored.len(), 3);
+}

@@ -1,0 +1,141 @@
+//! Replace a file's content atomically and durably.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Write `data` to `path` so that a crash or a full disk leaves either the old or the new
+/// content, never a mix: a temporary file beside it (a dotfile, so directory watchers skip it)
+/// is written and fsynced, renamed over `path`, then the directory is fsynced so the rename
+/// itself is durable. On any error the temporary file is removed and `path` is untouched.
+pub fn write(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = temporary(path);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(path)
+}
+
+/// Write many files at once, each atomically as [`write`] does, with one file-system sync for
+/// all of them instead of one per file: every temporary file is written, the file system is
+/// synced once (`syncfs`), then each is renamed into place and each directory synced. A crash
+/// leaves each file old or new (not necessarily all alike). On error, temporary files are
+/// removed; files already renamed keep their new content.
+pub fn write_batch(files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let tmps: Vec<PathBuf> = files.iter().map(|(p, _)| temporary(p)).collect();
+    let result = (|| {
+        let mut last = None;
+        for ((_, data), tmp) in files.iter().zip(&tmps) {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)?;
+            f.write_all(data)?;
+            last = Some(f);
+        }
+        let f = last.expect("at least one file");
+        // SAFETY: syncfs takes a file descriptor we own and open for its whole call.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for ((path, _), tmp) in files.iter().zip(&tmps) {
+            std::fs::rename(tmp, path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for tmp in &tmps {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    let dirs: std::collections::BTreeSet<&Path> =
+        files.iter().filter_map(|(p, _)| p.parent()).collect();
+    for dir in dirs {
+        sync_dir(&dir.join("x"))?;
+    }
+    Ok(())
+}
+
+/// Fsync the directory holding `path`, making a rename or creation in it durable.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A name beside `path`, unique within this process, hidden from directory walks.
+fn temporary(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        write(&path, b"one").unwrap();
+        write(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the file itself");
+    }
+
+    #[test]
+    fn batches_write_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<(PathBuf, Vec<u8>)> = (0..5)
+            .map(|i| (dir.path().join(format!("f{i}")), vec![i as u8; 3]))
+            .collect();
+        write_batch(&files).unwrap();
+        for (p, data) in &files {
+            assert_eq!(&std::fs::read(p).unwrap(), data);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_content_and_removes_the_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        write(&path, b"old").unwrap();
+        // A directory where the file should be: the rename fails (EISDIR-like), as a real
+        // file-system error would.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"").unwrap();
+        assert!(write(&blocked, b"new").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

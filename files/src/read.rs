@@ -1,0 +1,106 @@
+//! Bounded reads: a file is read only up to a limit, and a FIFO, socket or device is never
+//! opened in a way that could block or stream forever.
+
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// What kind of file [`file`] accepts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Require {
+    /// Regular files only (what a watched directory may hold). Anything else is refused
+    /// without reading, and opening a FIFO does not wait for a writer.
+    Regular,
+    /// Whatever the caller named explicitly (`palisadectl -f <(…)` is a FIFO); still bounded.
+    Any,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("not a regular file but a {0}: skipped")]
+    NotRegular(&'static str),
+    #[error("larger than the limit of {limit} bytes: skipped (raise the limit to read it)")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A file type, in words.
+pub fn kind(t: std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Read `path` (following symbolic links), at most `limit` bytes.
+pub fn file(path: &Path, limit: u64, require: Require) -> Result<Vec<u8>, ReadError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if require == Require::Regular {
+        // Opening a FIFO without a writer would block; a regular file ignores the flag.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let f = options.open(path)?;
+    let meta = f.metadata()?;
+    if require == Require::Regular && !meta.file_type().is_file() {
+        return Err(ReadError::NotRegular(kind(meta.file_type())));
+    }
+    if meta.file_type().is_file() && meta.len() > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    let mut out = Vec::with_capacity(meta.len().min(limit) as usize);
+    f.take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.yaml");
+        std::fs::write(&p, b"12345").unwrap();
+        assert_eq!(file(&p, 5, Require::Regular).unwrap(), b"12345");
+        assert!(matches!(
+            file(&p, 4, Require::Regular),
+            Err(ReadError::TooLarge { limit: 4 })
+        ));
+        // A character device that never ends: refused at once, or cut at the limit.
+        let zero = Path::new("/dev/zero");
+        assert!(matches!(
+            file(zero, 1 << 20, Require::Regular),
+            Err(ReadError::NotRegular("character device"))
+        ));
+        assert!(matches!(
+            file(zero, 1 << 20, Require::Any),
+            Err(ReadError::TooLarge { .. })
+        ));
+        // A FIFO nobody writes to: refused without blocking.
+        let fifo = dir.path().join("p.yaml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(matches!(
+            file(&fifo, 100, Require::Regular),
+            Err(ReadError::NotRegular("FIFO"))
+        ));
+    }
+}
