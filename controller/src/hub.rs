@@ -26,7 +26,6 @@ pub struct State {
     pub history: History,
     pub rollout: Rollout,
     pub rejected: Vec<Rejected>,
-    revisions: RevisionStore,
     watchers: HashMap<Name, watch::Sender<u64>>,
 }
 
@@ -47,6 +46,8 @@ impl State {
 
 pub struct Hub {
     state: Mutex<State>,
+    /// Apart from the state: reserving revisions may fsync, which must not stall readers.
+    revisions: Mutex<RevisionStore>,
     revision: watch::Sender<u64>,
     realized: watch::Sender<u64>,
     pub metrics: Metrics,
@@ -60,9 +61,9 @@ impl Hub {
                 history: History::new(limits),
                 rollout: Rollout::default(),
                 rejected: Vec::new(),
-                revisions,
                 watchers: HashMap::new(),
             }),
+            revisions: Mutex::new(revisions),
             revision: watch::channel(0).0,
             realized: watch::channel(0).0,
             metrics,
@@ -95,12 +96,22 @@ impl Hub {
             .subscribe()
     }
 
-    /// The full compile at startup: every command at one revision.
+    /// Hand out `n` revisions, all or none (blocking: it may fsync).
+    fn reserve(&self, n: usize) -> std::io::Result<std::ops::Range<u64>> {
+        self.revisions
+            .lock()
+            .expect("revision store lock poisoned")
+            .hand_out_many(n as u64)
+    }
+
+    /// The full compile at startup: every command at one revision. Blocking: call it off the
+    /// async runtime.
     pub fn load(&self, commands: Vec<Command>) -> std::io::Result<u64> {
         let started = Instant::now();
+        let revision = self.reserve(1)?.start;
+        let engine = Engine::load(revision, commands);
         let mut st = self.lock();
-        let revision = st.revisions.hand_out()?;
-        st.engine = Engine::load(revision, commands);
+        st.engine = engine;
         let now = Instant::now();
         let nodes = st.engine.nodes();
         for n in &nodes {
@@ -125,13 +136,15 @@ impl Hub {
         Ok(revision)
     }
 
-    /// Apply `commands`, each at the next revision; returns the last revision.
+    /// Apply `commands`, each at the next revision; returns the last revision. All or
+    /// nothing: when revisions cannot be reserved, nothing is applied. Blocking (it may
+    /// fsync): call it off the async runtime.
     pub fn apply(&self, commands: Vec<Command>) -> std::io::Result<u64> {
+        let revisions = self.reserve(commands.len())?;
         let mut st = self.lock();
         let st = &mut *st;
         let mut last = st.revision();
-        for command in commands {
-            let revision = st.revisions.hand_out()?;
+        for (revision, command) in revisions.zip(commands) {
             let kind = command.kind();
             let started = Instant::now();
             let updates = st.engine.apply(revision, command);

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use palisade_controller::history::Limits;
 use palisade_controller::server::{self, Config, TlsFiles};
+use palisade_controller::source::Timing;
 use tokio_util::sync::CancellationToken;
 
 /// The Palisade controller: compiles NetworkPolicy into per-node slices and streams them to
@@ -13,8 +14,11 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Its input is a directory of manifests (Namespaces, Pods, NetworkPolicies; YAML or JSON),
 /// watched: adding, editing, deleting or renaming a file into it becomes changes, each at the
-/// next revision. Invalid objects are rejected as the Kubernetes API server would, and their
-/// last valid version stays in force.
+/// next revision. It fails closed: invalid objects are rejected as the Kubernetes API server
+/// would (strict field validation included) and their last valid version stays in force; a
+/// file is read only once completely written; a file with problems keeps what it held; an
+/// object defined in two files keeps the version in force before; all of it across restarts
+/// (recorded under --state-dir).
 #[derive(Parser)]
 #[command(name = "palisade-controller", version)]
 struct Cli {
@@ -34,8 +38,9 @@ struct Cli {
     )]
     metrics_listen: SocketAddr,
 
-    /// Directory for the controller's own state (reserved revisions, so they never go
-    /// backwards across restarts). Created if missing.
+    /// Directory for the controller's own state: reserved revisions (so they never go
+    /// backwards across restarts) and what each manifest file holds in force (so a file broken
+    /// while the controller is down keeps it). Created if missing.
     #[arg(
         long,
         env = "PALISADE_STATE_DIR",
@@ -70,6 +75,29 @@ struct Cli {
     /// Rescan the manifests this often even without file events.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     rescan: Duration,
+
+    /// A manifest changed in place is read only once complete: when its writer closes it or
+    /// renames it into place (as inotify reports), or, without such a sign, once it has not
+    /// changed for this long. So a file being written is never enforced half-way.
+    #[arg(long, env = "PALISADE_SETTLE", default_value = "1s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+
+    /// A manifest rewritten in place that no longer holds some of its objects (emptied,
+    /// truncated, shrunk) keeps them in force until it has stayed so this long; a file its
+    /// writer still holds open waits at most this long for the close. Deleting a file, or
+    /// renaming a new version over it, applies at once.
+    #[arg(long, env = "PALISADE_HOLD_REMOVALS", default_value = "10s", value_parser = humantime::parse_duration)]
+    hold_removals: Duration,
+
+    /// Largest manifest file read, in bytes; a larger one is reported and keeps the objects
+    /// it held.
+    #[arg(long, env = "PALISADE_MAX_FILE_BYTES", default_value_t = 16 << 20)]
+    max_file_bytes: usize,
+
+    /// Deepest nesting of mappings and lists read in a manifest; deeper documents are
+    /// reported (Kubernetes objects need about 12).
+    #[arg(long, env = "PALISADE_MAX_DEPTH", default_value_t = 64)]
+    max_depth: usize,
 
     /// Updates kept per node for agents that reconnect or lag (older: a snapshot).
     #[arg(long, default_value_t = 64)]
@@ -131,6 +159,14 @@ async fn main() -> Result<()> {
         tls,
         keepalive: cli.keepalive,
         rescan: cli.rescan,
+        timing: Timing {
+            settle: cli.settle,
+            hold: cli.hold_removals,
+        },
+        limits: palisade_policy::manifest::Limits {
+            max_bytes: cli.max_file_bytes,
+            max_depth: cli.max_depth.max(1),
+        },
         history: Limits {
             entries: cli.history_updates.max(1),
             bytes: cli.history_bytes,

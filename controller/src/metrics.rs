@@ -40,6 +40,9 @@ struct Inner {
     history: Gauge,
     failed_closed: Gauge,
     degraded: Gauge,
+    source_healthy: Gauge,
+    source_failures: Counter,
+    source_waiting: Gauge,
 }
 
 /// Cheap to clone; every clone updates the same metrics.
@@ -78,8 +81,27 @@ impl Metrics {
             history: Gauge::default(),
             failed_closed: Gauge::default(),
             degraded: Gauge::default(),
+            source_healthy: Gauge::default(),
+            source_failures: Counter::default(),
+            source_waiting: Gauge::default(),
             registry: Registry::default(),
         };
+        inner.source_healthy.set(1);
+        registry.register(
+            "source_healthy",
+            "1 while the manifest source records and applies changes; 0 while it cannot (changes are retried, enforcement stays)",
+            inner.source_healthy.clone(),
+        );
+        registry.register(
+            "source_failures",
+            "Times the manifest source could not record or apply changes",
+            inner.source_failures.clone(),
+        );
+        registry.register(
+            "source_waiting_files",
+            "Manifest files changed and not applied yet (being written, or holding removals)",
+            inner.source_waiting.clone(),
+        );
         registry.register(
             "sync_streams",
             "Agent sync streams connected",
@@ -244,6 +266,18 @@ impl Metrics {
     pub fn failed_closed(&self, endpoints: usize, nodes: usize) {
         self.0.failed_closed.set(endpoints as i64);
         self.0.degraded.set(nodes as i64);
+    }
+
+    pub fn source_healthy(&self, healthy: bool) {
+        self.0.source_healthy.set(i64::from(healthy));
+    }
+
+    pub fn source_failure(&self) {
+        self.0.source_failures.inc();
+    }
+
+    pub fn source_waiting(&self, files: usize) {
+        self.0.source_waiting.set(files as i64);
     }
 
     pub fn history_entries(&self, n: usize) {

@@ -282,11 +282,9 @@ impl Rollout {
         out
     }
 
+    /// Nodes with a change they have not acked (`waiting` holds exactly those).
     pub fn lagging_nodes(&self) -> usize {
-        self.nodes
-            .values()
-            .filter(|n| n.first_unacked().is_some())
-            .count()
+        self.waiting.len()
     }
 }
 

@@ -2,13 +2,10 @@
 //! reflection v1 and v1alpha) on one listener, metrics on another. Listeners and shutdown are
 //! injected, so tests run controllers on ephemeral ports and stop them at will.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher};
 use palisade_proto::pre_encoded::sync_server::SyncServer;
 use palisade_proto::v1::introspection_server::IntrospectionServer;
 use palisade_proto::v1::FILE_DESCRIPTOR_SET;
@@ -18,7 +15,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
+
+mod http;
+
+pub use http::SOURCE_SERVICE;
 
 use crate::auth::RequireOperator;
 use crate::history::Limits;
@@ -26,7 +27,8 @@ use crate::hub::Hub;
 use crate::introspection::IntrospectionService;
 use crate::metrics::Metrics;
 use crate::revision::RevisionStore;
-use crate::source::{ManifestDir, Rejected};
+use crate::source::watch::{Pace, Reported};
+use crate::source::{self, Health, ManifestDir, Timing};
 use crate::sync::{SyncConfig, SyncService};
 
 /// PEM files for mTLS.
@@ -51,6 +53,10 @@ pub struct Config {
     pub rescan: Duration,
     /// Wait this long after a file event for more before rescanning.
     pub debounce: Duration,
+    /// When a changed manifest is complete enough to read, and how long removals wait.
+    pub timing: Timing,
+    /// Bounds on each manifest file (bytes, nesting depth).
+    pub limits: palisade_policy::manifest::Limits,
     pub history: Limits,
 }
 
@@ -64,6 +70,11 @@ impl Config {
             keepalive: Duration::from_secs(10),
             rescan: Duration::from_secs(30),
             debounce: Duration::from_millis(50),
+            timing: Timing {
+                settle: Duration::from_secs(1),
+                hold: Duration::from_secs(10),
+            },
+            limits: palisade_policy::manifest::Limits::default(),
             history: Limits::default(),
         }
     }
@@ -72,7 +83,9 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("manifests directory {0}: {1}")]
-    Manifests(PathBuf, std::io::Error),
+    Manifests(PathBuf, String),
+    #[error("the manifest source's records: {0}")]
+    Records(#[from] source::RecordError),
     #[error("state directory: {0}")]
     State(std::io::Error),
     #[error("TLS: {0}")]
@@ -88,6 +101,8 @@ pub struct Running {
     pub hub: Arc<Hub>,
     /// The revision of the initial full compile.
     pub loaded_revision: u64,
+    /// Whether the manifest source keeps up (also on /readyz and gRPC health).
+    pub source_health: tokio::sync::watch::Receiver<Health>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     metrics: Option<JoinHandle<std::io::Result<()>>>,
     source: std::thread::JoinHandle<()>,
@@ -132,25 +147,29 @@ pub async fn start(
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new(revisions, config.history, metrics.clone()));
 
-    let mut source = ManifestDir::new(&config.manifests, &config.default_namespace);
-    let scan = source
-        .scan()
-        .map_err(|e| ServerError::Manifests(config.manifests.clone(), e))?;
-    for w in &scan.warnings {
-        warn!("{w}");
-    }
-    report_rejections(&BTreeSet::new(), &scan.rejected);
-    let loaded_revision = hub.load(scan.commands).map_err(ServerError::State)?;
-    let mut known: BTreeSet<String> = scan.rejected.iter().map(rejection_line).collect();
-    hub.set_rejected(scan.rejected);
+    // The first scan and the full compile block (file I/O, every core): off the runtime.
+    let (source, loaded_revision, reported, source_failing) = {
+        let hub = hub.clone();
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || initial_load(&hub, &config))
+            .await
+            .expect("initial load task")?
+    };
+    let (source_health_tx, source_health) = tokio::sync::watch::channel(Health {
+        failing: source_failing,
+        waiting: 0,
+    });
 
     let source_thread = {
         let hub = hub.clone();
         let shutdown = shutdown.clone();
-        let config = config.clone();
+        let pace = Pace {
+            rescan: config.rescan,
+            debounce: config.debounce,
+        };
         std::thread::Builder::new()
             .name("manifests".into())
-            .spawn(move || watch_manifests(hub, source, &config, &shutdown, &mut known))
+            .spawn(move || source::watch(hub, source, pace, source_health_tx, reported, shutdown))
             .map_err(ServerError::State)?
     };
 
@@ -208,112 +227,60 @@ pub async fn start(
     });
     info!(?addr, tls = !insecure, "serving gRPC");
 
-    let metrics_task = metrics_listener.map(|listener| {
-        let addr = listener.local_addr().ok();
-        info!(?addr, "serving metrics on /metrics");
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(move || async move { metrics.render() }),
-            )
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        })
-    });
+    http::mirror_health(health, source_health.clone(), shutdown.clone());
+    let metrics_task = metrics_listener
+        .map(|listener| http::serve(listener, metrics, source_health.clone(), shutdown.clone()));
 
     Ok(Running {
         hub,
         loaded_revision,
+        source_health,
         grpc: grpc_task,
         metrics: metrics_task,
         source: source_thread,
     })
 }
 
-fn rejection_line(r: &Rejected) -> String {
-    format!(
-        "{}: {} {}: {}",
-        r.source,
-        r.kind,
-        r.object,
-        r.errors.join("; ")
-    )
-}
-
-/// Log rejections that appeared since `before` (the rest were logged already).
-fn report_rejections(before: &BTreeSet<String>, now: &[Rejected]) {
-    for r in now {
-        let line = rejection_line(r);
-        if !before.contains(&line) {
-            warn!("rejected: {line}");
-        }
-    }
-}
-
-/// The source loop, on its own thread (it does blocking file I/O): rescan after file events
-/// (debounced) and periodically, and apply what changed.
-fn watch_manifests(
-    hub: Arc<Hub>,
-    mut source: ManifestDir,
+/// Open the manifest source, scan it, and compile what it holds at one revision. Records
+/// that cannot be written yet are retried by the source loop (the returned reason says why).
+fn initial_load(
+    hub: &Hub,
     config: &Config,
-    shutdown: &CancellationToken,
-    known: &mut BTreeSet<String>,
-) {
-    let (tx, rx) = std_mpsc::channel::<()>();
-    let watcher = notify::recommended_watcher(move |_event| {
-        let _ = tx.send(());
-    })
-    .and_then(|mut w| w.watch(source.root(), RecursiveMode::Recursive).map(|_| w));
-    let _watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(
-                "cannot watch {} ({e}); rescanning every {:?} instead",
-                source.root().display(),
-                config.rescan
-            );
-            None
-        }
+) -> Result<(ManifestDir, u64, Reported, Option<String>), ServerError> {
+    let options = source::Options {
+        default_ns: config.default_namespace.clone(),
+        timing: config.timing,
+        limits: config.limits.clone(),
+        state_dir: config.state_dir.clone(),
     };
-    let tick = Duration::from_millis(200);
-    let mut since_scan = Duration::ZERO;
-    while !shutdown.is_cancelled() {
-        let event = match rx.recv_timeout(tick) {
-            Ok(()) => true,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => false,
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(tick);
-                false
-            }
-        };
-        since_scan += tick;
-        if !event && since_scan < config.rescan {
-            continue;
-        }
-        if event {
-            // Let a burst of writes (an editor's save, a tool's rename) settle.
-            std::thread::sleep(config.debounce);
-            while rx.try_recv().is_ok() {}
-        }
-        since_scan = Duration::ZERO;
-        match source.scan() {
-            Ok(scan) => {
-                report_rejections(known, &scan.rejected);
-                *known = scan.rejected.iter().map(rejection_line).collect();
-                if !scan.commands.is_empty() {
-                    let n = scan.commands.len();
-                    match hub.apply(scan.commands) {
-                        Ok(revision) => info!(commands = n, revision, "manifests changed"),
-                        Err(e) => error!("cannot reserve revisions: {e}"),
-                    }
-                }
-                hub.set_rejected(scan.rejected);
-            }
-            Err(e) => warn!("cannot read {}: {e}", source.root().display()),
+    let mut source = ManifestDir::open(&config.manifests, options)?;
+    if let Err(e) = palisade_files::walk::manifests(source.root()) {
+        if !source.has_records() {
+            return Err(ServerError::Manifests(
+                config.manifests.clone(),
+                e.to_string(),
+            ));
         }
     }
+    // Files written just before the start are read once quiet (there is no watcher yet to
+    // say when their writers finish): wait for them, a `settle` at most, so the first compile
+    // holds them. Removals held longer do not delay the start.
+    let start = Instant::now();
+    let mut scan = source.scan(start);
+    let bound = start + config.timing.settle + Duration::from_millis(100);
+    while let Some(next) = scan.next.filter(|n| *n <= bound) {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        scan = source.scan(Instant::now());
+    }
+    let mut reported = Reported::default();
+    reported.log(&scan);
+    let failing = source.persist().err().map(|e| {
+        let why = format!("cannot record the manifest source's state: {e}");
+        warn!("{why}; serving what the files hold, retrying");
+        why
+    });
+    hub.set_rejected(std::mem::take(&mut scan.rejected));
+    let revision = hub.load(scan.commands).map_err(ServerError::State)?;
+    source.commit();
+    Ok((source, revision, reported, failing))
 }

@@ -1,26 +1,43 @@
 //! A directory of manifests as the source of commands (until the Kubernetes watch exists).
 //!
-//! Every scan lists the directory (recursively; `.yaml`, `.yml`, `.json`; dotfiles and editor
-//! leftovers skipped) and re-parses only files whose size, inode or modification time changed;
-//! only the objects those files held or now hold are compared, so an edit costs what it
-//! touches, not the size of the cluster. Editors and tools that write a temporary file and
-//! rename it over the old one are seen as a change of that file. Like the Kubernetes API
-//! server:
-//! * an edit that makes an object invalid is rejected, and the object's last valid version
-//!   stays in force (and is reported);
-//! * a file that no longer parses keeps the objects it had in force (and is reported), so a
-//!   half-written file never removes enforcement.
-//!
-//! When several files define one object, the last file (by path) wins, with a warning.
+//! Every scan walks the directory ([`palisade_files::walk`]: regular `.yaml`, `.yml`, `.json`
+//! files, no link cycles, each bad path reported alone) and stats every file; only files
+//! whose content changed are read, and only the objects they held or now hold are compared,
+//! so an edit costs what it touches. Fail closed at every step:
+//! * a change is read only when complete ([`settle`]): closed by its writer or renamed into
+//!   place, or quiet for `settle`; a file that would lose objects by an in-place rewrite
+//!   (emptied, truncated) keeps them until it has stayed so for `hold`;
+//! * a file with any problem (an invalid object, a document that cannot be identified, a
+//!   syntax error, unreadable, too large) keeps in force every object it held and no longer
+//!   validly defines, as the API server keeps an object whose update it rejected;
+//! * an object defined in several files is a conflict, reported; the version in force when
+//!   the conflict arose stays (at a first start, the first file by path);
+//! * what each file holds is recorded in the state directory ([`records`]), so all of this
+//!   holds across restarts;
+//! * [`ManifestDir::scan`] proposes commands and [`ManifestDir::commit`] records them as
+//!   applied only once the caller has persisted and applied them: a failure is retried.
+
+mod file;
+mod records;
+pub mod settle;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use palisade_policy::manifest::{self, Object, Problem};
+use palisade_files::walk;
+use palisade_policy::manifest::{Limits, Object};
 use palisade_policy::model::Command;
 
-/// An object the source could not take, as introspection reports it.
+pub use file::Key;
+pub use records::RecordError;
+pub use settle::{Hint, Timing};
+pub use watch::{watch, Health};
+
+use settle::{Pending, Stamp};
+
+/// An object or path the source could not take, as introspection reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
     pub source: String,
@@ -29,330 +46,469 @@ pub struct Rejected {
     pub errors: Vec<String>,
 }
 
+/// How the source reads its directory.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Namespace of objects whose manifests name none.
+    pub default_ns: String,
+    pub timing: Timing,
+    pub limits: Limits,
+    /// Where what each file holds is recorded (`None`: nowhere).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// Changes read at once, nothing recorded: for tests that do not exercise timing.
+    pub fn immediate() -> Options {
+        Options {
+            default_ns: "default".into(),
+            timing: Timing {
+                settle: Duration::ZERO,
+                hold: Duration::ZERO,
+            },
+            limits: Limits::default(),
+            state_dir: None,
+        }
+    }
+}
+
 /// What one scan found.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Commands bringing the engine to the directory's content, in a safe order: upserts
     /// (namespaces, policies, pods) before deletes (pods, policies, namespaces).
     pub commands: Vec<Command>,
-    /// Everything currently rejected, across all files.
+    /// Everything currently rejected, conflicting or unreadable.
     pub rejected: Vec<Rejected>,
     pub warnings: Vec<String>,
+    /// Files changed and not applied yet (being written, or holding removals).
+    pub waiting: usize,
+    /// When a waiting file should be looked at again.
+    pub next: Option<Instant>,
 }
 
-type Key = (&'static str, String);
-
-const KINDS: [&str; 3] = ["Namespace", "Pod", "NetworkPolicy"];
-
-fn key(o: &Object) -> Key {
-    let kind = match o {
-        Object::Namespace(_) => "Namespace",
-        Object::Pod(_) => "Pod",
-        Object::NetworkPolicy(_) => "NetworkPolicy",
-    };
-    (kind, o.name())
-}
-
-#[derive(PartialEq, Eq, Clone, Copy)]
-struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-fn stamp(meta: &std::fs::Metadata) -> Stamp {
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode,
-    }
-}
-
-struct CachedFile {
-    stamp: Stamp,
-    /// The objects this file holds in force: its valid objects, plus the previous version of
-    /// each object whose new version is rejected; all it had when it no longer parses.
-    in_force: BTreeMap<Key, Object>,
+/// One manifest file as the source knows it.
+#[derive(Default)]
+struct Entry {
+    /// The objects it holds in force.
+    held: BTreeMap<Key, Object>,
+    /// The content `held` was read from (`None`: from a record, not read in this run).
+    stamp: Option<Stamp>,
+    pending: Option<Pending>,
+    /// What inotify last said, and when.
+    hint: Option<(Hint, SystemTime)>,
     problems: Vec<Rejected>,
     warnings: Vec<String>,
+    /// Why a pending change is not applied yet.
+    waiting: Option<String>,
+    /// After I/O errors: failures so far, and not before when to read again.
+    retry: Option<(u32, Instant)>,
 }
 
 pub struct ManifestDir {
     root: PathBuf,
-    default_ns: String,
-    files: BTreeMap<PathBuf, CachedFile>,
-    /// Which files define each object.
+    options: Options,
+    /// By path relative to the root.
+    files: BTreeMap<PathBuf, Entry>,
     defined_in: BTreeMap<Key, BTreeSet<PathBuf>>,
-    /// The objects reported so far (what the engine holds from this source).
+    /// Which file's version of each object is in force.
+    chosen: BTreeMap<Key, PathBuf>,
+    /// What the engine holds from this source (changes are added by `commit`).
     current: BTreeMap<Key, Object>,
+    /// Objects whose version in force may differ from `current`.
+    dirty: BTreeSet<Key>,
+    /// Files whose record must be written again (or removed).
+    unsaved: BTreeSet<PathBuf>,
+    conflicts_unsaved: bool,
+    records: records::Records,
+    /// Paths the last walk skipped, and a failure to list the root.
+    skipped: Vec<Rejected>,
+    /// The changes the last scan proposed.
+    proposed: Vec<(Key, Option<Object>)>,
 }
 
-fn wanted(p: &Path) -> bool {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let ext_ok = p
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-    ext_ok && !name.starts_with('.') && !name.ends_with('~')
-}
-
-fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue; // vanished between listing and stat: the next scan sees the result
-        };
-        if meta.is_dir() {
-            if !path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .starts_with('.')
-            {
-                walk(&path, out)?;
-            }
-        } else if wanted(&path) {
-            out.push((path, meta));
-        }
-    }
-    Ok(())
-}
-
-fn rejected(e: &manifest::ManifestError) -> Rejected {
-    let (kind, object, errors) = match &e.problem {
-        Problem::Rejected(r) => (
-            r.kind.to_string(),
-            r.object.clone(),
-            r.errors
-                .iter()
-                .map(|f| format!("{}: {}", f.field, f.reason))
-                .collect(),
-        ),
-        Problem::Malformed {
-            kind,
-            object,
-            field,
-            message,
-        } => (
-            kind.clone(),
-            object.clone(),
-            vec![format!("{field}: {message}")],
-        ),
-        other => (String::new(), String::new(), vec![other.to_string()]),
-    };
+fn rejected_path(path: &str, reason: String) -> Rejected {
     Rejected {
-        source: e.location.to_string(),
-        kind,
-        object,
-        errors,
+        source: path.to_string(),
+        kind: String::new(),
+        object: String::new(),
+        errors: vec![reason],
     }
 }
 
-fn pod_warnings(objects: &[(manifest::Location, Object)]) -> Vec<String> {
-    objects
-        .iter()
-        .filter_map(|(loc, o)| match o {
-            Object::Pod(p) if p.node.is_none() && p.peer_ip().is_some() => Some(format!(
-                "{loc}: Pod {} has an address but no spec.nodeName: a peer of others, enforced nowhere",
-                p.key
-            )),
-            _ => None,
-        })
-        .collect()
+/// Back-off before reading a file again after `failures` I/O errors: 1 s doubling to 60 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
 }
 
 impl ManifestDir {
-    pub fn new(root: impl Into<PathBuf>, default_ns: &str) -> ManifestDir {
-        ManifestDir {
-            root: root.into(),
-            default_ns: default_ns.to_string(),
+    /// The source for `root`, remembering what its records hold.
+    pub fn open(root: impl Into<PathBuf>, options: Options) -> Result<ManifestDir, RecordError> {
+        let root: PathBuf = root.into();
+        let root = std::fs::canonicalize(&root).unwrap_or(root);
+        let (records, saved) = records::Records::open(options.state_dir.as_deref())?;
+        let mut dir = ManifestDir {
+            root,
+            options,
             files: BTreeMap::new(),
             defined_in: BTreeMap::new(),
+            chosen: saved.winners,
             current: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            unsaved: BTreeSet::new(),
+            conflicts_unsaved: false,
+            records,
+            skipped: Vec::new(),
+            proposed: Vec::new(),
+        };
+        for (path, held) in saved.files {
+            for k in held.keys() {
+                dir.defined_in
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(path.clone());
+                dir.dirty.insert(k.clone());
+            }
+            dir.files.insert(
+                path,
+                Entry {
+                    held,
+                    ..Entry::default()
+                },
+            );
         }
+        Ok(dir)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The file's new content: what it holds in force and its problems. `None` when it
-    /// cannot be read right now (the next scan retries).
-    fn read(&self, path: &Path, st: Stamp, previous: &BTreeMap<Key, Object>) -> Option<CachedFile> {
-        let name = path
-            .strip_prefix(&self.root)
-            .unwrap_or(path)
-            .display()
-            .to_string();
-        let bytes = std::fs::read(path).ok()?;
-        let Ok(text) = String::from_utf8(bytes) else {
-            return Some(CachedFile {
-                stamp: st,
-                in_force: previous.clone(),
-                problems: vec![Rejected {
-                    source: name,
-                    kind: String::new(),
-                    object: String::new(),
-                    errors: vec!["not UTF-8 text; the objects it had stay in force".into()],
-                }],
-                warnings: vec![],
-            });
-        };
-        let parsed = manifest::parse(&name, &text, &self.default_ns);
-        let mut problems: Vec<Rejected> = parsed.errors.iter().map(rejected).collect();
-        if parsed
-            .errors
-            .iter()
-            .any(|e| matches!(e.problem, Problem::Syntax(_)))
-        {
-            for p in &mut problems {
-                p.errors
-                    .push("the objects this file had stay in force".into());
-            }
-            return Some(CachedFile {
-                stamp: st,
-                in_force: previous.clone(),
-                problems,
-                warnings: vec![],
-            });
-        }
-        let warnings = pod_warnings(&parsed.objects);
-        let mut in_force: BTreeMap<Key, Object> = parsed
-            .objects
-            .into_iter()
-            .map(|(_, o)| (key(&o), o))
-            .collect();
-        // An invalid edit of an object keeps the version this file had in force.
-        for r in &problems {
-            if let Some(kind) = KINDS.into_iter().find(|k| *k == r.kind) {
-                let k = (kind, r.object.clone());
-                if let (false, Some(old)) = (in_force.contains_key(&k), previous.get(&k)) {
-                    in_force.insert(k, old.clone());
-                }
-            }
-        }
-        Some(CachedFile {
-            stamp: st,
-            in_force,
-            problems,
-            warnings,
-        })
+    /// Whether records of an earlier run were found (what the files held then).
+    pub fn has_records(&self) -> bool {
+        !self.files.is_empty()
     }
 
-    /// Read what changed in the directory and return the commands that bring the engine to
-    /// its content.
-    pub fn scan(&mut self) -> std::io::Result<Scan> {
-        let mut found = Vec::new();
-        walk(&self.root, &mut found)?;
-        let present: BTreeSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
-        let mut touched: BTreeSet<Key> = BTreeSet::new();
+    /// What inotify said about `path` (absolute, under the root).
+    pub fn hint(&mut self, path: &Path, hint: Hint) {
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return;
+        };
+        if let Some(e) = self.files.get_mut(rel) {
+            e.hint = Some((hint, SystemTime::now()));
+        } else if walk::is_manifest(&rel.file_name().unwrap_or_default().to_string_lossy()) {
+            self.files.entry(rel.to_path_buf()).or_default().hint = Some((hint, SystemTime::now()));
+        }
+    }
 
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|p| !present.contains(p))
-            .cloned()
-            .collect();
-        for path in gone {
-            let f = self.files.remove(&path).expect("listed");
-            for k in f.in_force.into_keys() {
-                self.forget(&k, &path);
-                touched.insert(k);
+    /// Walk the directory, read what is complete, and propose the commands that bring the
+    /// engine to it. Nothing is taken as applied until [`ManifestDir::commit`].
+    pub fn scan(&mut self, now: Instant) -> Scan {
+        let mut next: Option<Instant> = None;
+        let mut later = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        match walk::manifests(&self.root) {
+            Err(e) => {
+                // Nothing can be told about any file: everything stays as it is.
+                self.skipped = vec![rejected_path(
+                    &self.root.display().to_string(),
+                    format!("cannot list the manifests directory ({e}); everything it held stays in force"),
+                )];
+                later(now + backoff(2));
+            }
+            Ok(w) => {
+                let mut present = BTreeSet::new();
+                self.skipped.clear();
+                for s in &w.skipped {
+                    let rel = self.relative(&s.path);
+                    // A file replaced by something unreadable keeps what it held.
+                    present.insert(rel.clone());
+                    self.skipped
+                        .push(rejected_path(&rel.display().to_string(), s.reason.clone()));
+                }
+                for found in &w.files {
+                    let rel = self.relative(&found.path);
+                    present.insert(rel.clone());
+                    if let Some(t) = self.observe(&rel, &found.meta, now) {
+                        later(t);
+                    }
+                }
+                self.forget_gone(&present);
             }
         }
-        for (path, meta) in &found {
-            let st = stamp(meta);
-            if self.files.get(path).is_some_and(|f| f.stamp == st) {
-                continue;
+        let (waiting, rejected, warnings) = self.report();
+        let commands = self.propose();
+        Scan {
+            commands,
+            rejected,
+            warnings,
+            waiting,
+            next,
+        }
+    }
+
+    fn relative(&self, path: &Path) -> PathBuf {
+        path.strip_prefix(&self.root).unwrap_or(path).to_path_buf()
+    }
+
+    /// Look at one file; read and take its content when complete. Returns when to look again
+    /// if it is waiting.
+    fn observe(&mut self, rel: &Path, meta: &std::fs::Metadata, now: Instant) -> Option<Instant> {
+        let stamp = Stamp::of(meta);
+        let timing = self.options.timing;
+        let entry = self.files.entry(rel.to_path_buf()).or_default();
+        if entry.stamp == Some(stamp) {
+            entry.pending = None;
+            entry.waiting = None;
+            return None;
+        }
+        let pending = Pending::observe(entry.pending, stamp, now, settle::age(meta));
+        entry.pending = Some(pending);
+        if let Some((_, at)) = entry.retry.filter(|(_, at)| now < *at) {
+            return Some(at);
+        }
+        // A close or rename seen before the file's last modification says nothing about it.
+        let hint = match entry.hint {
+            Some((h, seen)) if meta.modified().map_or(true, |m| m <= seen) => h,
+            Some(_) => Hint::Writing,
+            None => Hint::None,
+        };
+        if let Some(at) = pending.read_at(hint, now, timing) {
+            entry.waiting = Some(match hint {
+                Hint::Writing => "being written (waiting for its writer to close it)".into(),
+                _ => format!(
+                    "changed {:?} ago; read once unchanged for {:?}",
+                    now.saturating_duration_since(pending.quiet_since),
+                    timing.settle
+                ),
+            });
+            return Some(at);
+        }
+        let name = rel.display().to_string();
+        let content = file::read(
+            &self.root.join(rel),
+            &name,
+            &self.options.limits,
+            &self.options.default_ns,
+        );
+        let entry = self.files.get_mut(rel).expect("entry");
+        entry.problems = content.problems.clone();
+        entry.warnings = content.warnings.clone();
+        if content.io_error {
+            let failures = entry.retry.map_or(0, |(n, _)| n) + 1;
+            let at = now + backoff(failures);
+            entry.retry = Some((failures, at));
+            entry.waiting = None;
+            return Some(at);
+        }
+        entry.retry = None;
+        let held = file::in_force(&entry.held, &content);
+        let removed: Vec<&Key> = entry
+            .held
+            .keys()
+            .filter(|k| !held.contains_key(*k))
+            .collect();
+        if !removed.is_empty() {
+            if let Some(at) = pending.removals_at(hint, now, timing) {
+                let list: Vec<String> = removed
+                    .iter()
+                    .take(5)
+                    .map(|(kind, name)| format!("{kind} {name}"))
+                    .collect();
+                let more = removed.len().saturating_sub(5);
+                entry.waiting = Some(format!(
+                    "rewritten in place without {} object{} it held ({}{}); they stay in force until the file has stayed so for {:?}",
+                    removed.len(),
+                    if removed.len() == 1 { "" } else { "s" },
+                    list.join(", "),
+                    if more > 0 { format!(", and {more} more") } else { String::new() },
+                    timing.hold,
+                ));
+                return Some(at);
             }
-            let empty = BTreeMap::new();
-            let previous = self.files.get(path).map_or(&empty, |f| &f.in_force);
-            let Some(new) = self.read(path, st, previous) else {
-                continue;
-            };
-            let old = self
-                .files
-                .remove(path)
-                .map(|f| f.in_force)
-                .unwrap_or_default();
-            for (k, o) in &old {
-                if new.in_force.get(k) != Some(o) {
-                    touched.insert(k.clone());
-                }
-                if !new.in_force.contains_key(k) {
-                    self.forget(k, path);
+        }
+        let old = std::mem::replace(&mut entry.held, held);
+        entry.stamp = Some(stamp);
+        entry.pending = None;
+        entry.hint = None;
+        entry.waiting = None;
+        let new = &self.files[rel].held;
+        let mut changed = false;
+        for (k, o) in &old {
+            if new.get(k) != Some(o) {
+                changed = true;
+                self.dirty.insert(k.clone());
+                if !new.contains_key(k) {
+                    Self::undefine(&mut self.defined_in, k, rel);
                 }
             }
-            for (k, o) in &new.in_force {
-                if old.get(k) != Some(o) {
-                    touched.insert(k.clone());
-                }
+        }
+        for (k, o) in new {
+            if old.get(k) != Some(o) {
+                changed = true;
+                self.dirty.insert(k.clone());
                 self.defined_in
                     .entry(k.clone())
                     .or_default()
-                    .insert(path.clone());
+                    .insert(rel.to_path_buf());
             }
-            self.files.insert(path.clone(), new);
         }
+        if changed {
+            self.unsaved.insert(rel.to_path_buf());
+        }
+        None
+    }
 
-        let mut scan = Scan::default();
-        let mut upserts: Vec<Object> = Vec::new();
-        let mut deletes: Vec<Object> = Vec::new();
-        for k in touched {
-            // The last file (by path) defining the object wins.
-            let effective = self
-                .defined_in
-                .get(&k)
-                .and_then(|paths| paths.last())
-                .and_then(|p| self.files[p].in_force.get(&k))
-                .cloned();
-            match (effective, self.current.get(&k)) {
+    fn undefine(defined_in: &mut BTreeMap<Key, BTreeSet<PathBuf>>, k: &Key, rel: &Path) {
+        if let Some(paths) = defined_in.get_mut(k) {
+            paths.remove(rel);
+            if paths.is_empty() {
+                defined_in.remove(k);
+            }
+        }
+    }
+
+    /// Files no longer in the directory: deleted (or renamed away) on purpose, so what they
+    /// held goes at once.
+    fn forget_gone(&mut self, present: &BTreeSet<PathBuf>) {
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        for rel in gone {
+            let entry = self.files.remove(&rel).expect("listed");
+            for k in entry.held.keys() {
+                Self::undefine(&mut self.defined_in, k, &rel);
+                self.dirty.insert(k.clone());
+            }
+            if !entry.held.is_empty() || entry.stamp.is_none() {
+                self.unsaved.insert(rel);
+            }
+        }
+    }
+
+    /// The version in force of each dirty object, compared with what the engine holds.
+    fn propose(&mut self) -> Vec<Command> {
+        self.proposed.clear();
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for k in &self.dirty {
+            let effective = match self.defined_in.get(k) {
+                None => {
+                    self.chosen.remove(k);
+                    self.conflicts_unsaved = true;
+                    None
+                }
+                Some(paths) => {
+                    let keep = self.chosen.get(k).filter(|p| paths.contains(*p)).cloned();
+                    let path = keep.unwrap_or_else(|| paths.first().expect("non-empty").clone());
+                    if self.chosen.get(k) != Some(&path) {
+                        self.conflicts_unsaved |= paths.len() > 1;
+                        self.chosen.insert(k.clone(), path.clone());
+                    }
+                    self.files[&path].held.get(k).cloned()
+                }
+            };
+            match (effective, self.current.get(k)) {
                 (Some(new), Some(old)) if new == *old => {}
                 (Some(new), _) => {
-                    self.current.insert(k, new.clone());
+                    self.proposed.push((k.clone(), Some(new.clone())));
                     upserts.push(new);
                 }
-                (None, Some(_)) => deletes.push(self.current.remove(&k).expect("present")),
+                (None, Some(old)) => {
+                    self.proposed.push((k.clone(), None));
+                    deletes.push(old.clone());
+                }
                 (None, None) => {}
             }
         }
-        scan.commands = commands(upserts, deletes);
-        for f in self.files.values() {
-            scan.rejected.extend(f.problems.iter().cloned());
-            scan.warnings.extend(f.warnings.iter().cloned());
-        }
-        for ((kind, name), paths) in &self.defined_in {
-            if paths.len() > 1 {
-                let list: Vec<String> = paths
-                    .iter()
-                    .map(|p| {
-                        p.strip_prefix(&self.root)
-                            .unwrap_or(p)
-                            .display()
-                            .to_string()
-                    })
-                    .collect();
-                scan.warnings.push(format!(
-                    "{kind} {name} is defined in {}; the last one wins",
-                    list.join(", ")
+        commands(upserts, deletes)
+    }
+
+    /// What is rejected, conflicting, skipped or waiting, as of now.
+    fn report(&self) -> (usize, Vec<Rejected>, Vec<String>) {
+        let mut rejected = self.skipped.clone();
+        let mut warnings = Vec::new();
+        let mut waiting = 0;
+        for (path, e) in &self.files {
+            rejected.extend(e.problems.iter().cloned());
+            warnings.extend(e.warnings.iter().cloned());
+            if let Some(why) = &e.waiting {
+                waiting += 1;
+                warnings.push(format!("{}: {why}", path.display()));
+            }
+            if !e.problems.is_empty() && !e.held.is_empty() {
+                let valid: usize = e.problems.len();
+                warnings.push(format!(
+                    "{}: has {valid} problem{}; objects it held and no longer validly defines stay in force",
+                    path.display(),
+                    if valid == 1 { "" } else { "s" }
                 ));
             }
         }
-        Ok(scan)
+        for (k, paths) in &self.defined_in {
+            if paths.len() < 2 {
+                continue;
+            }
+            let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let chosen = self
+                .chosen
+                .get(k)
+                .filter(|p| paths.contains(*p))
+                .unwrap_or_else(|| paths.first().expect("non-empty"));
+            rejected.push(Rejected {
+                source: list.join(", "),
+                kind: k.0.to_string(),
+                object: k.1.clone(),
+                errors: vec![format!(
+                    "defined in {} files: a conflict; the version from {} stays in force until only one file defines it",
+                    paths.len(),
+                    chosen.display()
+                )],
+            });
+        }
+        (waiting, rejected, warnings)
     }
 
-    fn forget(&mut self, k: &Key, path: &Path) {
-        if let Some(paths) = self.defined_in.get_mut(k) {
-            paths.remove(path);
-            if paths.is_empty() {
-                self.defined_in.remove(k);
-            }
+    /// Whether records must be written before the proposed commands are applied.
+    pub fn unsaved(&self) -> bool {
+        !self.unsaved.is_empty() || self.conflicts_unsaved
+    }
+
+    /// Record what each changed file holds, so a restart keeps it. On error nothing is
+    /// forgotten: the next call writes it again.
+    pub fn persist(&mut self) -> std::io::Result<()> {
+        if !self.unsaved() {
+            return Ok(());
         }
+        let changed: Vec<(PathBuf, Option<&BTreeMap<Key, Object>>)> = self
+            .unsaved
+            .iter()
+            .map(|p| (p.clone(), self.files.get(p).map(|e| &e.held)))
+            .collect();
+        let conflicts: BTreeMap<Key, PathBuf> = self
+            .chosen
+            .iter()
+            .filter(|(k, _)| self.defined_in.get(*k).is_some_and(|p| p.len() > 1))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        self.records
+            .save(&changed, self.conflicts_unsaved.then_some(&conflicts))?;
+        self.unsaved.clear();
+        self.conflicts_unsaved = false;
+        Ok(())
+    }
+
+    /// The commands of the last scan were applied: the engine now holds them.
+    pub fn commit(&mut self) {
+        for (k, v) in self.proposed.drain(..) {
+            match v {
+                Some(o) => self.current.insert(k, o),
+                None => self.current.remove(&k),
+            };
+        }
+        self.dirty.clear();
     }
 }
 
@@ -374,126 +530,4 @@ fn commands(mut upserts: Vec<Object>, mut deletes: Vec<Object>) -> Vec<Command> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}\n";
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec: {nodeName: n1, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.1}\n";
-
-    fn kinds(cmds: &[Command]) -> Vec<&'static str> {
-        cmds.iter().map(Command::kind).collect()
-    }
-
-    #[test]
-    fn edits_renames_and_deletes_become_commands() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let mut src = ManifestDir::new(dir, "default");
-        std::fs::write(dir.join("pol.yaml"), POLICY).unwrap();
-        std::fs::write(dir.join("pod.yaml"), POD).unwrap();
-        std::fs::write(dir.join(".pod.yaml.swp"), "garbage").unwrap();
-        let s = src.scan().unwrap();
-        assert_eq!(kinds(&s.commands), vec!["upsert-policy", "upsert-pod"]);
-        assert!(src.scan().unwrap().commands.is_empty(), "nothing changed");
-
-        // Atomic replace by rename, with a changed label.
-        std::fs::write(dir.join("tmp.json.part"), POD.replace("app: a", "app: b")).unwrap();
-        std::fs::rename(dir.join("tmp.json.part"), dir.join("pod.yaml")).unwrap();
-        assert_eq!(kinds(&src.scan().unwrap().commands), vec!["upsert-pod"]);
-
-        // Renaming a file to another name changes nothing.
-        std::fs::rename(dir.join("pod.yaml"), dir.join("pods.yml")).unwrap();
-        assert!(src.scan().unwrap().commands.is_empty());
-
-        std::fs::remove_file(dir.join("pol.yaml")).unwrap();
-        assert_eq!(kinds(&src.scan().unwrap().commands), vec!["delete-policy"]);
-    }
-
-    #[test]
-    fn namespace_labels_and_container_ports_are_changes_too() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let mut src = ManifestDir::new(dir, "default");
-        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: red}}\n";
-        std::fs::write(dir.join("ns.yaml"), ns).unwrap();
-        std::fs::write(dir.join("pod.yaml"), POD).unwrap();
-        src.scan().unwrap();
-        std::fs::write(dir.join("ns.yaml"), ns.replace("red", "blue")).unwrap();
-        assert_eq!(
-            kinds(&src.scan().unwrap().commands),
-            vec!["upsert-namespace"]
-        );
-        let with_port = POD.replace(
-            "image: i}",
-            "image: i, ports: [{name: http, containerPort: 8080}]}",
-        );
-        std::fs::write(dir.join("pod.yaml"), with_port).unwrap();
-        assert_eq!(kinds(&src.scan().unwrap().commands), vec!["upsert-pod"]);
-        std::fs::remove_file(dir.join("ns.yaml")).unwrap();
-        assert_eq!(
-            kinds(&src.scan().unwrap().commands),
-            vec!["delete-namespace"]
-        );
-    }
-
-    #[test]
-    fn an_object_in_two_files_comes_from_the_last_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let mut src = ManifestDir::new(dir, "default");
-        std::fs::write(dir.join("a.yaml"), POLICY).unwrap();
-        std::fs::write(dir.join("b.yaml"), POLICY.replace("port: 80", "port: 81")).unwrap();
-        let s = src.scan().unwrap();
-        let Command::UpsertPolicy(p) = &s.commands[0] else {
-            panic!()
-        };
-        assert_eq!(
-            p.ingress.as_ref().unwrap()[0].ports.as_ref().unwrap()[0].port,
-            palisade_policy::model::PortRef::Range(81, 81)
-        );
-        assert!(
-            s.warnings.iter().any(|w| w.contains("a.yaml, b.yaml")),
-            "{:?}",
-            s.warnings
-        );
-        // Without b.yaml, a.yaml's version is the one in force.
-        std::fs::remove_file(dir.join("b.yaml")).unwrap();
-        let s = src.scan().unwrap();
-        let Command::UpsertPolicy(p) = &s.commands[0] else {
-            panic!()
-        };
-        assert_eq!(
-            p.ingress.as_ref().unwrap()[0].ports.as_ref().unwrap()[0].port,
-            palisade_policy::model::PortRef::Range(80, 80)
-        );
-        assert!(s.warnings.is_empty());
-    }
-
-    #[test]
-    fn invalid_edits_keep_the_last_valid_version() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let mut src = ManifestDir::new(dir, "default");
-        std::fs::write(dir.join("pol.yaml"), POLICY).unwrap();
-        src.scan().unwrap();
-        // Port 0 is invalid: rejected, the old policy stays, nothing is deleted.
-        std::fs::write(dir.join("pol.yaml"), POLICY.replace("port: 80", "port: 0")).unwrap();
-        let s = src.scan().unwrap();
-        assert!(s.commands.is_empty(), "{:?}", s.commands);
-        assert_eq!(s.rejected.len(), 1);
-        assert_eq!(s.rejected[0].object, "x/p");
-        // A syntax error keeps the whole file's objects.
-        std::fs::write(dir.join("pol.yaml"), "apiVersion: [").unwrap();
-        let s = src.scan().unwrap();
-        assert!(s.commands.is_empty());
-        assert!(s.rejected[0]
-            .errors
-            .iter()
-            .any(|e| e.contains("stay in force")));
-        // Fixed again.
-        std::fs::write(dir.join("pol.yaml"), POLICY.replace("port: 80", "port: 81")).unwrap();
-        let s = src.scan().unwrap();
-        assert_eq!(kinds(&s.commands), vec!["upsert-policy"]);
-        assert!(s.rejected.is_empty());
-    }
-}
+mod tests;

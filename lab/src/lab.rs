@@ -228,10 +228,9 @@ impl Lab {
 
     /// Write (or replace) a manifest file.
     pub fn write(&self, name: &str, text: &str) -> Result<(), LabError> {
-        // Write beside and rename, so the controller never reads half a file.
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).map_err(io("write a manifest"))?;
-        std::fs::rename(&tmp, self.manifests.join(name)).map_err(io("write a manifest"))
+        // Written beside and renamed into place: complete at once for the controller.
+        palisade_files::atomic::write(&self.manifests.join(name), text.as_bytes())
+            .map_err(io("write a manifest"))
     }
 
     pub fn remove(&self, name: &str) -> Result<(), LabError> {

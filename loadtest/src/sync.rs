@@ -87,15 +87,6 @@ fn write_manifests(
     Ok(files)
 }
 
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, path)
-}
-
 /// Why the sync load test could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -246,9 +237,9 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
         let before_page = hub.metrics.render();
         let before = *hub.revisions().borrow();
         let t0 = Instant::now();
-        write_atomically(
+        palisade_files::atomic::write(
             &manifest_dir.join(format!("{ns}.yaml")),
-            &manifests::stream(docs.iter()),
+            manifests::stream(docs.iter()).as_bytes(),
         )
         .map_err(io("editing a manifest"))?;
         let mut revisions = hub.revisions();

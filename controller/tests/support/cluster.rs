@@ -227,10 +227,8 @@ impl Cluster {
 
     /// Write a manifest the way editors do: a temporary file renamed over the old one.
     pub fn write(&self, name: &str, text: &str) {
-        let dir = self.path("manifests");
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, dir.join(name)).unwrap();
+        let path = self.path("manifests").join(name);
+        palisade_files::atomic::write(&path, text.as_bytes()).unwrap();
     }
 
     pub fn remove(&self, name: &str) {

@@ -1,0 +1,124 @@
+//! The controller's plain HTTP endpoint: Prometheus metrics and the probes.
+//!
+//! * `/metrics`: the Prometheus text exposition.
+//! * `/livez` (and `/healthz`): the process serves.
+//! * `/readyz`: the controller does its job: 503, with the reason, while the manifest source
+//!   cannot record or apply changes (what was enforced stays enforced; changes wait).
+
+use axum::http::StatusCode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::metrics::Metrics;
+use crate::source::Health;
+
+fn readiness(health: &Health) -> (StatusCode, String) {
+    let mut lines = Vec::new();
+    let ok = match &health.failing {
+        None => {
+            lines.push("[+]source ok".to_string());
+            true
+        }
+        Some(why) => {
+            lines.push(format!("[-]source failed: {why}"));
+            false
+        }
+    };
+    if health.waiting > 0 {
+        lines.push(format!(
+            "[+]source: {} changed file(s) not applied yet (being written or holding removals)",
+            health.waiting
+        ));
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    lines.push(
+        if ok {
+            "readyz check passed"
+        } else {
+            "readyz check failed"
+        }
+        .into(),
+    );
+    (status, lines.join("\n") + "\n")
+}
+
+/// Serve metrics and probes on `listener` until `shutdown`.
+pub fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    health: watch::Receiver<Health>,
+    shutdown: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    let addr = listener.local_addr().ok();
+    info!(
+        ?addr,
+        "serving metrics on /metrics, probes on /livez and /readyz"
+    );
+    let live = || async { "ok\n" };
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { metrics.render() }),
+        )
+        .route("/livez", axum::routing::get(live))
+        .route("/healthz", axum::routing::get(live))
+        .route(
+            "/readyz",
+            axum::routing::get(move || async move { readiness(&health.borrow()) }),
+        );
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    })
+}
+
+/// Mirror the source's health on the gRPC health service as `palisade.Source`.
+pub fn mirror_health(
+    reporter: tonic_health::server::HealthReporter,
+    mut health: watch::Receiver<Health>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let status = if health.borrow_and_update().failing.is_none() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status(SOURCE_SERVICE, status).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = health.changed() => if changed.is_err() { break },
+            }
+        }
+    });
+}
+
+/// The name under which the gRPC health service reports the manifest source.
+pub const SOURCE_SERVICE: &str = "palisade.Source";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_says_why() {
+        let (status, body) = readiness(&Health::default());
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("[+]source ok"));
+        let (status, body) = readiness(&Health {
+            failing: Some("cannot reserve revisions: No space left on device".into()),
+            waiting: 2,
+        });
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("No space left") && body.contains("2 changed file"));
+    }
+}

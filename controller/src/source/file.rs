@@ -1,0 +1,201 @@
+//! One manifest file read and parsed, and what it then holds in force.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use palisade_files::read::{self, ReadError, Require};
+use palisade_policy::k8s::Kind;
+use palisade_policy::manifest::{self, Limits, Location, Object, Problem};
+
+use super::Rejected;
+
+/// An object's identity: kind and `namespace/name` (a namespace's name).
+pub type Key = (Kind, String);
+
+pub fn key(o: &Object) -> Key {
+    (o.kind(), o.name())
+}
+
+/// A file's content as read now.
+#[derive(Debug, Default)]
+pub struct Content {
+    /// Valid objects; within one file the first definition of an object is used.
+    pub objects: BTreeMap<Key, Object>,
+    /// Rejected objects, unidentifiable documents, and why the file could not be read.
+    pub problems: Vec<Rejected>,
+    pub warnings: Vec<String>,
+    /// Nothing in it can be trusted: unreadable, too large, not UTF-8, not parsable.
+    pub broken: bool,
+    /// The failure was I/O, worth retrying later (with back-off).
+    pub io_error: bool,
+}
+
+fn problem(source: &str, kind: &str, object: &str, error: String) -> Rejected {
+    Rejected {
+        source: source.to_string(),
+        kind: kind.to_string(),
+        object: object.to_string(),
+        errors: vec![error],
+    }
+}
+
+fn rejected(e: &manifest::ManifestError) -> Rejected {
+    let (kind, object, errors) = match &e.problem {
+        Problem::Rejected(r) => (
+            r.kind.to_string(),
+            r.object.clone(),
+            r.errors
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.reason))
+                .collect(),
+        ),
+        Problem::Malformed {
+            kind,
+            object,
+            field,
+            message,
+        } => (
+            kind.clone(),
+            object.clone(),
+            vec![format!("{field}: {message}")],
+        ),
+        other => (String::new(), String::new(), vec![other.to_string()]),
+    };
+    Rejected {
+        source: e.location.to_string(),
+        kind,
+        object,
+        errors,
+    }
+}
+
+/// Read and parse `path`, named `name` in reports.
+pub fn read(path: &Path, name: &str, limits: &Limits, default_ns: &str) -> Content {
+    let broken = |why: String, io_error: bool| Content {
+        problems: vec![problem(name, "", "", why)],
+        broken: true,
+        io_error,
+        ..Content::default()
+    };
+    let bytes = match read::file(path, limits.max_bytes as u64, Require::Regular) {
+        Ok(b) => b,
+        Err(e @ ReadError::Io(_)) => return broken(format!("cannot read: {e}"), true),
+        Err(e) => return broken(e.to_string(), false),
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        return broken("not UTF-8 text".into(), false);
+    };
+    parse(name, &text, limits, default_ns)
+}
+
+/// Parse `text` (the content of the file named `name`).
+pub fn parse(name: &str, text: &str, limits: &Limits, default_ns: &str) -> Content {
+    let parsed = manifest::parse_with(name, text, default_ns, limits);
+    let mut content = Content {
+        problems: parsed.errors.iter().map(rejected).collect(),
+        broken: parsed
+            .errors
+            .iter()
+            .any(|e| matches!(e.problem, Problem::Syntax(_))),
+        ..Content::default()
+    };
+    let mut first: BTreeMap<Key, Location> = BTreeMap::new();
+    for (loc, o) in parsed.objects {
+        if let Object::Pod(p) = &o {
+            if p.node.is_none() && p.peer_ip().is_some() {
+                content.warnings.push(format!(
+                    "{loc}: Pod {} has an address but no spec.nodeName: a peer of others, enforced nowhere",
+                    p.key
+                ));
+            }
+        }
+        let k = key(&o);
+        if let Some(at) = first.get(&k) {
+            content.problems.push(problem(
+                &loc.to_string(),
+                &k.0.to_string(),
+                &k.1,
+                format!(
+                    "defined again in this file (first at document {}): a conflict; the first definition is used",
+                    at.document
+                ),
+            ));
+            continue;
+        }
+        first.insert(k.clone(), loc);
+        content.objects.insert(k, o);
+    }
+    content
+}
+
+/// What a file holds in force once `content` is read over what it held before: its valid
+/// objects, and, while it has any problem, every object it held and no longer validly
+/// defines (an invalid edit, a document that cannot be identified or parsed never deletes
+/// what it was). A broken file keeps everything.
+pub fn in_force(previous: &BTreeMap<Key, Object>, content: &Content) -> BTreeMap<Key, Object> {
+    if content.broken {
+        return previous.clone();
+    }
+    let mut objects = content.objects.clone();
+    if !content.problems.is_empty() {
+        for (k, o) in previous {
+            objects.entry(k.clone()).or_insert_with(|| o.clone());
+        }
+    }
+    objects
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}\n";
+
+    fn parse(text: &str) -> Content {
+        super::parse("f.yaml", text, &Limits::default(), "default")
+    }
+
+    #[test]
+    fn problems_keep_what_the_file_held() {
+        let before = parse(&format!(
+            "{POLICY}---\n{}",
+            POLICY.replace("name: p", "name: q")
+        ));
+        assert_eq!(before.objects.len(), 2);
+        let held = in_force(&BTreeMap::new(), &before);
+        // q misspelled as a kind: it cannot be identified, so it is not deleted.
+        let typo = parse(&format!(
+            "{POLICY}---\n{}",
+            POLICY
+                .replace("name: p", "name: q")
+                .replace("kind: NetworkPolicy", "kind: Networkpolicy")
+        ));
+        assert_eq!(typo.problems.len(), 1);
+        assert_eq!(in_force(&held, &typo), held);
+        // Fixed by removing q for good: now q goes.
+        let clean = parse(POLICY);
+        assert_eq!(in_force(&held, &clean).len(), 1);
+        // Unparsable: everything stays.
+        let broken = parse("apiVersion: [");
+        assert!(broken.broken);
+        assert_eq!(in_force(&held, &broken), held);
+    }
+
+    #[test]
+    fn an_object_twice_in_one_file_is_a_conflict_and_the_first_is_used() {
+        let c = parse(&format!(
+            "{POLICY}---\n{}",
+            POLICY.replace("port: 80", "port: 81")
+        ));
+        assert_eq!(c.objects.len(), 1);
+        assert_eq!(c.problems.len(), 1);
+        assert!(c.problems[0].errors[0].contains("first at document 1"));
+        let Object::NetworkPolicy(p) = c.objects.values().next().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            p.ingress.as_ref().unwrap()[0].ports.as_ref().unwrap()[0].port,
+            palisade_policy::model::PortRef::Range(80, 80)
+        );
+    }
+}
