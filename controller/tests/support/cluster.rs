@@ -150,6 +150,17 @@ impl Cluster {
             .hub
     }
 
+    /// The manifest source's health, as /readyz reports it.
+    pub fn source_health(&self) -> palisade_controller::source::Health {
+        self.controller
+            .as_ref()
+            .expect("controller running")
+            .running
+            .source_health
+            .borrow()
+            .clone()
+    }
+
     pub fn tls_of(&self, node: &str) -> ClientTls {
         ClientTls {
             ca: read(self.path("certs/ca.pem")),
