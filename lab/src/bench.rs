@@ -95,7 +95,7 @@ fn until(lab: &Lab, text: &str, want: bool) -> Result<f64, LabError> {
     let t0 = Instant::now();
     lab.write("policy.yaml", text)?;
     loop {
-        let ok = probe_fast(&a, b, 8080);
+        let ok = probe_fast(&a, b, 8080)?;
         if ok == want {
             return Ok(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -109,8 +109,8 @@ fn until(lab: &Lab, text: &str, want: bool) -> Result<f64, LabError> {
 }
 
 /// A TCP connect with a short timeout (a denied SYN is dropped, so this is what a denial
-/// looks like).
-fn probe_fast(ns: &str, dst: std::net::Ipv4Addr, port: u16) -> bool {
+/// looks like). Not entering the namespace is an error, not a denial.
+fn probe_fast(ns: &str, dst: std::net::Ipv4Addr, port: u16) -> Result<bool, LabError> {
     crate::netns::in_netns(ns, move || {
         std::net::TcpStream::connect_timeout(
             &std::net::SocketAddr::from((dst, port)),
@@ -118,7 +118,6 @@ fn probe_fast(ns: &str, dst: std::net::Ipv4Addr, port: u16) -> bool {
         )
         .is_ok()
     })
-    .unwrap_or(false)
 }
 
 fn median(v: &[f64]) -> f64 {

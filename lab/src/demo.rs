@@ -49,7 +49,7 @@ pub fn measure_and_compare(
     }
     let flows = lab.all_flows(probes);
     let started = Instant::now();
-    let measured = lab.measured(&flows);
+    let measured = lab.measured(&flows)?;
     let took = started.elapsed();
     let predicted = lab.predicted(&flows)?;
     let mut out = String::new();

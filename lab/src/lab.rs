@@ -297,13 +297,9 @@ impl Lab {
     /// Verdicts `palisadectl evaluate` predicts for `flows` from the manifests now in the
     /// directory (`outside` is an address in no pod).
     pub fn predicted(&self, flows: &[Flow]) -> Result<BTreeMap<Flow, bool>, LabError> {
-        let mut sources = Vec::new();
-        for e in std::fs::read_dir(&self.manifests).map_err(io("read the manifests"))? {
-            let p = e.map_err(io("read the manifests"))?.path();
-            let text = std::fs::read_to_string(&p).map_err(io("read a manifest"))?;
-            sources.push((p.display().to_string(), text));
-        }
-        let loaded = palisadectl::load::parse_sources(&sources, "default");
+        // Read as palisadectl reads a directory, which is as the controller reads it.
+        let loaded = palisadectl::load::load(std::slice::from_ref(&self.manifests), "default")
+            .map_err(|e| LabError::Manifests(e.to_string()))?;
         let view = ClusterView::new(&loaded.engine());
         let addrs = self.topology.endpoints();
         Ok(flows
@@ -318,8 +314,8 @@ impl Lab {
             .collect())
     }
 
-    /// Verdicts measured with real connections.
-    pub fn measured(&self, flows: &[Flow]) -> BTreeMap<Flow, bool> {
+    /// Verdicts measured with real connections; an error when a probe could not run.
+    pub fn measured(&self, flows: &[Flow]) -> Result<BTreeMap<Flow, bool>, LabError> {
         let mut ns: BTreeMap<String, String> = self
             .topology
             .pods

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,9 +33,29 @@ impl Servers {
     }
 
     /// Answer on `port`/`protocol` in `netns` (TCP: a connection gets one byte, then echoes;
-    /// UDP: every datagram is echoed).
+    /// UDP: every datagram is echoed), over IPv4.
     pub fn serve(&mut self, netns: &str, port: u16, protocol: Protocol) -> Result<(), LabError> {
-        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        self.serve_on(netns, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, protocol)
+    }
+
+    /// The same over IPv6 and IPv4 (one dual-stack socket).
+    pub fn serve_dual_stack(
+        &mut self,
+        netns: &str,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<(), LabError> {
+        self.serve_on(netns, IpAddr::V6(Ipv6Addr::UNSPECIFIED), port, protocol)
+    }
+
+    fn serve_on(
+        &mut self,
+        netns: &str,
+        ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<(), LabError> {
+        let addr = SocketAddr::from((ip, port));
         match protocol {
             Protocol::Tcp => {
                 let l = in_netns(netns, move || TcpListener::bind(addr))?
@@ -127,22 +147,38 @@ impl Connection {
     }
 }
 
-/// Whether `dst:port/protocol` answers a probe from `netns`.
-pub fn probe(netns: &str, dst: Ipv4Addr, port: u16, protocol: Protocol) -> bool {
+/// Whether `dst:port/protocol` answers a probe from `netns`. Panics when the namespace cannot
+/// be entered: that is a broken lab, not a denied flow.
+pub fn probe(netns: &str, dst: impl Into<IpAddr>, port: u16, protocol: Protocol) -> bool {
+    try_probe(netns, dst.into(), port, protocol).unwrap_or_else(|e| panic!("probe: {e}"))
+}
+
+/// Whether `dst:port/protocol` answers a probe from `netns`; an error when the namespace
+/// cannot be entered.
+pub fn try_probe(
+    netns: &str,
+    dst: IpAddr,
+    port: u16,
+    protocol: Protocol,
+) -> Result<bool, LabError> {
     let ns = netns.to_string();
     let r = match protocol {
         Protocol::Tcp => in_netns(&ns, move || {
             TcpStream::connect_timeout(&SocketAddr::from((dst, port)), PROBE_TIMEOUT)
-        })
+        })?
         .ok()
-        .and_then(|r| r.ok())
         .map(|mut s| {
             s.set_read_timeout(Some(PROBE_TIMEOUT)).ok();
             let mut b = [0u8; 1];
             s.read_exact(&mut b).is_ok()
         }),
         Protocol::Udp => in_netns(&ns, move || {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let any: IpAddr = if dst.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                Ipv6Addr::UNSPECIFIED.into()
+            };
+            let s = UdpSocket::bind((any, 0))?;
             s.connect((dst, port))?;
             s.set_read_timeout(Some(PROBE_TIMEOUT / 3))?;
             // Up to three tries: a first datagram can be lost to ARP resolution.
@@ -154,39 +190,41 @@ pub fn probe(netns: &str, dst: Ipv4Addr, port: u16, protocol: Protocol) -> bool 
                 }
             }
             Ok::<bool, std::io::Error>(false)
-        })
-        .ok()
-        .and_then(|r| r.ok()),
+        })?
+        .ok(),
         Protocol::Sctp => None,
     };
-    r.unwrap_or(false)
+    Ok(r.unwrap_or(false))
 }
 
 /// One probe of a matrix: (from, to, port, protocol).
 pub type Flow = (String, String, u16, Protocol);
 
 /// Probe every flow, `parallel` at a time; `namespaces` and `addrs` name sources and
-/// destinations.
+/// destinations. A probe that cannot run (a namespace that cannot be entered) is an error.
 pub fn measure(
     flows: &[Flow],
     namespaces: &BTreeMap<String, String>,
     addrs: &BTreeMap<String, Ipv4Addr>,
     parallel: usize,
-) -> BTreeMap<Flow, bool> {
+) -> Result<BTreeMap<Flow, bool>, LabError> {
     let mut out = BTreeMap::new();
     for chunk in flows.chunks(parallel.max(1)) {
         let handles: Vec<_> = chunk
             .iter()
             .map(|f| {
                 let ns = namespaces[&f.0].clone();
-                let dst = addrs[&f.1];
+                let dst = IpAddr::V4(addrs[&f.1]);
                 let (port, proto) = (f.2, f.3);
-                std::thread::spawn(move || probe(&ns, dst, port, proto))
+                std::thread::spawn(move || try_probe(&ns, dst, port, proto))
             })
             .collect();
         for (f, h) in chunk.iter().zip(handles) {
-            out.insert(f.clone(), h.join().unwrap_or(false));
+            let verdict = h
+                .join()
+                .map_err(|_| LabError::Probe(format!("the probe of {f:?} panicked")))??;
+            out.insert(f.clone(), verdict);
         }
     }
-    out
+    Ok(out)
 }

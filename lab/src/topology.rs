@@ -244,6 +244,60 @@ impl Topology {
         Ok(())
     }
 
+    /// Give a pod an IPv6 address too (dual stack, on its node only): `addr`/128 on its
+    /// `eth0` with a default route through fe80::1, which the node's side of the veth holds;
+    /// the node routes `addr` to the veth and forwards IPv6. Neighbour discovery does the rest.
+    pub fn add_ipv6(&self, pod: &str, addr: std::net::Ipv6Addr) -> Result<(), LabError> {
+        let p = self
+            .pod(pod)
+            .cloned()
+            .ok_or_else(|| LabError::Topology(format!("no pod {pod}")))?;
+        let node = self
+            .node(&p.spec.node)
+            .cloned()
+            .ok_or_else(|| LabError::Topology(format!("no node {}", p.spec.node)))?;
+        for (ns, iface) in [(&p.netns, "eth0"), (&node.netns, p.host_if.as_str())] {
+            sysctl_in(ns, &format!("net/ipv6/conf/{iface}/disable_ipv6"), "0")?;
+        }
+        sysctl_in(&node.netns, "net/ipv6/conf/all/forwarding", "1")?;
+        let a = addr.to_string();
+        ip_in(
+            &p.netns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        ip_in(
+            &node.netns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                "fe80::1/64",
+                "dev",
+                &p.host_if,
+                "nodad",
+            ],
+        )?;
+        ip_in(
+            &p.netns,
+            &[
+                "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ],
+        )?;
+        ip_in(
+            &node.netns,
+            &["-6", "route", "add", &format!("{a}/128"), "dev", &p.host_if],
+        )?;
+        Ok(())
+    }
+
     /// Remove a pod as a CNI does when it stops: its namespace (and so its veth and the
     /// node's route through it) and the routes to it elsewhere.
     pub fn delete_pod(&mut self, name: &str) -> Result<(), LabError> {

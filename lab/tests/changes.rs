@@ -91,7 +91,7 @@ fn a_pod_added_relabelled_and_deleted() {
     job_servers.serve(&job_ns, 9000, Tcp).unwrap();
     assert!(probe(
         &lab.topology.outside.netns,
-        "10.244.1.7".parse().unwrap(),
+        "10.244.1.7".parse::<std::net::Ipv4Addr>().unwrap(),
         9000,
         Tcp
     ));
@@ -223,7 +223,7 @@ fn a_slice_that_does_not_fit_the_maps_fails_endpoints_closed_and_says_so() {
 
     let probes = [(80, Tcp), (8080, Tcp), (3306, Tcp), (6379, Tcp)];
     let _s = support::serve_all(&lab, &probes);
-    let m = lab.measured(&lab.all_flows(&probes));
+    let m = lab.measured(&lab.all_flows(&probes)).expect("probes run");
     // Frontend neither receives nor sends; backend still reaches mysql and redis.
     assert_eq!(
         allowed(&m),

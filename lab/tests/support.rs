@@ -52,7 +52,7 @@ pub fn lab(files: &[(&str, &str)]) -> Running {
 /// Measured and predicted verdicts agree; otherwise a table of the differences.
 pub fn assert_matches(lab: &Lab, flows: &[Flow]) -> BTreeMap<Flow, bool> {
     let predicted = lab.predicted(flows).expect("predicted");
-    let measured = lab.measured(flows);
+    let measured = lab.measured(flows).expect("probes run");
     let diff: Vec<String> = flows
         .iter()
         .filter(|f| predicted[*f] != measured[*f])

@@ -125,6 +125,7 @@ impl EbpfDataplane {
             .map_max_entries(map_names::RULES, config.rules)
             .map_max_entries(map_names::CONNTRACK, config.conntrack)
             .map_max_entries(map_names::LOCAL, config.endpoints)
+            .map_max_entries(map_names::IFACES, config.endpoints)
             .map_max_entries(map_names::COUNTERS, config.endpoints)
             .load(OBJECT)
             .map_err(|e| EbpfError::Load(e.to_string()))?;
@@ -163,11 +164,14 @@ impl EbpfDataplane {
                 config.bpffs.display()
             );
         }
-        let local = take::<HashMap<MapData, _, _>>(&mut bpf, map_names::LOCAL)?;
+        let interfaces = attach::InterfaceMaps {
+            local: take::<HashMap<MapData, _, _>>(&mut bpf, map_names::LOCAL)?,
+            ifaces: take::<HashMap<MapData, _, _>>(&mut bpf, map_names::IFACES)?,
+        };
         let events = take::<RingBuf<MapData>>(&mut bpf, map_names::EVENTS)
             .map_err(|e| warn!("deny events unavailable: {e}"))
             .ok();
-        let attacher = attach::Attacher::new(bpf, local, &config.bpffs.join("links"))
+        let attacher = attach::Attacher::new(bpf, interfaces, &config.bpffs.join("links"))
             .map_err(EbpfError::Attach)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = watch::start(attacher, events, stop.clone());

@@ -140,3 +140,98 @@ fn sctp_verdicts_through_the_programs() {
         "another association does not"
     );
 }
+
+/// An Ethernet frame of `ethertype` around `payload`.
+fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv6 packet: `next_header`, `hop_limit`, then `l4` (for ICMPv6, its type first).
+fn ipv6(next_header: u8, hop_limit: u8, l4: &[u8]) -> Vec<u8> {
+    let mut h = vec![0u8; 40];
+    h[0] = 6 << 4;
+    h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+    h[6] = next_header;
+    h[7] = hop_limit;
+    h[8] = 0xfd; // fd00::1 -> fd00::2
+    h[23] = 1;
+    h[24] = 0xfd;
+    h[39] = 2;
+    h.extend_from_slice(l4);
+    frame(0x86DD, &h)
+}
+
+/// IPv6 and other non-IPv4 frames: to or from an endpoint isolated in that direction they are
+/// dropped (neighbour discovery and ARP excepted); elsewhere they pass (DESIGN.md contract 8).
+#[test]
+fn other_address_families_fail_closed_where_the_endpoint_is_isolated() {
+    let text = include_str!("../../examples/ports/manifests.yaml");
+    let parsed = palisade_policy::manifest::parse("ports", text, "default");
+    let engine = Engine::load(
+        1,
+        parsed
+            .objects
+            .into_iter()
+            .map(|(_, o)| o.upsert())
+            .collect::<Vec<_>>(),
+    );
+    let slice = engine.slice("node-1");
+    let mut h = Harness::start().unwrap_or_else(|e| panic!("verdict tests need root and BPF: {e}"));
+    h.install(&slice).unwrap();
+    let mut tcp = vec![0u8; 20];
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[13] = TCP_SYN;
+    let v6_tcp = ipv6(6, 64, &tcp);
+    let neighbour_solicitation = ipv6(58, 255, &[135, 0, 0, 0, 0, 0, 0, 0]);
+    let router_advertisement = ipv6(58, 255, &[134, 0, 0, 0, 0, 0, 0, 0]);
+    let routed_nd_lookalike = ipv6(58, 64, &[135, 0, 0, 0, 0, 0, 0, 0]);
+    let echo6 = ipv6(58, 64, &[128, 0, 0, 0, 0, 1, 0, 1]);
+    let arp = frame(0x0806, &[0u8; 28]);
+    let vlan = frame(
+        0x8100,
+        &packet(ip("10.244.2.61"), ip("10.244.1.61"), 6, 1, 80, TCP_SYN)[12..],
+    );
+
+    // telco (10.244.1.61): isolated for ingress only.
+    h.interface_endpoint(Some(ip("10.244.1.61")));
+    for (what, f) in [
+        ("IPv6 TCP", &v6_tcp),
+        ("ICMPv6 echo", &echo6),
+        ("a VLAN-tagged frame", &vlan),
+        ("a routed ND look-alike", &routed_nd_lookalike),
+    ] {
+        assert!(
+            !Harness::passes(&h.to_pod, f),
+            "{what} into an ingress-isolated pod is dropped"
+        );
+        assert!(
+            Harness::passes(&h.from_pod, f),
+            "{what} out of a pod not isolated for egress passes"
+        );
+    }
+    for (what, f) in [
+        ("neighbour solicitation", &neighbour_solicitation),
+        ("router advertisement", &router_advertisement),
+        ("ARP", &arp),
+    ] {
+        assert!(Harness::passes(&h.to_pod, f), "{what} passes");
+        assert!(Harness::passes(&h.from_pod, f), "{what} passes");
+    }
+    // web-a (10.244.1.60): isolated both ways.
+    h.interface_endpoint(Some(ip("10.244.1.60")));
+    assert!(!Harness::passes(&h.from_pod, &v6_tcp));
+    assert!(!Harness::passes(&h.to_pod, &v6_tcp));
+    assert!(Harness::passes(&h.from_pod, &neighbour_solicitation));
+    // A pod no policy selects: everything passes, as for IPv4.
+    h.interface_endpoint(Some(ip("10.244.1.99")));
+    assert!(Harness::passes(&h.to_pod, &v6_tcp));
+    assert!(Harness::passes(&h.from_pod, &vlan));
+    // An interface the agent has not described: nothing but addressing gets through.
+    h.interface_endpoint(None);
+    assert!(!Harness::passes(&h.to_pod, &v6_tcp));
+    assert!(Harness::passes(&h.to_pod, &neighbour_solicitation));
+    assert!(Harness::passes(&h.to_pod, &arp));
+}

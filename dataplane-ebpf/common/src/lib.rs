@@ -7,8 +7,8 @@
 //! The policy maps follow `palisade_policy::lower`: an LPM trie from address to identity, an
 //! LPM trie of 96-bit rule keys (endpoint, direction, identity, protocol, port), and endpoint
 //! isolation flags by address. The remaining maps are the datapath's own state: connection
-//! tracking, fragment tracking, the pod interfaces' addresses (anti-spoofing), counters and
-//! deny events. docs/architecture.md ("The eBPF datapath") explains how a packet uses them.
+//! tracking, fragment tracking, the pod interfaces' addresses (anti-spoofing) and endpoints
+//! (for frames of other address families), counters and deny events. docs/architecture.md ("The eBPF datapath") explains how a packet uses them.
 #![no_std]
 
 /// Map names (the kernel keeps 15 bytes of a name); each map is pinned under the agent's
@@ -20,6 +20,7 @@ pub mod map_names {
     pub const CONNTRACK: &str = "PAL_CT";
     pub const FRAGMENTS: &str = "PAL_FRAGS";
     pub const LOCAL: &str = "PAL_LOCAL";
+    pub const IFACES: &str = "PAL_IFACES";
     pub const COUNTERS: &str = "PAL_COUNTERS";
     pub const EVENTS: &str = "PAL_EVENTS";
     pub const STATS: &str = "PAL_STATS";
@@ -41,6 +42,7 @@ pub mod defaults {
     pub const CONNTRACK: u32 = 262144;
     pub const FRAGMENTS: u32 = 8192;
     pub const LOCAL: u32 = 4096;
+    pub const IFACES: u32 = 4096;
     pub const COUNTERS: u32 = 4096;
     /// Bytes of the deny-event ring buffer (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
@@ -71,6 +73,17 @@ pub const PROTO_SCTP: u8 = 132;
 pub const ENDPOINT_INGRESS_ISOLATED: u32 = 1;
 pub const ENDPOINT_EGRESS_ISOLATED: u32 = 2;
 pub const ENDPOINT_FAIL_CLOSED: u32 = 4;
+
+/// The endpoint a pod interface belongs to (`PAL_IFACES`, keyed by interface index): its
+/// IPv4 address, the key of its `PAL_ENDPOINTS` entry. A frame that is not IPv4 (IPv6, a VLAN
+/// tag, ...) carries no address Palisade enforces yet, so it is judged by this endpoint's
+/// isolation: dropped where the endpoint is isolated in that direction ([`DENY_FAMILY`]),
+/// except ARP and IPv6 neighbour discovery, which addressing needs.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct IfaceEndpoint {
+    pub addr: [u8; 4],
+}
 
 /// One local endpoint's policy state, keyed by its address.
 #[repr(C)]
@@ -156,6 +169,9 @@ pub struct Counters {
 pub const DENY_POLICY: u8 = 1;
 pub const DENY_FAIL_CLOSED: u8 = 2;
 pub const DENY_SPOOFED: u8 = 3;
+/// A frame of an address family not enforced yet (IPv6 other than neighbour discovery, any
+/// non-IP ethertype other than ARP) to or from an endpoint isolated in that direction.
+pub const DENY_FAMILY: u8 = 4;
 
 /// One dropped packet, written to the deny-event ring buffer.
 #[repr(C)]
@@ -177,7 +193,9 @@ pub struct DenyEvent {
 
 /// Indexes of the per-CPU statistics array.
 pub mod stats {
-    /// Frames that are not IPv4 (ARP, IPv6, ...): passed.
+    /// Frames that are not IPv4 and passed: ARP, IPv6 neighbour discovery, and other frames
+    /// of endpoints not isolated in that direction (the others are dropped and counted per
+    /// endpoint as denied, with a [`DENY_FAMILY`](super::DENY_FAMILY) event).
     pub const NOT_IPV4: u32 = 0;
     /// Deny events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 1;
@@ -196,6 +214,7 @@ mod user {
     // SAFETY: plain `#[repr(C)]` data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for EndpointState {}
     unsafe impl aya::Pod for LocalKey {}
+    unsafe impl aya::Pod for IfaceEndpoint {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for FragKey {}

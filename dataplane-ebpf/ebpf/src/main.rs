@@ -2,7 +2,11 @@
 //! pod sends: its egress), `to_pod` at TC egress (what the pod receives: its ingress). Both run
 //! the same check with a constant number of map lookups, whatever the number of rules:
 //!
-//! 1. Frames that are not IPv4 pass (ARP to the proxy-ARP gateway, IPv6, ...).
+//! 1. Frames that are not IPv4 carry no address enforced yet: ARP and IPv6 neighbour
+//!    discovery pass (addressing needs them); anything else (IPv6, VLAN-tagged frames, ...)
+//!    passes only if the interface's endpoint (`PAL_IFACES`) is not isolated in that
+//!    direction, and is dropped otherwise (`DENY_FAMILY`), so an isolated pod is never
+//!    reachable, nor reaches out, around its IPv4 policy.
 //! 2. `from_pod` drops packets whose source is not an address the node routes to this
 //!    interface (`PAL_LOCAL`): a pod cannot borrow another pod's policy by spoofing.
 //! 3. The packet's connection is looked up in conntrack (`PAL_CT`) at this check point, as a
@@ -33,10 +37,11 @@ use aya_ebpf::{
 };
 use palisade_ebpf_common::{
     defaults, stats, Counters, CtEntry, CtKey, DenyEvent, EndpointState, FragKey, FragPorts,
-    LocalKey, CT_CLOSING, CT_REFRESH_NS, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS,
-    CT_TIMEOUT_TCP_NS, DENY_FAIL_CLOSED, DENY_POLICY, DENY_SPOOFED, DIR_EGRESS, DIR_INGRESS,
-    ENDPOINT_EGRESS_ISOLATED, ENDPOINT_FAIL_CLOSED, ENDPOINT_INGRESS_ISOLATED, IDENTITY_ANY,
-    IDENTITY_WORLD, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RULE_KEY_BITS, RULE_KEY_BYTES,
+    IfaceEndpoint, LocalKey, CT_CLOSING, CT_REFRESH_NS, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS,
+    CT_TIMEOUT_TCP_NS, DENY_FAIL_CLOSED, DENY_FAMILY, DENY_POLICY, DENY_SPOOFED, DIR_EGRESS,
+    DIR_INGRESS, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_FAIL_CLOSED, ENDPOINT_INGRESS_ISOLATED,
+    IDENTITY_ANY, IDENTITY_WORLD, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RULE_KEY_BITS,
+    RULE_KEY_BYTES,
 };
 
 #[map(name = "PAL_ENDPOINTS")]
@@ -51,6 +56,8 @@ static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(defaults::CONN
 static FRAGMENTS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(defaults::FRAGMENTS, 0);
 #[map(name = "PAL_LOCAL")]
 static LOCAL: HashMap<LocalKey, u32> = HashMap::pinned(defaults::LOCAL, 0);
+#[map(name = "PAL_IFACES")]
+static IFACES: HashMap<u32, IfaceEndpoint> = HashMap::pinned(defaults::IFACES, 0);
 #[map(name = "PAL_COUNTERS")]
 static COUNTERS: LruPerCpuHashMap<[u8; 4], Counters> =
     LruPerCpuHashMap::pinned(defaults::COUNTERS, 0);
@@ -61,6 +68,13 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_ICMPV6: u8 = 58;
+/// ICMPv6 router solicitation .. redirect: neighbour discovery (RFC 4861).
+const ND_FIRST: u8 = 133;
+const ND_LAST: u8 = 137;
 const PASS: i32 = TC_ACT_UNSPEC;
 const DROP: i32 = TC_ACT_SHOT as i32;
 
@@ -156,9 +170,9 @@ fn opposite(direction: u8) -> u8 {
 #[inline(always)]
 fn check(ctx: &TcContext, direction: u8) -> Result<i32, ()> {
     let ethertype: [u8; 2] = ctx.load(12).map_err(|_| ())?;
-    if u16::from_be_bytes(ethertype) != ETH_P_IP {
-        bump(stats::NOT_IPV4);
-        return Ok(PASS);
+    let ethertype = u16::from_be_bytes(ethertype);
+    if ethertype != ETH_P_IP {
+        return Ok(other_family(ctx, direction, ethertype));
     }
     let ip: [u8; 20] = ctx.load(ETH_HLEN).map_err(|_| ())?;
     if ip[0] >> 4 != 4 {
@@ -306,6 +320,59 @@ fn check(ctx: &TcContext, direction: u8) -> Result<i32, ()> {
     }
     count(local, direction, true);
     Ok(PASS)
+}
+
+/// A frame that is not IPv4: ARP and neighbour discovery pass; anything else passes only when
+/// the interface's endpoint is not isolated in `direction`.
+#[inline(always)]
+fn other_family(ctx: &TcContext, direction: u8, ethertype: u16) -> i32 {
+    let mut next_header = 0u8;
+    if ethertype == ETH_P_ARP {
+        bump(stats::NOT_IPV4);
+        return PASS;
+    }
+    if ethertype == ETH_P_IPV6 {
+        if let Ok(ip6) = ctx.load::<[u8; 8]>(ETH_HLEN) {
+            next_header = ip6[6];
+            // Neighbour discovery: ICMPv6 133..137 with hop limit 255 (never routed).
+            if next_header == NEXTHDR_ICMPV6 && ip6[7] == 255 {
+                if let Ok(t) = ctx.load::<u8>(ETH_HLEN + IPV6_HLEN) {
+                    if (ND_FIRST..=ND_LAST).contains(&t) {
+                        bump(stats::NOT_IPV4);
+                        return PASS;
+                    }
+                }
+            }
+        }
+    }
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // An interface the agent has not described: nothing is known to be allowed.
+    let local = match unsafe { IFACES.get(&ifindex) } {
+        Some(e) => e.addr,
+        None => [0; 4],
+    };
+    let flags = match unsafe { ENDPOINTS.get(&local) } {
+        Some(e) => e.flags,
+        None if local == [0; 4] => ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED,
+        None => 0,
+    };
+    let isolated = if direction == DIR_INGRESS {
+        flags & ENDPOINT_INGRESS_ISOLATED
+    } else {
+        flags & ENDPOINT_EGRESS_ISOLATED
+    };
+    if isolated == 0 {
+        bump(stats::NOT_IPV4);
+        return PASS;
+    }
+    let t = Tuple {
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: ethertype,
+        protocol: next_header,
+    };
+    deny(&t, direction, local, ifindex, DENY_FAMILY)
 }
 
 /// The ports of the packet an ICMP error quotes, at `offset` (its IPv4 header).

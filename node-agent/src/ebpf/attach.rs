@@ -4,8 +4,10 @@
 //! attached when the agent exits, and a restarted agent moves it to its freshly loaded program
 //! in one `bpf_link_update`, so a pod is never unfiltered across an agent restart.
 //!
-//! `PAL_LOCAL` lists the addresses routed to each pod interface (the anti-spoofing check); an
-//! interface's addresses are written before its programs attach and removed after they detach.
+//! `PAL_LOCAL` lists the addresses routed to each pod interface (the anti-spoofing check), and
+//! `PAL_IFACES` names each interface's endpoint (its smallest address: frames of other address
+//! families are judged by its isolation); both are written before an interface's programs
+//! attach and removed after they detach.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -17,7 +19,7 @@ use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
-use palisade_ebpf_common::{program_names, LocalKey};
+use palisade_ebpf_common::{program_names, IfaceEndpoint, LocalKey};
 use tracing::{info, warn};
 
 use super::routes::PodInterfaces;
@@ -35,9 +37,16 @@ struct Attached {
     addrs: BTreeSet<Ipv4Addr>,
 }
 
+/// The maps describing pod interfaces to the programs.
+pub struct InterfaceMaps {
+    pub local: HashMap<MapData, LocalKey, u32>,
+    pub ifaces: HashMap<MapData, u32, IfaceEndpoint>,
+}
+
 pub struct Attacher {
     bpf: Ebpf,
     local: HashMap<MapData, LocalKey, u32>,
+    ifaces: HashMap<MapData, u32, IfaceEndpoint>,
     links: PathBuf,
     attached: BTreeMap<String, Attached>,
 }
@@ -64,11 +73,8 @@ fn parse_pin(name: &str) -> Option<(&str, u32)> {
 impl Attacher {
     /// Programs in `bpf` are loaded; `links` is the pin directory. Links pinned there by an
     /// earlier agent are adopted by the next [`Attacher::sync`].
-    pub fn new(
-        bpf: Ebpf,
-        local: HashMap<MapData, LocalKey, u32>,
-        links: &Path,
-    ) -> Result<Attacher, String> {
+    pub fn new(bpf: Ebpf, maps: InterfaceMaps, links: &Path) -> Result<Attacher, String> {
+        let InterfaceMaps { local, ifaces } = maps;
         std::fs::create_dir_all(links)
             .map_err(|e| format!("cannot create {}: {e}", links.display()))?;
         let mut attached: BTreeMap<String, Attached> = BTreeMap::new();
@@ -88,6 +94,7 @@ impl Attacher {
         let mut a = Attacher {
             bpf,
             local,
+            ifaces,
             links: links.to_path_buf(),
             attached,
         };
@@ -101,6 +108,12 @@ impl Attacher {
                 None => {
                     let _ = a.local.remove(&k);
                 }
+            }
+        }
+        let described: Vec<u32> = a.ifaces.keys().filter_map(Result::ok).collect();
+        for index in described {
+            if !a.attached.values().any(|at| at.ifindex == index) {
+                let _ = a.ifaces.remove(&index);
             }
         }
         Ok(a)
@@ -145,6 +158,14 @@ impl Attacher {
                 };
                 if let Err(e) = self.local.insert(key, 1, 0) {
                     warn!(iface = %name, addr = %a, "cannot record the pod address: {e}");
+                }
+            }
+            if let Some(first) = addrs.first() {
+                let endpoint = IfaceEndpoint {
+                    addr: first.octets(),
+                };
+                if let Err(e) = self.ifaces.insert(index, endpoint, 0) {
+                    warn!(iface = %name, "cannot record the interface's endpoint: {e}");
                 }
             }
             let needs_attach = current.is_none() || adopt;
@@ -235,6 +256,7 @@ impl Attacher {
                 addr: a.octets(),
             });
         }
+        let _ = self.ifaces.remove(&at.ifindex);
         info!(iface, "pod interface gone: not filtering it any more");
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use aya::maps::{HashMap, Map, MapData};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use palisade_ebpf_common::{CtEntry, CtKey, LocalKey};
+use palisade_ebpf_common::{CtEntry, CtKey, IfaceEndpoint, LocalKey};
 use palisade_policy::slice::NodeSlice;
 
 use super::{EbpfConfig, EbpfDataplane, EbpfError};
@@ -20,6 +20,7 @@ pub struct Harness {
     pub to_pod: SchedClassifier,
     ct: HashMap<MapData, CtKey, CtEntry>,
     local: HashMap<MapData, LocalKey, u32>,
+    ifaces: HashMap<MapData, u32, IfaceEndpoint>,
     bpffs: PathBuf,
     dir: PathBuf,
 }
@@ -60,6 +61,8 @@ impl Harness {
                 .map_err(|e| load(e.to_string()))?,
             local: HashMap::try_from(Map::HashMap(map("PAL_LOCAL")?))
                 .map_err(|e| load(e.to_string()))?,
+            ifaces: HashMap::try_from(Map::HashMap(map("PAL_IFACES")?))
+                .map_err(|e| load(e.to_string()))?,
             dataplane,
             bpffs,
             dir,
@@ -79,6 +82,20 @@ impl Harness {
         self.local
             .insert(key, 1, 0)
             .expect("PAL_LOCAL has room for test addresses");
+    }
+
+    /// The test interface belongs to the endpoint `addr` (what frames of other address
+    /// families are judged by); `None`: to no endpoint the agent knows.
+    pub fn interface_endpoint(&mut self, addr: Option<Ipv4Addr>) {
+        match addr {
+            Some(a) => self
+                .ifaces
+                .insert(TEST_IFINDEX, IfaceEndpoint { addr: a.octets() }, 0)
+                .expect("PAL_IFACES has room"),
+            None => {
+                let _ = self.ifaces.remove(&TEST_IFINDEX);
+            }
+        }
     }
 
     /// Forget every tracked connection.

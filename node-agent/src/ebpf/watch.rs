@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
-use palisade_ebpf_common::{DenyEvent, DENY_FAIL_CLOSED, DENY_SPOOFED, DIR_INGRESS};
+use palisade_ebpf_common::{DenyEvent, DENY_FAIL_CLOSED, DENY_FAMILY, DENY_SPOOFED, DIR_INGRESS};
 use tracing::{info, warn};
 
 use super::attach::Attacher;
@@ -137,6 +137,19 @@ fn drain(ring: &mut RingBuf<MapData>, window: &mut (Instant, u32)) {
         let reason = match e.reason {
             DENY_FAIL_CLOSED => "endpoint failed closed (slice does not fit the maps)",
             DENY_SPOOFED => "source address not routed to this pod interface",
+            DENY_FAMILY => {
+                // No addresses: the ethertype rides in dport, the IPv6 next header in protocol.
+                info!(
+                    target: "palisade::deny",
+                    endpoint = %std::net::Ipv4Addr::from(e.endpoint),
+                    direction = if e.direction == DIR_INGRESS { "ingress" } else { "egress" },
+                    ethertype = format_args!("{:#06x}", e.dport),
+                    next_header = e.protocol,
+                    reason = "an address family Palisade does not enforce yet (IPv6, non-IP) to or from an isolated endpoint",
+                    "denied"
+                );
+                continue;
+            }
             _ => "no policy allows it",
         };
         info!(
