@@ -33,13 +33,19 @@ pub enum Catchup {
     UpToDate,
     /// One recorded update, pre-encoded.
     One(Entry),
-    /// Several updates composed into one delta.
-    Composed {
-        from: u64,
-        to: u64,
-        digest: Digest,
-        delta: SliceDelta,
-    },
+    /// Several updates, oldest first, to be composed into one ([`compose_chain`]); handed
+    /// out as cheap clones so the composition happens outside the hub's lock.
+    Chain(Vec<Entry>),
+}
+
+/// The composition of a chain of updates (each starting where the previous ended).
+pub fn compose_chain(chain: &[Entry]) -> Option<SliceDelta> {
+    let (first, rest) = chain.split_first()?;
+    let mut delta = SliceDelta::clone(&first.delta);
+    for e in rest {
+        delta = compose(&delta, &e.delta).ok()?;
+    }
+    Some(delta)
 }
 
 #[derive(Default)]
@@ -120,21 +126,10 @@ impl History {
         if h.entries[start].from_digest != *digest {
             return None;
         }
-        let mut rest = h.entries.range(start..);
-        let first = rest.next().expect("start is in range");
         if start + 1 == h.entries.len() {
-            return Some(Catchup::One(first.clone()));
+            return Some(Catchup::One(h.entries[start].clone()));
         }
-        let mut delta = SliceDelta::clone(&first.delta);
-        for e in rest {
-            delta = compose(&delta, &e.delta).ok()?;
-        }
-        Some(Catchup::Composed {
-            from: version,
-            to: last.to,
-            digest: last.digest,
-            delta,
-        })
+        Some(Catchup::Chain(h.entries.range(start..).cloned().collect()))
     }
 
     /// Updates held across all nodes, for metrics.

@@ -13,6 +13,7 @@ use palisade_policy::model::{Command, Name};
 use palisade_policy::Digest;
 use palisade_proto::encode::{self, SharedParts};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::history::{Entry, History, Limits};
@@ -27,6 +28,9 @@ pub struct State {
     pub rollout: Rollout,
     pub rejected: Vec<Rejected>,
     watchers: HashMap<Name, watch::Sender<u64>>,
+    /// The one open Sync stream of each node: its number, and how to end it.
+    streams: HashMap<Name, (u64, CancellationToken)>,
+    next_stream: u64,
 }
 
 impl State {
@@ -62,6 +66,8 @@ impl Hub {
                 rollout: Rollout::default(),
                 rejected: Vec::new(),
                 watchers: HashMap::new(),
+                streams: HashMap::new(),
+                next_stream: 0,
             }),
             revisions: Mutex::new(revisions),
             revision: watch::channel(0).0,
@@ -193,22 +199,52 @@ impl Hub {
         self.metrics.revision(revision);
     }
 
-    /// Record an ack; returns what it did.
-    /// `degraded`: what the agent said it fails closed for lack of room, and why (None: not
-    /// said, as in a Hello).
+    /// A new Sync stream of `node`: its number, and a token cancelled when a newer stream of
+    /// the same node replaces it (one stream per node).
+    pub fn open_stream(&self, node: &Name) -> (u64, CancellationToken) {
+        let mut st = self.lock();
+        st.next_stream += 1;
+        let id = st.next_stream;
+        let token = CancellationToken::new();
+        if let Some((_, older)) = st.streams.insert(node.clone(), (id, token.clone())) {
+            older.cancel();
+        }
+        (id, token)
+    }
+
+    /// Stream `id` of `node` ended.
+    pub fn close_stream(&self, node: &Name, id: u64) {
+        let mut st = self.lock();
+        if st
+            .streams
+            .get(node)
+            .is_some_and(|(current, _)| *current == id)
+        {
+            st.streams.remove(node);
+        }
+    }
+
+    /// Record an ack; returns what it did. `sent`: the digest the stream sent for this
+    /// version, when it did; otherwise the node's history is asked, and an ack nobody can
+    /// check is not recorded. `degraded`: what the agent said it fails closed for lack of
+    /// room, and why (None: not said, as in a Hello).
     pub fn ack(
         &self,
         node: &Name,
         version: u64,
         digest: Digest,
+        sent: Option<Digest>,
         degraded: Option<(Vec<String>, String)>,
     ) -> AckOutcome {
         let mut st = self.lock();
-        let expected = if st.desired(node).0 == version {
-            Some(st.desired(node).1)
-        } else {
-            st.history.digest_at(node, version)
-        };
+        let expected = sent.or_else(|| {
+            let (desired, desired_digest) = st.desired(node);
+            if desired == version {
+                Some(desired_digest)
+            } else {
+                st.history.digest_at(node, version)
+            }
+        });
         let outcome = st.rollout.acked(node, version, digest, expected);
         self.metrics.ack(matches!(outcome, AckOutcome::Recorded));
         if let (AckOutcome::Recorded, Some((failed_closed, warning))) = (&outcome, degraded) {

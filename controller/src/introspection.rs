@@ -64,6 +64,7 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
             identities: r.capacities[1],
             rules: r.capacities[2],
         }),
+        dataplane: r.map_or(0, |r| r.dataplane),
     }
 }
 

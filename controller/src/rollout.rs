@@ -26,6 +26,8 @@ pub struct NodeRollout {
     pub connections: u32,
     pub nack: Option<(u64, String)>,
     pub agent_version: String,
+    /// Where the agent holds the slice (`palisade.v1.Dataplane`; memory enforces nothing).
+    pub dataplane: i32,
     /// Map capacities the agent reported (endpoints, identities, rules; 0: unlimited).
     pub capacities: [u64; 3],
     /// Endpoints the dataplane fails closed because the slice does not fit, as of the last
@@ -45,6 +47,7 @@ impl NodeRollout {
             connections: 0,
             nack: None,
             agent_version: String::new(),
+            dataplane: 0,
             capacities: [0; 3],
             failed_closed: Vec::new(),
             capacity_warning: String::new(),
@@ -74,6 +77,19 @@ pub enum AckOutcome {
     Diverged { expected: Digest },
     /// A version the controller never sent (ahead of the desired one): ignored.
     Unknown,
+    /// A version whose digest the controller no longer knows: it cannot tell whether the
+    /// agent holds what was sent, so the ack is not recorded (the agent gets a snapshot).
+    Unverified,
+}
+
+/// What an agent said of itself in Hello.
+#[derive(Clone, Debug, Default)]
+pub struct AgentInfo {
+    pub version: String,
+    /// Map capacities (endpoints, identities, rules; 0: unlimited).
+    pub capacities: [u64; 3],
+    /// `palisade.v1.Dataplane`.
+    pub dataplane: i32,
 }
 
 /// A node lagging behind a revision.
@@ -159,7 +175,8 @@ impl Rollout {
     }
 
     /// The agent of `node` holds `version` with `digest`. `expected` is the digest the
-    /// controller sent for that version, when it still knows it.
+    /// controller sent for that version, when it still knows it; an ack it cannot check is
+    /// not recorded.
     pub fn acked(
         &mut self,
         node: &Name,
@@ -171,16 +188,17 @@ impl Rollout {
         if version > n.desired_version {
             return AckOutcome::Unknown;
         }
-        if let Some(expected) = expected {
-            if expected != digest {
-                n.nack = Some((
-                    version,
-                    format!(
-                        "digest mismatch: the agent holds {digest}, the controller sent {expected}"
-                    ),
-                ));
-                return AckOutcome::Diverged { expected };
-            }
+        let Some(expected) = expected else {
+            return AckOutcome::Unverified;
+        };
+        if expected != digest {
+            n.nack = Some((
+                version,
+                format!(
+                    "digest mismatch: the agent holds {digest}, the controller sent {expected}"
+                ),
+            ));
+            return AckOutcome::Diverged { expected };
         }
         let before = n.first_unacked();
         if version >= n.acked_version {
@@ -202,11 +220,12 @@ impl Rollout {
         self.entry(node).nack = Some((version, error));
     }
 
-    pub fn connected(&mut self, node: &Name, agent_version: &str, capacities: [u64; 3]) {
+    pub fn connected(&mut self, node: &Name, agent: &AgentInfo) {
         let n = self.entry(node);
         n.connections += 1;
-        n.agent_version = agent_version.to_string();
-        n.capacities = capacities;
+        n.agent_version = agent.version.clone();
+        n.capacities = agent.capacities;
+        n.dataplane = agent.dataplane;
     }
 
     /// What the last ack of `node` said its dataplane fails closed (empty: everything fits).
@@ -226,9 +245,16 @@ impl Rollout {
         (self.failed_closed, self.degraded_nodes)
     }
 
-    pub fn disconnected(&mut self, node: &Name) {
+    /// A stream of `node` ended. `forget_unknown`: a node that has no slice and no other
+    /// stream is forgotten (one an unauthenticated stream merely named).
+    pub fn disconnected(&mut self, node: &Name, forget_unknown: bool) {
         let n = self.entry(node);
         n.connections = n.connections.saturating_sub(1);
+        let unknown = n.connections == 0 && n.desired_version == 0 && n.unacked.is_empty();
+        if forget_unknown && unknown {
+            self.degraded(node, Vec::new(), String::new());
+            self.nodes.remove(node);
+        }
     }
 
     /// Every revision up to this one is realized.
@@ -329,7 +355,7 @@ mod tests {
         r.acked(&b, 7, d(7), Some(d(7)));
         assert_eq!(r.realized_through(), 7);
         // An ack of a later version covers the earlier ones.
-        r.acked(&a, 8, d(8), None);
+        r.acked(&a, 8, d(8), Some(d(8)));
         assert_eq!(r.realized_through(), 8);
         assert_eq!(r.take_realized(now).len(), 8);
     }
@@ -347,9 +373,32 @@ mod tests {
         assert_eq!(r.realized_through(), 2);
         assert!(r.node("a").unwrap().nack.is_some());
         assert_eq!(r.acked(&a, 4, d(4), None), AckOutcome::Unknown);
+        assert_eq!(
+            r.acked(&a, 3, d(3), None),
+            AckOutcome::Unverified,
+            "a digest nobody can check is not taken"
+        );
         r.nacked(&a, 3, "no room".into());
         assert_eq!(r.lagging(3)[0].nack.as_deref(), Some("no room"));
         r.acked(&a, 3, d(3), Some(d(3)));
         assert!(r.node("a").unwrap().nack.is_none());
+    }
+
+    #[test]
+    fn nodes_only_named_by_unauthenticated_streams_are_forgotten() {
+        let (a, b): (Name, Name) = ("a".into(), "b".into());
+        let now = Instant::now();
+        let mut r = Rollout::default();
+        let agent = AgentInfo::default();
+        r.connected(&a, &agent);
+        r.disconnected(&a, true);
+        assert!(r.node("a").is_none(), "no slice, no stream: forgotten");
+        r.changed(&b, 3, d(3), now);
+        r.connected(&b, &agent);
+        r.disconnected(&b, true);
+        assert!(r.node("b").is_some(), "a node with a slice stays");
+        r.connected(&a, &agent);
+        r.disconnected(&a, false);
+        assert!(r.node("a").is_some(), "authenticated nodes stay");
     }
 }

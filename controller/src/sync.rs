@@ -7,14 +7,20 @@
 //! for everything it missed, and the controller holds at most one message per connection in
 //! flight (memory per agent is bounded). Transport buffers alone would not do this: small
 //! updates fit in HTTP/2 windows and would queue there. Updates recorded in the node's history
-//! go out pre-encoded, shared with every other send of them.
+//! go out pre-encoded, shared with every other send of them; snapshots are encoded and
+//! updates composed outside the hub's lock.
+//!
+//! Bounded whatever an agent does: one stream per node (a newer one replaces the older),
+//! agent-supplied strings are cut to a few KiB before they are stored or logged, and an agent
+//! that keeps acking a digest other than the one sent gets its snapshots with a growing
+//! back-off instead of one per round trip.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_policy::delta::SliceDelta;
 use palisade_policy::model::Name;
-use palisade_policy::Digest;
+use palisade_policy::{Digest, NodeSlice};
 use palisade_proto::encode::{self, SharedParts};
 use palisade_proto::pre_encoded::sync_server::Sync;
 use palisade_proto::v1::agent_message::Msg;
@@ -27,9 +33,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth;
-use crate::history::Catchup;
+use crate::history::{compose_chain, Catchup, Entry};
 use crate::hub::Hub;
-use crate::rollout::AckOutcome;
+use crate::rollout::{AckOutcome, AgentInfo};
 
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
@@ -49,6 +55,27 @@ impl Default for SyncConfig {
             hello_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Most bytes of an agent-supplied string (nack error, capacity warning, failed-closed
+/// entry) kept and logged.
+pub const MAX_TEXT: usize = 1024;
+/// Most failed-closed endpoints kept from one ack (an endpoint map holds a few thousand).
+pub const MAX_FAILED_CLOSED: usize = 65_536;
+
+/// `s` cut to at most `max` bytes (on a character boundary), saying how much was cut.
+pub fn cap(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let cut = s.len();
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&format!("… ({} more bytes)", cut - end));
+    s
 }
 
 pub struct SyncService {
@@ -79,6 +106,11 @@ fn parse_hello(m: Option<pb::AgentMessage>) -> Result<pb::Hello, Status> {
     if hello.node.is_empty() {
         return Err(Status::invalid_argument("Hello.node is empty"));
     }
+    if hello.node.len() > 253 {
+        return Err(Status::invalid_argument(
+            "Hello.node is longer than a node name can be (253)",
+        ));
+    }
     Ok(hello)
 }
 
@@ -104,7 +136,7 @@ impl Sync for SyncService {
         let hello = parse_hello(first).map_err(refused)?;
         auth::authorize_node(&ids, &hello.node).map_err(refused)?;
         let holds = if hello.last_digest.is_empty() && hello.last_version == 0 {
-            Knowledge::Holds(0, palisade_policy::NodeSlice::empty(&hello.node).digest())
+            Knowledge::Holds(0, NodeSlice::empty(&hello.node).digest())
         } else {
             match Digest::from_hex(&hello.last_digest) {
                 Some(d) => Knowledge::Holds(hello.last_version, d),
@@ -118,20 +150,35 @@ impl Sync for SyncService {
         let (tx, rx) = mpsc::channel(1);
         let node: Name = hello.node.as_str().into();
         let span = info_span!("sync", node = %node);
+        let (stream_id, replaced) = self.hub.open_stream(&node);
         let conn = Connection {
             hub: self.hub.clone(),
             config: self.config.clone(),
             node,
             holds,
+            sent: None,
             awaiting: None,
             greeted: false,
             last_snapshot: None,
             snapshot_refused_at: None,
+            divergences: 0,
+            hold_until: None,
         };
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(conn.run(hello, inbound, tx, shutdown).instrument(span));
+        let stop = Stop {
+            shutdown: self.shutdown.clone(),
+            replaced,
+            stream_id,
+        };
+        tokio::spawn(conn.run(hello, inbound, tx, stop).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// What ends a connection besides the agent: shutdown, or a newer stream of the same node.
+struct Stop {
+    shutdown: CancellationToken,
+    replaced: CancellationToken,
+    stream_id: u64,
 }
 
 /// What the connection believes the agent holds.
@@ -147,6 +194,8 @@ struct Connection {
     config: SyncConfig,
     node: Name,
     holds: Knowledge,
+    /// The version and digest of the last message sent: what an ack of it must say.
+    sent: Option<(u64, Digest)>,
     /// The version of the update sent and not yet acked or nacked.
     awaiting: Option<u64>,
     /// Whether the Hello was answered (it always is, if only with an empty update, so the
@@ -156,11 +205,45 @@ struct Connection {
     last_snapshot: Option<u64>,
     /// A snapshot of this version was nacked: do not resend it until the node changes.
     snapshot_refused_at: Option<u64>,
+    /// Acks in a row whose digest was not the one sent.
+    divergences: u32,
+    /// Send nothing before this (back-off after divergent acks).
+    hold_until: Option<tokio::time::Instant>,
+}
+
+/// What to send, decided under the hub's lock; encoded after it is released.
+enum Plan {
+    /// An update from `from` to `to` with no change (a confirmation, or the same content
+    /// under another version).
+    Empty {
+        from: u64,
+        to: u64,
+        digest: Digest,
+    },
+    /// A recorded update, pre-encoded.
+    Recorded(Entry),
+    /// Recorded updates to compose.
+    Chain(Vec<Entry>),
+    Snapshot(NodeSlice),
+}
+
+/// The back-off before the next snapshot after `n` divergent acks in a row.
+fn divergence_backoff(n: u32) -> Duration {
+    if n <= 1 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (n - 2).min(6)).min(Duration::from_secs(60))
 }
 
 impl Connection {
     fn pending(&self, latest: u64) -> bool {
         if self.awaiting.is_some() {
+            return false;
+        }
+        if self
+            .hold_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
             return false;
         }
         if !self.greeted {
@@ -177,15 +260,22 @@ impl Connection {
         hello: pb::Hello,
         mut inbound: Streaming<pb::AgentMessage>,
         tx: mpsc::Sender<Result<Encoded, Status>>,
-        shutdown: CancellationToken,
+        stop: Stop,
     ) {
         let caps = hello.capacities.unwrap_or_default();
-        info!(agent_version = hello.agent_version, holds = ?self.holds, capacities = ?caps, "agent connected");
-        self.hub.lock().rollout.connected(
-            &self.node,
-            &hello.agent_version,
-            [caps.endpoints, caps.identities, caps.rules],
-        );
+        let agent = AgentInfo {
+            version: cap(hello.agent_version, 64),
+            capacities: [caps.endpoints, caps.identities, caps.rules],
+            dataplane: hello.dataplane,
+        };
+        let dataplane = pb::Dataplane::try_from(agent.dataplane)
+            .map(|d| d.as_str_name())
+            .unwrap_or("DATAPLANE_UNSPECIFIED");
+        info!(agent_version = agent.version, dataplane, holds = ?self.holds, capacities = ?caps, "agent connected");
+        if agent.dataplane == pb::Dataplane::Memory as i32 {
+            warn!("this node's agent runs the in-memory dataplane: it enforces nothing");
+        }
+        self.hub.lock().rollout.connected(&self.node, &agent);
         self.hub.metrics.stream_opened();
         self.hello_ack();
         let mut latest = self.hub.watch_node(&self.node);
@@ -194,8 +284,14 @@ impl Connection {
         let mut sent_since_tick = false;
         loop {
             let want = self.pending(*latest.borrow());
+            let held = self.hold_until;
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.shutdown.cancelled() => break,
+                _ = stop.replaced.cancelled() => {
+                    info!("a newer stream of this node replaces this one");
+                    let _ = tx.try_send(Err(Status::aborted("replaced by a newer stream of the same node")));
+                    break;
+                }
                 permit = tx.reserve(), if want => {
                     let Ok(permit) = permit else { break };
                     if let Some((msg, kind)) = self.next_message() {
@@ -203,6 +299,9 @@ impl Connection {
                         permit.send(Ok(msg));
                         sent_since_tick = true;
                     }
+                }
+                _ = tokio::time::sleep_until(held.unwrap_or_else(tokio::time::Instant::now)), if held.is_some() => {
+                    self.hold_until = None;
                 }
                 changed = latest.changed() => {
                     if changed.is_err() {
@@ -234,7 +333,11 @@ impl Connection {
                 }
             }
         }
-        self.hub.lock().rollout.disconnected(&self.node);
+        self.hub.close_stream(&self.node, stop.stream_id);
+        self.hub
+            .lock()
+            .rollout
+            .disconnected(&self.node, self.config.insecure);
         self.hub.metrics.stream_closed();
         info!("agent disconnected");
     }
@@ -251,74 +354,82 @@ impl Connection {
             (v == desired && d == desired_digest) || st.history.digest_at(&self.node, v) == Some(d)
         };
         if known && v > 0 {
-            self.hub.ack(&self.node, v, d, None);
+            self.hub.ack(&self.node, v, d, Some(d), None);
         }
+    }
+
+    /// What to send to take the agent from what it holds to `desired`, decided under the
+    /// lock (cheap: clones of shared parts, or the slice for a snapshot).
+    fn plan(&self) -> (Plan, u64, Digest) {
+        let st = self.hub.lock();
+        let (desired, digest) = st.desired(&self.node);
+        let plan = match self.holds {
+            Knowledge::Unknown => Plan::Snapshot(st.engine.slice(&self.node)),
+            Knowledge::Holds(v, d) if v == desired && d == digest => Plan::Empty {
+                from: v,
+                to: v,
+                digest: d,
+            },
+            Knowledge::Holds(v, d) => match st.history.catch_up(&self.node, v, &d) {
+                Some(Catchup::UpToDate) => Plan::Empty {
+                    from: desired,
+                    to: desired,
+                    digest,
+                },
+                Some(Catchup::One(entry)) => Plan::Recorded(entry),
+                Some(Catchup::Chain(entries)) => Plan::Chain(entries),
+                // Same content under another version (e.g. after a controller restart): move
+                // the agent to the current version without sending any policy.
+                None if d == digest => Plan::Empty {
+                    from: v,
+                    to: desired,
+                    digest,
+                },
+                None => Plan::Snapshot(st.engine.slice(&self.node)),
+            },
+        };
+        (plan, desired, digest)
     }
 
     /// What takes the agent from what it holds to the node's latest version.
     fn next_message(&mut self) -> Option<(Encoded, &'static str)> {
-        let st = self.hub.lock();
-        let (desired, digest) = st.desired(&self.node);
-        let snapshot = |st: &crate::hub::State| {
-            let slice = st.engine.slice(&self.node);
-            encode::snapshot(&slice)
+        let (plan, desired, digest) = self.plan();
+        let update = |from, to, digest: &Digest, delta: &SliceDelta| {
+            encode::update(
+                &self.node,
+                from,
+                to,
+                digest,
+                delta,
+                &mut SharedParts::default(),
+            )
         };
-        let (msg, kind) = match self.holds {
-            Knowledge::Unknown => (snapshot(&st), "snapshot"),
-            Knowledge::Holds(v, d) if v == desired && d == digest => {
-                // In sync already: confirm with an empty update (only ever as the first answer).
-                let empty = SliceDelta::default();
-                (
-                    encode::update(&self.node, v, v, &d, &empty, &mut SharedParts::default()),
-                    "update",
-                )
+        let (msg, kind) = match plan {
+            Plan::Empty { from, to, digest } if from == to && self.greeted => {
+                // Caught up without a message (only the first answer confirms).
+                self.holds = Knowledge::Holds(to, digest);
+                return None;
             }
-            Knowledge::Holds(v, d) => match st.history.catch_up(&self.node, v, &d) {
-                Some(Catchup::UpToDate) => {
-                    drop(st);
-                    self.holds = Knowledge::Holds(desired, digest);
-                    self.greeted = true;
-                    return None;
+            Plan::Empty { from, to, digest } => {
+                (update(from, to, &digest, &SliceDelta::default()), "update")
+            }
+            Plan::Recorded(entry) => (entry.encoded, "update"),
+            Plan::Chain(entries) => {
+                let from = entries.first().expect("a chain").from;
+                let last = entries.last().expect("a chain");
+                match compose_chain(&entries) {
+                    Some(delta) => (update(from, last.to, &last.digest, &delta), "update"),
+                    None => {
+                        let slice = self.hub.lock().engine.slice(&self.node);
+                        (encode::snapshot(&slice), "snapshot")
+                    }
                 }
-                Some(Catchup::One(entry)) => (entry.encoded, "update"),
-                Some(Catchup::Composed {
-                    from,
-                    to,
-                    digest,
-                    delta,
-                }) => (
-                    encode::update(
-                        &self.node,
-                        from,
-                        to,
-                        &digest,
-                        &delta,
-                        &mut SharedParts::default(),
-                    ),
-                    "update",
-                ),
-                // Same content under another version (e.g. after a controller restart): move
-                // the agent to the current version without sending any policy.
-                None if d == digest => {
-                    let empty = SliceDelta::default();
-                    (
-                        encode::update(
-                            &self.node,
-                            v,
-                            desired,
-                            &digest,
-                            &empty,
-                            &mut SharedParts::default(),
-                        ),
-                        "update",
-                    )
-                }
-                None => (snapshot(&st), "snapshot"),
-            },
+            }
+            Plan::Snapshot(slice) => (encode::snapshot(&slice), "snapshot"),
         };
-        drop(st);
         debug!(kind, from = ?self.holds, to = desired, bytes = msg.len(), "sending");
         self.holds = Knowledge::Holds(desired, digest);
+        self.sent = Some((desired, digest));
         self.greeted = true;
         self.awaiting = Some(desired);
         self.last_snapshot = (kind == "snapshot").then_some(desired);
@@ -333,23 +444,41 @@ impl Connection {
                 if self.awaiting.is_some_and(|v| a.version >= v) {
                     self.awaiting = None;
                 }
-                if !a.failed_closed.is_empty() {
+                let warning = cap(a.warning, MAX_TEXT);
+                let mut failed_closed = a.failed_closed;
+                failed_closed.truncate(MAX_FAILED_CLOSED);
+                for e in &mut failed_closed {
+                    *e = cap(std::mem::take(e), 64);
+                }
+                if !failed_closed.is_empty() {
                     warn!(
                         version = a.version,
-                        failed_closed = a.failed_closed.len(),
-                        warning = a.warning,
+                        failed_closed = failed_closed.len(),
+                        warning,
                         "agent fails endpoints closed"
                     );
                 }
+                let sent = self.sent.filter(|(v, _)| *v == a.version).map(|(_, d)| d);
                 match self.hub.ack(
                     &self.node,
                     a.version,
                     digest,
-                    Some((a.failed_closed, a.warning)),
+                    sent,
+                    Some((failed_closed, warning)),
                 ) {
-                    AckOutcome::Recorded => debug!(version = a.version, "ack"),
+                    AckOutcome::Recorded => {
+                        self.divergences = 0;
+                        debug!(version = a.version, "ack")
+                    }
                     AckOutcome::Diverged { expected } => {
-                        warn!(version = a.version, %digest, %expected, "agent holds another slice than sent; sending a snapshot");
+                        self.divergences += 1;
+                        let wait = divergence_backoff(self.divergences);
+                        warn!(version = a.version, %digest, %expected, divergences = self.divergences, ?wait, "agent holds another slice than sent; sending a snapshot");
+                        self.holds = Knowledge::Unknown;
+                        self.hold_until = Some(tokio::time::Instant::now() + wait);
+                    }
+                    AckOutcome::Unverified => {
+                        warn!(version = a.version, "ack of a version whose digest is no longer known; not taken, sending a snapshot");
                         self.holds = Knowledge::Unknown;
                     }
                     AckOutcome::Unknown => {
@@ -358,12 +487,9 @@ impl Connection {
                 }
             }
             Some(Msg::Nack(n)) => {
-                warn!(
-                    version = n.version,
-                    error = n.error,
-                    "agent could not apply"
-                );
-                self.hub.nack(&self.node, n.version, n.error);
+                let error = cap(n.error, MAX_TEXT);
+                warn!(version = n.version, error, "agent could not apply");
+                self.hub.nack(&self.node, n.version, error);
                 self.awaiting = None;
                 // The agent kept what it held before, which is now unknown here. After a
                 // refused update, try a snapshot; after a refused snapshot, wait for the node
@@ -381,5 +507,23 @@ impl Connection {
             None => return Err(Status::invalid_argument("empty agent message")),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        assert_eq!(cap("short".into(), 10), "short");
+        let cut = cap("é".repeat(10), 5);
+        assert!(
+            cut.starts_with("éé") && cut.ends_with("(16 more bytes)"),
+            "{cut}"
+        );
+        assert_eq!(divergence_backoff(1), Duration::ZERO);
+        assert_eq!(divergence_backoff(2), Duration::from_secs(1));
+        assert_eq!(divergence_backoff(30), Duration::from_secs(60));
     }
 }

@@ -234,7 +234,10 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
         "n7 still holds nothing"
     );
     // n7's nack does not loop: a refused snapshot is not resent until its node changes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (Until a keepalive reaches n7 after all this, its stream has had time to resend.)
+    let keepalives = c.status("n7").keepalives;
+    c.agent_until("n7", "a keepalive", |s| s.keepalives > keepalives)
+        .await;
     assert!(c.status("n7").nacks <= 2, "{:?}", c.status("n7"));
     c.shutdown().await;
 }

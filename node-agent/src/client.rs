@@ -22,22 +22,14 @@ use palisade_proto::v1::{self as pb};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::dataplane::{Dataplane, Installed};
 use crate::store::StateStore;
 
-/// mTLS material, PEM.
-#[derive(Clone)]
-pub struct ClientTls {
-    pub ca: Vec<u8>,
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-    /// Name to verify the controller's certificate against (default: the address's host).
-    pub domain: Option<String>,
-}
+pub use palisade_proto::endpoint::ClientTls;
 
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -96,10 +88,8 @@ pub struct Status {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("bad controller address '{0}': {1}")]
-    Address(String, String),
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Endpoint(#[from] palisade_proto::endpoint::EndpointError),
 }
 
 enum State {
@@ -118,6 +108,9 @@ struct Session {
 enum Reply {
     Ack(u64, Digest, Installed),
     Nack(u64, String),
+    /// Nack, then end the session and come back later: a local failure (the state cannot be
+    /// saved) that a reconnection retries.
+    NackAndRetry(u64, String),
     Nothing,
 }
 
@@ -132,19 +125,29 @@ struct Holder<D> {
 }
 
 impl<D: Dataplane> Holder<D> {
+    /// Save `target`, then install it. Disk first: a restart reinstalls what is saved, so
+    /// what is saved must never be older than what the dataplane holds and was acked. A slice
+    /// that cannot be saved is not installed (and not acked); a slice that cannot be installed
+    /// is unsaved again.
     fn install(&mut self, target: NodeSlice, delta: Option<&SliceDelta>) -> Reply {
         let (version, digest) = (target.version, target.digest());
+        if let Err(e) = self.store.save(&target) {
+            return Reply::NackAndRetry(
+                version,
+                format!("cannot save the slice, so it is not applied: {e}"),
+            );
+        }
         let installed = match self.dataplane.install(&target, delta) {
             Ok(i) => i,
-            Err(e) => return Reply::Nack(version, e.to_string()),
+            Err(e) => {
+                if let Err(undo) = self.store.save(&self.held) {
+                    warn!("cannot save the held slice back after a failed install: {undo}");
+                }
+                return Reply::Nack(version, e.to_string());
+            }
         };
         if let Some(w) = &installed.warning {
             warn!(version, "{w}");
-        }
-        if let Err(e) = self.store.save(&target) {
-            // The dataplane holds it; only a restart would lose track. Still ack: the contract
-            // is about what the dataplane holds.
-            warn!("cannot save the slice: {e}");
         }
         self.held = target;
         self.installed = installed.clone();
@@ -215,48 +218,24 @@ impl<D: Dataplane> Holder<D> {
 pub struct Agent<D> {
     config: AgentConfig,
     holder: Option<Holder<D>>,
+    /// Slices in a row that could not be saved: the back-off before trying again grows.
+    save_failures: u32,
     status: watch::Sender<Status>,
     endpoint: Endpoint,
 }
 
-fn endpoint(config: &AgentConfig) -> Result<Endpoint, AgentError> {
-    let addr = &config.controller;
-    let bad = |e: String| AgentError::Address(addr.clone(), e);
-    let tls = config.tls.is_some();
-    let url = match addr.split_once("://") {
-        Some(("https", _)) => addr.clone(),
-        Some(("http", _)) if tls => {
-            return Err(bad(
-                "http:// with TLS configured: use https:// or drop the scheme".into(),
-            ));
-        }
-        Some(("http", _)) => addr.clone(),
-        Some((scheme, _)) => {
-            return Err(bad(format!(
-                "unsupported scheme {scheme}://: use HOST:PORT, http:// or https://"
-            )));
-        }
-        None => format!("{}://{addr}", if tls { "https" } else { "http" }),
-    };
-    let mut ep = Endpoint::from_shared(url)
-        .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(config.connect_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .tcp_keepalive(Some(Duration::from_secs(10)));
-    if let Some(t) = &config.tls {
-        let mut tc = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&t.ca))
-            .identity(Identity::from_pem(&t.cert, &t.key));
-        if let Some(d) = &t.domain {
-            tc = tc.domain_name(d.clone());
-        }
-        ep = ep
-            .tls_config(tc)
-            .map_err(|e| AgentError::Tls(e.to_string()))?;
+impl AgentConfig {
+    /// The controller's endpoint, or why the address or TLS material cannot be used.
+    pub fn endpoint(&self) -> Result<Endpoint, AgentError> {
+        Ok(palisade_proto::endpoint::endpoint(
+            &self.controller,
+            self.tls.as_ref(),
+            palisade_proto::endpoint::Options {
+                connect_timeout: self.connect_timeout,
+                keepalive: Some(Duration::from_secs(10)),
+            },
+        )?)
     }
-    Ok(ep)
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -266,7 +245,7 @@ impl<D: Dataplane> Agent<D> {
         mut dataplane: D,
         store: StateStore,
     ) -> Result<Agent<D>, AgentError> {
-        let endpoint = endpoint(&config)?;
+        let endpoint = config.endpoint()?;
         let empty = NodeSlice::empty(&config.node);
         let mut installed = Installed::default();
         let held = match store.load() {
@@ -299,6 +278,7 @@ impl<D: Dataplane> Agent<D> {
         .0;
         Ok(Agent {
             config,
+            save_failures: 0,
             holder: Some(Holder {
                 held,
                 installed,
@@ -375,12 +355,18 @@ impl<D: Dataplane> Agent<D> {
                     info!(version = self.held().version, "synced");
                     State::Synced(session)
                 }
-                Err(reason) => State::Backoff { attempt: 1, reason },
+                Err(reason) => State::Backoff {
+                    attempt: self.save_failures.max(1),
+                    reason,
+                },
             },
             State::Synced(mut session) => match self.next_message(&mut session, shutdown).await {
                 Ok(()) => State::Synced(session),
-                // A session that worked: reconnect promptly.
-                Err(reason) => State::Backoff { attempt: 0, reason },
+                // A session that worked: reconnect promptly (unless saving keeps failing).
+                Err(reason) => State::Backoff {
+                    attempt: self.save_failures,
+                    reason,
+                },
             },
             State::Backoff { attempt, reason } => {
                 self.set_phase(Phase::Backoff);
@@ -418,6 +404,10 @@ impl<D: Dataplane> Agent<D> {
                 self.holder.as_ref().expect("holder").dataplane.capacities(),
             )),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            dataplane: match self.holder.as_ref().expect("holder").dataplane.kind() {
+                crate::dataplane::Kind::Ebpf => pb::Dataplane::Ebpf,
+                crate::dataplane::Kind::Memory => pb::Dataplane::Memory,
+            } as i32,
         };
         tx.send(pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Hello(hello)),
@@ -475,6 +465,13 @@ impl<D: Dataplane> Agent<D> {
         .await
         .map_err(|e| format!("applying a message panicked: {e}"))?;
         self.holder = Some(holder);
+        let local_failure = matches!(reply, Reply::NackAndRetry(..));
+        if local_failure {
+            self.save_failures += 1;
+        } else if matches!(reply, Reply::Ack(..)) {
+            self.save_failures = 0;
+        }
+        let mut retry = None;
         let answer = match reply {
             Reply::Nothing => return Ok(()),
             Reply::Ack(version, digest, installed) => {
@@ -495,12 +492,13 @@ impl<D: Dataplane> Agent<D> {
                     warning: installed.warning.unwrap_or_default(),
                 })
             }
-            Reply::Nack(version, error) => {
+            Reply::Nack(version, error) | Reply::NackAndRetry(version, error) => {
                 warn!(version, %error, "nack");
                 self.status.send_modify(|s| {
                     s.nacks += 1;
                     s.last_error = Some(error.clone());
                 });
+                retry = Some(error.clone());
                 pb::agent_message::Msg::Nack(pb::Nack { version, error })
             }
         };
@@ -508,7 +506,11 @@ impl<D: Dataplane> Agent<D> {
             .tx
             .send(pb::AgentMessage { msg: Some(answer) })
             .await
-            .map_err(|_| "stream closed".to_string())
+            .map_err(|_| "stream closed".to_string())?;
+        match (retry, local_failure) {
+            (Some(error), true) => Err(error),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -54,9 +54,31 @@ pub enum DataplaneError {
     Failed(String),
 }
 
+/// Where a dataplane holds the slice, and so whether the node enforces it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Pinned eBPF maps consulted by TC programs on every pod interface: enforced.
+    Ebpf,
+    /// In memory only (tests, load tests, machines without BPF): enforces nothing.
+    Memory,
+}
+
+impl Kind {
+    pub fn enforces(self) -> bool {
+        self == Kind::Ebpf
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ebpf => "ebpf",
+            Kind::Memory => "memory",
+        }
+    }
+}
+
 pub trait Dataplane: Send + 'static {
-    /// For logs and introspection.
-    fn name(&self) -> &'static str;
+    /// Where it holds the slice (said in Hello, shown by introspection).
+    fn kind(&self) -> Kind;
 
     fn capacities(&self) -> Capacities;
 
@@ -107,8 +129,8 @@ impl MemoryDataplane {
 }
 
 impl Dataplane for MemoryDataplane {
-    fn name(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> Kind {
+        Kind::Memory
     }
 
     fn capacities(&self) -> Capacities {

@@ -222,8 +222,8 @@ fn removals_first(ops: &[MapOp]) -> Vec<MapOp> {
 }
 
 impl Dataplane for EbpfDataplane {
-    fn name(&self) -> &'static str {
-        "ebpf"
+    fn kind(&self) -> crate::dataplane::Kind {
+        crate::dataplane::Kind::Ebpf
     }
 
     fn capacities(&self) -> Capacities {

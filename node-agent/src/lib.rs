@@ -9,9 +9,12 @@
 pub mod client;
 pub mod dataplane;
 pub mod ebpf;
+pub mod metrics_http;
 pub mod store;
 
 pub use client::{Agent, AgentConfig, ClientTls, Phase, Status};
-pub use dataplane::{Capacities, Dataplane, DataplaneError, Installed, MemoryDataplane};
+pub use dataplane::{
+    Capacities, Dataplane, DataplaneError, Installed, Kind as DataplaneKind, MemoryDataplane,
+};
 pub use ebpf::{EbpfConfig, EbpfDataplane, EbpfError};
 pub use store::StateStore;

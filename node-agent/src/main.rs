@@ -32,9 +32,9 @@ struct Cli {
 
     /// Where policy is enforced: `ebpf` writes it to pinned eBPF maps consulted by TC programs
     /// on every local pod's host-side interface (found from the node's /32 routes to pod
-    /// addresses; needs root); `memory` keeps the same maps in memory and enforces nothing
-    /// (tests, machines without BPF).
-    #[arg(long, value_enum, default_value = "memory", env = "PALISADE_DATAPLANE")]
+    /// addresses; needs root); `memory` keeps the same maps in memory and ENFORCES NOTHING
+    /// (tests, machines without BPF). The controller shows which one each node runs.
+    #[arg(long, value_enum, default_value = "ebpf", env = "PALISADE_DATAPLANE")]
     dataplane: DataplaneKind,
 
     /// Directory on a bpffs where the eBPF dataplane pins its maps and TC links, so that policy
@@ -142,9 +142,14 @@ async fn main() -> Result<()> {
         silence_timeout: cli.silence_timeout,
         ..AgentConfig::new(&cli.node, &cli.controller)
     };
+    // A bad address or TLS material is a usage error, said before anything is started.
+    config.endpoint()?;
     let store = StateStore::open(&cli.state_dir)?;
     match cli.dataplane {
         DataplaneKind::Memory => {
+            tracing::warn!(
+                "the in-memory dataplane enforces nothing: this node's pods are not filtered (--dataplane ebpf enforces)"
+            );
             let dataplane = MemoryDataplane::new(Capacities {
                 endpoints: cli.max_endpoints,
                 identities: cli.max_identities,
@@ -180,44 +185,15 @@ async fn main() -> Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {addr} for metrics"))?;
                 tracing::info!(%addr, "serving metrics on /metrics");
-                tokio::spawn(serve_metrics(listener, std::sync::Arc::new(reader)));
+                let render = std::sync::Arc::new(move || reader.render());
+                tokio::spawn(palisade_agent::metrics_http::serve(
+                    listener,
+                    render,
+                    palisade_agent::metrics_http::Limits::default(),
+                ));
             }
             run(Agent::new(config, dataplane, store)?).await
         }
-    }
-}
-
-/// A minimal HTTP/1.0 server: `GET /metrics` gets the counters, anything else 404.
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    reader: std::sync::Arc<palisade_agent::ebpf::counters::CounterReader>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let reader = reader.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if request.starts_with("GET /metrics") {
-                let r = reader.clone();
-                let body = tokio::task::spawn_blocking(move || r.render())
-                    .await
-                    .unwrap_or_default();
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "only /metrics is here\n".to_string())
-            };
-            let head = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-        });
     }
 }
 

@@ -1,7 +1,6 @@
 //! The agent's last realized slice on disk, so a restarted agent resumes by version instead
 //! of taking a snapshot.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use palisade_policy::slice::NodeSlice;
@@ -56,20 +55,11 @@ impl StateStore {
         Ok(Some(slice))
     }
 
-    /// Save `slice` so that a crash leaves either the previous or this one.
+    /// Save `slice` so that a crash or a full disk leaves either the previous or this one
+    /// (and no temporary file).
     pub fn save(&self, slice: &NodeSlice) -> Result<(), StoreError> {
         let path = self.path();
-        let io = |e| StoreError::Io(path.clone(), e);
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&convert::slice_to_pb(slice).encode_to_vec())
-                .map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        palisade_files::atomic::write(&path, &convert::slice_to_pb(slice).encode_to_vec())
+            .map_err(|e| StoreError::Io(path.clone(), e))
     }
 }

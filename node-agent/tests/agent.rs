@@ -50,12 +50,33 @@ fn the_agent_exits_promptly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-agent"))
         .args(["--node", "n1", "--insecure", "--controller", "127.0.0.1:1"])
+        .args(["--dataplane", "memory"])
         .arg("--state-dir")
         .arg(dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700)); // connecting, failing, backing off
+    // Until it has tried, failed and is backing off (it logs why).
+    let stderr = child.stderr.take().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("Connection refused") {
+                let _ = seen_tx.send(());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    seen_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the agent tries to connect and says why it cannot");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -73,11 +94,10 @@ fn the_agent_exits_promptly_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = reader.join().unwrap();
     assert!(
-        log.contains("Connection refused"),
-        "the reason it could not connect is logged: {log}"
+        log.contains("shutting down"),
+        "a clean shutdown is logged: {log}"
     );
 }
 

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use palisade_proto::convert;
+use palisade_proto::endpoint::{self, ClientTls};
 use palisade_proto::v1::direction_check::Result as CheckResult;
 use palisade_proto::v1::introspection_client::IntrospectionClient;
 use palisade_proto::v1::{self as pb};
 use serde_json::{json, Value};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use crate::show;
 
@@ -49,21 +50,9 @@ impl From<tonic::Status> for RemoteError {
 }
 
 pub async fn client(conn: &Conn) -> Result<IntrospectionClient<Channel>, RemoteError> {
-    let tls = !conn.insecure;
-    let url = if conn.controller.contains("://") {
-        conn.controller.clone()
+    let tls = if conn.insecure {
+        None
     } else {
-        format!(
-            "{}://{}",
-            if tls { "https" } else { "http" },
-            conn.controller
-        )
-    };
-    let bad = |e: String| RemoteError::Connect(conn.controller.clone(), e);
-    let mut ep = Endpoint::from_shared(url)
-        .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5));
-    if tls {
         let read = |p: &Option<PathBuf>, flag: &str| -> Result<Vec<u8>, RemoteError> {
             let p = p.as_ref().ok_or_else(|| {
                 RemoteError::Usage(format!(
@@ -72,21 +61,22 @@ pub async fn client(conn: &Conn) -> Result<IntrospectionClient<Channel>, RemoteE
             })?;
             std::fs::read(p).map_err(|e| RemoteError::Read(p.clone(), e))
         };
-        let mut tc = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&conn.ca, "--ca")?))
-            .identity(Identity::from_pem(
-                read(&conn.cert, "--cert")?,
-                read(&conn.key, "--key")?,
-            ));
-        if let Some(n) = &conn.server_name {
-            tc = tc.domain_name(n.clone());
-        }
-        ep = ep.tls_config(tc).map_err(|e| bad(e.to_string()))?;
-    }
-    let channel = ep
-        .connect()
-        .await
-        .map_err(|e| bad(palisade_proto::error_chain(&e)))?;
+        Some(ClientTls {
+            ca: read(&conn.ca, "--ca")?,
+            cert: read(&conn.cert, "--cert")?,
+            key: read(&conn.key, "--key")?,
+            domain: conn.server_name.clone(),
+        })
+    };
+    let options = endpoint::Options {
+        connect_timeout: Duration::from_secs(5),
+        keepalive: None,
+    };
+    let ep = endpoint::endpoint(&conn.controller, tls.as_ref(), options)
+        .map_err(|e| RemoteError::Usage(e.to_string()))?;
+    let channel = ep.connect().await.map_err(|e| {
+        RemoteError::Connect(conn.controller.clone(), palisade_proto::error_chain(&e))
+    })?;
     Ok(IntrospectionClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
@@ -106,6 +96,8 @@ fn status_json(n: &pb::NodeStatus) -> Value {
         "endpoints": n.endpoints,
         "sets": n.sets,
         "agentVersion": n.agent_version,
+        "dataplane": dataplane(n.dataplane),
+        "enforcing": n.dataplane == pb::Dataplane::Ebpf as i32,
         "failedClosed": n.failed_closed,
         "capacityWarning": n.capacity_warning,
         "capacities": n.capacities.as_ref().map(|c| json!({
@@ -114,6 +106,24 @@ fn status_json(n: &pb::NodeStatus) -> Value {
             "rules": c.rules,
         })),
     })
+}
+
+/// The dataplane a node's agent runs, in words: `ebpf`, `memory` (enforces nothing), or `-`
+/// when not said (no agent yet, or an older one).
+fn dataplane(d: i32) -> &'static str {
+    match pb::Dataplane::try_from(d) {
+        Ok(pb::Dataplane::Ebpf) => "ebpf",
+        Ok(pb::Dataplane::Memory) => "memory",
+        _ => "-",
+    }
+}
+
+/// The same, with the warning a table needs.
+fn dataplane_shown(d: i32) -> &'static str {
+    match dataplane(d) {
+        "memory" => "memory(NOT-ENFORCING)",
+        other => other,
+    }
 }
 
 fn yes(b: bool) -> &'static str {
@@ -144,12 +154,13 @@ pub async fn nodes(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
         .max(4);
     let _ = writeln!(
         out,
-        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  {:>13}  NACK",
+        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  NACK",
         "NODE",
         "DESIRED",
         "ACKED",
         "LAG",
         "CONNECTED",
+        "DATAPLANE",
         "PODS",
         "ENDPOINTS",
         "SETS",
@@ -158,12 +169,13 @@ pub async fn nodes(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
     for n in &r.nodes {
         let _ = writeln!(
             out,
-            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:>5}  {:>9}  {:>5}  {:>13}  {}",
+            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  {}",
             n.node,
             n.desired_version,
             n.acked_version,
             n.lag_revisions,
             yes(n.connected),
+            dataplane_shown(n.dataplane),
             n.pods,
             n.endpoints,
             n.sets,
@@ -204,7 +216,7 @@ pub async fn node(
         return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
     }
     let mut out = format!(
-        "node {}\n  desired version {} (digest {})\n  acked version   {} (digest {})\n  connected       {} (agent {})\n  lag             {} revisions, {:.1} s\n  pods {}, endpoints {}, address sets {}\n",
+        "node {}\n  desired version {} (digest {})\n  acked version   {} (digest {})\n  connected       {} (agent {}, dataplane {})\n  lag             {} revisions, {:.1} s\n  pods {}, endpoints {}, address sets {}\n",
         n.node,
         n.desired_version,
         short(&n.desired_digest),
@@ -212,6 +224,7 @@ pub async fn node(
         short(&n.acked_digest),
         yes(n.connected),
         if n.agent_version.is_empty() { "-" } else { &n.agent_version },
+        dataplane_shown(n.dataplane),
         n.lag_revisions,
         n.lag_seconds,
         n.pods,

@@ -4,10 +4,11 @@
 //! ([`convert`]) into the generated protobuf types ([`v1`]) and encoded ([`encode`]) for the
 //! agent sync stream and the introspection service; agent acks and nacks, and slices received
 //! by agents, come back through the same conversions. [`v1::FILE_DESCRIPTOR_SET`] feeds server
-//! reflection.
+//! reflection. [`endpoint`] is how every client reaches a controller.
 
 pub mod convert;
 pub mod encode;
+pub mod endpoint;
 
 /// The generated `palisade.v1` messages, clients and servers.
 pub mod v1 {
