@@ -107,6 +107,29 @@ struct Cli {
     #[arg(long, default_value_t = 1 << 20)]
     history_bytes: usize,
 
+    /// Most connections open at once on the gRPC listener (lowered to what the open-file
+    /// limit allows). At the limit, the oldest connection still in its TLS handshake is
+    /// dropped to make room; only when none is, a new one is refused.
+    #[arg(long, env = "PALISADE_MAX_CONNECTIONS", default_value_t = 16_384)]
+    max_connections: usize,
+
+    /// Most connections open at once from one address (same eviction as --max-connections).
+    #[arg(long, env = "PALISADE_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    max_connections_per_ip: usize,
+
+    /// A connection must complete its TLS handshake within this long, or it is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_handshake_timeout: Duration,
+
+    /// HTTP/2 streams one connection may have open at once (an agent needs one).
+    #[arg(long, default_value_t = 64)]
+    max_streams_per_connection: u32,
+
+    /// Largest gRPC message sent to an agent (a snapshot of a big node), in bytes. Messages
+    /// received are held to the smaller of this and 16 MiB.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_message_bytes: usize,
+
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "PALISADE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -171,6 +194,14 @@ async fn main() -> Result<()> {
             entries: cli.history_updates.max(1),
             bytes: cli.history_bytes,
         },
+        connections: server::listen::Limits {
+            max_connections: cli.max_connections.max(1),
+            max_per_ip: cli.max_connections_per_ip.max(1),
+            handshake_timeout: cli.tls_handshake_timeout,
+            tcp_keepalive: Some(cli.keepalive),
+        },
+        max_streams_per_connection: cli.max_streams_per_connection.max(1),
+        max_message_bytes: cli.max_message_bytes,
         ..Config::new(cli.manifests)
     };
     let grpc = tokio::net::TcpListener::bind(cli.listen)

@@ -43,6 +43,15 @@ struct Inner {
     source_healthy: Gauge,
     source_failures: Counter,
     source_waiting: Gauge,
+    connections: Gauge,
+    connections_evicted: Counter,
+    connections_refused: Counter,
+    handshake_failures: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 /// Cheap to clone; every clone updates the same metrics.
@@ -84,8 +93,32 @@ impl Metrics {
             source_healthy: Gauge::default(),
             source_failures: Counter::default(),
             source_waiting: Gauge::default(),
+            connections: Gauge::default(),
+            connections_evicted: Counter::default(),
+            connections_refused: Counter::default(),
+            handshake_failures: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "connections",
+            "Open connections on the gRPC listener (handshaking or established)",
+            inner.connections.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Connections still in their TLS handshake dropped to make room for newer ones",
+            inner.connections_evicted.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at a connection limit with no handshake to evict",
+            inner.connections_refused.clone(),
+        );
+        registry.register(
+            "connection_failures",
+            "Connections dropped before serving, by reason (timeout, evicted, handshake, refused, accept)",
+            inner.handshake_failures.clone(),
+        );
         inner.source_healthy.set(1);
         registry.register(
             "source_healthy",
@@ -266,6 +299,25 @@ impl Metrics {
     pub fn failed_closed(&self, endpoints: usize, nodes: usize) {
         self.0.failed_closed.set(endpoints as i64);
         self.0.degraded.set(nodes as i64);
+    }
+
+    pub fn connections(&self, open: usize) {
+        self.0.connections.set(open as i64);
+    }
+
+    pub fn connection_evicted(&self) {
+        self.0.connections_evicted.inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.0.connections_refused.inc();
+    }
+
+    pub fn tls_failure(&self, reason: &'static str) {
+        self.0
+            .handshake_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn source_healthy(&self, healthy: bool) {

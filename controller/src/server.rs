@@ -11,13 +11,13 @@ use palisade_proto::v1::introspection_server::IntrospectionServer;
 use palisade_proto::v1::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 mod http;
+pub mod listen;
 
 pub use http::SOURCE_SERVICE;
 
@@ -58,6 +58,13 @@ pub struct Config {
     /// Bounds on each manifest file (bytes, nesting depth).
     pub limits: palisade_policy::manifest::Limits,
     pub history: Limits,
+    /// Bounds on connections (total, per address, TLS handshake time).
+    pub connections: listen::Limits,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Largest gRPC message sent (a snapshot); messages received are held to the smaller of
+    /// this and 16 MiB (agents send small acks).
+    pub max_message_bytes: usize,
 }
 
 impl Config {
@@ -76,6 +83,9 @@ impl Config {
             },
             limits: palisade_policy::manifest::Limits::default(),
             history: Limits::default(),
+            connections: listen::Limits::default(),
+            max_streams_per_connection: 64,
+            max_message_bytes: 256 << 20,
         }
     }
 }
@@ -122,13 +132,13 @@ impl Running {
     }
 }
 
-fn tls(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
+fn tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let read = |p: &PathBuf| {
         std::fs::read(p).map_err(|e| ServerError::Tls(format!("reading {}: {e}", p.display())))
     };
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
-        .client_ca_root(Certificate::from_pem(read(&files.ca)?)))
+    listen::server_config(&read(&files.ca)?, &read(&files.cert)?, &read(&files.key)?)
+        .map(Arc::new)
+        .map_err(ServerError::Tls)
 }
 
 /// Load the manifests, then serve gRPC on `grpc` (and metrics on `metrics`) until `shutdown`.
@@ -202,30 +212,65 @@ pub async fn start(
         RequireOperator { insecure },
     );
 
-    let mut builder = Server::builder()
+    let limits = listen::Limits {
+        max_connections: listen::fit_to_file_limit(config.connections.max_connections),
+        tcp_keepalive: Some(config.keepalive),
+        ..config.connections
+    };
+    let router = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive * 2))
-        .tcp_keepalive(Some(config.keepalive));
-    if let Some(t) = tls_config {
-        builder = builder.tls_config(t)?;
-    }
-    let addr = grpc.local_addr().ok();
-    let router = builder
-        .add_service(SyncServer::new(sync))
+        .max_concurrent_streams(Some(config.max_streams_per_connection))
+        .add_service(
+            SyncServer::new(sync)
+                .max_decoding_message_size(config.max_message_bytes.min(16 << 20))
+                .max_encoding_message_size(config.max_message_bytes),
+        )
         .add_service(introspection)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    let addr = grpc.local_addr().ok();
     let grpc_shutdown = shutdown.clone();
-    let grpc_task = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc),
-                grpc_shutdown.cancelled_owned(),
-            )
-            .await
-    });
-    info!(?addr, tls = !insecure, "serving gRPC");
+    let metrics_for_listener = hub.metrics.clone();
+    let grpc_task = match tls_config {
+        Some(tls) => {
+            let incoming = listen::incoming(
+                grpc,
+                listen::tls(tls),
+                limits,
+                metrics_for_listener,
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+                    .await
+            })
+        }
+        None => {
+            let incoming = listen::incoming(
+                grpc,
+                listen::plain(),
+                limits,
+                metrics_for_listener,
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+                    .await
+            })
+        }
+    };
+    info!(
+        ?addr,
+        tls = !insecure,
+        max_connections = limits.max_connections,
+        max_per_ip = limits.max_per_ip,
+        handshake_timeout = ?limits.handshake_timeout,
+        "serving gRPC"
+    );
 
     http::mirror_health(health, source_health.clone(), shutdown.clone());
     let metrics_task = metrics_listener

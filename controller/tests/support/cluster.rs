@@ -40,6 +40,8 @@ pub struct AgentOpts {
 }
 
 pub struct Cluster {
+    /// Applied to the controller's configuration at every start.
+    tweak: fn(&mut Config),
     pub dir: tempfile::TempDir,
     pub addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
@@ -55,6 +57,15 @@ impl Cluster {
     /// Manifests written, certificates minted for `nodes` (and operator `admin`), controller
     /// started.
     pub async fn start(manifests: &[(&str, String)], nodes: &[&str]) -> Cluster {
+        Cluster::start_with(manifests, nodes, |_| {}).await
+    }
+
+    /// The same, with the controller's configuration changed by `tweak`.
+    pub async fn start_with(
+        manifests: &[(&str, String)],
+        nodes: &[&str],
+        tweak: fn(&mut Config),
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
         for (name, text) in manifests {
@@ -73,6 +84,7 @@ impl Cluster {
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
         let mut c = Cluster {
+            tweak,
             dir,
             addr,
             metrics_addr,
@@ -88,7 +100,7 @@ impl Cluster {
     }
 
     fn config(&self) -> Config {
-        Config {
+        let mut config = Config {
             state_dir: Some(self.path("controller")),
             tls: Some(TlsFiles {
                 ca: self.path("certs/ca.pem"),
@@ -99,7 +111,9 @@ impl Cluster {
             rescan: Duration::from_secs(5),
             debounce: Duration::from_millis(20),
             ..Config::new(self.path("manifests"))
-        }
+        };
+        (self.tweak)(&mut config);
+        config
     }
 
     async fn start_controller_on(
