@@ -69,7 +69,16 @@ fn iperf(lab: &Lab, seconds: u32) -> Result<f64, LabError> {
         .map_err(|e| {
             LabError::Command(format!("iperf3 -s: {e} (scripts/setup.sh installs iperf3)"))
         })?;
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the server listens (it serves one client, so a test connection would use it up).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !crate::probe::listening(&b.netns, 5201)? {
+        if Instant::now() > deadline {
+            return Err(LabError::Command(
+                "iperf3 -s did not listen within 10 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = Command::new("ip")
         .args([
             "netns", "exec", &a.netns, "iperf3", "-J", "-p", "5201", "-t",

@@ -190,6 +190,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Wait until the (re)started agent of `node` has synced (its log says so) and the
+    /// controller has its ack of the node's current version.
+    pub fn agent_synced(&self, node: &str) -> Result<(), LabError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log_synced = self.logs(&format!("agent-{node}")).contains("synced");
+            let acked = self.node_status(node).ok().is_some_and(|s| {
+                s["connected"] == true && s["ackedVersion"] == s["desiredVersion"]
+            });
+            if log_synced && acked {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Controller(format!(
+                    "the agent of {node} did not sync within 60 s; its log:\n{}",
+                    self.logs(&format!("agent-{node}"))
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stop the agent of `node` (SIGTERM, then wait): its pinned programs and maps stay.
     pub fn stop_agent(&mut self, node: &str) {
         if let Some(mut c) = self.agents.remove(node) {

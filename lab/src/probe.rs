@@ -22,6 +22,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1200);
 pub struct Servers {
     stop: Arc<AtomicBool>,
     listeners: Vec<i32>,
+    /// The accepting and receiving threads (each owns its socket).
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Servers {
@@ -29,6 +31,7 @@ impl Servers {
         Servers {
             stop: Arc::new(AtomicBool::new(false)),
             listeners: Vec::new(),
+            threads: Vec::new(),
         }
     }
 
@@ -61,7 +64,7 @@ impl Servers {
                 let l = in_netns(netns, move || TcpListener::bind(addr))?
                     .map_err(|e| LabError::Command(format!("listen on TCP {port} in {netns}: {e}")))?;
                 self.listeners.push(l.as_raw_fd());
-                std::thread::spawn(move || {
+                self.threads.push(std::thread::spawn(move || {
                     for conn in l.incoming() {
                         let Ok(mut c) = conn else { break };
                         std::thread::spawn(move || {
@@ -74,21 +77,21 @@ impl Servers {
                             }
                         });
                     }
-                });
+                }));
             }
             Protocol::Udp => {
                 let s = in_netns(netns, move || UdpSocket::bind(addr))?
                     .map_err(|e| LabError::Command(format!("listen on UDP {port} in {netns}: {e}")))?;
                 s.set_read_timeout(Some(Duration::from_millis(200))).ok();
                 let stop = self.stop.clone();
-                std::thread::spawn(move || {
+                self.threads.push(std::thread::spawn(move || {
                     let mut buf = [0u8; 2048];
                     while !stop.load(Ordering::Relaxed) {
                         if let Ok((n, from)) = s.recv_from(&mut buf) {
                             let _ = s.send_to(&buf[..n], from);
                         }
                     }
-                });
+                }));
             }
             Protocol::Sctp => {
                 return Err(LabError::Topology(
@@ -114,7 +117,28 @@ impl Drop for Servers {
             // and closes it.
             unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
         }
+        // Their sockets are closed once their threads end (a socket keeps its namespace alive).
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
+}
+
+/// Whether something in `netns` listens on TCP `port` (read from the namespace's
+/// /proc/net/tcp and tcp6): a server started by another process is ready.
+pub fn listening(netns: &str, port: u16) -> Result<bool, LabError> {
+    let needle = format!(":{port:04X} ");
+    in_netns(netns, move || {
+        ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| {
+                t.lines().skip(1).any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    // local address, then state 0A = LISTEN
+                    cols.len() > 3 && format!("{} ", cols[1]).ends_with(&needle) && cols[3] == "0A"
+                })
+            })
+        })
+    })
 }
 
 /// An open TCP connection made from a namespace (for testing what happens to established

@@ -109,9 +109,9 @@ fn a_pod_added_relabelled_and_deleted() {
     let before = lab.revision().unwrap();
     lab.remove("job.yaml").unwrap();
     lab.realized(before).unwrap();
-    // Its processes end (a socket would keep its network namespace, and so its veth, alive).
+    // Its processes end (a socket would keep its network namespace, and so its veth, alive);
+    // dropping the servers waits for their sockets to close.
     drop(job_servers);
-    std::thread::sleep(std::time::Duration::from_millis(100));
     lab.topology.delete_pod("shop/job").unwrap();
     let flows: Vec<_> = lab
         .all_flows(&[(8080, Tcp)])
@@ -179,8 +179,8 @@ fn policy_stays_enforced_while_the_agent_restarts_and_without_a_controller() {
         })
     };
     lab.start_agent("node-2").unwrap();
-    lab.realized(0).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the new agent has re-adopted the maps, synced and been acked by the controller.
+    lab.agent_synced("node-2").unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (tries, through) = hammer.join().unwrap();
     assert!(tries > 10, "{tries} attempts");
