@@ -234,34 +234,28 @@ pub async fn start(
     let grpc_shutdown = shutdown.clone();
     let metrics_for_listener = hub.metrics.clone();
     let grpc_task = match tls_config {
-        Some(tls) => {
-            let incoming = listen::incoming(
+        Some(tls) => serve(
+            router,
+            listen::incoming(
                 grpc,
                 listen::tls(tls),
                 limits,
                 metrics_for_listener,
                 shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
-                    .await
-            })
-        }
-        None => {
-            let incoming = listen::incoming(
+            ),
+            grpc_shutdown,
+        ),
+        None => serve(
+            router,
+            listen::incoming(
                 grpc,
                 listen::plain(),
                 limits,
                 metrics_for_listener,
                 shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
-                    .await
-            })
-        }
+            ),
+            grpc_shutdown,
+        ),
     };
     info!(
         ?addr,
@@ -283,6 +277,27 @@ pub async fn start(
         grpc: grpc_task,
         metrics: metrics_task,
         source: source_thread,
+    })
+}
+
+/// Serve `router` on `incoming` connections (TLS or plaintext) until `shutdown`.
+fn serve<S>(
+    router: tonic::transport::server::Router,
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<listen::Counted<S>>>,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<(), tonic::transport::Error>>
+where
+    S: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
     })
 }
 

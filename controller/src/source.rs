@@ -201,6 +201,14 @@ impl ManifestDir {
         }
     }
 
+    /// inotify lost events: what it said before says nothing now (changes fall back to the
+    /// quiet period).
+    pub fn forget_hints(&mut self) {
+        for e in self.files.values_mut() {
+            e.hint = None;
+        }
+    }
+
     /// Walk the directory, read what is complete, and propose the commands that bring the
     /// engine to it. Nothing is taken as applied until [`ManifestDir::commit`].
     pub fn scan(&mut self, now: Instant) -> Scan {
@@ -220,10 +228,17 @@ impl ManifestDir {
                 self.skipped.clear();
                 for s in &w.skipped {
                     let rel = self.relative(&s.path);
-                    // A file replaced by something unreadable keeps what it held.
+                    // A path that cannot be read is not a deleted one: a file replaced by
+                    // something unreadable, or every file under a directory that cannot be
+                    // listed, keeps what it held.
+                    for known in self.files.keys().filter(|p| p.starts_with(&rel)) {
+                        present.insert(known.clone());
+                    }
                     present.insert(rel.clone());
-                    self.skipped
-                        .push(rejected_path(&rel.display().to_string(), s.reason.clone()));
+                    self.skipped.push(rejected_path(
+                        &rel.display().to_string(),
+                        format!("{}; what it held stays in force", s.reason),
+                    ));
                 }
                 for found in &w.files {
                     let rel = self.relative(&found.path);
@@ -266,11 +281,10 @@ impl ManifestDir {
         if let Some((_, at)) = entry.retry.filter(|(_, at)| now < *at) {
             return Some(at);
         }
-        // A close or rename seen before the file's last modification says nothing about it.
+        // A hint seen before the file's last modification says nothing about that content.
         let hint = match entry.hint {
             Some((h, seen)) if meta.modified().map_or(true, |m| m <= seen) => h,
-            Some(_) => Hint::Writing,
-            None => Hint::None,
+            _ => Hint::None,
         };
         if let Some(at) = pending.read_at(hint, now, timing) {
             entry.waiting = Some(match hint {
@@ -291,6 +305,21 @@ impl ManifestDir {
             &self.options.default_ns,
         );
         let entry = self.files.get_mut(rel).expect("entry");
+        if let Some(after) = &content.read_as {
+            let read = Stamp::of(after);
+            if read != stamp {
+                // Changed while it was read: what was read may be half of it. Not taken.
+                entry.pending = Some(Pending::observe(
+                    Some(pending),
+                    read,
+                    now,
+                    settle::age(after),
+                ));
+                entry.hint = None;
+                entry.waiting = Some("changed while it was read; read again once quiet".into());
+                return Some(now + timing.settle.max(Duration::from_millis(100)));
+            }
+        }
         entry.problems = content.problems.clone();
         entry.warnings = content.warnings.clone();
         if content.io_error {

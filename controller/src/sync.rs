@@ -311,7 +311,8 @@ impl Connection {
                 msg = inbound.message() => match msg {
                     Ok(Some(m)) => {
                         if let Err(e) = self.received(m) {
-                            let _ = tx.send(Err(e)).await;
+                            // Never wait on a peer that does not read.
+                            let _ = tx.try_send(Err(e));
                             break;
                         }
                     }
@@ -393,7 +394,7 @@ impl Connection {
 
     /// What takes the agent from what it holds to the node's latest version.
     fn next_message(&mut self) -> Option<(Encoded, &'static str)> {
-        let (plan, desired, digest) = self.plan();
+        let (plan, mut desired, mut digest) = self.plan();
         let update = |from, to, digest: &Digest, delta: &SliceDelta| {
             encode::update(
                 &self.node,
@@ -420,11 +421,17 @@ impl Connection {
                 match compose_chain(&entries) {
                     Some(delta) => (update(from, last.to, &last.digest, &delta), "update"),
                     None => {
-                        let slice = self.hub.lock().engine.slice(&self.node);
+                        // The engine may have moved on since the plan: say what is sent.
+                        let slice = {
+                            let st = self.hub.lock();
+                            (desired, digest) = st.desired(&self.node);
+                            st.engine.slice(&self.node)
+                        };
                         (encode::snapshot(&slice), "snapshot")
                     }
                 }
             }
+            // Taken under the same lock as `desired` and `digest`: consistent.
             Plan::Snapshot(slice) => (encode::snapshot(&slice), "snapshot"),
         };
         debug!(kind, from = ?self.holds, to = desired, bytes = msg.len(), "sending");

@@ -48,6 +48,16 @@ pub fn kind(t: std::fs::FileType) -> &'static str {
 
 /// Read `path` (following symbolic links), at most `limit` bytes.
 pub fn file(path: &Path, limit: u64, require: Require) -> Result<Vec<u8>, ReadError> {
+    file_and_metadata(path, limit, require).map(|(bytes, _)| bytes)
+}
+
+/// The same, with the metadata of the file read, taken once it was read (compare it with an
+/// earlier `stat` to know that nobody changed the file in between).
+pub fn file_and_metadata(
+    path: &Path,
+    limit: u64,
+    require: Require,
+) -> Result<(Vec<u8>, std::fs::Metadata), ReadError> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     if require == Require::Regular {
@@ -63,11 +73,13 @@ pub fn file(path: &Path, limit: u64, require: Require) -> Result<Vec<u8>, ReadEr
         return Err(ReadError::TooLarge { limit });
     }
     let mut out = Vec::with_capacity(meta.len().min(limit) as usize);
-    f.take(limit.saturating_add(1)).read_to_end(&mut out)?;
+    let mut f = f.take(limit.saturating_add(1));
+    f.read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(ReadError::TooLarge { limit });
     }
-    Ok(out)
+    let after = f.into_inner().metadata()?;
+    Ok((out, after))
 }
 
 #[cfg(test)]

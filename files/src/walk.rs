@@ -9,7 +9,8 @@
 //! * Only regular files are listed; a FIFO, socket or device with a manifest's name is
 //!   reported and skipped, so nothing can block or stream forever.
 //! * A path that cannot be read (an unreadable directory, a dangling link) is reported on its
-//!   own and the rest of the tree is still listed.
+//!   own and the rest of the tree is still listed. A reported path is not absent: a caller
+//!   must not take the files under it as deleted.
 
 use std::collections::BTreeSet;
 use std::fs::Metadata;
@@ -99,12 +100,18 @@ fn visit(entries: Vec<PathBuf>, depth: usize, seen: &mut BTreeSet<(u64, u64)>, w
         }
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
-            Err(e) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Vanished since the listing: the next walk sees the result. A link that
                 // leads nowhere is worth saying, if it has a manifest's name.
                 if std::fs::symlink_metadata(&path).is_ok() && is_manifest(&name) {
                     skip(&path, format!("symbolic link that cannot be followed: {e}"));
                 }
+                continue;
+            }
+            Err(e) => {
+                // There, but not readable now (permissions, I/O): said, so whoever reads the
+                // walk keeps what the path held instead of taking it as deleted.
+                skip(&path, format!("cannot read its metadata: {e}"));
                 continue;
             }
         };

@@ -164,7 +164,8 @@ fn policy_stays_enforced_while_the_agent_restarts_and_without_a_controller() {
         std::thread::spawn(move || {
             palisade_lab::netns::in_netns(&ns, move || {
                 let (mut tries, mut through) = (0u32, 0u32);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Through the whole restart, and at least 25 attempts however quick it is.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || tries < 25 {
                     let addr = std::net::SocketAddr::from((dst, 8080));
                     tries += 1;
                     if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(20))

@@ -158,6 +158,12 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
             cert: certs.join("controller.pem"),
             key: certs.join("controller-key.pem"),
         }),
+        // Every simulated agent connects from 127.0.0.1: one address, thousands of nodes.
+        connections: server::listen::Limits {
+            max_connections: nodes.len() + 1024,
+            max_per_ip: nodes.len() + 64,
+            ..server::listen::Limits::default()
+        },
         ..Config::new(&manifest_dir)
     };
     progress("starting the controller (full compile)");

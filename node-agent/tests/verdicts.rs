@@ -93,22 +93,24 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+/// node-1's slice of the ports seed (examples/ports).
+fn ports_node_1() -> NodeSlice {
+    let text = include_str!("../../examples/ports/manifests.yaml");
+    let parsed = palisade_policy::manifest::parse("ports", text, "default");
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let commands: Vec<_> = parsed
+        .objects
+        .into_iter()
+        .map(|(_, o)| o.upsert())
+        .collect();
+    Engine::load(1, commands).slice("node-1")
+}
+
 /// The telco seed: SCTP 28 allowed into `telco`, nothing else; verdicts through the real
 /// programs, since this kernel has no SCTP sockets.
 #[test]
 fn sctp_verdicts_through_the_programs() {
-    let text = include_str!("../../examples/ports/manifests.yaml");
-    let parsed = palisade_policy::manifest::parse("ports", text, "default");
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    let engine = Engine::load(
-        1,
-        parsed
-            .objects
-            .into_iter()
-            .map(|(_, o)| o.upsert())
-            .collect::<Vec<_>>(),
-    );
-    let slice = engine.slice("node-1");
+    let slice = ports_node_1();
     let mut h = Harness::start().unwrap_or_else(|e| panic!("verdict tests need root and BPF: {e}"));
     h.install(&slice).unwrap();
     let (telco, client) = (ip("10.244.1.61"), ip("10.244.2.61"));
@@ -149,45 +151,49 @@ fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// An IPv6 packet: `next_header`, `hop_limit`, then `l4` (for ICMPv6, its type first).
-fn ipv6(next_header: u8, hop_limit: u8, l4: &[u8]) -> Vec<u8> {
+/// An IPv6 packet from fd00::1 to `dst`: `next_header`, `hop_limit`, then `l4` (for ICMPv6,
+/// its type first).
+fn ipv6_to(dst: [u8; 16], next_header: u8, hop_limit: u8, l4: &[u8]) -> Vec<u8> {
     let mut h = vec![0u8; 40];
     h[0] = 6 << 4;
     h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
     h[6] = next_header;
     h[7] = hop_limit;
-    h[8] = 0xfd; // fd00::1 -> fd00::2
+    h[8] = 0xfd;
     h[23] = 1;
-    h[24] = 0xfd;
-    h[39] = 2;
+    h[24..40].copy_from_slice(&dst);
     h.extend_from_slice(l4);
     frame(0x86DD, &h)
+}
+
+/// The same to fd00::2.
+fn ipv6(next_header: u8, hop_limit: u8, l4: &[u8]) -> Vec<u8> {
+    ipv6_to(
+        "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        next_header,
+        hop_limit,
+        l4,
+    )
 }
 
 /// IPv6 and other non-IPv4 frames: to or from an endpoint isolated in that direction they are
 /// dropped (neighbour discovery and ARP excepted); elsewhere they pass (DESIGN.md contract 8).
 #[test]
 fn other_address_families_fail_closed_where_the_endpoint_is_isolated() {
-    let text = include_str!("../../examples/ports/manifests.yaml");
-    let parsed = palisade_policy::manifest::parse("ports", text, "default");
-    let engine = Engine::load(
-        1,
-        parsed
-            .objects
-            .into_iter()
-            .map(|(_, o)| o.upsert())
-            .collect::<Vec<_>>(),
-    );
-    let slice = engine.slice("node-1");
+    let slice = ports_node_1();
     let mut h = Harness::start().unwrap_or_else(|e| panic!("verdict tests need root and BPF: {e}"));
     h.install(&slice).unwrap();
     let mut tcp = vec![0u8; 20];
     tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
     tcp[13] = TCP_SYN;
     let v6_tcp = ipv6(6, 64, &tcp);
-    let neighbour_solicitation = ipv6(58, 255, &[135, 0, 0, 0, 0, 0, 0, 0]);
-    let router_advertisement = ipv6(58, 255, &[134, 0, 0, 0, 0, 0, 0, 0]);
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let neighbour_solicitation =
+        ipv6_to(v6("ff02::1:ff00:2"), 58, 255, &[135, 0, 0, 0, 0, 0, 0, 0]);
+    let router_advertisement = ipv6_to(v6("fe80::1"), 58, 255, &[134, 0, 0, 0, 0, 0, 0, 0]);
     let routed_nd_lookalike = ipv6(58, 64, &[135, 0, 0, 0, 0, 0, 0, 0]);
+    // ND-typed, hop limit 255, but to a global address: could leave the link, so not ND.
+    let global_nd_lookalike = ipv6(58, 255, &[136, 0, 0, 0, 0, 0, 0, 0]);
     let echo6 = ipv6(58, 64, &[128, 0, 0, 0, 0, 1, 0, 1]);
     let arp = frame(0x0806, &[0u8; 28]);
     let vlan = frame(
@@ -196,12 +202,13 @@ fn other_address_families_fail_closed_where_the_endpoint_is_isolated() {
     );
 
     // telco (10.244.1.61): isolated for ingress only.
-    h.interface_endpoint(Some(ip("10.244.1.61")));
+    h.interface_endpoints(&[ip("10.244.1.61")]);
     for (what, f) in [
         ("IPv6 TCP", &v6_tcp),
         ("ICMPv6 echo", &echo6),
         ("a VLAN-tagged frame", &vlan),
         ("a routed ND look-alike", &routed_nd_lookalike),
+        ("ND to a global address", &global_nd_lookalike),
     ] {
         assert!(
             !Harness::passes(&h.to_pod, f),
@@ -221,16 +228,20 @@ fn other_address_families_fail_closed_where_the_endpoint_is_isolated() {
         assert!(Harness::passes(&h.from_pod, f), "{what} passes");
     }
     // web-a (10.244.1.60): isolated both ways.
-    h.interface_endpoint(Some(ip("10.244.1.60")));
+    h.interface_endpoints(&[ip("10.244.1.60")]);
     assert!(!Harness::passes(&h.from_pod, &v6_tcp));
     assert!(!Harness::passes(&h.to_pod, &v6_tcp));
     assert!(Harness::passes(&h.from_pod, &neighbour_solicitation));
     // A pod no policy selects: everything passes, as for IPv4.
-    h.interface_endpoint(Some(ip("10.244.1.99")));
+    h.interface_endpoints(&[ip("10.244.1.99")]);
     assert!(Harness::passes(&h.to_pod, &v6_tcp));
     assert!(Harness::passes(&h.from_pod, &vlan));
+    // An interface with several addresses: isolated if any of its endpoints is.
+    h.interface_endpoints(&[ip("10.244.1.99"), ip("10.244.1.61")]);
+    assert!(!Harness::passes(&h.to_pod, &v6_tcp));
+    assert!(Harness::passes(&h.from_pod, &v6_tcp));
     // An interface the agent has not described: nothing but addressing gets through.
-    h.interface_endpoint(None);
+    h.interface_endpoints(&[]);
     assert!(!Harness::passes(&h.to_pod, &v6_tcp));
     assert!(Harness::passes(&h.to_pod, &neighbour_solicitation));
     assert!(Harness::passes(&h.to_pod, &arp));

@@ -140,13 +140,8 @@ pub fn parse_sources(sources: &[(String, String)], default_ns: &str) -> Loaded {
             .errors
             .extend(parsed.errors.iter().map(|e| e.to_string()));
         for (loc, obj) in parsed.objects {
-            if let Object::Pod(p) = &obj {
-                if p.node.is_none() && p.peer_ip().is_some() {
-                    loaded.warnings.push(format!(
-                        "{loc}: Pod {} has an address but no spec.nodeName: it is a peer of other pods but no node enforces its own policies",
-                        p.key
-                    ));
-                }
+            if let Some(w) = obj.warning() {
+                loaded.warnings.push(format!("{loc}: {w}"));
             }
             // As the controller does: an object defined twice is a conflict, and the first
             // definition (by path, then by document) is the one in force.

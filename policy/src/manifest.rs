@@ -60,6 +60,17 @@ impl Object {
         }
     }
 
+    /// What is worth saying about a valid object that is probably not what was meant.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Object::Pod(p) if p.node.is_none() && p.peer_ip().is_some() => Some(format!(
+                "Pod {} has an address but no spec.nodeName: it is a peer of other pods but no node enforces its own policies",
+                p.key
+            )),
+            _ => None,
+        }
+    }
+
     /// `namespace/name`, or the name of a namespace.
     pub fn name(&self) -> String {
         match self {

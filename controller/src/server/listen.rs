@@ -224,12 +224,15 @@ impl Acceptor {
         ))
     }
 
-    fn established(&self, id: u64) {
+    /// The handshake of `id` ended; false when the connection was evicted meanwhile (it
+    /// must then be dropped: its place was given to another).
+    fn established(&self, id: u64) -> bool {
         self.table
             .lock()
             .expect("connection table")
             .handshaking
-            .remove(&id);
+            .remove(&id)
+            .is_some()
     }
 
     fn failed(&self, peer: SocketAddr, reason: &'static str, detail: &str) {
@@ -311,7 +314,14 @@ where
                         Ok(Ok(s)) => Ok(s),
                     },
                 };
-                acceptor.established(id);
+                let kept = acceptor.established(id);
+                let result = match result {
+                    Ok(_) if !kept => Err((
+                        "evicted",
+                        "dropped to make room for a newer connection".to_string(),
+                    )),
+                    other => other,
+                };
                 match result {
                     Ok(inner) => {
                         let _ = tx.send(Ok(Counted { inner, _slot: slot })).await;
@@ -385,6 +395,51 @@ pub fn server_config(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<rustls::Serve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acceptor(max_connections: usize, max_per_ip: usize) -> Acceptor {
+        Acceptor {
+            table: Arc::default(),
+            limits: Limits {
+                max_connections,
+                max_per_ip,
+                ..Limits::default()
+            },
+            metrics: Metrics::new(),
+            log: Arc::new(RateLimited::new(10)),
+        }
+    }
+
+    #[test]
+    fn limits_evict_the_oldest_handshake_of_the_right_address() {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        // Per address: a third connection from a evicts a's oldest handshake, not b's.
+        let acc = acceptor(100, 2);
+        let (_s1, _, t1) = acc.admit(a).unwrap();
+        let (_s2, _, t2) = acc.admit(b).unwrap();
+        let (_s3, _, t3) = acc.admit(a).unwrap();
+        let (_s4, _, _) = acc.admit(a).unwrap();
+        assert!(t1.is_cancelled() && !t2.is_cancelled() && !t3.is_cancelled());
+        // Overall: the oldest handshake of any address goes.
+        let acc = acceptor(2, 100);
+        let (_s1, id1, t1) = acc.admit(a).unwrap();
+        let (_s2, _, t2) = acc.admit(b).unwrap();
+        let (_s3, _, _) = acc.admit(b).unwrap();
+        assert!(t1.is_cancelled() && !t2.is_cancelled());
+        assert!(
+            !acc.established(id1),
+            "an evicted connection is dropped, never served"
+        );
+        // Established connections are never evicted: with no handshake left, refused.
+        let acc = acceptor(1, 100);
+        let (slot, id, _) = acc.admit(a).unwrap();
+        assert!(acc.established(id));
+        assert!(acc.admit(b).is_none());
+        drop(slot);
+        assert!(
+            acc.admit(b).is_some(),
+            "a closed connection gives its slot back"
+        );
+    }
 
     #[test]
     fn the_rate_limiter_counts_what_it_suppresses() {

@@ -28,6 +28,8 @@ pub struct Content {
     pub broken: bool,
     /// The failure was I/O, worth retrying later (with back-off).
     pub io_error: bool,
+    /// The file's metadata once read (to check nobody changed it since it was looked at).
+    pub read_as: Option<std::fs::Metadata>,
 }
 
 fn problem(source: &str, kind: &str, object: &str, error: String) -> Rejected {
@@ -77,15 +79,22 @@ pub fn read(path: &Path, name: &str, limits: &Limits, default_ns: &str) -> Conte
         io_error,
         ..Content::default()
     };
-    let bytes = match read::file(path, limits.max_bytes as u64, Require::Regular) {
-        Ok(b) => b,
-        Err(e @ ReadError::Io(_)) => return broken(format!("cannot read: {e}"), true),
-        Err(e) => return broken(e.to_string(), false),
-    };
+    let (bytes, meta) =
+        match read::file_and_metadata(path, limits.max_bytes as u64, Require::Regular) {
+            Ok(r) => r,
+            Err(e @ ReadError::Io(_)) => return broken(format!("cannot read: {e}"), true),
+            Err(e) => return broken(e.to_string(), false),
+        };
     let Ok(text) = String::from_utf8(bytes) else {
-        return broken("not UTF-8 text".into(), false);
+        return Content {
+            read_as: Some(meta),
+            ..broken("not UTF-8 text".into(), false)
+        };
     };
-    parse(name, &text, limits, default_ns)
+    Content {
+        read_as: Some(meta),
+        ..parse(name, &text, limits, default_ns)
+    }
 }
 
 /// Parse `text` (the content of the file named `name`).
@@ -101,13 +110,8 @@ pub fn parse(name: &str, text: &str, limits: &Limits, default_ns: &str) -> Conte
     };
     let mut first: BTreeMap<Key, Location> = BTreeMap::new();
     for (loc, o) in parsed.objects {
-        if let Object::Pod(p) = &o {
-            if p.node.is_none() && p.peer_ip().is_some() {
-                content.warnings.push(format!(
-                    "{loc}: Pod {} has an address but no spec.nodeName: a peer of others, enforced nowhere",
-                    p.key
-                ));
-            }
+        if let Some(w) = o.warning() {
+            content.warnings.push(format!("{loc}: {w}"));
         }
         let k = key(&o);
         if let Some(at) = first.get(&k) {

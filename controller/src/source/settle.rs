@@ -6,7 +6,9 @@
 //! * its writer closed it, or it was renamed into place (inotify says so: [`Hint`]); or
 //! * without such a sign, it has not changed for `settle` (its modification time counts, so
 //!   a file written long ago is read at once, at startup too);
-//! * a file inotify saw written and not yet closed waits for the close, at most `hold`.
+//! * a file inotify saw written and not yet closed waits for the close, however long: a
+//!   writer that stalls mid-rule must never have its half enforced (if inotify loses events,
+//!   hints are forgotten and the quiet period applies).
 //!
 //! And a complete change that *removes* objects the file held (emptied, truncated, shrunk)
 //! is applied only once the file has stayed so for `hold`, unless it was renamed into place
@@ -94,11 +96,12 @@ impl Pending {
         }
     }
 
-    /// `None`: read it now. `Some(t)`: not before `t`.
+    /// `None`: read it now. `Some(t)`: not now; look again at `t`.
     pub fn read_at(&self, hint: Hint, now: Instant, t: Timing) -> Option<Instant> {
         let at = match hint {
             Hint::Closed | Hint::Renamed => return None,
-            Hint::Writing => self.quiet_since + t.hold.max(t.settle),
+            // Only its writer's close (or rename) says it is complete: look again later.
+            Hint::Writing => return Some(now + t.hold.max(t.settle).max(Duration::from_secs(1))),
             Hint::None => self.quiet_since + t.settle,
         };
         (now < at).then_some(at)
@@ -141,11 +144,10 @@ mod tests {
         assert_eq!(p.read_at(Hint::None, t0 + T.settle, T), None);
         assert_eq!(p.read_at(Hint::Closed, t0, T), None);
         assert_eq!(p.read_at(Hint::Renamed, t0, T), None);
-        // Open for writing: waits for the close, at most `hold`.
-        assert_eq!(
-            p.read_at(Hint::Writing, t0 + T.settle, T),
-            Some(t0 + T.hold)
-        );
+        // Open for writing: waits for the close, however long.
+        for later in [T.settle, T.hold, T.hold * 100] {
+            assert!(p.read_at(Hint::Writing, t0 + later, T).is_some());
+        }
         // Another content restarts the quiet period; the same keeps it.
         let later = t0 + Duration::from_millis(500);
         assert_eq!(

@@ -248,17 +248,19 @@ fn a_file_still_being_written_waits_for_its_writer() {
     // still at work: not read, however quiet.
     std::fs::write(&path, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n").unwrap();
     src.hint(&src.root().join("pol.yaml"), Hint::Writing);
-    let s = apply(&mut src, t0 + Duration::from_secs(5));
-    assert!(s.commands.is_empty());
-    assert!(
-        s.warnings.iter().any(|w| w.contains("being written")),
-        "{:?}",
-        s.warnings
-    );
+    for later in [5, 30, 600] {
+        let s = apply(&mut src, t0 + Duration::from_secs(later));
+        assert!(s.commands.is_empty(), "{later} s on, still not read");
+        assert!(
+            s.warnings.iter().any(|w| w.contains("being written")),
+            "{:?}",
+            s.warnings
+        );
+    }
     // The writer finishes and closes it.
     std::fs::write(&path, POLICY.replace("port: 80", "port: 8080")).unwrap();
     src.hint(&src.root().join("pol.yaml"), Hint::Closed);
-    let s = apply(&mut src, t0 + Duration::from_secs(6));
+    let s = apply(&mut src, t0 + Duration::from_secs(601));
     assert_eq!(
         ingress_port(&s.commands[0]),
         palisade_policy::model::PortRef::Range(8080, 8080)
@@ -446,4 +448,38 @@ fn bad_paths_are_reported_alone_and_keep_what_they_held() {
         "{:?}",
         s.rejected
     );
+}
+
+#[test]
+fn files_under_a_directory_that_cannot_be_listed_keep_their_objects() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(dir.join("team")).unwrap();
+    std::fs::write(dir.join("team/pol.yaml"), POLICY).unwrap();
+    std::fs::write(dir.join("pod.yaml"), POD).unwrap();
+    let mut src = immediate(&dir);
+    assert_eq!(apply(&mut src, Instant::now()).commands.len(), 2);
+    std::fs::set_permissions(dir.join("team"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // As root permissions do not apply: scan from a thread whose file-system identity is an
+    // unprivileged user (setfsuid is per thread and drops the DAC override).
+    let (src, s) = std::thread::spawn(move || {
+        unsafe { libc::setfsuid(65534) };
+        let s = apply(&mut src, Instant::now());
+        unsafe { libc::setfsuid(0) };
+        (src, s)
+    })
+    .join()
+    .unwrap();
+    assert!(s.commands.is_empty(), "nothing deleted: {:?}", s.commands);
+    assert!(
+        s.rejected
+            .iter()
+            .any(|r| r.source == "team" && r.errors[0].contains("stays in force")),
+        "{:?}",
+        s.rejected
+    );
+    drop(src);
+    std::fs::set_permissions(dir.join("team"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }

@@ -149,9 +149,14 @@ pub fn watch(
                 std::thread::sleep(pace.debounce);
                 for event in std::iter::once(first).chain(rx.try_iter()) {
                     let Ok(event) = event else {
-                        scan_now = true; // events lost (queue overflow): look at everything
+                        // Events lost (queue overflow): look at everything, trust no hint.
+                        source.forget_hints();
+                        scan_now = true;
                         continue;
                     };
+                    if event.need_rescan() {
+                        source.forget_hints();
+                    }
                     let (hints, wants) = classify(&event);
                     for (path, hint) in hints {
                         source.hint(&path, hint);

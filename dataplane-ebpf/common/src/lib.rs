@@ -74,15 +74,21 @@ pub const ENDPOINT_INGRESS_ISOLATED: u32 = 1;
 pub const ENDPOINT_EGRESS_ISOLATED: u32 = 2;
 pub const ENDPOINT_FAIL_CLOSED: u32 = 4;
 
-/// The endpoint a pod interface belongs to (`PAL_IFACES`, keyed by interface index): its
-/// IPv4 address, the key of its `PAL_ENDPOINTS` entry. A frame that is not IPv4 (IPv6, a VLAN
-/// tag, ...) carries no address Palisade enforces yet, so it is judged by this endpoint's
-/// isolation: dropped where the endpoint is isolated in that direction ([`DENY_FAMILY`]),
-/// except ARP and IPv6 neighbour discovery, which addressing needs.
+/// Addresses of one pod interface held in [`IfaceEndpoint`].
+pub const IFACE_ADDRS: usize = 4;
+
+/// The endpoints a pod interface belongs to (`PAL_IFACES`, keyed by interface index): the
+/// IPv4 addresses routed to it, keys of their `PAL_ENDPOINTS` entries. A frame that is not
+/// IPv4 (IPv6, a VLAN tag, ...) carries no address Palisade enforces yet, so it is judged by
+/// these endpoints' isolation: dropped where any of them is isolated in that direction
+/// ([`DENY_FAMILY`]), except ARP and link-local IPv6 neighbour discovery, which addressing
+/// needs. An interface with more addresses than fit (`count` > [`IFACE_ADDRS`]) is treated as
+/// isolated both ways.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct IfaceEndpoint {
-    pub addr: [u8; 4],
+    pub addrs: [[u8; 4]; IFACE_ADDRS],
+    pub count: u32,
 }
 
 /// One local endpoint's policy state, keyed by its address.

@@ -3,10 +3,10 @@
 //! the same check with a constant number of map lookups, whatever the number of rules:
 //!
 //! 1. Frames that are not IPv4 carry no address enforced yet: ARP and IPv6 neighbour
-//!    discovery pass (addressing needs them); anything else (IPv6, VLAN-tagged frames, ...)
-//!    passes only if the interface's endpoint (`PAL_IFACES`) is not isolated in that
-//!    direction, and is dropped otherwise (`DENY_FAMILY`), so an isolated pod is never
-//!    reachable, nor reaches out, around its IPv4 policy.
+//!    discovery (link-local only) pass (addressing needs them); anything else (IPv6,
+//!    VLAN-tagged frames, ...) passes only if none of the interface's endpoints (`PAL_IFACES`)
+//!    is isolated in that direction, and is dropped otherwise (`DENY_FAMILY`), so an isolated
+//!    pod is never reachable, nor reaches out, around its IPv4 policy.
 //! 2. `from_pod` drops packets whose source is not an address the node routes to this
 //!    interface (`PAL_LOCAL`): a pod cannot borrow another pod's policy by spoofing.
 //! 3. The packet's connection is looked up in conntrack (`PAL_CT`) at this check point, as a
@@ -40,8 +40,8 @@ use palisade_ebpf_common::{
     IfaceEndpoint, LocalKey, CT_CLOSING, CT_REFRESH_NS, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS,
     CT_TIMEOUT_TCP_NS, DENY_FAIL_CLOSED, DENY_FAMILY, DENY_POLICY, DENY_SPOOFED, DIR_EGRESS,
     DIR_INGRESS, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_FAIL_CLOSED, ENDPOINT_INGRESS_ISOLATED,
-    IDENTITY_ANY, IDENTITY_WORLD, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RULE_KEY_BITS,
-    RULE_KEY_BYTES,
+    IDENTITY_ANY, IDENTITY_WORLD, IFACE_ADDRS, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    RULE_KEY_BITS, RULE_KEY_BYTES,
 };
 
 #[map(name = "PAL_ENDPOINTS")]
@@ -322,8 +322,8 @@ fn check(ctx: &TcContext, direction: u8) -> Result<i32, ()> {
     Ok(PASS)
 }
 
-/// A frame that is not IPv4: ARP and neighbour discovery pass; anything else passes only when
-/// the interface's endpoint is not isolated in `direction`.
+/// A frame that is not IPv4: ARP and link-local neighbour discovery pass; anything else
+/// passes only when none of the interface's endpoints is isolated in `direction`.
 #[inline(always)]
 fn other_family(ctx: &TcContext, direction: u8, ethertype: u16) -> i32 {
     let mut next_header = 0u8;
@@ -331,37 +331,42 @@ fn other_family(ctx: &TcContext, direction: u8, ethertype: u16) -> i32 {
         bump(stats::NOT_IPV4);
         return PASS;
     }
-    if ethertype == ETH_P_IPV6 {
-        if let Ok(ip6) = ctx.load::<[u8; 8]>(ETH_HLEN) {
-            next_header = ip6[6];
-            // Neighbour discovery: ICMPv6 133..137 with hop limit 255 (never routed).
-            if next_header == NEXTHDR_ICMPV6 && ip6[7] == 255 {
-                if let Ok(t) = ctx.load::<u8>(ETH_HLEN + IPV6_HLEN) {
-                    if (ND_FIRST..=ND_LAST).contains(&t) {
-                        bump(stats::NOT_IPV4);
-                        return PASS;
-                    }
-                }
-            }
-        }
+    if ethertype == ETH_P_IPV6 && neighbour_discovery(ctx, &mut next_header) {
+        bump(stats::NOT_IPV4);
+        return PASS;
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // An interface the agent has not described: nothing is known to be allowed.
-    let local = match unsafe { IFACES.get(&ifindex) } {
-        Some(e) => e.addr,
-        None => [0; 4],
-    };
-    let flags = match unsafe { ENDPOINTS.get(&local) } {
-        Some(e) => e.flags,
-        None if local == [0; 4] => ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED,
-        None => 0,
-    };
-    let isolated = if direction == DIR_INGRESS {
-        flags & ENDPOINT_INGRESS_ISOLATED
+    let wanted = if direction == DIR_INGRESS {
+        ENDPOINT_INGRESS_ISOLATED
     } else {
-        flags & ENDPOINT_EGRESS_ISOLATED
+        ENDPOINT_EGRESS_ISOLATED
     };
-    if isolated == 0 {
+    // An interface the agent has not described, or with more addresses than fit: nothing is
+    // known to be allowed.
+    let (isolated, local) = match unsafe { IFACES.get(&ifindex) } {
+        None => (true, [0; 4]),
+        Some(e) => {
+            let (addrs, count) = (e.addrs, e.count);
+            if count == 0 || count as usize > IFACE_ADDRS {
+                (true, addrs[0])
+            } else {
+                let mut isolated = false;
+                let mut local = addrs[0];
+                for (i, a) in addrs.iter().enumerate() {
+                    if (i as u32) < count && !isolated {
+                        if let Some(ep) = unsafe { ENDPOINTS.get(a) } {
+                            if ep.flags & wanted != 0 {
+                                isolated = true;
+                                local = *a;
+                            }
+                        }
+                    }
+                }
+                (isolated, local)
+            }
+        }
+    };
+    if !isolated {
         bump(stats::NOT_IPV4);
         return PASS;
     }
@@ -373,6 +378,32 @@ fn other_family(ctx: &TcContext, direction: u8, ethertype: u16) -> i32 {
         protocol: next_header,
     };
     deny(&t, direction, local, ifindex, DENY_FAMILY)
+}
+
+/// Whether an IPv6 frame is neighbour discovery: ICMPv6 133..137, hop limit 255 (never
+/// routed), to a link-local or link-scope multicast address (so it cannot leave the link).
+/// Sets `next_header` either way.
+#[inline(always)]
+fn neighbour_discovery(ctx: &TcContext, next_header: &mut u8) -> bool {
+    let Ok(ip6) = ctx.load::<[u8; 8]>(ETH_HLEN) else {
+        return false;
+    };
+    *next_header = ip6[6];
+    if ip6[6] != NEXTHDR_ICMPV6 || ip6[7] != 255 {
+        return false;
+    }
+    let Ok(dst) = ctx.load::<[u8; 2]>(ETH_HLEN + 24) else {
+        return false;
+    };
+    let link_local = dst[0] == 0xfe && dst[1] & 0xc0 == 0x80;
+    let link_multicast = dst[0] == 0xff && dst[1] == 0x02;
+    if !link_local && !link_multicast {
+        return false;
+    }
+    match ctx.load::<u8>(ETH_HLEN + IPV6_HLEN) {
+        Ok(t) => (ND_FIRST..=ND_LAST).contains(&t),
+        Err(_) => false,
+    }
 }
 
 /// The ports of the packet an ICMP error quotes, at `offset` (its IPv4 header).

@@ -5,8 +5,8 @@
 //! in one `bpf_link_update`, so a pod is never unfiltered across an agent restart.
 //!
 //! `PAL_LOCAL` lists the addresses routed to each pod interface (the anti-spoofing check), and
-//! `PAL_IFACES` names each interface's endpoint (its smallest address: frames of other address
-//! families are judged by its isolation); both are written before an interface's programs
+//! `PAL_IFACES` names each interface's endpoints (its addresses: frames of other address
+//! families are judged by their isolation); both are written before an interface's programs
 //! attach and removed after they detach.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +19,7 @@ use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
-use palisade_ebpf_common::{program_names, IfaceEndpoint, LocalKey};
+use palisade_ebpf_common::{program_names, IfaceEndpoint, LocalKey, IFACE_ADDRS};
 use tracing::{info, warn};
 
 use super::routes::PodInterfaces;
@@ -160,13 +160,18 @@ impl Attacher {
                     warn!(iface = %name, addr = %a, "cannot record the pod address: {e}");
                 }
             }
-            if let Some(first) = addrs.first() {
-                let endpoint = IfaceEndpoint {
-                    addr: first.octets(),
-                };
-                if let Err(e) = self.ifaces.insert(index, endpoint, 0) {
-                    warn!(iface = %name, "cannot record the interface's endpoint: {e}");
-                }
+            let mut endpoint = IfaceEndpoint {
+                count: addrs.len() as u32,
+                ..IfaceEndpoint::default()
+            };
+            for (slot, a) in endpoint.addrs.iter_mut().zip(addrs) {
+                *slot = a.octets();
+            }
+            if addrs.len() > IFACE_ADDRS {
+                warn!(iface = %name, addrs = addrs.len(), "more pod addresses on one interface than the datapath describes ({IFACE_ADDRS}): its non-IPv4 frames are dropped both ways");
+            }
+            if let Err(e) = self.ifaces.insert(index, endpoint, 0) {
+                warn!(iface = %name, "cannot record the interface's endpoints: {e}");
             }
             let needs_attach = current.is_none() || adopt;
             if needs_attach {

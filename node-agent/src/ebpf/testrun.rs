@@ -84,18 +84,23 @@ impl Harness {
             .expect("PAL_LOCAL has room for test addresses");
     }
 
-    /// The test interface belongs to the endpoint `addr` (what frames of other address
-    /// families are judged by); `None`: to no endpoint the agent knows.
-    pub fn interface_endpoint(&mut self, addr: Option<Ipv4Addr>) {
-        match addr {
-            Some(a) => self
-                .ifaces
-                .insert(TEST_IFINDEX, IfaceEndpoint { addr: a.octets() }, 0)
-                .expect("PAL_IFACES has room"),
-            None => {
-                let _ = self.ifaces.remove(&TEST_IFINDEX);
-            }
+    /// The test interface carries the endpoints `addrs` (what frames of other address
+    /// families are judged by); none: an interface the agent has not described.
+    pub fn interface_endpoints(&mut self, addrs: &[Ipv4Addr]) {
+        if addrs.is_empty() {
+            let _ = self.ifaces.remove(&TEST_IFINDEX);
+            return;
         }
+        let mut e = IfaceEndpoint {
+            count: addrs.len() as u32,
+            ..IfaceEndpoint::default()
+        };
+        for (slot, a) in e.addrs.iter_mut().zip(addrs) {
+            *slot = a.octets();
+        }
+        self.ifaces
+            .insert(TEST_IFINDEX, e, 0)
+            .expect("PAL_IFACES has room");
     }
 
     /// Forget every tracked connection.
