@@ -153,7 +153,12 @@ pub async fn start(
         warn!("running in plaintext without authentication (--insecure): for development only");
     }
     let tls_config = config.tls.as_ref().map(tls).transpose()?;
-    let revisions = RevisionStore::open(config.state_dir.as_deref()).map_err(ServerError::State)?;
+    // Opening the reservation may fsync: off the async workers.
+    let state_dir = config.state_dir.clone();
+    let revisions = tokio::task::spawn_blocking(move || RevisionStore::open(state_dir.as_deref()))
+        .await
+        .expect("revision store task")
+        .map_err(ServerError::State)?;
     let metrics = Metrics::new();
     let hub = Arc::new(Hub::new(revisions, config.history, metrics.clone()));
 
