@@ -27,16 +27,21 @@ pub fn write(path: &Path, data: &[u8]) -> std::io::Result<()> {
     sync_dir(path)
 }
 
-/// Write many files at once, each atomically as [`write`] does, with one file-system sync for
-/// all of them instead of one per file: every temporary file is written, the file system is
-/// synced once (`syncfs`), then each is renamed into place and each directory synced. A crash
-/// leaves each file old or new (not necessarily all alike). On error, temporary files are
-/// removed; files already renamed keep their new content.
+/// Batches larger than this are made durable with one `syncfs` instead of one fsync per file.
+const FSYNC_EACH_UP_TO: usize = 16;
+
+/// Write many files at once, each atomically as [`write`] does: every temporary file is
+/// written and made durable (one fsync each for a small batch; for a large one, a single
+/// `syncfs` of the file system instead of thousands of fsyncs), then each is renamed into
+/// place and each directory synced. A crash leaves each file old or new (not necessarily all
+/// alike). On error, temporary files are removed; files already renamed keep their new
+/// content.
 pub fn write_batch(files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
     if files.is_empty() {
         return Ok(());
     }
     let tmps: Vec<PathBuf> = files.iter().map(|(p, _)| temporary(p)).collect();
+    let each = files.len() <= FSYNC_EACH_UP_TO;
     let result = (|| {
         let mut last = None;
         for ((_, data), tmp) in files.iter().zip(&tmps) {
@@ -45,11 +50,14 @@ pub fn write_batch(files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
                 .create_new(true)
                 .open(tmp)?;
             f.write_all(data)?;
+            if each {
+                f.sync_all()?;
+            }
             last = Some(f);
         }
         let f = last.expect("at least one file");
         // SAFETY: syncfs takes a file descriptor we own and open for its whole call.
-        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+        if !each && unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         for ((path, _), tmp) in files.iter().zip(&tmps) {
@@ -109,14 +117,20 @@ mod tests {
     #[test]
     fn batches_write_every_file() {
         let dir = tempfile::tempdir().unwrap();
-        let files: Vec<(PathBuf, Vec<u8>)> = (0..5)
+        let files: Vec<(PathBuf, Vec<u8>)> = (0..(FSYNC_EACH_UP_TO + 5))
             .map(|i| (dir.path().join(format!("f{i}")), vec![i as u8; 3]))
             .collect();
         write_batch(&files).unwrap();
         for (p, data) in &files {
             assert_eq!(&std::fs::read(p).unwrap(), data);
         }
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            FSYNC_EACH_UP_TO + 5
+        );
+        // And a small batch (one fsync per file).
+        write_batch(&files[..2]).unwrap();
+        assert_eq!(std::fs::read(&files[0].0).unwrap(), files[0].1);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! keeps what it last held validly, instead of its objects being deleted from every node.
 //!
 //! One record per manifest file (`files/<escaped path>.json`), so an edit rewrites one small
-//! record; records of many files are written together with one file-system sync.
+//! record; records of many files (at startup) are written together with one file-system sync.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
