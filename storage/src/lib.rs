@@ -1,5 +1,14 @@
-//! Persistence for the controller's Raft group (not built yet: the replication issue adds it).
+//! The Raft log on disk: [`SledStorage`] implements raft-rs's [`raft::Storage`] over one sled
+//! tree, and takes each `Ready`'s writes (entries, hard state, a received snapshot, a
+//! state-machine snapshot, compaction) as one atomic batch made durable before it returns.
 //!
-//! Data comes from raft-rs (entries, hard state, conf state, snapshots) and goes to sled files
-//! under typed big-endian keys; on restart it flows back into raft-rs so a replica rejoins
-//! without losing committed revisions.
+//! Data comes from the replica's Raft loop (what raft-rs hands out in a `Ready`, and the
+//! state-machine snapshots the replica takes) and goes back to raft-rs (entries, terms,
+//! indexes, snapshots it asks for) and, at startup, to the replica (what was durable when the
+//! process stopped). Keys are typed and big-endian ([`keys`]), so the log is ordered by index
+//! on disk; a format marker tells a Palisade Raft directory from anything else.
+
+pub mod keys;
+mod store;
+
+pub use store::{Create, SledStorage, StorageError, Write};

@@ -1,0 +1,430 @@
+//! [`SledStorage`]: the Raft log, hard state, configuration and latest snapshot in one sled
+//! tree, with the indexes raft-rs asks for most kept in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use protobuf::Message;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState};
+
+use crate::keys::{Key, FORMAT_VALUE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}: no Raft data directory here")]
+    Missing(PathBuf),
+    #[error("{path}: not a Palisade Raft data directory ({why}); it was left untouched")]
+    Foreign { path: PathBuf, why: String },
+    #[error("{path}: the Raft data is damaged ({why}); restore the directory from a backup, or move it away so this replica starts empty and catches up from its peers")]
+    Corrupt { path: PathBuf, why: String },
+    #[error("{path}: {why}")]
+    Io { path: PathBuf, why: String },
+    /// A write that would break the log (a gap, an overwrite of compacted entries, ...).
+    #[error("refused: {0}")]
+    Invalid(String),
+}
+
+/// Whether [`SledStorage::open`] may create the directory.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Create {
+    IfMissing,
+    Never,
+}
+
+/// What one `Ready` (and the replica around it) writes, applied atomically by
+/// [`SledStorage::write`] and durable when it returns. Applied in this order.
+#[derive(Default, Debug)]
+pub struct Write {
+    /// A snapshot received from the leader: replaces the log and the state.
+    pub snapshot: Option<Snapshot>,
+    /// Entries to append; entries at and after the first one's index are replaced.
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+    pub conf_state: Option<ConfState>,
+    /// A snapshot of the state machine taken by this replica: (applied index, configuration
+    /// at that index, data). The index must be in the log.
+    pub own_snapshot: Option<(u64, ConfState, Vec<u8>)>,
+    /// Drop the entries below this index (at most one past the latest snapshot's index).
+    pub compact_to: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    first: u64,
+    last: u64,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+}
+
+/// The Raft log of one replica on disk.
+pub struct SledStorage {
+    path: PathBuf,
+    db: sled::Db,
+    cache: RwLock<Cache>,
+}
+
+fn other(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(e.to_string().into()))
+}
+
+impl SledStorage {
+    /// Open the store in `path` (created if missing and `create` allows), checking that it is
+    /// a Palisade Raft directory and that what it holds is whole.
+    pub fn open(path: &Path, create: Create) -> Result<SledStorage, StorageError> {
+        let io = |why: String| StorageError::Io {
+            path: path.to_path_buf(),
+            why,
+        };
+        let foreign = |why: &str| StorageError::Foreign {
+            path: path.to_path_buf(),
+            why: why.to_string(),
+        };
+        let corrupt = |why: String| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            why,
+        };
+        match std::fs::read_dir(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if create == Create::Never {
+                    return Err(StorageError::Missing(path.to_path_buf()));
+                }
+                std::fs::create_dir_all(path).map_err(|e| io(e.to_string()))?;
+            }
+            Err(e) => return Err(io(e.to_string())),
+            Ok(mut entries) => {
+                let empty = entries.next().is_none();
+                if !empty && !path.join("conf").exists() {
+                    return Err(foreign("it holds other files and no sled database"));
+                }
+            }
+        }
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| corrupt(format!("sled cannot open it: {e}")))?;
+        match db
+            .get(Key::Format.to_bytes())
+            .map_err(|e| corrupt(e.to_string()))?
+        {
+            Some(v) if &*v == FORMAT_VALUE => {}
+            Some(v) => {
+                return Err(foreign(&format!(
+                    "its format is {:?}, not {:?}",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(FORMAT_VALUE)
+                )))
+            }
+            None if db.is_empty() => {
+                db.insert(Key::Format.to_bytes(), FORMAT_VALUE)
+                    .map_err(|e| io(e.to_string()))?;
+                db.flush().map_err(|e| io(e.to_string()))?;
+            }
+            None => return Err(foreign("a sled database without Palisade's format marker")),
+        }
+        let cache = Self::load(&db).map_err(corrupt)?;
+        Ok(SledStorage {
+            path: path.to_path_buf(),
+            db,
+            cache: RwLock::new(cache),
+        })
+    }
+
+    /// Everything but the entries, and the entries' range, checked whole.
+    fn load(db: &sled::Db) -> Result<Cache, String> {
+        fn decode<M: Message + Default>(db: &sled::Db, key: Key) -> Result<M, String> {
+            match db.get(key.to_bytes()).map_err(|e| e.to_string())? {
+                Some(v) => M::parse_from_bytes(&v).map_err(|e| format!("{key:?}: {e}")),
+                None => Ok(M::default()),
+            }
+        }
+        let hard_state: HardState = decode(db, Key::HardState)?;
+        let conf_state: ConfState = decode(db, Key::ConfState)?;
+        let snapshot_meta: SnapshotMetadata = decode(db, Key::SnapshotMeta)?;
+        let (mut first, mut last) = (None, None);
+        for kv in db.range(Key::entries_from(0)) {
+            let (k, v) = kv.map_err(|e| e.to_string())?;
+            let Some(Key::Entry(index)) = Key::from_bytes(&k) else {
+                return Err(format!("an unknown key {k:?}"));
+            };
+            let e = Entry::parse_from_bytes(&v).map_err(|e| format!("entry {index}: {e}"))?;
+            if e.index != index {
+                return Err(format!("entry {index} says it is {}", e.index));
+            }
+            if let Some(l) = last {
+                if index != l + 1 {
+                    return Err(format!("the log jumps from {l} to {index}"));
+                }
+            }
+            first.get_or_insert(index);
+            last = Some(index);
+        }
+        let first = first.unwrap_or(snapshot_meta.index + 1);
+        let last = last.unwrap_or(snapshot_meta.index);
+        if first > snapshot_meta.index + 1 || last < snapshot_meta.index {
+            return Err(format!(
+                "the log ({first}..={last}) does not reach the snapshot at {}",
+                snapshot_meta.index
+            ));
+        }
+        Ok(Cache {
+            first,
+            last,
+            hard_state,
+            conf_state,
+            snapshot_meta,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache.read().expect("storage cache lock")
+    }
+
+    /// The metadata of the latest snapshot (index 0: none).
+    pub fn snapshot_metadata(&self) -> SnapshotMetadata {
+        self.cache().snapshot_meta.clone()
+    }
+
+    /// Bytes the store takes on disk (sled's own estimate).
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        self.db.size_on_disk().map_err(|e| StorageError::Io {
+            path: self.path.clone(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Apply `w` atomically and make it durable (one batch, one flush).
+    pub fn write(&self, w: Write) -> Result<(), StorageError> {
+        let mut guard = self.cache.write().expect("storage cache lock");
+        let mut next = guard.clone();
+        let mut batch = sled::Batch::default();
+        let encode = |m: &dyn Message| {
+            m.write_to_bytes()
+                .map_err(|e| StorageError::Invalid(format!("cannot encode: {e}")))
+        };
+        if let Some(snap) = w.snapshot {
+            let meta = snap.get_metadata();
+            if meta.index < next.first {
+                return Err(StorageError::Invalid(format!(
+                    "snapshot at {} is older than the log's first index {}",
+                    meta.index, next.first
+                )));
+            }
+            for i in next.first..=next.last {
+                batch.remove(Key::Entry(i).to_bytes());
+            }
+            next.hard_state.term = next.hard_state.term.max(meta.term);
+            next.hard_state.commit = meta.index;
+            next.conf_state = meta.get_conf_state().clone();
+            next.snapshot_meta = meta.clone();
+            next.first = meta.index + 1;
+            next.last = meta.index;
+            batch.insert(Key::SnapshotMeta.to_bytes(), encode(meta)?);
+            batch.insert(Key::SnapshotData.to_bytes(), snap.get_data());
+            batch.insert(Key::HardState.to_bytes(), encode(&next.hard_state)?);
+            batch.insert(Key::ConfState.to_bytes(), encode(&next.conf_state)?);
+        }
+        if let Some(first_new) = w.entries.first().map(|e| e.index) {
+            if first_new < next.first {
+                return Err(StorageError::Invalid(format!(
+                    "entries from {first_new} would overwrite compacted ones (first index {})",
+                    next.first
+                )));
+            }
+            if first_new > next.last + 1 {
+                return Err(StorageError::Invalid(format!(
+                    "entries from {first_new} leave a gap after {}",
+                    next.last
+                )));
+            }
+            for (i, e) in w.entries.iter().enumerate() {
+                if e.index != first_new + i as u64 {
+                    return Err(StorageError::Invalid(format!(
+                        "entries are not consecutive at {}",
+                        e.index
+                    )));
+                }
+            }
+            for i in first_new..=next.last {
+                batch.remove(Key::Entry(i).to_bytes());
+            }
+            for e in &w.entries {
+                batch.insert(Key::Entry(e.index).to_bytes(), encode(e)?);
+            }
+            next.last = first_new + w.entries.len() as u64 - 1;
+        }
+        if let Some(hs) = w.hard_state {
+            batch.insert(Key::HardState.to_bytes(), encode(&hs)?);
+            next.hard_state = hs;
+        }
+        if let Some(cs) = w.conf_state {
+            batch.insert(Key::ConfState.to_bytes(), encode(&cs)?);
+            next.conf_state = cs;
+        }
+        if let Some((index, conf_state, data)) = w.own_snapshot {
+            if index < next.snapshot_meta.index || index > next.last || index < next.first - 1 {
+                return Err(StorageError::Invalid(format!(
+                    "a snapshot at {index} is outside the log ({}..={}) or older than the last one ({})",
+                    next.first, next.last, next.snapshot_meta.index
+                )));
+            }
+            let term = if index == next.snapshot_meta.index {
+                next.snapshot_meta.term
+            } else {
+                match w.entries.iter().find(|e| e.index == index) {
+                    Some(e) => e.term,
+                    None => self.read_entry(index)?.term,
+                }
+            };
+            let mut meta = SnapshotMetadata {
+                index,
+                term,
+                ..SnapshotMetadata::default()
+            };
+            meta.set_conf_state(conf_state);
+            batch.insert(Key::SnapshotMeta.to_bytes(), encode(&meta)?);
+            batch.insert(Key::SnapshotData.to_bytes(), data);
+            next.snapshot_meta = meta;
+        }
+        if let Some(to) = w.compact_to {
+            if to > next.snapshot_meta.index + 1 {
+                return Err(StorageError::Invalid(format!(
+                    "compacting to {to} would drop entries after the latest snapshot ({})",
+                    next.snapshot_meta.index
+                )));
+            }
+            if to > next.first {
+                for i in next.first..to {
+                    batch.remove(Key::Entry(i).to_bytes());
+                }
+                next.first = to;
+            }
+        }
+        let io = |e: sled::Error| StorageError::Io {
+            path: self.path.clone(),
+            why: e.to_string(),
+        };
+        self.db.apply_batch(batch).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        *guard = next;
+        Ok(())
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
+        let corrupt = |why: String| StorageError::Corrupt {
+            path: self.path.clone(),
+            why,
+        };
+        let v = self
+            .db
+            .get(Key::Entry(index).to_bytes())
+            .map_err(|e| corrupt(e.to_string()))?
+            .ok_or_else(|| corrupt(format!("entry {index} is missing")))?;
+        Entry::parse_from_bytes(&v).map_err(|e| corrupt(format!("entry {index}: {e}")))
+    }
+
+    /// Append entries (a convenience for one-write callers and tests).
+    pub fn append(&self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.write(Write {
+            entries: entries.to_vec(),
+            ..Write::default()
+        })
+    }
+}
+
+impl raft::Storage for SledStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let c = self.cache();
+        Ok(RaftState::new(c.hard_state.clone(), c.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let (first, last) = {
+            let c = self.cache();
+            (c.first, c.last)
+        };
+        if low < first {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > last + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        for kv in self
+            .db
+            .range(Key::Entry(low).to_bytes()..Key::Entry(high).to_bytes())
+        {
+            let (_, v) = kv.map_err(other)?;
+            out.push(Entry::parse_from_bytes(&v).map_err(other)?);
+        }
+        if out.len() as u64 != high - low {
+            return Err(other(format!(
+                "{}: entries {low}..{high} are not all there",
+                self.path.display()
+            )));
+        }
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (first, last, snap) = {
+            let c = self.cache();
+            (
+                c.first,
+                c.last,
+                (c.snapshot_meta.index, c.snapshot_meta.term),
+            )
+        };
+        if idx == snap.0 {
+            return Ok(snap.1);
+        }
+        if idx < first {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        self.read_entry(idx).map(|e| e.term).map_err(other)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.cache().first)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.cache().last)
+    }
+
+    /// The latest snapshot, if it reaches `request_index`; otherwise the replica is asked to
+    /// take a newer one ([`raft::StorageError::SnapshotTemporarilyUnavailable`]).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let meta = self.cache().snapshot_meta.clone();
+        if meta.index < request_index || meta.index == 0 {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let data = self
+            .db
+            .get(Key::SnapshotData.to_bytes())
+            .map_err(other)?
+            .map(|v| v.to_vec())
+            .unwrap_or_default();
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.set_data(data.into());
+        Ok(snap)
+    }
+}
