@@ -357,6 +357,50 @@ impl Engine {
         namespaces.chain(pods).chain(policies).collect()
     }
 
+    /// The version of every node whose slice has ever changed (a node never changed is at 0).
+    pub fn node_versions(&self) -> BTreeMap<Name, u64> {
+        self.nodes
+            .list
+            .iter()
+            .filter(|n| n.version > 0)
+            .map(|n| (n.name.clone(), n.version))
+            .collect()
+    }
+
+    /// An engine equal to one that reached `revision` through its history, from what a
+    /// snapshot keeps: the objects (`objects()`) and the nodes' versions (`node_versions()`).
+    /// [`Engine::load`] alone would stamp every node with `revision`; here each keeps the
+    /// version its slice last changed at, so slices, digests and versions are the same as the
+    /// original's. Fails when the versions do not fit the objects (a node with content but no
+    /// version, or a version after `revision`).
+    pub fn restore(
+        revision: u64,
+        objects: impl IntoIterator<Item = Command>,
+        versions: &BTreeMap<Name, u64>,
+    ) -> Result<Engine, String> {
+        let mut e = Engine::load(revision, objects);
+        if let Some(n) = e
+            .nodes
+            .list
+            .iter()
+            .find(|n| n.version > 0 && !versions.contains_key(&n.name))
+        {
+            return Err(format!("node {} has a slice but no version", n.name));
+        }
+        for (name, v) in versions {
+            if *v > revision {
+                return Err(format!(
+                    "node {name} is at version {v}, after the snapshot's revision {revision}"
+                ));
+            }
+            // A node whose slice emptied still has the version it emptied at.
+            let i = e.nodes.get_or_create(name);
+            e.nodes.list[i as usize].version = *v;
+        }
+        e.revision = revision;
+        Ok(e)
+    }
+
     /// Ids of every address set some policy references.
     pub fn set_ids(&self) -> BTreeSet<SetId> {
         self.sets.entries.keys().copied().collect()

@@ -389,3 +389,22 @@ fn a_slice_with_more_endpoints_than_the_map_holds_does_not_fit() {
     );
     assert!(fitted.image.rules.is_empty() && fitted.image.identities.is_empty());
 }
+
+#[test]
+fn a_restore_refuses_versions_that_do_not_fit() {
+    let e = chain();
+    let versions = e.node_versions();
+    assert!(Engine::restore(e.revision(), e.objects(), &versions).is_ok());
+    let mut later = versions.clone();
+    later.insert("n2".into(), e.revision() + 5);
+    let err = Engine::restore(e.revision(), e.objects(), &later)
+        .err()
+        .unwrap();
+    assert!(err.contains("after the snapshot"), "{err}");
+    let mut missing = versions;
+    missing.remove("n2");
+    let err = Engine::restore(e.revision(), e.objects(), &missing)
+        .err()
+        .unwrap();
+    assert!(err.contains("n2") && err.contains("no version"), "{err}");
+}

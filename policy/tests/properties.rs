@@ -115,6 +115,31 @@ proptest! {
     }
 
     #[test]
+    fn a_restored_engine_is_the_original(
+        batches in prop::collection::vec(prop::collection::vec(gen::command(), 0..8), 1..8),
+        more in prop::collection::vec(gen::command(), 0..8),
+    ) {
+        // An engine that went through several revisions, some changing no node.
+        let mut e = Engine::new();
+        for (i, b) in batches.into_iter().enumerate() {
+            e.apply_batch(1 + 3 * i as u64, b);
+        }
+        let revision = e.revision() + 1;
+        let mut restored = Engine::restore(revision, e.objects(), &e.node_versions()).unwrap();
+        for n in gen::NODES {
+            let (a, b) = (e.slice(n), restored.slice(n));
+            prop_assert_eq!(a.digest(), b.digest(), "{}", n);
+            prop_assert_eq!(&a, &b, "{}", n);
+        }
+        prop_assert_eq!(restored.node_versions(), e.node_versions());
+        // And both go on alike.
+        for (i, c) in more.into_iter().enumerate() {
+            let r = revision + 1 + i as u64;
+            prop_assert_eq!(e.apply(r, c.clone()), restored.apply(r, c));
+        }
+    }
+
+    #[test]
     fn reapplying_an_object_changes_nothing(setup in prop::collection::vec(gen::command(), 1..30)) {
         let mut engine = Engine::load(1, setup);
         for (i, c) in engine.objects().into_iter().enumerate() {
