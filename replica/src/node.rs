@@ -1,0 +1,391 @@
+//! [`Replica`]: raft-rs's `RawNode` around the [`Machine`], following raft-rs's `Ready`
+//! protocol: what a `Ready` holds is written to the log store in one durable batch before the
+//! messages that depend on it are handed out, committed entries are applied in index order,
+//! and state-machine snapshots are taken every so many entries (and the log compacted behind
+//! them). The replica does no I/O but through its [`LogStore`], and keeps no clock: the driver
+//! calls `tick` at its own pace.
+
+use palisade_policy::engine::NodeUpdate;
+use palisade_policy::model::Command;
+use palisade_storage::{SledStorage, StorageError, Write};
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{Config, RawNode, StateRole, Storage};
+
+use crate::entry::{Batch, ProposalId};
+use crate::machine::Machine;
+
+/// Where the log lives: raft-rs reads it through `raft::Storage`; the replica writes each
+/// `Ready` through `write`, which must be durable when it returns.
+pub trait LogStore: Storage {
+    fn write(&self, w: Write) -> Result<(), StorageError>;
+}
+
+impl LogStore for SledStorage {
+    fn write(&self, w: Write) -> Result<(), StorageError> {
+        SledStorage::write(self, w)
+    }
+}
+
+/// How a replica behaves.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Ticks without a leader before an election (randomised up to twice this).
+    pub election_tick: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_tick: usize,
+    /// Entries applied between state-machine snapshots.
+    pub snapshot_every: u64,
+    /// Entries kept before a snapshot's index when the log is compacted (a peer slightly
+    /// behind catches up from them instead of from a snapshot).
+    pub keep_entries: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            election_tick: 10,
+            heartbeat_tick: 3,
+            snapshot_every: 10_000,
+            keep_entries: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Role {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// Something that happened, for the driver to act on.
+#[derive(Debug)]
+pub enum Event {
+    /// The entry at `index` was applied (`index` is its revision).
+    Applied {
+        index: u64,
+        term: u64,
+        /// Whose proposal it was (`None` for entries without commands).
+        proposal: Option<ProposalId>,
+        owner: Option<String>,
+        commands: usize,
+        /// The nodes whose slices changed, with their deltas.
+        updates: Vec<NodeUpdate>,
+    },
+    /// A leader's snapshot replaced the state machine: every node's slice may have changed.
+    Restored { index: u64 },
+    /// This replica's view of the group changed.
+    Role { role: Role, leader: u64, term: u64 },
+    /// A state-machine snapshot was taken at `index` (`bytes` long).
+    SnapshotTaken { index: u64, bytes: usize },
+}
+
+/// What one call to [`Replica::ready`] hands out.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// To send to peers (`to` names each one's replica id).
+    pub messages: Vec<Message>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("the Raft log: {0}")]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("the entry at {index} cannot be applied: {why}")]
+    Entry { index: u64, why: String },
+    #[error("the snapshot at {index} cannot be installed: {why}")]
+    Snapshot { index: u64, why: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProposeError {
+    #[error("this replica is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("the proposal was dropped: {0}")]
+    Dropped(String),
+}
+
+/// Where the group stands, as this replica sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub role: Role,
+    /// 0: unknown.
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+}
+
+pub struct Replica<S: LogStore> {
+    id: u64,
+    raw: RawNode<S>,
+    machine: Machine,
+    options: Options,
+    next_seq: u64,
+    last_snapshot: u64,
+}
+
+/// A raft message as the bytes the transport carries (raft-rs's own encoding).
+pub fn encode_message(m: &Message) -> Vec<u8> {
+    m.write_to_bytes().expect("raft messages encode")
+}
+
+/// The message in `bytes`, or why not.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, String> {
+    Message::parse_from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+impl<S: LogStore> Replica<S> {
+    /// The replica `id` of the group of `peers` (all ids, this one included), on `store`: a
+    /// new store starts with that membership; a store with history resumes from it (its
+    /// snapshot restored, the entries after it applied again as they are committed).
+    pub fn open(id: u64, peers: &[u64], store: S, options: Options) -> Result<Self, ReplicaError> {
+        let state = store.initial_state()?;
+        if state.conf_state.voters.is_empty() && store.last_index()? == 0 {
+            let mut voters = peers.to_vec();
+            voters.sort_unstable();
+            voters.dedup();
+            let mut cs = raft::eraftpb::ConfState::default();
+            cs.set_voters(voters);
+            store.write(Write {
+                conf_state: Some(cs),
+                ..Write::default()
+            })?;
+        }
+        let snapshot_index = store.snapshot(0, id).map_or(0, |s| s.get_metadata().index);
+        let machine = if snapshot_index > 0 {
+            let s = store.snapshot(0, id)?;
+            Machine::restore(s.get_data()).map_err(|why| ReplicaError::Snapshot {
+                index: snapshot_index,
+                why,
+            })?
+        } else {
+            Machine::new()
+        };
+        let config = Config {
+            id,
+            election_tick: options.election_tick,
+            heartbeat_tick: options.heartbeat_tick,
+            applied: machine.applied(),
+            pre_vote: true,
+            check_quorum: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Config::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, store, &crate::log::logger())?;
+        Ok(Replica {
+            id,
+            raw,
+            last_snapshot: machine.applied(),
+            machine,
+            options,
+            next_seq: 0,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn store(&self) -> &S {
+        self.raw.store()
+    }
+
+    pub fn status(&self) -> Status {
+        let r = &self.raw.raft;
+        Status {
+            id: self.id,
+            role: r.state.into(),
+            leader: r.leader_id,
+            term: r.term,
+            commit: r.raft_log.committed,
+            applied: self.machine.applied(),
+            last_index: r.raft_log.last_index(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// One tick of the logical clock; true when there is something to do (call `ready`).
+    pub fn tick(&mut self) -> bool {
+        self.raw.tick()
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, m: Message) -> Result<(), ReplicaError> {
+        match self.raw.step(m) {
+            // A message for a replica it does not know, or a stale one: nothing to do.
+            Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Start an election now (tests; operators moving leadership).
+    pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        Ok(self.raw.campaign()?)
+    }
+
+    /// Propose `commands` from `owner` as one entry. Only the leader takes proposals; one
+    /// that leadership loses before it commits is dropped (the source reconciles against what
+    /// was applied, not against what it proposed).
+    pub fn propose(
+        &mut self,
+        owner: &str,
+        commands: Vec<Command>,
+    ) -> Result<ProposalId, ProposeError> {
+        if !self.is_leader() {
+            let leader = self.raw.raft.leader_id;
+            return Err(ProposeError::NotLeader {
+                leader: (leader != 0).then_some(leader),
+            });
+        }
+        self.next_seq += 1;
+        let id = ProposalId {
+            replica: self.id,
+            seq: self.next_seq,
+        };
+        let batch = Batch {
+            id,
+            owner: owner.to_string(),
+            commands,
+        };
+        self.raw
+            .propose(vec![], batch.encode())
+            .map_err(|e| ProposeError::Dropped(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Carry out what raft-rs has ready: persist (one durable write), apply what committed,
+    /// and hand out the messages to send and what happened.
+    pub fn ready(&mut self) -> Result<Output, ReplicaError> {
+        let mut out = Output::default();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            out.events.push(Event::Role {
+                role: ss.raft_state.into(),
+                leader: ss.leader_id,
+                term: self.raw.raft.term,
+            });
+        }
+        // Messages a leader sends before its own write is durable (raft-rs allows it).
+        out.messages.extend(rd.take_messages());
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        let write = Write {
+            snapshot: snapshot.clone(),
+            entries: rd.entries().clone(),
+            hard_state: rd.hs().cloned(),
+            ..Write::default()
+        };
+        if write.snapshot.is_some() || !write.entries.is_empty() || write.hard_state.is_some() {
+            self.raw.store().write(write)?;
+        }
+        if let Some(s) = snapshot {
+            let index = s.get_metadata().index;
+            self.machine = Machine::restore(s.get_data())
+                .map_err(|why| ReplicaError::Snapshot { index, why })?;
+            self.last_snapshot = index;
+            out.events.push(Event::Restored { index });
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed, &mut out)?;
+        // Messages that may go only once this replica's write is durable (it is).
+        out.messages.extend(rd.take_persisted_messages());
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.raw.raft.hard_state();
+            hs.commit = commit;
+            self.raw.store().write(Write {
+                hard_state: Some(hs),
+                ..Write::default()
+            })?;
+        }
+        out.messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut out)?;
+        self.raw.advance_apply();
+        self.maybe_snapshot(&mut out)?;
+        Ok(out)
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
+        for e in entries {
+            let index = e.index;
+            let batch = if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                Some(Batch::decode(&e.data).map_err(|why| ReplicaError::Entry { index, why })?)
+            } else {
+                None
+            };
+            let updates = self.machine.apply(index, batch.as_ref());
+            out.events.push(Event::Applied {
+                index,
+                term: e.term,
+                proposal: batch.as_ref().map(|b| b.id),
+                owner: batch.as_ref().map(|b| b.owner.clone()),
+                commands: batch.as_ref().map_or(0, |b| b.commands.len()),
+                updates,
+            });
+        }
+        Ok(())
+    }
+
+    /// Take a state-machine snapshot when enough entries were applied since the last one, and
+    /// compact the log behind it.
+    fn maybe_snapshot(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+        let applied = self.machine.applied();
+        if applied < self.last_snapshot + self.options.snapshot_every.max(1) {
+            return Ok(());
+        }
+        self.snapshot_now(out)
+    }
+
+    /// Take a state-machine snapshot at the applied index now.
+    pub fn snapshot_now(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+        let applied = self.machine.applied();
+        if applied == 0 || applied == self.last_snapshot {
+            return Ok(());
+        }
+        let conf_state = self.raw.store().initial_state()?.conf_state;
+        let data = self.machine.snapshot();
+        let bytes = data.len();
+        let compact_to = applied.saturating_sub(self.options.keep_entries) + 1;
+        self.raw.store().write(Write {
+            own_snapshot: Some((applied, conf_state, data)),
+            compact_to: Some(compact_to),
+            ..Write::default()
+        })?;
+        self.last_snapshot = applied;
+        out.events.push(Event::SnapshotTaken {
+            index: applied,
+            bytes,
+        });
+        Ok(())
+    }
+}
