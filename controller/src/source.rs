@@ -101,6 +101,9 @@ struct Entry {
     warnings: Vec<String>,
     /// Why a pending change is not applied yet.
     waiting: Option<String>,
+    /// Objects it holds in force that its content no longer validly defines (kept because
+    /// the file has problems).
+    kept: Vec<Key>,
     /// After I/O errors: failures so far, and not before when to read again.
     retry: Option<(u32, Instant)>,
 }
@@ -355,6 +358,11 @@ impl ManifestDir {
                 return Some(at);
             }
         }
+        entry.kept = held
+            .keys()
+            .filter(|k| content.broken || !content.objects.contains_key(*k))
+            .cloned()
+            .collect();
         let old = std::mem::replace(&mut entry.held, held);
         entry.stamp = Some(stamp);
         entry.pending = None;
@@ -467,12 +475,19 @@ impl ManifestDir {
                 waiting += 1;
                 warnings.push(format!("{}: {why}", path.display()));
             }
-            if !e.problems.is_empty() && !e.held.is_empty() {
-                let valid: usize = e.problems.len();
+            if !e.kept.is_empty() {
+                let named: Vec<String> = e
+                    .kept
+                    .iter()
+                    .take(5)
+                    .map(|(kind, name)| format!("{kind} {name}"))
+                    .collect();
+                let more = e.kept.len().saturating_sub(5);
                 warnings.push(format!(
-                    "{}: has {valid} problem{}; objects it held and no longer validly defines stay in force",
+                    "{}: has problems; the objects it held and no longer validly defines stay in force: {}{}",
                     path.display(),
-                    if valid == 1 { "" } else { "s" }
+                    named.join(", "),
+                    if more > 0 { format!(", and {more} more") } else { String::new() },
                 ));
             }
         }

@@ -9,22 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// is written and fsynced, renamed over `path`, then the directory is fsynced so the rename
 /// itself is durable. On any error the temporary file is removed and `path` is untouched.
 pub fn write(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = temporary(path);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(path)
+    write_batch(&[(path.to_path_buf(), data.to_vec())])
 }
 
 /// Batches larger than this are made durable with one `syncfs` instead of one fsync per file.
