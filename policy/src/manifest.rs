@@ -33,7 +33,36 @@ pub enum Object {
     NetworkPolicy(NetworkPolicy),
 }
 
+/// An object's identity: its kind and `namespace/name` (a namespace's name).
+pub type Key = (Kind, String);
+
+/// The identity of the object a command creates, replaces or deletes.
+pub fn command_key(c: &Command) -> Key {
+    match c {
+        Command::UpsertNamespace(n) => (Kind::Namespace, n.name.to_string()),
+        Command::DeleteNamespace(n) => (Kind::Namespace, n.to_string()),
+        Command::UpsertPod(p) => (Kind::Pod, p.key.to_string()),
+        Command::DeletePod(k) => (Kind::Pod, k.to_string()),
+        Command::UpsertPolicy(p) => (Kind::NetworkPolicy, p.key.to_string()),
+        Command::DeletePolicy(k) => (Kind::NetworkPolicy, k.to_string()),
+    }
+}
+
 impl Object {
+    /// The object an upsert command carries (`None` for a delete).
+    pub fn from_command(c: Command) -> Option<Object> {
+        match c {
+            Command::UpsertNamespace(n) => Some(Object::Namespace(n)),
+            Command::UpsertPod(p) => Some(Object::Pod(p)),
+            Command::UpsertPolicy(p) => Some(Object::NetworkPolicy(p)),
+            _ => None,
+        }
+    }
+
+    pub fn key(&self) -> Key {
+        (self.kind(), self.name())
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Object::Namespace(_) => Kind::Namespace,

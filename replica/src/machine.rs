@@ -1,10 +1,14 @@
-//! The replicated state machine: the policy engine, at the index of the last applied entry.
-//! A committed entry is one revision: its commands are applied together at its index, so the
-//! node versions, slices and digests are the same on every replica at the same index.
+//! The replicated state machine: the policy engine at the index of the last applied entry,
+//! and who owns each object. A committed entry is one revision: its commands are applied
+//! together at its index, so node versions, slices and digests are the same on every replica
+//! at the same index. The machine is driven by whoever applies committed entries (the
+//! controller's apply thread, the test harness), not by the [`Replica`](crate::Replica),
+//! so compiling never delays Raft's heartbeats.
 
 use std::collections::BTreeMap;
 
 use palisade_policy::engine::{Engine, NodeUpdate};
+use palisade_policy::manifest::{command_key, Key, Object};
 use palisade_policy::model::{Command, Name};
 use palisade_policy::Digest;
 use serde::{Deserialize, Serialize};
@@ -15,18 +19,23 @@ use crate::entry::Batch;
 pub struct Machine {
     engine: Engine,
     applied: u64,
+    /// The source that last created or replaced each object.
+    owners: BTreeMap<Key, String>,
+    /// The index of the last snapshot taken or restored.
+    last_snapshot: u64,
 }
 
-/// A snapshot's content: the objects and each node's version, at an index.
+/// A snapshot's content: the objects, their owners and each node's version, at an index.
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     v: u32,
     index: u64,
     objects: Vec<Command>,
+    owners: Vec<(Key, String)>,
     versions: BTreeMap<Name, u64>,
 }
 
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 impl Machine {
     pub fn new() -> Machine {
@@ -52,19 +61,60 @@ impl Machine {
         self.applied = index;
         match batch {
             Some(b) if !b.commands.is_empty() => {
+                for c in &b.commands {
+                    let key = command_key(c);
+                    match c {
+                        Command::UpsertNamespace(_)
+                        | Command::UpsertPod(_)
+                        | Command::UpsertPolicy(_) => {
+                            self.owners.insert(key, b.owner.clone());
+                        }
+                        _ => {
+                            self.owners.remove(&key);
+                        }
+                    }
+                }
                 self.engine.apply_batch(index, b.commands.iter().cloned())
             }
             _ => Vec::new(),
         }
     }
 
+    /// Who owns the object `key` (`None`: no such object).
+    pub fn owner(&self, key: &Key) -> Option<&str> {
+        self.owners.get(key).map(String::as_str)
+    }
+
+    /// The objects `owner` created or replaced last, by key: what a source reconciles its
+    /// desired objects against.
+    pub fn owned_by(&self, owner: &str) -> BTreeMap<Key, Object> {
+        self.engine
+            .objects()
+            .into_iter()
+            .filter_map(Object::from_command)
+            .filter(|o| self.owners.get(&o.key()).is_some_and(|w| w == owner))
+            .map(|o| (o.key(), o))
+            .collect()
+    }
+
+    /// Whether `every` entries were applied since the last snapshot.
+    pub fn snapshot_due(&self, every: u64) -> bool {
+        self.applied >= self.last_snapshot + every.max(1)
+    }
+
     /// The state at the applied index, canonically encoded (the same bytes on every replica at
-    /// the same index).
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// the same index); it counts as the latest snapshot.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.last_snapshot = self.applied;
         serde_json::to_vec(&Snapshot {
             v: VERSION,
             index: self.applied,
             objects: self.engine.objects(),
+            owners: self
+                .owners
+                .iter()
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect(),
             versions: self.engine.node_versions(),
         })
         .expect("the policy model serialises")
@@ -84,6 +134,8 @@ impl Machine {
         Ok(Machine {
             engine,
             applied: s.index,
+            owners: s.owners.into_iter().collect(),
+            last_snapshot: s.index,
         })
     }
 
@@ -94,5 +146,65 @@ impl Machine {
             .into_iter()
             .map(|n| (n.node, (n.version, n.digest)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::ProposalId;
+    use palisade_policy::k8s::Kind;
+    use palisade_policy::model::Namespace;
+
+    fn batch(owner: &str, commands: Vec<Command>) -> Batch {
+        Batch {
+            id: ProposalId { replica: 1, seq: 1 },
+            owner: owner.into(),
+            commands,
+        }
+    }
+
+    fn ns(name: &str) -> Namespace {
+        Namespace {
+            name: Name::from(name),
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn owners_follow_the_last_writer_and_survive_a_snapshot() {
+        let mut m = Machine::new();
+        m.apply(
+            1,
+            Some(&batch(
+                "manifests",
+                vec![
+                    Command::UpsertNamespace(ns("a")),
+                    Command::UpsertNamespace(ns("b")),
+                ],
+            )),
+        );
+        m.apply(
+            2,
+            Some(&batch("apply", vec![Command::UpsertNamespace(ns("b"))])),
+        );
+        m.apply(3, None);
+        assert_eq!(m.applied(), 3, "an entry without commands advances the index");
+        let key = (Kind::Namespace, "b".to_string());
+        assert_eq!(m.owner(&key), Some("apply"));
+        assert_eq!(
+            m.owned_by("manifests").keys().cloned().collect::<Vec<_>>(),
+            vec![(Kind::Namespace, "a".to_string())]
+        );
+        let restored = Machine::restore(&m.snapshot()).unwrap();
+        assert_eq!(restored.owner(&key), Some("apply"));
+        assert_eq!(restored.applied(), 3);
+        assert!(!restored.snapshot_due(1));
+        m.apply(
+            4,
+            Some(&batch("apply", vec![Command::DeleteNamespace(Name::from("b"))])),
+        );
+        assert_eq!(m.owner(&key), None);
+        assert!(m.owned_by("apply").is_empty());
     }
 }

@@ -1,11 +1,11 @@
-//! [`Replica`]: raft-rs's `RawNode` around the [`Machine`], following raft-rs's `Ready`
-//! protocol: what a `Ready` holds is written to the log store in one durable batch before the
-//! messages that depend on it are handed out, committed entries are applied in index order,
-//! and state-machine snapshots are taken every so many entries (and the log compacted behind
-//! them). The replica does no I/O but through its [`LogStore`], and keeps no clock: the driver
-//! calls `tick` at its own pace.
+//! [`Replica`]: raft-rs's `RawNode`, following raft-rs's `Ready` protocol: what a `Ready`
+//! holds is written to the log store in one durable batch before the messages that depend on
+//! it are handed out; committed entries are handed out in index order for the driver to apply
+//! to its [`Machine`](crate::Machine) (on another thread if it likes: compiling must not
+//! delay heartbeats), and the snapshots the driver takes of its machine are stored and the
+//! log compacted behind them. The replica does no I/O but through its [`LogStore`], and keeps
+//! no clock: the driver calls `tick` at its own pace.
 
-use palisade_policy::engine::NodeUpdate;
 use palisade_policy::model::Command;
 use palisade_storage::{SledStorage, StorageError, Write};
 use protobuf::Message as _;
@@ -13,7 +13,6 @@ use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole, Storage};
 
 use crate::entry::{Batch, ProposalId};
-use crate::machine::Machine;
 
 /// Where the log lives: raft-rs reads it through `raft::Storage`; the replica writes each
 /// `Ready` through `write`, which must be durable when it returns.
@@ -34,7 +33,7 @@ pub struct Options {
     pub election_tick: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_tick: usize,
-    /// Entries applied between state-machine snapshots.
+    /// Entries applied between state-machine snapshots (for the driver, which takes them).
     pub snapshot_every: u64,
     /// Entries kept before a snapshot's index when the log is compacted (a peer slightly
     /// behind catches up from them instead of from a snapshot).
@@ -71,26 +70,22 @@ impl From<StateRole> for Role {
     }
 }
 
-/// Something that happened, for the driver to act on.
+/// Something that happened, for the driver to act on, in order.
 #[derive(Debug)]
 pub enum Event {
-    /// The entry at `index` was applied (`index` is its revision).
-    Applied {
+    /// The entry at `index` committed: apply it (`index` is its revision).
+    Committed {
         index: u64,
         term: u64,
-        /// Whose proposal it was (`None` for entries without commands).
-        proposal: Option<ProposalId>,
-        owner: Option<String>,
-        commands: usize,
-        /// The nodes whose slices changed, with their deltas.
-        updates: Vec<NodeUpdate>,
+        /// Its commands, with who proposed them (`None`: an entry without commands, such as
+        /// a new leader's empty entry; it still advances the applied index).
+        batch: Option<Batch>,
     },
-    /// A leader's snapshot replaced the state machine: every node's slice may have changed.
-    Restored { index: u64 },
+    /// A leader's snapshot was installed in the log: replace the state machine with the one
+    /// `data` holds (`Machine::restore`); entries after `index` follow.
+    Install { index: u64, data: Vec<u8> },
     /// This replica's view of the group changed.
     Role { role: Role, leader: u64, term: u64 },
-    /// A state-machine snapshot was taken at `index` (`bytes` long).
-    SnapshotTaken { index: u64, bytes: usize },
 }
 
 /// What one call to [`Replica::ready`] hands out.
@@ -107,10 +102,8 @@ pub enum ReplicaError {
     Storage(#[from] StorageError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
-    #[error("the entry at {index} cannot be applied: {why}")]
+    #[error("the entry at {index} cannot be decoded: {why}")]
     Entry { index: u64, why: String },
-    #[error("the snapshot at {index} cannot be installed: {why}")]
-    Snapshot { index: u64, why: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,16 +123,21 @@ pub struct Status {
     pub leader: u64,
     pub term: u64,
     pub commit: u64,
+    /// The last entry handed out to be applied.
     pub applied: u64,
     pub last_index: u64,
+    /// The index of the latest snapshot in the log store.
+    pub snapshot: u64,
 }
 
 pub struct Replica<S: LogStore> {
     id: u64,
     raw: RawNode<S>,
-    machine: Machine,
     options: Options,
     next_seq: u64,
+    /// The last entry handed out to be applied.
+    handed: u64,
+    /// The index of the latest snapshot in the store.
     last_snapshot: u64,
 }
 
@@ -155,8 +153,9 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, String> {
 
 impl<S: LogStore> Replica<S> {
     /// The replica `id` of the group of `peers` (all ids, this one included), on `store`: a
-    /// new store starts with that membership; a store with history resumes from it (its
-    /// snapshot restored, the entries after it applied again as they are committed).
+    /// new store starts with that membership; a store with history resumes from it: the
+    /// driver restores its machine from [`Replica::stored_snapshot`], and the entries after
+    /// it are handed out again as committed.
     pub fn open(id: u64, peers: &[u64], store: S, options: Options) -> Result<Self, ReplicaError> {
         let state = store.initial_state()?;
         if state.conf_state.voters.is_empty() && store.last_index()? == 0 {
@@ -171,20 +170,11 @@ impl<S: LogStore> Replica<S> {
             })?;
         }
         let snapshot_index = store.snapshot(0, id).map_or(0, |s| s.get_metadata().index);
-        let machine = if snapshot_index > 0 {
-            let s = store.snapshot(0, id)?;
-            Machine::restore(s.get_data()).map_err(|why| ReplicaError::Snapshot {
-                index: snapshot_index,
-                why,
-            })?
-        } else {
-            Machine::new()
-        };
         let config = Config {
             id,
             election_tick: options.election_tick,
             heartbeat_tick: options.heartbeat_tick,
-            applied: machine.applied(),
+            applied: snapshot_index,
             pre_vote: true,
             check_quorum: true,
             max_size_per_msg: 1 << 20,
@@ -196,19 +186,25 @@ impl<S: LogStore> Replica<S> {
         Ok(Replica {
             id,
             raw,
-            last_snapshot: machine.applied(),
-            machine,
+            last_snapshot: snapshot_index,
+            handed: snapshot_index,
             options,
             next_seq: 0,
         })
     }
 
-    pub fn id(&self) -> u64 {
-        self.id
+    /// The latest snapshot in the store, `(index, data)`, for the driver to restore its
+    /// machine from before applying what follows (`None`: the log starts at the beginning).
+    pub fn stored_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, ReplicaError> {
+        if self.last_snapshot == 0 {
+            return Ok(None);
+        }
+        let s = self.raw.store().snapshot(0, self.id)?;
+        Ok(Some((s.get_metadata().index, s.get_data().to_vec())))
     }
 
-    pub fn machine(&self) -> &Machine {
-        &self.machine
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn store(&self) -> &S {
@@ -223,8 +219,9 @@ impl<S: LogStore> Replica<S> {
             leader: r.leader_id,
             term: r.term,
             commit: r.raft_log.committed,
-            applied: self.machine.applied(),
+            applied: self.handed,
             last_index: r.raft_log.last_index(),
+            snapshot: self.last_snapshot,
         }
     }
 
@@ -281,8 +278,8 @@ impl<S: LogStore> Replica<S> {
         Ok(id)
     }
 
-    /// Carry out what raft-rs has ready: persist (one durable write), apply what committed,
-    /// and hand out the messages to send and what happened.
+    /// Carry out what raft-rs has ready: persist (one durable write), and hand out the
+    /// messages to send and what happened (entries committed, to apply in order).
     pub fn ready(&mut self) -> Result<Output, ReplicaError> {
         let mut out = Output::default();
         if !self.raw.has_ready() {
@@ -308,15 +305,17 @@ impl<S: LogStore> Replica<S> {
         if write.snapshot.is_some() || !write.entries.is_empty() || write.hard_state.is_some() {
             self.raw.store().write(write)?;
         }
-        if let Some(s) = snapshot {
+        if let Some(mut s) = snapshot {
             let index = s.get_metadata().index;
-            self.machine = Machine::restore(s.get_data())
-                .map_err(|why| ReplicaError::Snapshot { index, why })?;
             self.last_snapshot = index;
-            out.events.push(Event::Restored { index });
+            self.handed = index;
+            out.events.push(Event::Install {
+                index,
+                data: s.take_data().to_vec(),
+            });
         }
         let committed = rd.take_committed_entries();
-        self.apply(committed, &mut out)?;
+        self.hand_out(committed, &mut out)?;
         // Messages that may go only once this replica's write is durable (it is).
         out.messages.extend(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
@@ -329,13 +328,12 @@ impl<S: LogStore> Replica<S> {
             })?;
         }
         out.messages.extend(light.take_messages());
-        self.apply(light.take_committed_entries(), &mut out)?;
+        self.hand_out(light.take_committed_entries(), &mut out)?;
         self.raw.advance_apply();
-        self.maybe_snapshot(&mut out)?;
         Ok(out)
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
+    fn hand_out(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
         for e in entries {
             let index = e.index;
             let batch = if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
@@ -343,49 +341,31 @@ impl<S: LogStore> Replica<S> {
             } else {
                 None
             };
-            let updates = self.machine.apply(index, batch.as_ref());
-            out.events.push(Event::Applied {
+            self.handed = index;
+            out.events.push(Event::Committed {
                 index,
                 term: e.term,
-                proposal: batch.as_ref().map(|b| b.id),
-                owner: batch.as_ref().map(|b| b.owner.clone()),
-                commands: batch.as_ref().map_or(0, |b| b.commands.len()),
-                updates,
+                batch,
             });
         }
         Ok(())
     }
 
-    /// Take a state-machine snapshot when enough entries were applied since the last one, and
-    /// compact the log behind it.
-    fn maybe_snapshot(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
-        let applied = self.machine.applied();
-        if applied < self.last_snapshot + self.options.snapshot_every.max(1) {
-            return Ok(());
-        }
-        self.snapshot_now(out)
-    }
-
-    /// Take a state-machine snapshot at the applied index now.
-    pub fn snapshot_now(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
-        let applied = self.machine.applied();
-        if applied == 0 || applied == self.last_snapshot {
-            return Ok(());
+    /// Store the driver's snapshot of its machine at `index` (an entry already handed out)
+    /// and compact the log behind it, keeping `keep_entries` before it for peers slightly
+    /// behind. A snapshot at or below the stored one is ignored; returns whether it was kept.
+    pub fn store_snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<bool, ReplicaError> {
+        if index <= self.last_snapshot || index > self.handed {
+            return Ok(false);
         }
         let conf_state = self.raw.store().initial_state()?.conf_state;
-        let data = self.machine.snapshot();
-        let bytes = data.len();
-        let compact_to = applied.saturating_sub(self.options.keep_entries) + 1;
+        let compact_to = index.saturating_sub(self.options.keep_entries) + 1;
         self.raw.store().write(Write {
-            own_snapshot: Some((applied, conf_state, data)),
+            own_snapshot: Some((index, conf_state, data)),
             compact_to: Some(compact_to),
             ..Write::default()
         })?;
-        self.last_snapshot = applied;
-        out.events.push(Event::SnapshotTaken {
-            index: applied,
-            bytes,
-        });
-        Ok(())
+        self.last_snapshot = index;
+        Ok(true)
     }
 }

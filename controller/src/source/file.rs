@@ -9,11 +9,10 @@ use palisade_policy::manifest::{self, Limits, Location, Object, Problem};
 
 use super::Rejected;
 
-/// An object's identity: kind and `namespace/name` (a namespace's name).
-pub type Key = (Kind, String);
+pub use palisade_policy::manifest::Key;
 
 pub fn key(o: &Object) -> Key {
-    (o.kind(), o.name())
+    o.key()
 }
 
 /// A file's content as read now.

@@ -1,6 +1,9 @@
 //! A cluster of replicas in one process, with a network the test controls: messages are
 //! queued and delivered in order, links can be cut and healed, replicas crashed (their store
-//! closed) and restarted from their data directories. No threads, no clock: time is `tick`.
+//! closed) and restarted from their data directories. Each replica's state machine is applied
+//! here, as the controller's apply thread does: committed entries in order, snapshots
+//! installed, a snapshot taken every `snapshot_every` entries and handed back to the replica.
+//! No threads, no clock: time is `tick`.
 //! (raft-rs draws election timeouts at random, so which replica wins an election varies;
 //! tests wait for conditions, bounded in ticks.)
 
@@ -10,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use palisade_policy::model::{Command, Name};
 use palisade_policy::Digest;
-use palisade_replica::{Event, Message, Options, ProposalId, ProposeError, Replica};
+use palisade_replica::{Event, Machine, Message, Options, ProposalId, ProposeError, Replica};
 use palisade_storage::{Create, SledStorage};
 
 pub struct Cluster {
@@ -18,6 +21,7 @@ pub struct Cluster {
     pub options: Options,
     dir: tempfile::TempDir,
     replicas: BTreeMap<u64, Replica<SledStorage>>,
+    machines: BTreeMap<u64, Machine>,
     queue: VecDeque<Message>,
     /// Directed links that drop messages.
     cut: BTreeSet<(u64, u64)>,
@@ -25,6 +29,8 @@ pub struct Cluster {
     pub events: BTreeMap<u64, Vec<Event>>,
     /// Applied indexes each replica reported, in order (must only go up).
     pub applied: BTreeMap<u64, Vec<u64>>,
+    /// Indexes at which each replica took a snapshot.
+    pub snapshots: BTreeMap<u64, Vec<u64>>,
 }
 
 impl Cluster {
@@ -35,10 +41,12 @@ impl Cluster {
             options,
             dir: tempfile::tempdir().unwrap(),
             replicas: BTreeMap::new(),
+            machines: BTreeMap::new(),
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
             events: BTreeMap::new(),
             applied: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
         };
         for id in ids {
             c.start(id);
@@ -50,7 +58,12 @@ impl Cluster {
         let store =
             SledStorage::open(&self.dir.path().join(format!("r{id}")), Create::IfMissing).unwrap();
         let r = Replica::open(id, &self.ids, store, self.options.clone()).unwrap();
+        let machine = match r.stored_snapshot().unwrap() {
+            Some((_, data)) => Machine::restore(&data).unwrap(),
+            None => Machine::new(),
+        };
         self.replicas.insert(id, r);
+        self.machines.insert(id, machine);
     }
 
     pub fn replica(&self, id: u64) -> &Replica<SledStorage> {
@@ -64,6 +77,7 @@ impl Cluster {
     /// The replica stops (its store is closed; what it had not made durable is lost).
     pub fn crash(&mut self, id: u64) {
         self.replicas.remove(&id);
+        self.machines.remove(&id);
     }
 
     /// The replica starts again from its data directory (it rebuilds its state machine from
@@ -96,11 +110,7 @@ impl Cluster {
             for id in ids {
                 let out = self.replicas.get_mut(&id).unwrap().ready().unwrap();
                 moved |= !out.messages.is_empty() || !out.events.is_empty();
-                for e in &out.events {
-                    if let Event::Applied { index, .. } = e {
-                        self.applied.entry(id).or_default().push(*index);
-                    }
-                }
+                self.apply(id, &out.events);
                 self.events.entry(id).or_default().extend(out.events);
                 self.queue.extend(out.messages);
             }
@@ -118,6 +128,32 @@ impl Cluster {
             }
         }
         panic!("the cluster never settles");
+    }
+
+    /// What the controller's apply thread does with a replica's events.
+    fn apply(&mut self, id: u64, events: &[Event]) {
+        let machine = self.machines.get_mut(&id).unwrap();
+        for e in events {
+            match e {
+                Event::Committed { index, batch, .. } => {
+                    machine.apply(*index, batch.as_ref());
+                    self.applied.entry(id).or_default().push(*index);
+                }
+                Event::Install { data, .. } => *machine = Machine::restore(data).unwrap(),
+                Event::Role { .. } => {}
+            }
+        }
+        if machine.snapshot_due(self.options.snapshot_every) {
+            let index = machine.applied();
+            let data = machine.snapshot();
+            let replica = self.replicas.get_mut(&id).unwrap();
+            assert!(replica.store_snapshot(index, data).unwrap());
+            self.snapshots.entry(id).or_default().push(index);
+        }
+    }
+
+    pub fn machine(&self, id: u64) -> &Machine {
+        &self.machines[&id]
     }
 
     /// One tick on every live replica, then settle.
@@ -179,20 +215,18 @@ impl Cluster {
     }
 
     pub fn applied_index(&self, id: u64) -> u64 {
-        self.replicas[&id].machine().applied()
+        self.machines[&id].applied()
     }
 
     pub fn digests(&self, id: u64) -> BTreeMap<Name, (u64, Digest)> {
-        self.replicas[&id].machine().digests()
+        self.machines[&id].digests()
     }
 
     /// Every live replica at the same applied index with the same versions and digests.
     pub fn converged(&self) -> bool {
-        let live: Vec<&Replica<SledStorage>> = self.replicas.values().collect();
-        live.windows(2).all(|w| {
-            w[0].machine().applied() == w[1].machine().applied()
-                && w[0].machine().digests() == w[1].machine().digests()
-        })
+        let live: Vec<&Machine> = self.machines.values().collect();
+        live.windows(2)
+            .all(|w| w[0].applied() == w[1].applied() && w[0].digests() == w[1].digests())
     }
 
     /// Applied indexes only went up, on every replica (across restarts too).
