@@ -5,10 +5,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
     "palisade/v1/types.proto",
     "palisade/v1/sync.proto",
     "palisade/v1/introspection.proto",
+    "palisade/v1/replication.proto",
 ];
 
 fn config() -> prost_build::Config {

@@ -12,6 +12,8 @@ pub enum Identity {
     Node(String),
     Operator(String),
     Controller,
+    /// Controller replica N of the Raft group.
+    Replica(u64),
     /// Plaintext development mode: no identity, no checks.
     Anonymous,
 }
@@ -30,6 +32,10 @@ pub fn identities(der: &[u8]) -> Result<Vec<Identity>, String> {
                 out.push(Identity::Node(node.to_string()));
             } else if let Some(op) = uri.strip_prefix(identity::OPERATOR) {
                 out.push(Identity::Operator(op.to_string()));
+            } else if let Some(n) = uri.strip_prefix(identity::REPLICA) {
+                if let Ok(n) = n.parse() {
+                    out.push(Identity::Replica(n));
+                }
             } else if *uri == identity::CONTROLLER {
                 out.push(Identity::Controller);
             }

@@ -76,6 +76,10 @@ pub struct History {
 }
 
 impl History {
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub fn new(limits: Limits) -> History {
         History {
             nodes: HashMap::new(),

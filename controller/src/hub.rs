@@ -1,29 +1,32 @@
-//! The controller's shared state: the policy engine, the per-node update history, rollout
-//! state and rejected objects, behind one lock held only for short, non-blocking sections.
-//! Writers (the source) apply commands; readers (sync streams, introspection) take slices,
-//! catch-ups and status. Streams wake through a watch channel per node, so a change reaches
-//! exactly the nodes it affects.
+//! The controller's shared state: the replicated state machine (the policy engine at the
+//! applied log index, with each object's owner), the per-node update history, rollout state
+//! and rejected objects, behind one lock held only for short, non-blocking sections.
+//! The one writer is the apply thread (`replication::apply`): committed log entries, each at
+//! its index, and snapshots installed from the leader. Readers (sync streams, introspection,
+//! the leader's sources reconciling) take slices, catch-ups, owned objects and status.
+//! Streams wake through a watch channel per node, so a change reaches exactly the nodes it
+//! affects.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use palisade_policy::engine::Engine;
-use palisade_policy::model::{Command, Name};
+use palisade_policy::engine::{Engine, NodeUpdate};
+use palisade_policy::model::Name;
 use palisade_policy::Digest;
 use palisade_proto::encode::{self, SharedParts};
+use palisade_replica::{Batch, Machine};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::history::{Entry, History, Limits};
 use crate::metrics::Metrics;
-use crate::revision::RevisionStore;
 use crate::rollout::{AckOutcome, Rollout};
 use crate::source::Rejected;
 
 pub struct State {
-    pub engine: Engine,
+    pub machine: Machine,
     pub history: History,
     pub rollout: Rollout,
     pub rejected: Vec<Rejected>,
@@ -34,14 +37,19 @@ pub struct State {
 }
 
 impl State {
-    /// The latest committed revision.
+    /// The latest revision applied: the index of the last log entry applied (entries without
+    /// commands count: they are revisions that changed nothing).
     pub fn revision(&self) -> u64 {
-        self.engine.revision()
+        self.machine.applied()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.machine.engine()
     }
 
     /// The node's desired version and digest (0 and the empty digest for an unknown node).
     pub fn desired(&self, node: &str) -> (u64, Digest) {
-        match self.engine.node(node) {
+        match self.engine().node(node) {
             Some(n) => (n.version, n.digest),
             None => (0, palisade_policy::NodeSlice::empty(node).digest()),
         }
@@ -50,18 +58,18 @@ impl State {
 
 pub struct Hub {
     state: Mutex<State>,
-    /// Apart from the state: reserving revisions may fsync, which must not stall readers.
-    revisions: Mutex<RevisionStore>,
     revision: watch::Sender<u64>,
     realized: watch::Sender<u64>,
     pub metrics: Metrics,
 }
 
 impl Hub {
-    pub fn new(revisions: RevisionStore, limits: Limits, metrics: Metrics) -> Hub {
-        Hub {
+    /// The hub over `machine` (restored from the log's snapshot, or new).
+    pub fn new(machine: Machine, limits: Limits, metrics: Metrics) -> Hub {
+        let applied = machine.applied();
+        let hub = Hub {
             state: Mutex::new(State {
-                engine: Engine::new(),
+                machine: Machine::new(),
                 history: History::new(limits),
                 rollout: Rollout::default(),
                 rejected: Vec::new(),
@@ -69,11 +77,14 @@ impl Hub {
                 streams: HashMap::new(),
                 next_stream: 0,
             }),
-            revisions: Mutex::new(revisions),
             revision: watch::channel(0).0,
             realized: watch::channel(0).0,
             metrics,
+        };
+        if applied > 0 {
+            hub.install(machine);
         }
+        hub
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -102,32 +113,26 @@ impl Hub {
             .subscribe()
     }
 
-    /// Hand out `n` revisions, all or none (blocking: it may fsync).
-    fn reserve(&self, n: usize) -> std::io::Result<std::ops::Range<u64>> {
-        self.revisions
-            .lock()
-            .expect("revision store lock poisoned")
-            .hand_out_many(n as u64)
-    }
-
-    /// The full compile at startup: every command at one revision. Blocking: call it off the
-    /// async runtime.
-    pub fn load(&self, commands: Vec<Command>) -> std::io::Result<u64> {
+    /// Replace the state machine (restored from a snapshot: at startup, or sent by the
+    /// leader to a replica that lagged too far). Every node whose version changed is woken;
+    /// the history of updates before it is gone, so agents resuming here get snapshots.
+    pub fn install(&self, machine: Machine) {
         let started = Instant::now();
-        let revision = self.reserve(1)?.start;
-        let engine = Engine::load(revision, commands);
         let mut st = self.lock();
-        st.engine = engine;
+        let st = &mut *st;
+        st.machine = machine;
+        st.history = History::new(st.history.limits());
         let now = Instant::now();
-        let nodes = st.engine.nodes();
+        let nodes = st.engine().nodes();
         for n in &nodes {
-            if n.version > 0 {
+            if st.rollout.node(&n.node).map(|r| r.desired_version) != Some(n.version) {
                 st.rollout.known(&n.node, n.version, n.digest, now);
             }
-            if let Some(w) = st.watchers.get(&n.node) {
-                w.send_replace(n.version);
-            }
         }
+        for (node, w) in &st.watchers {
+            w.send_replace(st.machine.engine().node(node).map_or(0, |n| n.version));
+        }
+        let revision = st.revision();
         st.rollout.committed(revision, now);
         let elapsed = started.elapsed();
         self.metrics.full_compile(elapsed, nodes.len());
@@ -135,66 +140,54 @@ impl Hub {
             revision,
             nodes = nodes.len(),
             seconds = elapsed.as_secs_f64(),
-            "full compile"
+            "state machine restored from a snapshot"
         );
-        drop(st);
+        self.observe_realized(st);
         self.published(revision);
-        Ok(revision)
     }
 
-    /// Apply `commands`, each at the next revision; returns the last revision. All or
-    /// nothing: when revisions cannot be reserved, nothing is applied. Blocking (it may
-    /// fsync): call it off the async runtime.
-    pub fn apply(&self, commands: Vec<Command>) -> std::io::Result<u64> {
-        let revisions = self.reserve(commands.len())?;
+    /// Apply committed log entries, each at its index (one revision), in order, under one
+    /// lock; entries at or below the applied index are skipped. Returns the last index.
+    pub fn apply(&self, entries: &[(u64, Option<Batch>)]) -> u64 {
         let mut st = self.lock();
         let st = &mut *st;
-        let mut last = st.revision();
-        for (revision, command) in revisions.zip(commands) {
-            let kind = command.kind();
+        for (index, batch) in entries {
             let started = Instant::now();
-            let updates = st.engine.apply(revision, command);
+            let kind = match batch.as_ref().map(|b| b.commands.as_slice()) {
+                Some([one]) => one.kind(),
+                Some([]) | None => "none",
+                Some(_) => "batch",
+            };
+            let updates = st.machine.apply(*index, batch.as_ref());
             self.metrics.compiled(kind, started.elapsed());
             let now = Instant::now();
-            let mut shared = SharedParts::default();
-            for u in &updates {
-                let digest = u.digest();
-                let from_digest = u.from_digest();
-                let encoded = encode::update(
-                    &u.node,
-                    u.from_version,
-                    u.to_version,
-                    &digest,
-                    &u.delta,
-                    &mut shared,
-                );
-                st.history.push(
-                    &u.node,
-                    Entry {
-                        from: u.from_version,
-                        from_digest,
-                        to: u.to_version,
-                        digest,
-                        delta: std::sync::Arc::new(u.delta.clone()),
-                        encoded,
-                    },
-                );
-                st.rollout.changed(&u.node, u.to_version, digest, now);
-                if let Some(w) = st.watchers.get(&u.node) {
-                    w.send_replace(u.to_version);
-                }
-            }
-            st.rollout.committed(revision, now);
-            debug!(revision, kind, nodes = updates.len(), "applied");
-            last = revision;
+            record(st, &updates, now);
+            st.rollout.committed(*index, now);
+            debug!(revision = index, kind, nodes = updates.len(), "applied");
         }
+        self.metrics.nodes(st.engine().node_count());
         self.metrics.history_entries(st.history.updates_held());
         self.observe_realized(st);
+        let last = st.revision();
         self.published(last);
-        Ok(last)
+        last
+    }
+
+    /// A snapshot of the state machine when `every` entries were applied since the last one:
+    /// `(index, bytes)`, to store in the log (which is then compacted behind it).
+    pub fn snapshot_if_due(&self, every: u64) -> Option<(u64, Vec<u8>)> {
+        let mut st = self.lock();
+        if !st.machine.snapshot_due(every) {
+            return None;
+        }
+        let index = st.machine.applied();
+        Some((index, st.machine.snapshot()))
     }
 
     fn published(&self, revision: u64) {
+        if *self.revision.borrow() == revision {
+            return;
+        }
         self.revision.send_replace(revision);
         self.metrics.revision(revision);
     }
@@ -279,5 +272,37 @@ impl Hub {
     pub fn set_rejected(&self, rejected: Vec<Rejected>) {
         self.metrics.rejected(rejected.len());
         self.lock().rejected = rejected;
+    }
+}
+
+/// Record what one revision changed: history, rollout, and the nodes' watches.
+fn record(st: &mut State, updates: &[NodeUpdate], now: Instant) {
+    let mut shared = SharedParts::default();
+    for u in updates {
+        let digest = u.digest();
+        let from_digest = u.from_digest();
+        let encoded = encode::update(
+            &u.node,
+            u.from_version,
+            u.to_version,
+            &digest,
+            &u.delta,
+            &mut shared,
+        );
+        st.history.push(
+            &u.node,
+            Entry {
+                from: u.from_version,
+                from_digest,
+                to: u.to_version,
+                digest,
+                delta: std::sync::Arc::new(u.delta.clone()),
+                encoded,
+            },
+        );
+        st.rollout.changed(&u.node, u.to_version, digest, now);
+        if let Some(w) = st.watchers.get(&u.node) {
+            w.send_replace(u.to_version);
+        }
     }
 }

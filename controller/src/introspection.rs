@@ -16,14 +16,16 @@ use palisade_proto::v1::{self as pb, direction_check::Result as CheckResult};
 use tonic::{Request, Response, Status};
 
 use crate::hub::{Hub, State};
+use crate::replication::Group;
 
 pub struct IntrospectionService {
     hub: Arc<Hub>,
+    group: Group,
 }
 
 impl IntrospectionService {
-    pub fn new(hub: Arc<Hub>) -> IntrospectionService {
-        IntrospectionService { hub }
+    pub fn new(hub: Arc<Hub>, group: Group) -> IntrospectionService {
+        IntrospectionService { hub, group }
     }
 }
 
@@ -32,7 +34,7 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 
 fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
     let (desired, desired_digest) = st.desired(node);
-    let summary = st.engine.node(node);
+    let summary = st.engine().node(node);
     let r = st.rollout.node(node);
     let acked = r.map_or(0, |r| r.acked_version);
     pb::NodeStatus {
@@ -70,7 +72,7 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
 
 /// Nodes the controller knows: with pods, or with an agent that connected.
 fn known_nodes(st: &State) -> BTreeSet<Name> {
-    let mut names: BTreeSet<Name> = st.engine.nodes().into_iter().map(|n| n.node).collect();
+    let mut names: BTreeSet<Name> = st.engine().nodes().into_iter().map(|n| n.node).collect();
     names.extend(st.rollout.nodes().map(|(n, _)| n.clone()));
     names
 }
@@ -105,7 +107,7 @@ fn address(st: &State, s: &str, field: &str) -> Result<Ipv4Addr, Status> {
         .parse()
         .map_err(|e| Status::invalid_argument(format!("{field}: {e} or an IPv4 address")))?;
     let pod = st
-        .engine
+        .engine()
         .pod(&key)
         .ok_or_else(|| Status::not_found(format!("{field}: no pod {key}")))?;
     pod.peer_ip().ok_or_else(|| {
@@ -202,7 +204,7 @@ impl Introspection for IntrospectionService {
         }
         let mut status = node_status(&st, &req.node, Instant::now());
         if req.include_slice {
-            status.slice = Some(convert::slice_to_pb(&st.engine.slice(&req.node)));
+            status.slice = Some(convert::slice_to_pb(&st.engine().slice(&req.node)));
         }
         Ok(Response::new(status))
     }
@@ -264,8 +266,8 @@ impl Introspection for IntrospectionService {
             protocol: protocol.number(),
             port,
         };
-        let src_pod = cluster::peer_at(&st.engine, flow.src);
-        let dst_pod = cluster::peer_at(&st.engine, flow.dst);
+        let src_pod = cluster::peer_at(st.engine(), flow.src);
+        let dst_pod = cluster::peer_at(st.engine(), flow.dst);
         let pod_name = |p: &Option<cluster::PodInfo>| {
             p.as_ref().map(|p| p.key.to_string()).unwrap_or_default()
         };
@@ -280,8 +282,8 @@ impl Introspection for IntrospectionService {
             ingress: None,
         };
         if req.node.is_empty() {
-            let e = cluster::explain_in(&st.engine, &flow);
-            let slice_of = |c: &NodeCheck| st.engine.slice(&c.node);
+            let e = cluster::explain_in(st.engine(), &flow);
+            let slice_of = |c: &NodeCheck| st.engine().slice(&c.node);
             out.allowed = e.allowed;
             out.egress = e
                 .egress
@@ -292,7 +294,7 @@ impl Introspection for IntrospectionService {
                 .as_ref()
                 .map(|c| check_pb(c, Direction::Ingress, &slice_of(c)));
         } else {
-            let slice = st.engine.slice(&req.node);
+            let slice = st.engine().slice(&req.node);
             let e = eval::explain(&slice, &flow);
             let node: Name = req.node.as_str().into();
             let wrap = |v: Option<DirVerdict>, dir| {
@@ -330,5 +332,14 @@ impl Introspection for IntrospectionService {
             })
             .collect();
         Ok(Response::new(pb::ListRejectedResponse { objects }))
+    }
+
+    async fn list_replicas(
+        &self,
+        _req: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ListReplicasResponse>, Status> {
+        Ok(Response::new(
+            crate::replication::report::list(&self.group).await,
+        ))
     }
 }

@@ -12,19 +12,42 @@ use tokio_util::sync::CancellationToken;
 /// The Palisade controller: compiles NetworkPolicy into per-node slices and streams them to
 /// node agents over gRPC (mTLS), tracking what each node has acknowledged.
 ///
-/// Its input is a directory of manifests (Namespaces, Pods, NetworkPolicies; YAML or JSON),
-/// watched: adding, editing, deleting or renaming a file into it becomes changes, each at the
-/// next revision. It fails closed: invalid objects are rejected as the Kubernetes API server
-/// would (strict field validation included) and their last valid version stays in force; a
-/// file is read only once completely written; a file with problems keeps what it held; an
-/// object defined in two files keeps the version in force before; all of it across restarts
-/// (recorded under --state-dir).
+/// One replica of a Raft group: run three (or five) with --id and --peers, or one alone (the
+/// default). Objects live in the replicated log under --state-dir; a revision is the log index
+/// of the change. The leader alone takes input: objects sent with `palisadectl apply -f`
+/// (the standalone store, always on), and, with --manifests, a directory of manifests
+/// (Namespaces, Pods, NetworkPolicies; YAML or JSON) it watches: adding, editing, deleting or
+/// renaming a file becomes a change. It fails closed: invalid objects are rejected as the
+/// Kubernetes API server would (strict field validation included) and their last valid
+/// version stays in force; a file is read only once completely written; a file with problems
+/// keeps what it held; an object defined in two files keeps the version in force before.
 #[derive(Parser)]
 #[command(name = "palisade-controller", version)]
 struct Cli {
-    /// Directory of manifests to watch.
+    /// Directory of manifests the leader watches. Without it, objects come only from
+    /// `palisadectl apply`.
     #[arg(long, env = "PALISADE_MANIFESTS", value_name = "DIR")]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+
+    /// This replica's id in the group (a number from 1).
+    #[arg(long, env = "PALISADE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    id: u64,
+
+    /// Every replica of the group, this one included, as ID=HOST:PORT,… (the gRPC address
+    /// each is reached at; Raft traffic uses the same listener, as the palisade.v1.Raft
+    /// service, mTLS with replica certificates from `palisadectl certs --replica N`).
+    /// Without it, a group of one.
+    #[arg(long, env = "PALISADE_PEERS", value_name = "ID=HOST:PORT,...")]
+    peers: Option<String>,
+
+    /// One tick of Raft's clock: a leader heartbeats every 3 ticks; followers start an
+    /// election after 10 to 20 ticks without one.
+    #[arg(long, env = "PALISADE_RAFT_TICK", default_value = "100ms", value_parser = humantime::parse_duration)]
+    raft_tick: Duration,
+
+    /// Log entries applied between snapshots of the state (the log is compacted behind each).
+    #[arg(long, env = "PALISADE_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    snapshot_every: u64,
 
     /// gRPC address for agents (Sync), operators (Introspection), health and reflection.
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:7443")]
@@ -38,9 +61,9 @@ struct Cli {
     )]
     metrics_listen: SocketAddr,
 
-    /// Directory for the controller's own state: reserved revisions (so they never go
-    /// backwards across restarts) and what each manifest file holds in force (so a file broken
-    /// while the controller is down keeps it). Created if missing.
+    /// Directory for the replica's state: the Raft log and snapshots (`raft/`, sled), and
+    /// what each manifest file holds in force (`source/`, so a file broken while the
+    /// controller is down keeps it). Created if missing.
     #[arg(
         long,
         env = "PALISADE_STATE_DIR",
@@ -48,11 +71,12 @@ struct Cli {
     )]
     state_dir: PathBuf,
 
-    /// CA certificate (PEM) that signs agent and operator certificates.
+    /// CA certificate (PEM) that signs agent, operator and replica certificates.
     #[arg(long, env = "PALISADE_TLS_CA", required_unless_present = "insecure")]
     tls_ca: Option<PathBuf>,
 
-    /// The controller's certificate (PEM).
+    /// The controller's certificate (PEM); in a group of several, its replica certificate
+    /// (`palisadectl certs --replica N`), also presented to peers.
     #[arg(long, env = "PALISADE_TLS_CERT", required_unless_present = "insecure")]
     tls_cert: Option<PathBuf>,
 
@@ -176,7 +200,23 @@ async fn main() -> Result<()> {
         (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
         _ => None,
     };
+    let peers = match &cli.peers {
+        Some(p) => palisade_controller::replication::parse_peers(p, cli.id)?,
+        None => Default::default(),
+    };
+    let replication = palisade_controller::replication::Config {
+        id: cli.id,
+        peers,
+        tick: cli.raft_tick.max(Duration::from_millis(1)),
+        options: palisade_replica::Options {
+            snapshot_every: cli.snapshot_every.max(1),
+            ..palisade_replica::Options::default()
+        },
+        ..Default::default()
+    };
     let config = Config {
+        manifests: cli.manifests,
+        replication,
         default_namespace: cli.namespace,
         state_dir: Some(cli.state_dir),
         tls,
@@ -202,7 +242,7 @@ async fn main() -> Result<()> {
         },
         max_streams_per_connection: cli.max_streams_per_connection.max(1),
         max_message_bytes: cli.max_message_bytes,
-        ..Config::new(cli.manifests)
+        ..Config::standalone()
     };
     let grpc = tokio::net::TcpListener::bind(cli.listen)
         .await

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod raft;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -47,6 +49,7 @@ struct Inner {
     connections_evicted: Counter,
     connections_refused: Counter,
     handshake_failures: Family<ReasonLabel, Counter>,
+    raft: raft::Raft,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +100,7 @@ impl Metrics {
             connections_evicted: Counter::default(),
             connections_refused: Counter::default(),
             handshake_failures: Family::default(),
+            raft: raft::Raft::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(
@@ -285,6 +289,10 @@ impl Metrics {
 
     pub fn full_compile(&self, took: Duration, nodes: usize) {
         self.0.full_compile.set(took.as_secs_f64());
+        self.0.nodes.set(nodes as i64);
+    }
+
+    pub fn nodes(&self, nodes: usize) {
         self.0.nodes.set(nodes as i64);
     }
 

@@ -1,14 +1,21 @@
-//! Wiring: the manifest source, the hub, the gRPC services (Sync, Introspection, health,
-//! reflection v1 and v1alpha) on one listener, metrics on another. Listeners and shutdown are
-//! injected, so tests run controllers on ephemeral ports and stop them at will.
+//! Wiring: the Raft log (sled, under the state directory), the replica's driver and apply
+//! threads, the hub, the manifest source (leader only), the gRPC services (Sync,
+//! Introspection, Admin, Raft, health, reflection v1 and v1alpha) on one listener, metrics on
+//! another. Listeners and shutdown are injected, so tests run controllers on ephemeral ports
+//! and stop them at will.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use palisade_proto::endpoint::ClientTls;
 use palisade_proto::pre_encoded::sync_server::SyncServer;
+use palisade_proto::v1::admin_server::AdminServer;
 use palisade_proto::v1::introspection_server::IntrospectionServer;
+use palisade_proto::v1::raft_server::RaftServer;
 use palisade_proto::v1::FILE_DESCRIPTOR_SET;
+use palisade_replica::{Machine, Replica, ReplicaError};
+use palisade_storage::{Create, SledStorage, StorageError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +28,16 @@ pub mod listen;
 
 pub use http::SOURCE_SERVICE;
 
+use crate::admin::AdminService;
 use crate::auth::RequireOperator;
 use crate::history::Limits;
 use crate::hub::Hub;
 use crate::introspection::IntrospectionService;
 use crate::metrics::Metrics;
-use crate::revision::RevisionStore;
+use crate::replication::apply::Applier;
+use crate::replication::driver::Driver;
+use crate::replication::transport::{RaftService, Transport, TransportError};
+use crate::replication::{self, Failure, Group, GroupStatus};
 use crate::source::watch::{Pace, Reported};
 use crate::source::{self, Health, ManifestDir, Timing};
 use crate::sync::{SyncConfig, SyncService};
@@ -42,10 +53,15 @@ pub struct TlsFiles {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub manifests: PathBuf,
+    /// A directory of manifests the leader watches (`None`: objects come only from
+    /// `palisadectl apply`, the standalone store).
+    pub manifests: Option<PathBuf>,
     pub default_namespace: String,
-    /// Where revisions are reserved so they never go backwards; `None`: in memory.
+    /// Where the Raft log (`raft/`) and the manifest source's records (`source/`) live;
+    /// `None`: a temporary directory removed at exit.
     pub state_dir: Option<PathBuf>,
+    /// This replica and its group.
+    pub replication: replication::Config,
     /// `None`: plaintext, no identities (development only).
     pub tls: Option<TlsFiles>,
     pub keepalive: Duration,
@@ -68,9 +84,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// A single replica watching `manifests`.
     pub fn new(manifests: impl Into<PathBuf>) -> Config {
         Config {
-            manifests: manifests.into(),
+            manifests: Some(manifests.into()),
+            ..Config::standalone()
+        }
+    }
+
+    /// A single replica whose objects come only from `palisadectl apply`.
+    pub fn standalone() -> Config {
+        Config {
+            manifests: None,
+            replication: replication::Config::default(),
             default_namespace: "default".into(),
             state_dir: None,
             tls: None,
@@ -98,6 +124,12 @@ pub enum ServerError {
     Records(#[from] source::RecordError),
     #[error("state directory: {0}")]
     State(std::io::Error),
+    #[error("the Raft log: {0}")]
+    Log(#[from] StorageError),
+    #[error("the replica: {0}")]
+    Replica(#[from] ReplicaError),
+    #[error("peers: {0}")]
+    Peers(#[from] TransportError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("gRPC server: {0}")]
@@ -109,13 +141,17 @@ pub enum ServerError {
 /// A started controller.
 pub struct Running {
     pub hub: Arc<Hub>,
-    /// The revision of the initial full compile.
+    pub group: Group,
+    /// A single replica with manifests: the revision holding them once first read (`start`
+    /// waits for it); otherwise the revision applied at start.
     pub loaded_revision: u64,
     /// Whether the manifest source keeps up (also on /readyz and gRPC health).
     pub source_health: tokio::sync::watch::Receiver<Health>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     metrics: Option<JoinHandle<std::io::Result<()>>>,
-    source: std::thread::JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// The state directory when none was given (removed when the controller stops).
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl Running {
@@ -126,7 +162,13 @@ impl Running {
             Some(m) => m.await.expect("metrics server task"),
             None => Ok(()),
         };
-        let _ = tokio::task::spawn_blocking(move || self.source.join()).await;
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         grpc?;
         metrics.map_err(ServerError::Metrics)
     }
@@ -153,40 +195,130 @@ pub async fn start(
         warn!("running in plaintext without authentication (--insecure): for development only");
     }
     let tls_config = config.tls.as_ref().map(tls).transpose()?;
-    // Opening the reservation may fsync: off the async workers.
-    let state_dir = config.state_dir.clone();
-    let revisions = tokio::task::spawn_blocking(move || RevisionStore::open(state_dir.as_deref()))
-        .await
-        .expect("revision store task")
-        .map_err(ServerError::State)?;
-    let metrics = Metrics::new();
-    let hub = Arc::new(Hub::new(revisions, config.history, metrics.clone()));
-
-    // The first scan and the full compile block (file I/O, every core): off the runtime.
-    let (source, loaded_revision, reported, source_failing) = {
-        let hub = hub.clone();
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || initial_load(&hub, &config))
-            .await
-            .expect("initial load task")?
+    let client_tls = config.tls.as_ref().map(client_tls).transpose()?;
+    let (state_dir, temporary) = match &config.state_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::tempdir().map_err(ServerError::State)?;
+            (t.path().to_path_buf(), Some(t))
+        }
     };
-    let (source_health_tx, source_health) = tokio::sync::watch::channel(Health {
-        failing: source_failing,
-        waiting: 0,
-    });
+    let metrics = Metrics::new();
+    let rc = config.replication.clone();
+    // Opening the log reads and checks all of it, and restoring a snapshot compiles: off
+    // the async workers.
+    let (replica, machine) = {
+        let dir = state_dir.join("raft");
+        let rc = rc.clone();
+        tokio::task::spawn_blocking(move || open_replica(&dir, &rc))
+            .await
+            .expect("opening the replica")?
+    };
+    let applied = machine.applied();
+    let hub = Arc::new(Hub::new(machine, config.history, metrics.clone()));
 
-    let source_thread = {
+    let transport = Arc::new(Transport::new(rc.id, &rc.peers, client_tls.as_ref())?);
+    let outbox = transport.start(rc.id, metrics.clone(), shutdown.clone());
+    let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let (status_tx, status_rx) = tokio::sync::watch::channel(GroupStatus {
+        raft: palisade_replica::Status {
+            id: rc.id,
+            ..Default::default()
+        },
+        applied,
+        ..GroupStatus::default()
+    });
+    let status_tx = Arc::new(status_tx);
+    let failure = Failure::default();
+    let advertised = rc
+        .peers
+        .get(&rc.id)
+        .cloned()
+        .or_else(|| grpc.local_addr().ok().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let group = Group {
+        id: rc.id,
+        address: advertised.clone(),
+        inbox: inbox_tx.clone(),
+        status: status_rx.clone(),
+        peers: rc.peers.clone(),
+        transport: transport.clone(),
+    };
+    let mut threads = Vec::new();
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(ServerError::State)
+    };
+    let driver = Driver {
+        replica,
+        config: rc.clone(),
+        inbox: inbox_rx,
+        jobs: jobs_tx,
+        outbox,
+        status: status_tx.clone(),
+        failure: failure.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
+    threads.push(spawn("raft", Box::new(move || driver.run()))?);
+    let applier = Applier {
+        hub: hub.clone(),
+        jobs: jobs_rx,
+        inbox: inbox_tx.clone(),
+        snapshot_every: rc.options.snapshot_every,
+        status: status_tx.clone(),
+        failure: failure.clone(),
+    };
+    threads.push(spawn("apply", Box::new(move || applier.run()))?);
+
+    let (source_health_tx, source_health) = tokio::sync::watch::channel(Health::default());
+    if let Some(dir) = &config.manifests {
+        let source = {
+            let config = config.clone();
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || open_source(&dir, &config))
+                .await
+                .expect("opening the manifest source")?
+        };
         let hub = hub.clone();
+        let group = group.clone();
         let shutdown = shutdown.clone();
         let pace = Pace {
             rescan: config.rescan,
             debounce: config.debounce,
+            settle: config.timing.settle,
         };
-        std::thread::Builder::new()
-            .name("manifests".into())
-            .spawn(move || source::watch(hub, source, pace, source_health_tx, reported, shutdown))
-            .map_err(ServerError::State)?
-    };
+        threads.push(spawn(
+            "manifests",
+            Box::new(move || {
+                source::watch(
+                    hub,
+                    group,
+                    source,
+                    pace,
+                    source_health_tx,
+                    Reported::default(),
+                    shutdown,
+                )
+            }),
+        )?);
+    }
+    // A group of one with manifests: serve once they are read and applied, as a single
+    // controller always did (a replica of a larger group cannot wait: it may not lead).
+    let mut loaded_revision = applied;
+    if config.manifests.is_some() && rc.voters().len() == 1 {
+        let mut h = source_health.clone();
+        let first = h
+            .wait_for(|h| h.revision.is_some() || h.failing.is_some())
+            .await
+            .map(|h| h.revision)
+            .ok()
+            .flatten();
+        loaded_revision = first.unwrap_or(applied);
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SyncServer<SyncService>>().await;
@@ -213,9 +345,23 @@ pub async fn start(
         shutdown.clone(),
     );
     let introspection = InterceptedService::new(
-        IntrospectionServer::new(IntrospectionService::new(hub.clone())),
+        IntrospectionServer::new(IntrospectionService::new(hub.clone(), group.clone())),
         RequireOperator { insecure },
     );
+    let raft = RaftService {
+        id: rc.id,
+        insecure,
+        inbox: std::sync::Mutex::new(inbox_tx),
+        transport,
+        status: status_rx.clone(),
+        address: advertised,
+    };
+    let admin = AdminService {
+        hub: hub.clone(),
+        group: group.clone(),
+        insecure,
+        limits: config.limits.clone(),
+    };
 
     let limits = listen::Limits {
         max_connections: listen::fit_to_file_limit(config.connections.max_connections),
@@ -232,6 +378,11 @@ pub async fn start(
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .add_service(introspection)
+        .add_service(RaftServer::new(raft).max_decoding_message_size(64 << 20))
+        .add_service(
+            AdminServer::new(admin)
+                .max_decoding_message_size(config.max_message_bytes.min(64 << 20)),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -272,16 +423,25 @@ pub async fn start(
     );
 
     http::mirror_health(health, source_health.clone(), shutdown.clone());
-    let metrics_task = metrics_listener
-        .map(|listener| http::serve(listener, metrics, source_health.clone(), shutdown.clone()));
+    let metrics_task = metrics_listener.map(|listener| {
+        http::serve(
+            listener,
+            metrics,
+            source_health.clone(),
+            status_rx,
+            shutdown.clone(),
+        )
+    });
 
     Ok(Running {
         hub,
+        group,
         loaded_revision,
         source_health,
         grpc: grpc_task,
         metrics: metrics_task,
-        source: source_thread,
+        threads,
+        _temporary: temporary,
     })
 }
 
@@ -306,46 +466,60 @@ where
     })
 }
 
-/// Open the manifest source, scan it, and compile what it holds at one revision. Records
-/// that cannot be written yet are retried by the source loop (the returned reason says why).
-fn initial_load(
-    hub: &Hub,
-    config: &Config,
-) -> Result<(ManifestDir, u64, Reported, Option<String>), ServerError> {
+/// Open the Raft log in `dir` (created when missing) and this replica, and restore the state
+/// machine from the log's snapshot.
+fn open_replica(
+    dir: &std::path::Path,
+    rc: &replication::Config,
+) -> Result<(Replica<SledStorage>, Machine), ServerError> {
+    let store = SledStorage::open(dir, Create::IfMissing)?;
+    let replica = Replica::open(rc.id, &rc.voters(), store, rc.options.clone())?;
+    let machine = match replica.stored_snapshot()? {
+        Some((index, data)) => Machine::restore(&data).map_err(|why| {
+            ServerError::State(std::io::Error::other(format!(
+                "the snapshot at {index} in {} cannot be restored: {why}",
+                dir.display()
+            )))
+        })?,
+        None => Machine::new(),
+    };
+    info!(
+        id = rc.id,
+        voters = ?rc.voters(),
+        snapshot = machine.applied(),
+        dir = %dir.display(),
+        "Raft log opened"
+    );
+    Ok((replica, machine))
+}
+
+/// The client side of mTLS toward peers: this replica's own certificate.
+fn client_tls(files: &TlsFiles) -> Result<ClientTls, ServerError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| ServerError::Tls(format!("reading {}: {e}", p.display())))
+    };
+    Ok(ClientTls {
+        ca: read(&files.ca)?,
+        cert: read(&files.cert)?,
+        key: read(&files.key)?,
+        domain: None,
+    })
+}
+
+/// Open the manifest source (its records in the state directory); the directory must exist
+/// unless records of an earlier run say what it held.
+fn open_source(dir: &std::path::Path, config: &Config) -> Result<ManifestDir, ServerError> {
     let options = source::Options {
         default_ns: config.default_namespace.clone(),
         timing: config.timing,
         limits: config.limits.clone(),
         state_dir: config.state_dir.clone(),
     };
-    let mut source = ManifestDir::open(&config.manifests, options)?;
+    let source = ManifestDir::open(dir, options)?;
     if let Err(e) = palisade_files::walk::manifests(source.root()) {
         if !source.has_records() {
-            return Err(ServerError::Manifests(
-                config.manifests.clone(),
-                e.to_string(),
-            ));
+            return Err(ServerError::Manifests(dir.to_path_buf(), e.to_string()));
         }
     }
-    // Files written just before the start are read once quiet (there is no watcher yet to
-    // say when their writers finish): wait for them, a `settle` at most, so the first compile
-    // holds them. Removals held longer do not delay the start.
-    let start = Instant::now();
-    let mut scan = source.scan(start);
-    let bound = start + config.timing.settle + Duration::from_millis(100);
-    while let Some(next) = scan.next.filter(|n| *n <= bound) {
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        scan = source.scan(Instant::now());
-    }
-    let mut reported = Reported::default();
-    reported.log(&scan);
-    let failing = source.persist().err().map(|e| {
-        let why = format!("cannot record the manifest source's state: {e}");
-        warn!("{why}; serving what the files hold, retrying");
-        why
-    });
-    hub.set_rejected(std::mem::take(&mut scan.rejected));
-    let revision = hub.load(scan.commands).map_err(ServerError::State)?;
-    source.commit();
-    Ok((source, revision, reported, failing))
+    Ok(source)
 }

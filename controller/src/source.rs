@@ -17,7 +17,7 @@
 //! * [`ManifestDir::scan`] proposes commands and [`ManifestDir::commit`] records them as
 //!   applied only once the caller has persisted and applied them: a failure is retried.
 
-mod file;
+pub mod file;
 mod records;
 pub mod settle;
 pub mod watch;
@@ -30,6 +30,7 @@ use palisade_files::walk;
 use palisade_policy::manifest::{Limits, Object};
 use palisade_policy::model::Command;
 
+use file::commands;
 pub use file::Key;
 pub use records::RecordError;
 pub use settle::{Hint, Timing};
@@ -128,6 +129,9 @@ pub struct ManifestDir {
     skipped: Vec<Rejected>,
     /// The changes the last scan proposed.
     proposed: Vec<(Key, Option<Object>)>,
+    /// Objects whose proposed change was not applied (another source owns them): compared
+    /// again at the next scan.
+    retry: BTreeSet<Key>,
 }
 
 fn rejected_path(path: &str, reason: String) -> Rejected {
@@ -163,6 +167,7 @@ impl ManifestDir {
             records,
             skipped: Vec::new(),
             proposed: Vec::new(),
+            retry: BTreeSet::new(),
         };
         for (path, held) in saved.files {
             for k in held.keys() {
@@ -552,25 +557,26 @@ impl ManifestDir {
                 None => self.current.remove(&k),
             };
         }
-        self.dirty.clear();
+        self.dirty = std::mem::take(&mut self.retry);
     }
-}
 
-fn rank(o: &Object) -> u8 {
-    match o {
-        Object::Namespace(_) => 0,
-        Object::NetworkPolicy(_) => 1,
-        Object::Pod(_) => 2,
+    /// The last scan's proposed changes to `keys` will not be applied (another source owns
+    /// those objects): they are compared again at the next scan.
+    pub fn not_applied(&mut self, keys: &BTreeSet<Key>) {
+        self.proposed.retain(|(k, _)| !keys.contains(k));
+        self.retry.extend(keys.iter().cloned());
     }
-}
 
-/// Upserts (namespaces, policies, pods) then deletes (pods, policies, namespaces).
-fn commands(mut upserts: Vec<Object>, mut deletes: Vec<Object>) -> Vec<Command> {
-    upserts.sort_by_key(rank);
-    deletes.sort_by_key(|o| std::cmp::Reverse(rank(o)));
-    let up = upserts.into_iter().map(Object::upsert);
-    let down = deletes.into_iter().map(Object::delete);
-    up.chain(down).collect()
+    /// Leadership was (re)gained: what the replicated state holds from this source replaces
+    /// what the source believed applied (proposals may have been lost with the previous
+    /// leadership), and every object either side names is compared at the next scan, so
+    /// only what differs is proposed.
+    pub fn reconcile(&mut self, applied: BTreeMap<Key, Object>) {
+        self.current = applied;
+        self.dirty.extend(self.current.keys().cloned());
+        self.dirty.extend(self.defined_in.keys().cloned());
+        self.proposed.clear();
+    }
 }
 
 #[cfg(test)]

@@ -365,12 +365,14 @@ impl Connection {
         let st = self.hub.lock();
         let (desired, digest) = st.desired(&self.node);
         let plan = match self.holds {
-            Knowledge::Unknown => Plan::Snapshot(st.engine.slice(&self.node)),
+            Knowledge::Unknown => Plan::Snapshot(st.engine().slice(&self.node)),
             Knowledge::Holds(v, d) if v == desired && d == digest => Plan::Empty {
                 from: v,
                 to: v,
                 digest: d,
             },
+            // An agent that holds nothing yet gets its slice whole.
+            Knowledge::Holds(0, _) => Plan::Snapshot(st.engine().slice(&self.node)),
             Knowledge::Holds(v, d) => match st.history.catch_up(&self.node, v, &d) {
                 Some(Catchup::UpToDate) => Plan::Empty {
                     from: desired,
@@ -386,7 +388,7 @@ impl Connection {
                     to: desired,
                     digest,
                 },
-                None => Plan::Snapshot(st.engine.slice(&self.node)),
+                None => Plan::Snapshot(st.engine().slice(&self.node)),
             },
         };
         (plan, desired, digest)
@@ -425,7 +427,7 @@ impl Connection {
                         let slice = {
                             let st = self.hub.lock();
                             (desired, digest) = st.desired(&self.node);
-                            st.engine.slice(&self.node)
+                            st.engine().slice(&self.node)
                         };
                         (encode::snapshot(&slice), "snapshot")
                     }

@@ -64,6 +64,8 @@ async fn an_independent_reflection_client_lists_and_calls_everything() {
         for s in [
             "palisade.v1.Sync",
             "palisade.v1.Introspection",
+            "palisade.v1.Admin",
+            "palisade.v1.Raft",
             "grpc.health.v1.Health",
             itself,
         ] {
@@ -71,7 +73,7 @@ async fn an_independent_reflection_client_lists_and_calls_everything() {
         }
     }
     let methods = v["introspection_methods"].as_array().unwrap();
-    assert_eq!(methods.len(), 6, "{methods:?}");
+    assert_eq!(methods.len(), 7, "{methods:?}");
     let nodes: Vec<&str> = v["list_nodes"]["nodes"]
         .as_array()
         .unwrap()

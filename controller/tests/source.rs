@@ -18,7 +18,7 @@ fn microservices() -> Vec<(&'static str, String)> {
 }
 
 fn policies(c: &Cluster) -> usize {
-    c.hub().lock().engine.policies().len()
+    c.hub().lock().engine().policies().len()
 }
 
 /// Run `write` on a thread while watching the engine: the number of policies it ever held.
@@ -98,7 +98,7 @@ async fn a_file_rewritten_slowly_in_place_never_opens_anything() {
     });
     let mut widened = false;
     while !writer.is_finished() {
-        widened |= c.hub().lock().engine.policies().iter().any(|p| {
+        widened |= c.hub().lock().engine().policies().iter().any(|p| {
             &*p.key.name == "allow-mysql" && p.ingress.as_ref().unwrap()[0].peers.is_none()
         });
         tokio::time::sleep(Duration::from_millis(5)).await;

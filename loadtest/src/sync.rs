@@ -143,6 +143,7 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
             hosts: &["127.0.0.1".to_string()],
             nodes: &nodes,
             operators: &[],
+            replicas: &[],
         })?;
     }
 
@@ -221,7 +222,7 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
         let st = hub.lock();
         nodes
             .iter()
-            .map(|n| palisade_proto::encode::snapshot(&st.engine.slice(n)).len())
+            .map(|n| palisade_proto::encode::snapshot(&st.engine().slice(n)).len())
             .max()
             .unwrap_or(0)
     };

@@ -1,7 +1,8 @@
 //! `palisadectl certs`: a CA and the certificates a local Palisade needs (controller, one per
-//! node, operators), for development and tests. Identities are URI SANs
-//! (`palisade://node/NAME`, `palisade://operator/NAME`, `palisade://controller`); the
-//! controller's certificate also names the hosts agents dial.
+//! replica of a group, one per node, operators), for development and tests. Identities are
+//! URI SANs (`palisade://node/NAME`, `palisade://operator/NAME`, `palisade://controller`,
+//! `palisade://replica/N`); controller and replica certificates also name the hosts agents
+//! and peers dial.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,9 @@ pub struct Request<'a> {
     pub hosts: &'a [String],
     pub nodes: &'a [String],
     pub operators: &'a [String],
+    /// Replica ids of a Raft group to mint `replica-N` certificates for (server and client:
+    /// a replica serves agents and operators, and calls its peers).
+    pub replicas: &'a [u64],
 }
 
 fn write(path: PathBuf, content: &str, private: bool) -> Result<PathBuf, CertError> {
@@ -118,6 +122,19 @@ pub fn mint(req: &Request) -> Result<Vec<PathBuf>, CertError> {
     }
     hosts.push(SanType::URI(ia5(identity::CONTROLLER.to_string())?));
     use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    for r in req.replicas {
+        let mut san = hosts.clone();
+        san.push(SanType::URI(ia5(identity::replica_uri(*r))?));
+        leaf(
+            &issuer,
+            req.dir,
+            &format!("replica-{r}"),
+            &format!("palisade-controller replica {r}"),
+            san,
+            &[ServerAuth, ClientAuth],
+            &mut written,
+        )?;
+    }
     leaf(
         &issuer,
         req.dir,

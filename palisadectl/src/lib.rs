@@ -2,6 +2,8 @@
 //! ([`load`]), are compiled by `palisade-policy` into node slices, and go out as reachability
 //! matrices, flow explanations ([`evaluate`]) and slices ([`show`]) on stdout; problems with
 //! the input go to stderr. `demo` runs the seed scenarios embedded in the binary ([`demo`]).
+//! Online, [`remote`] asks a running controller (nodes, waits, explanations) and [`store`]
+//! sends objects to its replicated store (`apply`, `delete`) and lists its replicas.
 
 pub mod certs;
 pub mod demo;
@@ -9,6 +11,7 @@ pub mod evaluate;
 pub mod load;
 pub mod remote;
 pub mod show;
+pub mod store;
 
 /// Why a `palisadectl` command could not do its work.
 #[derive(Debug, thiserror::Error)]

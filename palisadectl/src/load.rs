@@ -64,6 +64,18 @@ impl Loaded {
 /// manifests directory ([`palisade_files::walk`]), so a prediction never comes from a file the
 /// controller would not read. Objects without a namespace go to `default_ns`.
 pub fn load(paths: &[PathBuf], default_ns: &str) -> Result<Loaded> {
+    let (sources, warnings) = read_sources(paths)?;
+    let mut loaded = parse_sources(&sources, default_ns);
+    loaded.warnings.splice(0..0, warnings);
+    Ok(loaded)
+}
+
+/// Named texts: `(name, text)` of each file read.
+pub type Sources = Vec<(String, String)>;
+
+/// The text of every `-f` argument, named (`<stdin>` for `-`), and the paths a directory
+/// walk skipped (as warnings).
+pub fn read_sources(paths: &[PathBuf]) -> Result<(Sources, Vec<String>)> {
     if paths.is_empty() {
         return Err(Error::Usage(
             "no manifests given: pass -f FILE, -f DIRECTORY or -f - (stdin)".into(),
@@ -126,9 +138,7 @@ pub fn load(paths: &[PathBuf], default_ns: &str) -> Result<Loaded> {
             sources.push((f.display().to_string(), text(&f, bytes)?));
         }
     }
-    let mut loaded = parse_sources(&sources, default_ns);
-    loaded.warnings.splice(0..0, warnings);
-    Ok(loaded)
+    Ok((sources, warnings))
 }
 
 /// Parse already-read sources (name, text).

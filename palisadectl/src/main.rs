@@ -4,13 +4,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade_policy::cluster::{ClusterView, Probe};
-use palisadectl::{certs, demo, evaluate, load, remote, show};
+use palisadectl::{certs, demo, evaluate, load, remote, show, store};
 
 /// Palisade's command line: evaluate Kubernetes NetworkPolicy manifests exactly as Palisade
 /// enforces them, and inspect the per-node policy slices it computes.
 ///
-/// Offline (`evaluate`, `slice`, `demo`) it reads manifests; online (`nodes`, `node`, `wait`,
-/// `explain`, `rejected`) it asks a running controller, with an operator certificate.
+/// Offline (`evaluate`, `slice`, `demo`) it reads manifests; online (`apply`, `delete`,
+/// `nodes`, `node`, `wait`, `explain`, `rejected`, `replicas`) it talks to a running
+/// controller, with an operator certificate.
 ///
 /// Exit status: 0 success; 1 error; 2 bad command line; 3 a negative answer (an explained
 /// flow is denied, a waited-for revision is not realized); 4 results printed but some objects
@@ -113,7 +114,8 @@ enum Cmd {
     },
 
     /// Mint a CA and certificates for a local Palisade: the controller (naming --host), one
-    /// per --node, one per --operator. An existing CA in DIR is reused.
+    /// per --replica of a Raft group (naming --host too), one per --node, one per --operator.
+    /// An existing CA in DIR is reused.
     Certs {
         /// Directory to write the PEM files to (created if missing).
         #[arg(long, default_value = "palisade-certs")]
@@ -127,6 +129,30 @@ enum Cmd {
         /// Operator to mint an introspection certificate for. Repeatable.
         #[arg(long = "operator", default_values_t = ["admin".to_string()])]
         operators: Vec<String>,
+        /// Replica id to mint a replica certificate for (replica-N.pem: its --tls-cert, also
+        /// presented to its peers). Repeatable.
+        #[arg(long = "replica", value_parser = clap::value_parser!(u64).range(1..))]
+        replicas: Vec<u64>,
+    },
+
+    /// Create or replace objects in the controller's replicated store (validated as the
+    /// Kubernetes API server would; all or nothing). Prints the revision that holds them.
+    #[command(after_help = "Examples:
+  palisadectl apply -f examples/microservices
+  cat policy.yaml | palisadectl apply -f -
+  palisadectl wait $(palisadectl apply -f policy.yaml -o json | jq .revision)")]
+    Apply(ChangeArgs),
+
+    /// Delete the objects the files name from the controller's replicated store.
+    Delete(ChangeArgs),
+
+    /// The controller replicas: id, address, role, term, commit and applied index, last
+    /// contact, as the replica asked sees them.
+    Replicas {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
 
     /// Every node the running controller knows: versions, acks, lag, connection.
@@ -196,6 +222,20 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+/// What `apply` and `delete` take.
+#[derive(clap::Args)]
+struct ChangeArgs {
+    #[command(flatten)]
+    manifests: Manifests,
+    /// Validate and say what would change (or be deleted), without committing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
 }
 
 /// How to reach a running controller.
@@ -305,16 +345,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hosts,
             nodes,
             operators,
+            replicas,
         } => {
             let written = certs::mint(&certs::Request {
                 dir: &dir,
                 hosts: &hosts,
                 nodes: &nodes,
                 operators: &operators,
+                replicas: &replicas,
             })?;
             for f in written {
                 println!("{}", f.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Apply(args) => change(args, false),
+        Cmd::Delete(args) => change(args, true),
+        Cmd::Replicas { conn, output } => {
+            print!(
+                "{}",
+                runtime()?.block_on(store::replicas(&conn.conn(), output == Output::Json))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Nodes { conn, output } => {
@@ -391,6 +442,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `apply` or `delete`.
+fn change(args: ChangeArgs, delete: bool) -> Result<ExitCode> {
+    let ChangeArgs {
+        manifests,
+        dry_run,
+        conn,
+        output,
+    } = args;
+    let (sources, skipped) = load::read_sources(&manifests.files)?;
+    for s in skipped {
+        eprintln!("Warning: skipped {s}");
+    }
+    let change = store::Change {
+        sources,
+        namespace: manifests.namespace,
+        delete,
+        dry_run,
+    };
+    print!(
+        "{}",
+        runtime()?.block_on(store::apply(&conn.conn(), change, output == Output::Json))?
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn exit(rejected: bool, denied: bool) -> ExitCode {

@@ -50,6 +50,11 @@ impl From<tonic::Status> for RemoteError {
 }
 
 pub async fn client(conn: &Conn) -> Result<IntrospectionClient<Channel>, RemoteError> {
+    Ok(IntrospectionClient::new(channel(conn).await?).max_decoding_message_size(256 << 20))
+}
+
+/// A connection to the controller, with the operator's TLS material.
+pub async fn channel(conn: &Conn) -> Result<Channel, RemoteError> {
     let tls = if conn.insecure {
         None
     } else {
@@ -74,10 +79,9 @@ pub async fn client(conn: &Conn) -> Result<IntrospectionClient<Channel>, RemoteE
     };
     let ep = endpoint::endpoint(&conn.controller, tls.as_ref(), options)
         .map_err(|e| RemoteError::Usage(e.to_string()))?;
-    let channel = ep.connect().await.map_err(|e| {
-        RemoteError::Connect(conn.controller.clone(), palisade_proto::error_chain(&e))
-    })?;
-    Ok(IntrospectionClient::new(channel).max_decoding_message_size(256 << 20))
+    ep.connect()
+        .await
+        .map_err(|e| RemoteError::Connect(conn.controller.clone(), palisade_proto::error_chain(&e)))
 }
 
 fn status_json(n: &pb::NodeStatus) -> Value {

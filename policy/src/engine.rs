@@ -294,6 +294,11 @@ impl Engine {
     }
 
     /// Every node that has (or had) a pod scheduled on it, sorted by name.
+    /// How many nodes have a slice.
+    pub fn node_count(&self) -> usize {
+        self.nodes.list.len()
+    }
+
     pub fn nodes(&self) -> Vec<NodeSummary> {
         let mut out: Vec<NodeSummary> = self.nodes.list.iter().map(|n| n.summary()).collect();
         out.sort_by(|a, b| a.node.cmp(&b.node));
@@ -306,6 +311,22 @@ impl Engine {
 
     pub fn pod(&self, key: &ObjKey) -> Option<&Pod> {
         self.pods.get(&key.namespace)?.get(&key.name)
+    }
+
+    pub fn policy(&self, key: &ObjKey) -> Option<&NetworkPolicy> {
+        self.policies
+            .get(&key.namespace)?
+            .get(&key.name)
+            .map(|c| &c.source)
+    }
+
+    /// A namespace declared as an object (not only implied by its pods), as declared.
+    pub fn declared_namespace(&self, name: &str) -> Option<Namespace> {
+        let (name, labels) = self.namespaces.get_key_value(name)?;
+        self.declared.contains(name).then(|| Namespace {
+            name: name.clone(),
+            labels: labels.clone(),
+        })
     }
 
     /// Every pod, sorted by namespace and name.

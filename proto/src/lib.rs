@@ -37,6 +37,12 @@ pub mod identity {
     pub const OPERATOR: &str = "palisade://operator/";
     /// `palisade://controller`: a controller replica.
     pub const CONTROLLER: &str = "palisade://controller";
+    /// `palisade://replica/N`: controller replica N of a Raft group; may speak Raft as N.
+    pub const REPLICA: &str = "palisade://replica/";
+
+    pub fn replica_uri(id: u64) -> String {
+        format!("{REPLICA}{id}")
+    }
 
     pub fn node_uri(node: &str) -> String {
         format!("{NODE}{node}")

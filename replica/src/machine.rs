@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use palisade_policy::engine::{Engine, NodeUpdate};
+use palisade_policy::k8s::Kind;
 use palisade_policy::manifest::{command_key, Key, Object};
 use palisade_policy::model::{Command, Name};
 use palisade_policy::Digest;
@@ -77,6 +78,18 @@ impl Machine {
                 self.engine.apply_batch(index, b.commands.iter().cloned())
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// The object `key` names, as applied.
+    pub fn object(&self, key: &Key) -> Option<Object> {
+        let e = &self.engine;
+        match key.0 {
+            Kind::Namespace => e.declared_namespace(&key.1).map(Object::Namespace),
+            Kind::Pod => e.pod(&key.1.parse().ok()?).map(|p| Object::Pod(p.clone())),
+            Kind::NetworkPolicy => e
+                .policy(&key.1.parse().ok()?)
+                .map(|p| Object::NetworkPolicy(p.clone())),
         }
     }
 
@@ -153,7 +166,6 @@ impl Machine {
 mod tests {
     use super::*;
     use crate::entry::ProposalId;
-    use palisade_policy::k8s::Kind;
     use palisade_policy::model::Namespace;
 
     fn batch(owner: &str, commands: Vec<Command>) -> Batch {
@@ -189,9 +201,14 @@ mod tests {
             Some(&batch("apply", vec![Command::UpsertNamespace(ns("b"))])),
         );
         m.apply(3, None);
-        assert_eq!(m.applied(), 3, "an entry without commands advances the index");
+        assert_eq!(
+            m.applied(),
+            3,
+            "an entry without commands advances the index"
+        );
         let key = (Kind::Namespace, "b".to_string());
         assert_eq!(m.owner(&key), Some("apply"));
+        assert!(matches!(m.object(&key), Some(Object::Namespace(n)) if n.name == Name::from("b")));
         assert_eq!(
             m.owned_by("manifests").keys().cloned().collect::<Vec<_>>(),
             vec![(Kind::Namespace, "a".to_string())]
@@ -202,7 +219,10 @@ mod tests {
         assert!(!restored.snapshot_due(1));
         m.apply(
             4,
-            Some(&batch("apply", vec![Command::DeleteNamespace(Name::from("b"))])),
+            Some(&batch(
+                "apply",
+                vec![Command::DeleteNamespace(Name::from("b"))],
+            )),
         );
         assert_eq!(m.owner(&key), None);
         assert!(m.owned_by("apply").is_empty());

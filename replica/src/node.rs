@@ -51,8 +51,9 @@ impl Default for Options {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Role {
+    #[default]
     Follower,
     PreCandidate,
     Candidate,
@@ -115,7 +116,7 @@ pub enum ProposeError {
 }
 
 /// Where the group stands, as this replica sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Status {
     pub id: u64,
     pub role: Role,
@@ -223,6 +224,28 @@ impl<S: LogStore> Replica<S> {
             last_index: r.raft_log.last_index(),
             snapshot: self.last_snapshot,
         }
+    }
+
+    /// On the leader: each voter's id, the highest log index known replicated there, and
+    /// whether it was heard from within the last election timeout. Empty on a follower.
+    pub fn progress(&self) -> Vec<(u64, u64, bool)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut out: Vec<(u64, u64, bool)> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| (*id, p.matched, p.recent_active))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// How many voters the group has.
+    pub fn voters(&self) -> usize {
+        self.raw.raft.prs().conf().voters().ids().len()
     }
 
     pub fn is_leader(&self) -> bool {

@@ -2,8 +2,10 @@
 //!
 //! * `/metrics`: the Prometheus text exposition.
 //! * `/livez` (and `/healthz`): the process serves.
-//! * `/readyz`: the controller does its job: 503, with the reason, while the manifest source
-//!   cannot record or apply changes (what was enforced stays enforced; changes wait).
+//! * `/readyz`: the controller does its job: 503, with the reason, while this replica knows
+//!   no leader (an election, or cut off from the quorum) or has failed, or while the
+//!   manifest source cannot record or commit changes (what was enforced stays enforced;
+//!   changes wait).
 
 use axum::http::StatusCode;
 use tokio::net::TcpListener;
@@ -13,20 +15,56 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::metrics::Metrics;
+use crate::replication::{role_name, GroupStatus};
 use crate::source::Health;
 
-fn readiness(health: &Health) -> (StatusCode, String) {
+/// Whether this replica is part of a working group.
+fn group_ready(g: &GroupStatus) -> Result<String, String> {
+    if let Some(why) = &g.failure {
+        return Err(format!("raft: this replica failed: {why}"));
+    }
+    let r = &g.raft;
+    if r.leader == 0 {
+        return Err(format!(
+            "raft: no leader known (term {}): an election is under way, or this replica cannot reach a quorum",
+            r.term
+        ));
+    }
+    Ok(format!(
+        "raft: {} in term {}, leader {}, applied {}",
+        role_name(r.role),
+        r.term,
+        r.leader,
+        g.applied
+    ))
+}
+
+fn readiness(health: &Health, group: &GroupStatus) -> (StatusCode, String) {
     let mut lines = Vec::new();
-    let ok = match &health.failing {
-        None => {
-            lines.push("[+]source ok".to_string());
-            true
-        }
-        Some(why) => {
-            lines.push(format!("[-]source failed: {why}"));
-            false
-        }
-    };
+    let raft = group_ready(group);
+    let raft_ok = raft.is_ok();
+    lines.push(match raft {
+        Ok(l) => format!("[+]{l}"),
+        Err(l) => format!("[-]{l}"),
+    });
+    let ok = raft_ok
+        && match &health.failing {
+            None => {
+                lines.push("[+]source ok".to_string());
+                true
+            }
+            Some(why) => {
+                lines.push(format!("[-]source failed: {why}"));
+                false
+            }
+        };
+    if !health.active {
+        lines.push(if group.raft.role == palisade_replica::Role::Leader {
+            "[+]source: no manifests directory (objects come from palisadectl apply)".into()
+        } else {
+            "[+]source: not running here (sources run on the leader)".into()
+        });
+    }
     if health.waiting > 0 {
         lines.push(format!(
             "[+]source: {} changed file(s) not applied yet (being written or holding removals)",
@@ -54,6 +92,7 @@ pub fn serve(
     listener: TcpListener,
     metrics: Metrics,
     health: watch::Receiver<Health>,
+    group: watch::Receiver<GroupStatus>,
     shutdown: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
     let addr = listener.local_addr().ok();
@@ -71,7 +110,10 @@ pub fn serve(
         .route("/healthz", axum::routing::get(live))
         .route(
             "/readyz",
-            axum::routing::get(move || async move { readiness(&health.borrow()) }),
+            axum::routing::get(move || async move {
+                let h = health.borrow().clone();
+                readiness(&h, &group.borrow())
+            }),
         );
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -111,14 +153,33 @@ mod tests {
 
     #[test]
     fn readiness_says_why() {
-        let (status, body) = readiness(&Health::default());
+        let led = GroupStatus {
+            raft: palisade_replica::Status {
+                id: 1,
+                leader: 1,
+                term: 2,
+                ..Default::default()
+            },
+            ..GroupStatus::default()
+        };
+        let (status, body) = readiness(&Health::default(), &led);
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("[+]source ok"));
-        let (status, body) = readiness(&Health {
-            failing: Some("cannot reserve revisions: No space left on device".into()),
-            waiting: 2,
-        });
+        assert!(
+            body.contains("[+]source ok") && body.contains("leader 1"),
+            "{body}"
+        );
+        let (status, body) = readiness(
+            &Health {
+                failing: Some("cannot record: No space left on device".into()),
+                waiting: 2,
+                ..Health::default()
+            },
+            &led,
+        );
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("No space left") && body.contains("2 changed file"));
+        let (status, body) = readiness(&Health::default(), &GroupStatus::default());
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("no leader known"), "{body}");
     }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use palisade_files::read::{self, ReadError, Require};
-use palisade_policy::k8s::Kind;
 use palisade_policy::manifest::{self, Limits, Location, Object, Problem};
+use palisade_policy::model::Command;
 
 use super::Rejected;
 
@@ -146,6 +146,24 @@ pub fn in_force(previous: &BTreeMap<Key, Object>, content: &Content) -> BTreeMap
         }
     }
     objects
+}
+
+fn rank(o: &Object) -> u8 {
+    match o {
+        Object::Namespace(_) => 0,
+        Object::NetworkPolicy(_) => 1,
+        Object::Pod(_) => 2,
+    }
+}
+
+/// Upserts (namespaces, policies, pods) then deletes (pods, policies, namespaces): a safe
+/// order within one revision.
+pub fn commands(mut upserts: Vec<Object>, mut deletes: Vec<Object>) -> Vec<Command> {
+    upserts.sort_by_key(rank);
+    deletes.sort_by_key(|o| std::cmp::Reverse(rank(o)));
+    let up = upserts.into_iter().map(Object::upsert);
+    let down = deletes.into_iter().map(Object::delete);
+    up.chain(down).collect()
 }
 
 #[cfg(test)]

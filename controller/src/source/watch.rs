@@ -1,8 +1,11 @@
-//! The source loop, on its own thread (it does blocking file I/O): watch the directory with
-//! inotify (its events also say when a writer has finished: [`Hint`]), scan after events
-//! (debounced), when a waiting file is due, and periodically; persist and apply what changed.
-//! A failure to persist or apply is retried with back-off and shows in [`Health`], metrics
-//! and the log; nothing is taken as applied until it was.
+//! The source loop, on its own thread (it does blocking file I/O). It runs only while this
+//! replica leads the Raft group: followers watch nothing and propose nothing. On becoming
+//! leader it reconciles the directory against what the replicated state holds from this
+//! source ([`ManifestDir::reconcile`]), then watches the directory with inotify (its events
+//! also say when a writer has finished: [`Hint`]), scans after events (debounced), when a
+//! waiting file is due, and periodically; persists its records and proposes what changed,
+//! waiting until it is applied. A failure to persist or commit is retried with back-off and
+//! shows in [`Health`], metrics and the log; nothing is taken as applied until it was.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -15,8 +18,12 @@ use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{Hint, ManifestDir, Rejected, Scan};
+use super::{Hint, Key, ManifestDir, Rejected, Scan};
 use crate::hub::Hub;
+use crate::replication::Group;
+
+/// The owner of objects from a manifests directory.
+pub const OWNER: &str = "manifests";
 
 /// Whether the source keeps the engine in step with its directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,6 +32,10 @@ pub struct Health {
     pub failing: Option<String>,
     /// Files changed and not applied yet, by design (being written, holding removals).
     pub waiting: usize,
+    /// Whether this replica runs the source now (it leads the group).
+    pub active: bool,
+    /// The revision holding the directory's content as of the last successful scan.
+    pub revision: Option<u64>,
 }
 
 /// How the loop is paced.
@@ -34,9 +45,13 @@ pub struct Pace {
     pub rescan: Duration,
     /// After an event, wait this long for more before scanning.
     pub debounce: Duration,
+    /// On becoming leader, wait at most this long for files being written (so the first
+    /// revision holds them).
+    pub settle: Duration,
 }
 
-fn rejection_line(r: &Rejected) -> String {
+/// One rejection as a log line: `source: Kind name: errors`.
+pub fn rejection_line(r: &Rejected) -> String {
     let what = [r.kind.as_str(), r.object.as_str()]
         .iter()
         .filter(|s| !s.is_empty())
@@ -92,8 +107,38 @@ fn classify(event: &notify::Event) -> (Vec<(PathBuf, Hint)>, bool) {
     }
 }
 
-/// Persist and apply what `scan` proposes; the error says what failed.
-fn apply(hub: &Hub, source: &mut ManifestDir, mut scan: Scan) -> Result<Option<u64>, String> {
+/// Persist and commit what `scan` proposes (objects another source owns are refused and
+/// reported); the error says what failed.
+fn apply(
+    hub: &Hub,
+    group: &Group,
+    source: &mut ManifestDir,
+    mut scan: Scan,
+) -> Result<Option<u64>, String> {
+    let foreign: BTreeSet<Key> = {
+        let st = hub.lock();
+        scan.commands
+            .iter()
+            .map(palisade_policy::manifest::command_key)
+            .filter(|k| st.machine.owner(k).is_some_and(|o| o != OWNER))
+            .inspect(|k| {
+                scan.rejected.push(Rejected {
+                    source: source.root().display().to_string(),
+                    kind: k.0.to_string(),
+                    object: k.1.clone(),
+                    errors: vec![format!(
+                        "managed by {}: the directory's version is not applied",
+                        st.machine.owner(k).unwrap_or_default()
+                    )],
+                })
+            })
+            .collect()
+    };
+    if !foreign.is_empty() {
+        scan.commands
+            .retain(|c| !foreign.contains(&palisade_policy::manifest::command_key(c)));
+        source.not_applied(&foreign);
+    }
     hub.set_rejected(std::mem::take(&mut scan.rejected));
     source
         .persist()
@@ -103,22 +148,69 @@ fn apply(hub: &Hub, source: &mut ManifestDir, mut scan: Scan) -> Result<Option<u
         return Ok(None);
     }
     let n = scan.commands.len();
-    let revision = hub
-        .apply(scan.commands)
-        .map_err(|e| format!("cannot reserve revisions for {n} changes: {e}"))?;
+    let revision = futures::executor::block_on(group.propose(OWNER, scan.commands))
+        .map_err(|e| format!("cannot commit {n} changes: {e}"))?;
     source.commit();
     Ok(Some(revision))
 }
 
-/// Run the loop until `shutdown`.
+/// Run the loop until `shutdown`: the source works while this replica leads.
 pub fn watch(
     hub: Arc<Hub>,
+    group: Group,
     mut source: ManifestDir,
     pace: Pace,
     health: tokio::sync::watch::Sender<Health>,
     mut reported: Reported,
     shutdown: CancellationToken,
 ) {
+    let mut status = group.watch();
+    while !shutdown.is_cancelled() {
+        let leading = status.borrow_and_update().clone();
+        if !leading.is_leader() {
+            health.send_if_modified(|h| {
+                let new = Health::default();
+                let changed = *h != new;
+                *h = new;
+                changed
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        info!(
+            term = leading.raft.term,
+            "leading: the manifest source reconciles and runs"
+        );
+        let applied = hub.lock().machine.owned_by(OWNER);
+        source.reconcile(applied);
+        lead(
+            &hub,
+            &group,
+            &mut source,
+            &pace,
+            &health,
+            &mut reported,
+            &shutdown,
+        );
+        info!("no longer leading: the manifest source stops");
+    }
+}
+
+/// The loop while leading (returns when leadership is lost, or at shutdown).
+fn lead(
+    hub: &Hub,
+    group: &Group,
+    source: &mut ManifestDir,
+    pace: &Pace,
+    health: &tokio::sync::watch::Sender<Health>,
+    reported: &mut Reported,
+    shutdown: &CancellationToken,
+) {
+    let term = group.status().raft.term;
+    let still_leading = || {
+        let s = group.status();
+        s.is_leader() && s.raft.term == term
+    };
     let (tx, rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
     let watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
@@ -139,7 +231,11 @@ pub fn watch(
     // Look again at once: files waiting since startup, records not yet written.
     let mut due = Instant::now();
     let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
+    // Files written just before leadership began are read once quiet: the first scan waits
+    // for them (a `settle` at most), so the first revision holds them.
+    let first_until = Instant::now() + pace.settle + Duration::from_millis(100);
+    let mut first = true;
+    while !shutdown.is_cancelled() && still_leading() {
         let now = Instant::now();
         let wait = due.saturating_duration_since(now).min(tick);
         let mut scan_now = now >= due;
@@ -171,19 +267,25 @@ pub fn watch(
             continue;
         }
         let now = Instant::now();
-        let scan = source.scan(now);
+        let mut scan = source.scan(now);
+        while first && scan.next.is_some_and(|n| n <= first_until) {
+            let next = scan.next.expect("checked");
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            scan = source.scan(Instant::now());
+        }
+        first = false;
         reported.log(&scan);
         let waiting = scan.waiting;
         let next = scan.next;
         hub.metrics.source_waiting(waiting);
-        let result = apply(&hub, &mut source, scan);
-        let failing = match result {
+        let result = apply(hub, group, source, scan);
+        let (failing, revision) = match result {
             Ok(Some(revision)) => {
                 info!(revision, "manifests changed");
-                None
+                (None, Some(revision))
             }
-            Ok(None) => None,
-            Err(why) => Some(why),
+            Ok(None) => (None, Some(hub.lock().revision())),
+            Err(why) => (Some(why), health.borrow().revision),
         };
         let retry = match &failing {
             Some(why) => {
@@ -203,7 +305,12 @@ pub fn watch(
         };
         hub.metrics.source_healthy(failing.is_none());
         health.send_if_modified(|h| {
-            let new = Health { failing, waiting };
+            let new = Health {
+                failing,
+                waiting,
+                active: true,
+                revision,
+            };
             let changed = *h != new;
             *h = new;
             changed

@@ -77,6 +77,7 @@ impl Cluster {
             hosts: &["127.0.0.1".to_string(), "localhost".to_string()],
             nodes: &nodes,
             operators: &["admin".to_string()],
+            replicas: &[],
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,188 @@
+//! The controller's Raft replica, wired to I/O: the thin tokio and thread adapters around the
+//! sans-I/O [`palisade_replica::Replica`].
+//!
+//! * [`driver`]: one thread owns the replica. It ticks it, steps messages from peers into it,
+//!   proposes batches of commands for the leader's sources and the admin API, and carries out
+//!   each `Ready` (the log write is durable before the messages that depend on it leave).
+//!   It never takes the hub's lock, so compiling or a slow reader cannot stall heartbeats.
+//! * [`apply`]: one thread applies what committed to the [`Hub`] (the state machine, each
+//!   entry at its index = its revision), installs snapshots sent by the leader, and takes
+//!   snapshots every so many entries, which the driver stores (compacting the log).
+//! * [`transport`]: Raft messages to and from peers over gRPC (`palisade.v1.Raft`) on the
+//!   controller's own listener, mTLS with replica certificates; raft-rs's messages travel as
+//!   opaque bytes.
+//!
+//! A proposal answers once its entry is applied here, with the index; or says why not (not
+//! the leader, leadership lost before commit: raft-rs drops such proposals, so sources
+//! reconcile against what was applied, never against what they proposed).
+
+pub mod apply;
+pub mod driver;
+pub mod peers;
+pub mod report;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade_policy::model::Command;
+use palisade_replica::{Options, Role, Status};
+use tokio::sync::{oneshot, watch};
+
+pub use peers::{parse_peers, PeersError};
+
+/// How this replica joins its group.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This replica's id.
+    pub id: u64,
+    /// Every replica's id and gRPC address (this one's included). Empty: a group of one.
+    pub peers: BTreeMap<u64, String>,
+    /// One tick of Raft's logical clock (elections after `options.election_tick` ticks without
+    /// a leader, heartbeats every `options.heartbeat_tick`).
+    pub tick: Duration,
+    pub options: Options,
+    /// Largest log entry proposed, in bytes of encoded commands (a larger batch is split).
+    pub entry_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            id: 1,
+            peers: BTreeMap::new(),
+            tick: Duration::from_millis(100),
+            options: Options::default(),
+            entry_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Every voter's id.
+    pub fn voters(&self) -> Vec<u64> {
+        if self.peers.is_empty() {
+            vec![self.id]
+        } else {
+            self.peers.keys().copied().collect()
+        }
+    }
+}
+
+/// Why a proposal did not become a revision.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeFailed {
+    #[error("this replica is not the leader{}", leader.map(|l| format!(" (the leader is replica {l})")).unwrap_or_else(|| " and no leader is known yet".into()))]
+    NotLeader { leader: Option<u64> },
+    #[error("leadership changed before the change was committed; it may or may not have been applied (applying again is safe)")]
+    Lost,
+    #[error("the replica has stopped: {0}")]
+    Stopped(String),
+}
+
+/// A proposal's answer: the index it was applied at.
+pub type Reply = oneshot::Sender<Result<u64, ProposeFailed>>;
+
+/// The group as this replica sees it, kept current by the driver and apply threads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The replica's own view (its `applied` is what was handed out to apply).
+    pub raft: Status,
+    /// Applied to the state machine here (the latest revision served).
+    pub applied: u64,
+    /// On the leader: each voter's matched index and whether it was heard from recently.
+    pub progress: Vec<(u64, u64, bool)>,
+    /// Why this replica stopped taking part (its log or state machine failed).
+    pub failure: Option<String>,
+}
+
+impl GroupStatus {
+    pub fn is_leader(&self) -> bool {
+        self.raft.role == Role::Leader && self.failure.is_none()
+    }
+}
+
+/// Role names as introspection shows them.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+    }
+}
+
+/// The handle the rest of the controller uses: propose, and watch where the group stands.
+#[derive(Clone)]
+pub struct Group {
+    pub(crate) id: u64,
+    pub(crate) inbox: std::sync::mpsc::Sender<driver::Input>,
+    pub(crate) status: watch::Receiver<GroupStatus>,
+    pub(crate) peers: BTreeMap<u64, String>,
+    /// The address this replica is reached at (from --peers, or its listener).
+    pub(crate) address: String,
+    pub(crate) transport: Arc<transport::Transport>,
+}
+
+impl Group {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Where the group stands now.
+    pub fn status(&self) -> GroupStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A watch of [`Group::status`].
+    pub fn watch(&self) -> watch::Receiver<GroupStatus> {
+        self.status.clone()
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Every replica's address by id.
+    pub fn peers(&self) -> &BTreeMap<u64, String> {
+        &self.peers
+    }
+
+    /// Propose `commands` from `owner`; answers with the revision once applied here. A large
+    /// batch is split into bounded entries (the answer is the last one's index).
+    pub async fn propose(&self, owner: &str, commands: Vec<Command>) -> Result<u64, ProposeFailed> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(driver::Input::Propose {
+                owner: owner.to_string(),
+                commands,
+                reply,
+                at: Instant::now(),
+            })
+            .map_err(|_| ProposeFailed::Stopped("the Raft driver is gone".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ProposeFailed::Stopped("the Raft driver is gone".into())))
+    }
+
+    /// When this replica last heard from each peer.
+    pub fn contacts(&self) -> BTreeMap<u64, Instant> {
+        self.transport.contacts()
+    }
+}
+
+/// A failure that stops this replica taking part, shared by its threads.
+#[derive(Clone, Default)]
+pub struct Failure(Arc<Mutex<Option<String>>>);
+
+impl Failure {
+    pub fn set(&self, why: String) {
+        tracing::error!("this replica stops taking part in the group: {why}; it keeps serving its last applied state");
+        self.0.lock().expect("failure lock").get_or_insert(why);
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().expect("failure lock").clone()
+    }
+}

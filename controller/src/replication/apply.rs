@@ -1,0 +1,82 @@
+//! The apply thread: committed entries into the [`Hub`], in order, each at its index; the
+//! leader's snapshots installed; a snapshot of the state machine taken every
+//! `snapshot_every` entries and handed to the driver to store. Proposers get their answer
+//! here, once their entry is applied (so `palisadectl apply` returns a revision this replica
+//! already serves).
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use palisade_replica::{Batch, Machine};
+use tokio::sync::watch;
+use tracing::error;
+
+use super::driver::Input;
+use super::{Failure, GroupStatus, Reply};
+use crate::hub::Hub;
+
+pub enum Job {
+    /// Entries committed together, in index order, and the answers waiting for them.
+    Entries {
+        entries: Vec<(u64, Option<Batch>)>,
+        replies: Vec<(u64, Reply, Instant)>,
+    },
+    /// The leader's snapshot at `index`: it replaces the state machine.
+    Install { index: u64, data: Vec<u8> },
+}
+
+pub struct Applier {
+    pub hub: Arc<Hub>,
+    pub jobs: Receiver<Job>,
+    pub inbox: Sender<Input>,
+    pub snapshot_every: u64,
+    pub status: Arc<watch::Sender<GroupStatus>>,
+    pub failure: Failure,
+}
+
+impl Applier {
+    pub fn run(self) {
+        while let Ok(job) = self.jobs.recv() {
+            if self.failure.get().is_some() {
+                // The state machine can no longer follow the log: keep what is applied.
+                continue;
+            }
+            match job {
+                Job::Entries { entries, replies } => {
+                    let applied = self.hub.apply(&entries);
+                    for (index, reply, at) in replies {
+                        self.hub.metrics.proposal_applied(at.elapsed());
+                        let _ = reply.send(Ok(index));
+                    }
+                    self.applied(applied);
+                }
+                Job::Install { index, data } => match Machine::restore(&data) {
+                    Ok(m) => {
+                        self.hub.install(m);
+                        self.applied(index);
+                    }
+                    Err(why) => {
+                        error!(index, "the leader's snapshot cannot be installed: {why}");
+                        self.failure.set(format!(
+                            "the snapshot at {index} cannot be installed: {why}"
+                        ));
+                        continue;
+                    }
+                },
+            }
+            if let Some((index, data)) = self.hub.snapshot_if_due(self.snapshot_every) {
+                let _ = self.inbox.send(Input::Snapshot { index, data });
+            }
+        }
+    }
+
+    fn applied(&self, index: u64) {
+        self.hub.metrics.raft_applied(index);
+        self.status.send_if_modified(|s| {
+            let moved = s.applied != index;
+            s.applied = index;
+            moved
+        });
+    }
+}

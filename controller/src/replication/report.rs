@@ -1,0 +1,67 @@
+//! `ListReplicas`: every replica as the one asked sees it. Its own status first-hand; each
+//! peer's own view of itself asked over the Raft service (bounded; an unreachable peer says
+//! so), with when this replica last heard from it and, on the leader, how far its log is known
+//! to be replicated.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use palisade_proto::v1::{ListReplicasResponse, ReplicaStatus};
+
+use super::transport::own_status;
+use super::Group;
+
+/// How long a peer may take to say where it stands.
+const ASK: Duration = Duration::from_secs(1);
+
+pub async fn list(group: &Group) -> ListReplicasResponse {
+    let me = group.status();
+    let contacts = group.contacts();
+    let now = Instant::now();
+    let mut replicas = vec![own_status(&me, group.address())];
+    let peers: Vec<(u64, String)> = group
+        .peers()
+        .iter()
+        .filter(|(id, _)| **id != group.id())
+        .map(|(id, a)| (*id, a.clone()))
+        .collect();
+    let asked = join_all(
+        peers
+            .iter()
+            .map(|(id, _)| group.transport.peer_status(*id, ASK)),
+    )
+    .await;
+    for ((id, address), answer) in peers.into_iter().zip(asked) {
+        let last_contact_ms = contacts
+            .get(&id)
+            .map(|t| now.saturating_duration_since(*t).as_millis() as u64);
+        let matched = me
+            .progress
+            .iter()
+            .find(|(p, _, _)| *p == id)
+            .map_or(0, |(_, m, _)| *m);
+        replicas.push(match answer {
+            Ok(s) => ReplicaStatus {
+                address,
+                last_contact_ms,
+                matched,
+                ..s
+            },
+            Err(why) => ReplicaStatus {
+                id,
+                address,
+                role: "unreachable".into(),
+                last_contact_ms,
+                matched,
+                failure: why,
+                ..ReplicaStatus::default()
+            },
+        });
+    }
+    ListReplicasResponse {
+        self_id: me.raft.id,
+        leader: me.raft.leader,
+        term: me.raft.term,
+        replicas,
+    }
+}

@@ -1,0 +1,301 @@
+//! Raft messages between replicas over gRPC (`palisade.v1.Raft`), on the controller's own
+//! listener. Outgoing: one queue and one task per peer, sending batches of raft-rs messages as
+//! opaque bytes; a full queue or a failed call drops messages (Raft retransmits what matters).
+//! Incoming: the caller's certificate must name the replica the batch says it is from
+//! (`palisade://replica/N`), and every message in it must be from that replica to this one;
+//! node and operator certificates cannot speak Raft.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade_proto::endpoint::{self, ClientTls};
+use palisade_proto::v1::admin_client::AdminClient;
+use palisade_proto::v1::raft_client::RaftClient;
+use palisade_proto::v1::raft_server::Raft;
+use palisade_proto::v1::{RaftAck, RaftBatch, RaftStatusRequest, ReplicaStatus};
+use palisade_replica::{decode_message, encode_message, Message};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use super::driver::Input;
+use super::{role_name, GroupStatus};
+use crate::auth::{self, Identity};
+use crate::metrics::Metrics;
+
+/// Messages queued per peer before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Messages per call.
+const BATCH: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("replica {id} at {address}: {reason}")]
+    Peer {
+        id: u64,
+        address: String,
+        reason: String,
+    },
+}
+
+/// The connections to every peer, and when each was last heard from.
+pub struct Transport {
+    channels: BTreeMap<u64, Channel>,
+    contacts: Mutex<BTreeMap<u64, Instant>>,
+}
+
+impl Transport {
+    /// Channels (connected lazily, reconnecting by themselves) to every peer but `id`.
+    pub fn new(
+        id: u64,
+        peers: &BTreeMap<u64, String>,
+        tls: Option<&ClientTls>,
+    ) -> Result<Transport, TransportError> {
+        let mut channels = BTreeMap::new();
+        for (peer, address) in peers.iter().filter(|(p, _)| **p != id) {
+            let ep = endpoint::endpoint(
+                address,
+                tls,
+                endpoint::Options {
+                    connect_timeout: Duration::from_secs(2),
+                    keepalive: Some(Duration::from_secs(5)),
+                },
+            )
+            .map_err(|e| TransportError::Peer {
+                id: *peer,
+                address: address.clone(),
+                reason: e.to_string(),
+            })?;
+            channels.insert(*peer, ep.connect_lazy());
+        }
+        Ok(Transport {
+            channels,
+            contacts: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn contacts(&self) -> BTreeMap<u64, Instant> {
+        self.contacts.lock().expect("contacts lock").clone()
+    }
+
+    fn heard(&self, peer: u64) {
+        self.contacts
+            .lock()
+            .expect("contacts lock")
+            .insert(peer, Instant::now());
+    }
+
+    /// The admin client of peer `id` (to forward an operator's call to the leader).
+    pub fn admin(&self, id: u64) -> Option<AdminClient<Channel>> {
+        self.channels.get(&id).cloned().map(AdminClient::new)
+    }
+
+    /// Peer `id`'s own status, asked over Raft's service (bounded by `timeout`).
+    pub async fn peer_status(&self, id: u64, timeout: Duration) -> Result<ReplicaStatus, String> {
+        let channel = self
+            .channels
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("replica {id} is not a peer"))?;
+        let mut client = RaftClient::new(channel);
+        match tokio::time::timeout(timeout, client.status(RaftStatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// Start one sending task per peer; the returned outbox routes messages to them.
+    pub fn start(
+        self: &Arc<Self>,
+        id: u64,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Outbox {
+        let mut queues = BTreeMap::new();
+        for (peer, channel) in &self.channels {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            queues.insert(*peer, tx);
+            tokio::spawn(pump(
+                id,
+                *peer,
+                RaftClient::new(channel.clone()),
+                rx,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Outbox { queues, metrics }
+    }
+}
+
+/// Where the driver hands messages to send.
+pub struct Outbox {
+    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    metrics: Metrics,
+}
+
+impl Outbox {
+    pub fn send(&self, messages: Vec<Message>) {
+        for m in messages {
+            match self.queues.get(&m.to) {
+                Some(q) => {
+                    if q.try_send(m).is_err() {
+                        self.metrics.raft_dropped();
+                    }
+                }
+                None => debug!(to = m.to, "a Raft message for an unknown replica"),
+            }
+        }
+    }
+}
+
+/// Send what is queued for `to`, in batches, until shutdown.
+async fn pump(
+    from: u64,
+    to: u64,
+    mut client: RaftClient<Channel>,
+    mut rx: mpsc::Receiver<Message>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let mut messages = vec![encode_message(&first)];
+        while messages.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => messages.push(encode_message(&m)),
+                Err(_) => break,
+            }
+        }
+        let n = messages.len();
+        let call = client.step(RaftBatch { from, to, messages });
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(_)) => {
+                if failures > 0 {
+                    debug!(to, "replica reachable again");
+                }
+                failures = 0;
+                metrics.raft_sent(n);
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(s)) => format!("{}: {}", s.code(), s.message()),
+                    _ => "timed out".to_string(),
+                };
+                metrics.raft_dropped_n(n);
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    warn!(to, failures, "cannot send to replica {to}: {why}");
+                }
+                // Back off a little; messages queued meanwhile are still sent (or dropped).
+                let delay = Duration::from_millis(50u64 << failures.min(4));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// The `palisade.v1.Raft` service: messages from peers into the driver.
+pub struct RaftService {
+    pub id: u64,
+    pub insecure: bool,
+    pub inbox: Mutex<Sender<Input>>,
+    pub transport: Arc<Transport>,
+    pub status: watch::Receiver<GroupStatus>,
+    pub address: String,
+}
+
+impl RaftService {
+    fn authorize<T>(&self, req: &Request<T>, from: Option<u64>) -> Result<(), Status> {
+        let ids = auth::caller(req, self.insecure)?;
+        let ok = ids.iter().any(|i| match i {
+            Identity::Anonymous => true,
+            Identity::Replica(n) => from.is_none_or(|f| f == *n),
+            _ => false,
+        });
+        if ok {
+            return Ok(());
+        }
+        Err(Status::permission_denied(match from {
+            Some(f) => format!(
+                "Raft messages from replica {f} need its replica certificate (a URI SAN {})",
+                palisade_proto::identity::replica_uri(f)
+            ),
+            None => "the Raft service needs a replica certificate".to_string(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn step(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let from = req.get_ref().from;
+        self.authorize(&req, Some(from))?;
+        let batch = req.into_inner();
+        if batch.to != self.id {
+            return Err(Status::failed_precondition(format!(
+                "this is replica {}, not {}: check --peers",
+                self.id, batch.to
+            )));
+        }
+        let mut decoded = Vec::with_capacity(batch.messages.len());
+        for bytes in &batch.messages {
+            let m = decode_message(bytes)
+                .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))?;
+            if m.from != from || m.to != self.id {
+                return Err(Status::permission_denied(format!(
+                    "a message from {} to {} in a batch from {from} to {}",
+                    m.from, m.to, self.id
+                )));
+            }
+            decoded.push(m);
+        }
+        self.transport.heard(from);
+        let inbox = self.inbox.lock().expect("inbox lock").clone();
+        for m in decoded {
+            inbox
+                .send(Input::Step(m))
+                .map_err(|_| Status::unavailable("this replica is shutting down"))?;
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+
+    async fn status(
+        &self,
+        req: Request<RaftStatusRequest>,
+    ) -> Result<Response<ReplicaStatus>, Status> {
+        self.authorize(&req, None)?;
+        Ok(Response::new(own_status(
+            &self.status.borrow(),
+            &self.address,
+        )))
+    }
+}
+
+/// This replica's status as introspection shows it.
+pub fn own_status(s: &GroupStatus, address: &str) -> ReplicaStatus {
+    ReplicaStatus {
+        id: s.raft.id,
+        address: address.to_string(),
+        role: role_name(s.raft.role).to_string(),
+        term: s.raft.term,
+        commit: s.raft.commit,
+        applied: s.applied,
+        last_contact_ms: Some(0),
+        snapshot: s.raft.snapshot,
+        failure: s.failure.clone().unwrap_or_default(),
+        matched: s.raft.last_index,
+    }
+}

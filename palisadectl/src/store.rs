@@ -1,0 +1,149 @@
+//! `apply -f`, `delete -f` and `replicas`: the standalone store and the Raft group of a
+//! running controller. Objects are read as for offline commands ([`crate::load`]), sent as
+//! text with their file names, and validated by the controller as the API server would; the
+//! answer names the revision that holds the change, for `palisadectl wait`.
+
+use std::fmt::Write as _;
+
+use palisade_proto::v1::admin_client::AdminClient;
+use palisade_proto::v1::{self as pb};
+use serde_json::{json, Value};
+
+use crate::remote::{self, Conn, RemoteError};
+
+/// What to send.
+pub struct Change {
+    /// `(name, text)` of every source.
+    pub sources: Vec<(String, String)>,
+    pub namespace: String,
+    pub delete: bool,
+    pub dry_run: bool,
+}
+
+/// Send `change`; the report as kubectl prints it (or JSON).
+pub async fn apply(conn: &Conn, change: Change, json_out: bool) -> Result<String, RemoteError> {
+    let req = pb::ApplyRequest {
+        documents: change
+            .sources
+            .into_iter()
+            .map(|(source, text)| pb::Document { source, text })
+            .collect(),
+        default_namespace: change.namespace,
+        delete: change.delete,
+        dry_run: change.dry_run,
+        hops: 0,
+    };
+    let r = AdminClient::new(remote::channel(conn).await?)
+        .max_encoding_message_size(64 << 20)
+        .apply(req)
+        .await?
+        .into_inner();
+    if json_out {
+        let changes: Vec<Value> = r
+            .changes
+            .iter()
+            .map(|c| json!({"kind": c.kind, "name": c.name, "action": c.action}))
+            .collect();
+        let v = json!({
+            "revision": r.revision,
+            "dryRun": change.dry_run,
+            "changes": changes,
+            "warnings": r.warnings,
+        });
+        return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
+    }
+    let mut out = String::new();
+    for w in &r.warnings {
+        eprintln!("Warning: {w}");
+    }
+    let dry = if change.dry_run { " (dry run)" } else { "" };
+    for c in &r.changes {
+        let _ = writeln!(
+            out,
+            "{}/{} {}{dry}",
+            c.kind.to_lowercase(),
+            c.name,
+            c.action
+        );
+    }
+    if !change.dry_run {
+        let _ = writeln!(
+            out,
+            "revision {} (follow it with: palisadectl wait {})",
+            r.revision, r.revision
+        );
+    }
+    Ok(out)
+}
+
+/// The replicas of the group, as the one asked sees them.
+pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
+    let r = remote::client(conn)
+        .await?
+        .list_replicas(pb::ListReplicasRequest {})
+        .await?
+        .into_inner();
+    if json_out {
+        let list: Vec<Value> = r
+            .replicas
+            .iter()
+            .map(|s| {
+                json!({
+                    "id": s.id,
+                    "address": s.address,
+                    "role": s.role,
+                    "term": s.term,
+                    "commit": s.commit,
+                    "applied": s.applied,
+                    "lastContactMs": s.last_contact_ms,
+                    "snapshot": s.snapshot,
+                    "matched": s.matched,
+                    "failure": s.failure,
+                })
+            })
+            .collect();
+        let v = json!({"self": r.self_id, "leader": r.leader, "term": r.term, "replicas": list});
+        return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12}  NOTE",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST-CONTACT"
+    );
+    for s in &r.replicas {
+        let contact = match (s.id == r.self_id, s.last_contact_ms) {
+            (true, _) => "self".to_string(),
+            (false, Some(ms)) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            (false, None) => "never".to_string(),
+        };
+        let mut note = s.failure.clone();
+        if s.id == r.leader && note.is_empty() {
+            note = "leader".into();
+        }
+        let _ = writeln!(
+            out,
+            "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12}  {}",
+            s.id,
+            if s.address.is_empty() {
+                "-"
+            } else {
+                &s.address
+            },
+            s.role,
+            s.term,
+            s.commit,
+            s.applied,
+            contact,
+            note
+        );
+    }
+    if r.leader == 0 {
+        let _ = writeln!(
+            out,
+            "no leader known to replica {}: an election is under way, or it cannot reach a quorum",
+            r.self_id
+        );
+    }
+    Ok(out)
+}
