@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use palisade_policy::manifest::{Key, Limits, Object};
 use palisade_proto::v1::admin_server::Admin;
@@ -124,6 +125,11 @@ impl Admin for AdminService {
         let status = self.group.status();
         if !status.is_leader() {
             return self.forward(req, status.raft.leader).await;
+        }
+        if !self.group.caught_up(Duration::from_secs(5)).await {
+            return Err(Status::unavailable(
+                "this leader has not applied what was committed before it yet; retry shortly",
+            ));
         }
         let mut changes = Vec::new();
         let mut upserts = Vec::new();

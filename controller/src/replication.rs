@@ -166,6 +166,41 @@ impl Group {
             .unwrap_or_else(|_| Err(ProposeFailed::Stopped("the Raft driver is gone".into())))
     }
 
+    /// Wait (at most `bound`) until this replica has applied everything committed when it
+    /// became leader, or everything committed now on a follower: a source reconciling, or
+    /// the admin API comparing, against less would see stale state. Whether it did.
+    pub async fn caught_up(&self, bound: Duration) -> bool {
+        let mut w = self.status.clone();
+        let target = self.catch_up_target();
+        tokio::time::timeout(bound, w.wait_for(|s| s.applied >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// [`Group::caught_up`] for a thread outside the async runtime.
+    pub fn caught_up_blocking(&self, bound: Duration) -> bool {
+        let target = self.catch_up_target();
+        let until = Instant::now() + bound;
+        while self.status.borrow().applied < target {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    fn catch_up_target(&self) -> u64 {
+        let s = self.status.borrow();
+        // A new leader's first entry is its last index when it took over: once applied,
+        // every entry committed before it is too.
+        if s.is_leader() {
+            s.raft.last_index.max(s.raft.commit)
+        } else {
+            s.raft.commit
+        }
+    }
+
     /// When this replica last heard from each peer.
     pub fn contacts(&self) -> BTreeMap<u64, Instant> {
         self.transport.contacts()

@@ -342,6 +342,7 @@ pub async fn start(
             keepalive: config.keepalive,
             ..SyncConfig::default()
         },
+        group.watch(),
         shutdown.clone(),
     );
     let introspection = InterceptedService::new(
@@ -378,7 +379,8 @@ pub async fn start(
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .add_service(introspection)
-        .add_service(RaftServer::new(raft).max_decoding_message_size(64 << 20))
+        // A batch may carry a snapshot of the whole state (objects of a large cluster).
+        .add_service(RaftServer::new(raft).max_decoding_message_size(1 << 30))
         .add_service(
             AdminServer::new(admin)
                 .max_decoding_message_size(config.max_message_bytes.min(64 << 20)),

@@ -26,7 +26,7 @@ use palisade_proto::pre_encoded::sync_server::Sync;
 use palisade_proto::v1::agent_message::Msg;
 use palisade_proto::v1::{self as pb};
 use palisade_proto::Encoded;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -35,6 +35,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::auth;
 use crate::history::{compose_chain, Catchup, Entry};
 use crate::hub::Hub;
+use crate::replication::GroupStatus;
 use crate::rollout::{AckOutcome, AgentInfo};
 
 #[derive(Clone, Debug)]
@@ -81,14 +82,22 @@ pub fn cap(mut s: String, max: usize) -> String {
 pub struct SyncService {
     hub: Arc<Hub>,
     config: SyncConfig,
+    /// Where this replica's group stands.
+    group: watch::Receiver<GroupStatus>,
     shutdown: CancellationToken,
 }
 
 impl SyncService {
-    pub fn new(hub: Arc<Hub>, config: SyncConfig, shutdown: CancellationToken) -> SyncService {
+    pub fn new(
+        hub: Arc<Hub>,
+        config: SyncConfig,
+        group: watch::Receiver<GroupStatus>,
+        shutdown: CancellationToken,
+    ) -> SyncService {
         SyncService {
             hub,
             config,
+            group,
             shutdown,
         }
     }
@@ -147,6 +156,16 @@ impl Sync for SyncService {
                 }
             }
         };
+        // A follower behind the agent would move it back to older state: the agent keeps
+        // what it holds and tries again (or another replica). (A leader behind an agent
+        // serves it: its log is the cluster's, e.g. after a reset.)
+        let applied = self.hub.lock().revision();
+        if hello.last_version > applied && !self.group.borrow().is_leader() {
+            return Err(refused(Status::unavailable(format!(
+                "this replica has applied revisions up to {applied} and the agent holds version {}: try again later or another replica",
+                hello.last_version
+            ))));
+        }
         let (tx, rx) = mpsc::channel(1);
         let node: Name = hello.node.as_str().into();
         let span = info_span!("sync", node = %node);

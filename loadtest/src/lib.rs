@@ -3,10 +3,13 @@
 //! compile time, peak memory, incremental latency and slice sizes; [`sync`] writes them as
 //! manifests ([`manifests`]) for a real controller with many real agents in one process and
 //! times edits to every affected agent's ack; [`datapath`] measures the TC programs' per-packet
-//! cost at growing rule counts. Reports go to stdout (JSON or a table), progress to stderr.
+//! cost at growing rule counts; [`raft`] runs a group of controller replicas and times
+//! proposals to every replica, the log's disk use, and catch-up by snapshot. Reports go to
+//! stdout (JSON or a table), progress to stderr.
 
 pub mod compile;
 pub mod datapath;
 pub mod manifests;
+pub mod raft;
 pub mod sync;
 pub mod synth;

@@ -119,6 +119,11 @@ impl Machine {
     /// the same index); it counts as the latest snapshot.
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.last_snapshot = self.applied;
+        self.encode()
+    }
+
+    /// The state at the applied index, canonically encoded (what a snapshot holds).
+    pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(&Snapshot {
             v: VERSION,
             index: self.applied,

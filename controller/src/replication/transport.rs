@@ -29,8 +29,9 @@ use crate::metrics::Metrics;
 
 /// Messages queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
-/// Messages per call.
+/// Messages per call, and bytes after which a call takes no more.
 const BATCH: usize = 256;
+const BATCH_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -170,15 +171,22 @@ async fn pump(
             _ = shutdown.cancelled() => return,
         };
         let mut messages = vec![encode_message(&first)];
-        while messages.len() < BATCH {
+        let mut bytes = messages[0].len();
+        while messages.len() < BATCH && bytes < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(m) => messages.push(encode_message(&m)),
+                Ok(m) => {
+                    let m = encode_message(&m);
+                    bytes += m.len();
+                    messages.push(m);
+                }
                 Err(_) => break,
             }
         }
         let n = messages.len();
         let call = client.step(RaftBatch { from, to, messages });
-        match tokio::time::timeout(Duration::from_secs(2), call).await {
+        // A snapshot of a large state takes longer than heartbeats.
+        let bound = Duration::from_secs(2) + Duration::from_millis((bytes >> 16) as u64);
+        match tokio::time::timeout(bound, call).await {
             Ok(Ok(_)) => {
                 if failures > 0 {
                     debug!(to, "replica reachable again");

@@ -181,6 +181,11 @@ pub fn watch(
             term = leading.raft.term,
             "leading: the manifest source reconciles and runs"
         );
+        // Reconcile against everything committed before this term, applied.
+        if !group.caught_up_blocking(Duration::from_secs(30)) {
+            warn!("leading, but entries committed before are not applied yet; waiting");
+            continue;
+        }
         let applied = hub.lock().machine.owned_by(OWNER);
         source.reconcile(applied);
         lead(

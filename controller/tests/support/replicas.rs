@@ -1,0 +1,283 @@
+//! Controller replicas as real processes of the `palisade-controller` binary, over loopback
+//! with mTLS (replica certificates), each with its own state directory and log file; killed
+//! with SIGKILL and restarted from their data directories. Operators talk to them through
+//! `palisadectl`'s library (the same code as the command line).
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisadectl::remote::Conn;
+use palisadectl::store;
+use serde_json::Value;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Replicas {
+    pub dir: tempfile::TempDir,
+    pub ports: BTreeMap<u64, u16>,
+    children: BTreeMap<u64, Child>,
+    /// Whether each replica watches its own manifests directory.
+    manifests: bool,
+}
+
+/// A free loopback port (bound, then released for the replica to take).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Replicas {
+    /// `n` replicas; with `manifests`, each watches `manifests-N/` under the test directory.
+    pub fn start(n: u64, manifests: bool) -> Replicas {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<u64> = (1..=n).collect();
+        palisadectl::certs::mint(&palisadectl::certs::Request {
+            dir: &dir.path().join("certs"),
+            hosts: &["127.0.0.1".to_string()],
+            nodes: &["n1".to_string()],
+            operators: &["admin".to_string()],
+            replicas: &ids,
+        })
+        .unwrap();
+        let ports = ids.iter().map(|i| (*i, free_port())).collect();
+        let mut r = Replicas {
+            dir,
+            ports,
+            children: BTreeMap::new(),
+            manifests,
+        };
+        for id in ids {
+            if manifests {
+                std::fs::create_dir_all(r.manifests_dir(id)).unwrap();
+            }
+            r.spawn(id);
+        }
+        r
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn manifests_dir(&self, id: u64) -> PathBuf {
+        self.path(&format!("manifests-{id}"))
+    }
+
+    /// Write `name` into every replica's manifests directory (atomically: renamed into place).
+    pub fn write_everywhere(&self, name: &str, text: &str) {
+        for id in self.ports.keys() {
+            let tmp = self.manifests_dir(*id).join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.manifests_dir(*id).join(name)).unwrap();
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.path(&format!("replica-{id}.log"))).unwrap_or_default()
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let peers: Vec<String> = self
+            .ports
+            .iter()
+            .map(|(i, p)| format!("{i}=127.0.0.1:{p}"))
+            .collect();
+        let certs = self.path("certs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("replica-{id}.log")))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade-controller"));
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--peers")
+            .arg(peers.join(","))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.ports[&id]))
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(self.path(&format!("state-{id}")))
+            .arg("--tls-ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(certs.join(format!("replica-{id}.pem")))
+            .arg("--tls-key")
+            .arg(certs.join(format!("replica-{id}-key.pem")))
+            .arg("--raft-tick")
+            .arg("50ms")
+            .arg("--settle")
+            .arg("100ms")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if self.manifests {
+            cmd.arg("--manifests").arg(self.manifests_dir(id));
+        }
+        self.children.insert(id, cmd.spawn().unwrap());
+    }
+
+    /// SIGKILL replica `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.children.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "replica {id} runs");
+        self.spawn(id);
+    }
+
+    pub fn alive(&self) -> Vec<u64> {
+        self.children.keys().copied().collect()
+    }
+
+    /// An operator's connection to replica `id`.
+    pub fn conn(&self, id: u64) -> Conn {
+        let certs = self.path("certs");
+        Conn {
+            controller: format!("127.0.0.1:{}", self.ports[&id]),
+            ca: Some(certs.join("ca.pem")),
+            cert: Some(certs.join("operator-admin.pem")),
+            key: Some(certs.join("operator-admin-key.pem")),
+            server_name: None,
+            insecure: false,
+        }
+    }
+
+    /// `palisadectl replicas -o json` against `id`.
+    pub async fn replicas(&self, id: u64) -> Option<Value> {
+        let text = store::replicas(&self.conn(id), true).await.ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The leader every live replica agrees on, once there is one.
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut seen = Vec::new();
+            for id in self.alive() {
+                if let Some(v) = self.replicas(id).await {
+                    seen.push(v["leader"].as_u64().unwrap_or(0));
+                }
+            }
+            if let Some(&l) = seen.first() {
+                if l != 0 && self.alive().contains(&l) && seen.iter().all(|s| *s == l) {
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Apply `text` through replica `id`; the revision, or the error's text.
+    pub async fn apply(&self, id: u64, text: &str, delete: bool) -> Result<u64, String> {
+        let change = store::Change {
+            sources: vec![("test.yaml".into(), text.into())],
+            namespace: "default".into(),
+            delete,
+            dry_run: false,
+        };
+        let out = store::apply(&self.conn(id), change, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        Ok(v["revision"].as_u64().unwrap())
+    }
+
+    /// What a dry-run apply of `text` on replica `id` says of each object.
+    pub async fn dry_run(&self, id: u64, text: &str) -> Vec<String> {
+        let change = store::Change {
+            sources: vec![("test.yaml".into(), text.into())],
+            namespace: "default".into(),
+            delete: false,
+            dry_run: true,
+        };
+        let out = store::apply(&self.conn(id), change, true).await.unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["action"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Every node's (desired version, digest) as replica `id` serves them, and its revision.
+    pub async fn digests(&self, id: u64) -> Option<(u64, BTreeMap<String, (u64, String)>)> {
+        let text = palisadectl::remote::nodes(&self.conn(id), true)
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let nodes = v["nodes"]
+            .as_array()?
+            .iter()
+            .map(|n| {
+                (
+                    n["node"].as_str().unwrap().to_string(),
+                    (
+                        n["desiredVersion"].as_u64().unwrap(),
+                        n["desiredDigest"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect();
+        Some((v["revision"].as_u64()?, nodes))
+    }
+
+    /// Wait until every live replica has applied at least `revision` and serves the same
+    /// versions and digests for every node; returns them.
+    pub async fn converged(&self, revision: u64) -> BTreeMap<String, (u64, String)> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut all = Vec::new();
+            for id in self.alive() {
+                all.push(self.digests(id).await);
+            }
+            let first = all.first().cloned().flatten();
+            let done = first.as_ref().is_some_and(|(r, nodes)| {
+                *r >= revision
+                    && all
+                        .iter()
+                        .all(|d| d.as_ref().is_some_and(|(r2, n2)| r2 == r && n2 == nodes))
+            });
+            if done {
+                return first.expect("checked").1;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas never converged at {revision}: {all:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for id in self.alive() {
+            self.kill(id);
+        }
+    }
+}
+
+/// A pod `i` on node n1..n3 of namespace `shop`, with a namespace and a policy selecting it.
+pub fn pod(i: usize) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop, labels: {{app: web}}}}\nspec: {{nodeName: n{}, containers: [{{name: c, image: c}}]}}\nstatus: {{podIP: 10.1.{}.{}}}\n",
+        i % 3 + 1,
+        i / 200,
+        i % 200 + 1
+    )
+}
+
+pub const SHOP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec: {podSelector: {matchLabels: {app: web}}, ingress: [{from: [{podSelector: {}}], ports: [{port: 80}]}]}\n";
