@@ -54,7 +54,7 @@ impl Default for Config {
             peers: BTreeMap::new(),
             tick: Duration::from_millis(100),
             options: Options::default(),
-            entry_bytes: 4 << 20,
+            entry_bytes: 1 << 20,
         }
     }
 }

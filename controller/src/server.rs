@@ -207,7 +207,7 @@ pub async fn start(
     let rc = config.replication.clone();
     // Opening the log reads and checks all of it, and restoring a snapshot compiles: off
     // the async workers.
-    let (replica, machine) = {
+    let (replica, machine, store) = {
         let dir = state_dir.join("raft");
         let rc = rc.clone();
         tokio::task::spawn_blocking(move || open_replica(&dir, &rc))
@@ -269,6 +269,7 @@ pub async fn start(
         jobs: jobs_rx,
         inbox: inbox_tx.clone(),
         snapshot_every: rc.options.snapshot_every,
+        store,
         status: status_tx.clone(),
         failure: failure.clone(),
     };
@@ -473,9 +474,9 @@ where
 fn open_replica(
     dir: &std::path::Path,
     rc: &replication::Config,
-) -> Result<(Replica<SledStorage>, Machine), ServerError> {
+) -> Result<(Replica<SledStorage>, Machine, SledStorage), ServerError> {
     let store = SledStorage::open(dir, Create::IfMissing)?;
-    let replica = Replica::open(rc.id, &rc.voters(), store, rc.options.clone())?;
+    let replica = Replica::open(rc.id, &rc.voters(), store.clone(), rc.options.clone())?;
     let machine = match replica.stored_snapshot()? {
         Some((index, data)) => Machine::restore(&data).map_err(|why| {
             ServerError::State(std::io::Error::other(format!(
@@ -492,7 +493,7 @@ fn open_replica(
         dir = %dir.display(),
         "Raft log opened"
     );
-    Ok((replica, machine))
+    Ok((replica, machine, store))
 }
 
 /// The client side of mTLS toward peers: this replica's own certificate.

@@ -378,6 +378,16 @@ impl<S: LogStore> Replica<S> {
     /// and compact the log behind it, keeping `keep_entries` before it for peers slightly
     /// behind. A snapshot at or below the stored one is ignored; returns whether it was kept.
     pub fn store_snapshot(&mut self, index: u64, data: Vec<u8>) -> Result<bool, ReplicaError> {
+        self.adopt_snapshot(index, Some(data))
+    }
+
+    /// Make current the snapshot at `index` whose data the driver staged in the store itself
+    /// (`SledStorage::stage_snapshot`, off this thread), and compact the log behind it.
+    pub fn snapshot_staged(&mut self, index: u64) -> Result<bool, ReplicaError> {
+        self.adopt_snapshot(index, None)
+    }
+
+    fn adopt_snapshot(&mut self, index: u64, data: Option<Vec<u8>>) -> Result<bool, ReplicaError> {
         if index <= self.last_snapshot || index > self.handed {
             return Ok(false);
         }

@@ -2,7 +2,7 @@
 //! tree, with the indexes raft-rs asks for most kept in memory.
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use protobuf::Message;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -43,8 +43,9 @@ pub struct Write {
     pub hard_state: Option<HardState>,
     pub conf_state: Option<ConfState>,
     /// A snapshot of the state machine taken by this replica: (applied index, configuration
-    /// at that index, data). The index must be in the log.
-    pub own_snapshot: Option<(u64, ConfState, Vec<u8>)>,
+    /// at that index, data; `None`: written already with [`SledStorage::stage_snapshot`]).
+    /// The index must be in the log.
+    pub own_snapshot: Option<(u64, ConfState, Option<Vec<u8>>)>,
     /// Drop the entries below this index (at most one past the latest snapshot's index).
     pub compact_to: Option<u64>,
 }
@@ -58,11 +59,13 @@ struct Cache {
     snapshot_meta: SnapshotMetadata,
 }
 
-/// The Raft log of one replica on disk.
+/// The Raft log of one replica on disk. Clones share it (the apply thread stages snapshots
+/// through one while Raft's thread writes the log through another).
+#[derive(Clone)]
 pub struct SledStorage {
     path: PathBuf,
     db: sled::Db,
-    cache: RwLock<Cache>,
+    cache: Arc<RwLock<Cache>>,
 }
 
 fn other(e: impl std::fmt::Display) -> raft::Error {
@@ -100,10 +103,20 @@ impl SledStorage {
                 }
             }
         }
+        // The log is rewritten constantly (entries appended, compacted behind snapshots):
+        // sled reclaims space more eagerly in low-space mode, and compression shrinks the
+        // JSON entries and snapshots several times over.
         let db = sled::Config::new()
             .path(path)
+            .mode(sled::Mode::LowSpace)
+            .use_compression(true)
             .open()
-            .map_err(|e| corrupt(format!("sled cannot open it: {e}")))?;
+            .map_err(|e| match e {
+                sled::Error::Unsupported(why) => foreign(&format!(
+                    "a sled database written with other settings ({why})"
+                )),
+                e => corrupt(format!("sled cannot open it: {e}")),
+            })?;
         match db
             .get(Key::Format.to_bytes())
             .map_err(|e| corrupt(e.to_string()))?
@@ -127,7 +140,7 @@ impl SledStorage {
         Ok(SledStorage {
             path: path.to_path_buf(),
             db,
-            cache: RwLock::new(cache),
+            cache: Arc::new(RwLock::new(cache)),
         })
     }
 
@@ -159,6 +172,24 @@ impl SledStorage {
             }
             first.get_or_insert(index);
             last = Some(index);
+        }
+        // Snapshot data other than the current one: staged and never made current (a crash in
+        // between), or left behind. Dropped.
+        for kv in db.range(Key::snapshot_data()) {
+            let (k, _) = kv.map_err(|e| e.to_string())?;
+            if Key::from_bytes(&k) != Some(Key::SnapshotData(snapshot_meta.index)) {
+                db.remove(k).map_err(|e| e.to_string())?;
+            }
+        }
+        if snapshot_meta.index > 0
+            && !db
+                .contains_key(Key::SnapshotData(snapshot_meta.index).to_bytes())
+                .map_err(|e| e.to_string())?
+        {
+            return Err(format!(
+                "the data of the snapshot at {} is missing",
+                snapshot_meta.index
+            ));
         }
         let first = first.unwrap_or(snapshot_meta.index + 1);
         let last = last.unwrap_or(snapshot_meta.index);
@@ -225,7 +256,10 @@ impl SledStorage {
             next.first = meta.index + 1;
             next.last = meta.index;
             batch.insert(Key::SnapshotMeta.to_bytes(), encode(meta)?);
-            batch.insert(Key::SnapshotData.to_bytes(), snap.get_data());
+            if next.snapshot_meta.index != meta.index {
+                batch.remove(Key::SnapshotData(next.snapshot_meta.index).to_bytes());
+            }
+            batch.insert(Key::SnapshotData(meta.index).to_bytes(), snap.get_data());
             batch.insert(Key::HardState.to_bytes(), encode(&next.hard_state)?);
             batch.insert(Key::ConfState.to_bytes(), encode(&next.conf_state)?);
         }
@@ -288,7 +322,26 @@ impl SledStorage {
             };
             meta.set_conf_state(conf_state);
             batch.insert(Key::SnapshotMeta.to_bytes(), encode(&meta)?);
-            batch.insert(Key::SnapshotData.to_bytes(), data);
+            if next.snapshot_meta.index != index {
+                batch.remove(Key::SnapshotData(next.snapshot_meta.index).to_bytes());
+            }
+            match data {
+                Some(data) => batch.insert(Key::SnapshotData(index).to_bytes(), data),
+                None => {
+                    let staged = self
+                        .db
+                        .contains_key(Key::SnapshotData(index).to_bytes())
+                        .map_err(|e| StorageError::Io {
+                            path: self.path.clone(),
+                            why: e.to_string(),
+                        })?;
+                    if !staged {
+                        return Err(StorageError::Invalid(format!(
+                            "no snapshot data was staged at {index}"
+                        )));
+                    }
+                }
+            }
             next.snapshot_meta = meta;
         }
         if let Some(to) = w.compact_to {
@@ -312,6 +365,26 @@ impl SledStorage {
         self.db.apply_batch(batch).map_err(io)?;
         self.db.flush().map_err(io)?;
         *guard = next;
+        Ok(())
+    }
+
+    /// Write the data of a snapshot at `index` beside the current one, durably, without
+    /// holding up the log's writer (a large state takes a while); a later `Write` with
+    /// `own_snapshot: (index, conf, None)` makes it current.
+    pub fn stage_snapshot(&self, index: u64, data: Vec<u8>) -> Result<(), StorageError> {
+        let io = |e: sled::Error| StorageError::Io {
+            path: self.path.clone(),
+            why: e.to_string(),
+        };
+        if index <= self.cache().snapshot_meta.index {
+            return Err(StorageError::Invalid(format!(
+                "a snapshot at {index} is not newer than the current one"
+            )));
+        }
+        self.db
+            .insert(Key::SnapshotData(index).to_bytes(), data)
+            .map_err(io)?;
+        self.db.flush().map_err(io)?;
         Ok(())
     }
 
@@ -418,7 +491,7 @@ impl raft::Storage for SledStorage {
         }
         let data = self
             .db
-            .get(Key::SnapshotData.to_bytes())
+            .get(Key::SnapshotData(meta.index).to_bytes())
             .map_err(other)?
             .map(|v| v.to_vec())
             .unwrap_or_default();

@@ -177,7 +177,7 @@ fn invalid_writes_are_refused_and_change_nothing() {
     );
     // A snapshot older than the log's start, after compaction, is out of date.
     s.write(Write {
-        own_snapshot: Some((2, Default::default(), b"state at 2".to_vec())),
+        own_snapshot: Some((2, Default::default(), Some(b"state at 2".to_vec()))),
         compact_to: Some(3),
         ..Write::default()
     })
@@ -212,4 +212,50 @@ fn invalid_writes_are_refused_and_change_nothing() {
             StorageError::SnapshotTemporarilyUnavailable
         ))
     );
+}
+
+#[test]
+fn a_snapshot_staged_beside_the_log_becomes_current_only_when_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft");
+    let s = SledStorage::open(&path, Create::IfMissing).unwrap();
+    s.append(&[entry(1, 1, 0), entry(2, 1, 0), entry(3, 1, 0)])
+        .unwrap();
+    // Adopting a snapshot nobody staged is refused.
+    let err = s
+        .write(Write {
+            own_snapshot: Some((2, Default::default(), None)),
+            ..Write::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no snapshot data was staged"), "{err}");
+    s.stage_snapshot(2, b"state at 2".to_vec()).unwrap();
+    s.write(Write {
+        own_snapshot: Some((2, Default::default(), None)),
+        compact_to: Some(2),
+        ..Write::default()
+    })
+    .unwrap();
+    assert_eq!(s.snapshot(2, 2).unwrap().get_data(), b"state at 2");
+    // A newer one staged and never adopted (a crash in between) is dropped on reopen; the
+    // adopted one stays.
+    s.stage_snapshot(3, b"state at 3".to_vec()).unwrap();
+    assert!(
+        s.stage_snapshot(1, vec![]).is_err(),
+        "older than the current"
+    );
+    drop(s);
+    let s = SledStorage::open(&path, Create::Never).unwrap();
+    let snap = s.snapshot(2, 2).unwrap();
+    assert_eq!(snap.get_metadata().index, 2);
+    assert_eq!(snap.get_data(), b"state at 2");
+    let err = s
+        .write(Write {
+            own_snapshot: Some((3, Default::default(), None)),
+            ..Write::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no snapshot data was staged"), "{err}");
 }

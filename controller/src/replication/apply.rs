@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use palisade_replica::{Batch, Machine};
+use palisade_storage::SledStorage;
 use tokio::sync::watch;
-use tracing::error;
+use tracing::{error, warn};
 
 use super::driver::Input;
 use super::{Failure, GroupStatus, Reply};
@@ -31,6 +32,8 @@ pub struct Applier {
     pub jobs: Receiver<Job>,
     pub inbox: Sender<Input>,
     pub snapshot_every: u64,
+    /// The log store, to stage snapshots in.
+    pub store: SledStorage,
     pub status: Arc<watch::Sender<GroupStatus>>,
     pub failure: Failure,
 }
@@ -66,7 +69,17 @@ impl Applier {
                 },
             }
             if let Some((index, data)) = self.hub.snapshot_if_due(self.snapshot_every) {
-                let _ = self.inbox.send(Input::Snapshot { index, data });
+                // Written here, not on Raft's thread: a large state takes a while to store.
+                let bytes = data.len();
+                match self.store.stage_snapshot(index, data) {
+                    Ok(()) => {
+                        let _ = self.inbox.send(Input::Snapshot { index, bytes });
+                    }
+                    Err(e) => warn!(
+                        index,
+                        "cannot store a snapshot (the log keeps growing until one is stored): {e}"
+                    ),
+                }
             }
         }
     }

@@ -4,7 +4,7 @@
 //! depend on it; the driver sends them, passes committed entries (with the answers their
 //! proposers wait for) to the apply thread in order, and publishes the group's status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -29,10 +29,11 @@ pub enum Input {
         reply: Reply,
         at: Instant,
     },
-    /// The apply thread's snapshot of the state machine at `index`.
+    /// The apply thread staged a snapshot of the state machine at `index` (`bytes` long) in
+    /// the log store: make it current and compact the log.
     Snapshot {
         index: u64,
-        data: Vec<u8>,
+        bytes: usize,
     },
 }
 
@@ -51,9 +52,34 @@ pub struct Driver {
 /// Proposals waiting to be applied, by the id of their (last) entry.
 type Pending = HashMap<ProposalId, (Reply, Instant)>;
 
+/// Entries of a large proposal proposed and not yet committed, at most: a 150,000-pod load
+/// goes into the log a few entries at a time, so no replica spends longer than a heartbeat
+/// writing one `Ready`, and check-quorum never mistakes a busy follower for a dead one.
+const IN_FLIGHT: usize = 4;
+
+/// One entry's worth of a proposal, waiting for room.
+struct Part {
+    owner: String,
+    commands: Vec<Command>,
+    /// Which proposal it belongs to, and on its last part, who waits for it.
+    proposal: u64,
+    reply: Option<(Reply, Instant)>,
+}
+
+/// Parts waiting to be proposed, and the entries proposed and not yet committed.
+#[derive(Default)]
+struct Flow {
+    queue: VecDeque<Part>,
+    in_flight: HashSet<ProposalId>,
+    /// Proposals with a part in the log already.
+    started: HashSet<u64>,
+    next: u64,
+}
+
 impl Driver {
     pub fn run(mut self) {
         let mut pending: Pending = HashMap::new();
+        let mut flow = Flow::default();
         let tick = self.config.tick;
         let mut next_tick = Instant::now() + tick;
         let mut role = None;
@@ -72,15 +98,16 @@ impl Driver {
                     &mut pending,
                     ProposeFailed::Stopped("this replica failed".into()),
                 );
+                flow.fail(ProposeFailed::Stopped("this replica failed".into()));
                 sleep_unless_cancelled(&self.shutdown, Duration::from_millis(200));
                 continue;
             }
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(input) => {
-                    self.handle(input, &mut pending);
+                    self.handle(input, &mut flow);
                     for input in self.inbox.try_iter().take(4096).collect::<Vec<_>>() {
-                        self.handle(input, &mut pending);
+                        self.handle(input, &mut flow);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -90,16 +117,20 @@ impl Driver {
                 self.replica.tick();
                 next_tick = Instant::now() + tick;
             }
-            if let Err(e) = self.ready(&mut pending, &mut role) {
+            self.feed(&mut flow, &mut pending);
+            if let Err(e) = self.ready(&mut pending, &mut flow, &mut role) {
                 self.failure.set(format!("the Raft log: {e}"));
                 continue;
             }
+            // Room freed by what just committed.
+            self.feed(&mut flow, &mut pending);
             self.publish(role, None);
         }
         fail_all(&mut pending, ProposeFailed::Stopped("shutting down".into()));
+        flow.fail(ProposeFailed::Stopped("shutting down".into()));
     }
 
-    fn handle(&mut self, input: Input, pending: &mut Pending) {
+    fn handle(&mut self, input: Input, flow: &mut Flow) {
         match input {
             Input::Step(m) => {
                 if let Err(e) = self.replica.step(m) {
@@ -111,58 +142,74 @@ impl Driver {
                 commands,
                 reply,
                 at,
-            } => self.propose(owner, commands, reply, at, pending),
-            Input::Snapshot { index, data } => {
-                let bytes = data.len();
-                match self.replica.store_snapshot(index, data) {
-                    Ok(true) => {
-                        self.metrics.raft_snapshot(bytes);
-                        info!(index, bytes, "snapshot stored; log compacted behind it");
-                    }
-                    Ok(false) => {}
-                    Err(e) => warn!("cannot store the snapshot at {index}: {e}"),
+            } => {
+                if !self.replica.is_leader() {
+                    let leader = self.replica.status().leader;
+                    let _ = reply.send(Err(ProposeFailed::NotLeader {
+                        leader: (leader != 0).then_some(leader),
+                    }));
+                    return;
                 }
+                flow.add(
+                    owner,
+                    split(commands, self.config.entry_bytes),
+                    (reply, at),
+                    self.replica.status().commit,
+                );
             }
+            Input::Snapshot { index, bytes } => match self.replica.snapshot_staged(index) {
+                Ok(true) => {
+                    self.metrics.raft_snapshot(bytes);
+                    info!(index, bytes, "snapshot stored; log compacted behind it");
+                }
+                Ok(false) => {}
+                Err(e) => warn!("cannot store the snapshot at {index}: {e}"),
+            },
         }
     }
 
-    fn propose(
-        &mut self,
-        owner: String,
-        commands: Vec<Command>,
-        reply: Reply,
-        at: Instant,
-        pending: &mut Pending,
-    ) {
-        let parts = split(commands, self.config.entry_bytes);
-        let n = parts.len();
-        let mut last = None;
-        for (i, part) in parts.into_iter().enumerate() {
-            match self.replica.propose(&owner, part) {
-                Ok(id) => last = Some(id),
-                Err(ProposeError::NotLeader { leader }) if i == 0 => {
-                    let _ = reply.send(Err(ProposeFailed::NotLeader { leader }));
-                    return;
+    /// Propose queued parts while fewer than [`IN_FLIGHT`] are uncommitted.
+    fn feed(&mut self, flow: &mut Flow, pending: &mut Pending) {
+        while flow.in_flight.len() < IN_FLIGHT {
+            let Some(part) = flow.queue.pop_front() else {
+                return;
+            };
+            match self.replica.propose(&part.owner, part.commands) {
+                Ok(id) => {
+                    flow.in_flight.insert(id);
+                    flow.started.insert(part.proposal);
+                    if let Some(reply) = part.reply {
+                        flow.started.remove(&part.proposal);
+                        pending.insert(id, reply);
+                    }
                 }
                 Err(e) => {
-                    warn!("proposal part {} of {n} dropped: {e}", i + 1);
-                    let _ = reply.send(Err(ProposeFailed::Lost));
+                    warn!("a proposal was dropped: {e}");
+                    let leader = match e {
+                        ProposeError::NotLeader { leader } => leader,
+                        ProposeError::Dropped(_) => None,
+                    };
+                    let started = flow.started.contains(&part.proposal);
+                    if let Some((reply, _)) = part.reply {
+                        let _ = reply.send(Err(if started {
+                            ProposeFailed::Lost
+                        } else {
+                            ProposeFailed::NotLeader { leader }
+                        }));
+                    }
+                    flow.fail(ProposeFailed::NotLeader { leader });
                     return;
                 }
             }
         }
-        match last {
-            Some(id) => {
-                pending.insert(id, (reply, at));
-            }
-            // Nothing to propose: answer with what is committed.
-            None => {
-                let _ = reply.send(Ok(self.replica.status().commit));
-            }
-        }
     }
 
-    fn ready(&mut self, pending: &mut Pending, role: &mut Option<Role>) -> Result<(), String> {
+    fn ready(
+        &mut self,
+        pending: &mut Pending,
+        flow: &mut Flow,
+        role: &mut Option<Role>,
+    ) -> Result<(), String> {
         loop {
             let out = self.replica.ready().map_err(|e| e.to_string())?;
             if out.messages.is_empty() && out.events.is_empty() {
@@ -174,6 +221,9 @@ impl Driver {
             for e in out.events {
                 match e {
                     Event::Committed { index, batch, .. } => {
+                        if let Some(b) = &batch {
+                            flow.in_flight.remove(&b.id);
+                        }
                         if let Some((reply, at)) =
                             batch.as_ref().and_then(|b| pending.remove(&b.id))
                         {
@@ -199,6 +249,7 @@ impl Driver {
                         *role = Some(now);
                         if now != Role::Leader {
                             fail_all(pending, ProposeFailed::Lost);
+                            flow.fail(ProposeFailed::Lost);
                         }
                     }
                 }
@@ -241,6 +292,48 @@ impl Driver {
             *old = new;
             changed
         });
+    }
+}
+
+impl Flow {
+    /// Queue a proposal's parts (an empty one is answered at once with `committed`).
+    fn add(
+        &mut self,
+        owner: String,
+        parts: Vec<Vec<Command>>,
+        reply: (Reply, Instant),
+        committed: u64,
+    ) {
+        if parts.is_empty() {
+            let _ = reply.0.send(Ok(committed));
+            return;
+        }
+        self.next += 1;
+        let n = parts.len();
+        let mut reply = Some(reply);
+        for (i, commands) in parts.into_iter().enumerate() {
+            self.queue.push_back(Part {
+                owner: owner.clone(),
+                commands,
+                proposal: self.next,
+                reply: if i + 1 == n { reply.take() } else { None },
+            });
+        }
+    }
+
+    /// Leadership is gone: nothing queued will be proposed; its waiters are told.
+    fn fail(&mut self, why: ProposeFailed) {
+        for part in self.queue.drain(..) {
+            if let Some((reply, _)) = part.reply {
+                let started = self.started.contains(&part.proposal);
+                let _ = reply.send(Err(match (&why, started) {
+                    (ProposeFailed::NotLeader { .. }, true) => ProposeFailed::Lost,
+                    _ => why.clone(),
+                }));
+            }
+        }
+        self.in_flight.clear();
+        self.started.clear();
     }
 }
 
