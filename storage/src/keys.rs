@@ -1,5 +1,7 @@
 //! The typed keys of the one sled tree: a kind byte, then (for log entries) the index,
-//! big-endian, so entries sort by index and a range scan walks the log in order.
+//! big-endian, so entries sort by index and a range scan walks the log in order. Snapshot
+//! data is not in the tree: it is a file beside it (see `SledStorage`), so writing a large
+//! one never delays the log's own writes.
 
 /// A key of the Raft store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -10,10 +12,6 @@ pub enum Key {
     ConfState,
     /// The metadata of the latest snapshot (received from a leader or taken locally).
     SnapshotMeta,
-    /// The data of the snapshot at an index (the state machine, canonically encoded). Keyed
-    /// by index so a new snapshot can be written beside the current one, off the Raft
-    /// thread, and made current by a small metadata write.
-    SnapshotData(u64),
     /// The log entry at an index.
     Entry(u64),
 }
@@ -22,19 +20,11 @@ const FORMAT: u8 = 0;
 const HARD_STATE: u8 = 1;
 const CONF_STATE: u8 = 2;
 const SNAPSHOT_META: u8 = 3;
-const SNAPSHOT_DATA: u8 = 4;
+// 4: reserved (snapshot data lived in the tree in format 1).
 const ENTRY: u8 = 16;
 
 /// The value under [`Key::Format`]: what wrote this store, and the layout version.
 pub const FORMAT_VALUE: &[u8] = b"palisade-raft-log/2";
-
-/// A kind byte, then the index big-endian.
-fn indexed(kind: u8, i: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(kind);
-    k.extend_from_slice(&i.to_be_bytes());
-    k
-}
 
 impl Key {
     pub fn to_bytes(self) -> Vec<u8> {
@@ -43,8 +33,12 @@ impl Key {
             Key::HardState => vec![HARD_STATE],
             Key::ConfState => vec![CONF_STATE],
             Key::SnapshotMeta => vec![SNAPSHOT_META],
-            Key::SnapshotData(i) => indexed(SNAPSHOT_DATA, i),
-            Key::Entry(i) => indexed(ENTRY, i),
+            Key::Entry(i) => {
+                let mut k = Vec::with_capacity(9);
+                k.push(ENTRY);
+                k.extend_from_slice(&i.to_be_bytes());
+                k
+            }
         }
     }
 
@@ -55,17 +49,9 @@ impl Key {
             [HARD_STATE] => Some(Key::HardState),
             [CONF_STATE] => Some(Key::ConfState),
             [SNAPSHOT_META] => Some(Key::SnapshotMeta),
-            [SNAPSHOT_DATA, rest @ ..] => {
-                Some(Key::SnapshotData(u64::from_be_bytes(rest.try_into().ok()?)))
-            }
             [ENTRY, rest @ ..] => Some(Key::Entry(u64::from_be_bytes(rest.try_into().ok()?))),
             _ => None,
         }
-    }
-
-    /// The keys of every snapshot's data.
-    pub fn snapshot_data() -> std::ops::RangeInclusive<Vec<u8>> {
-        Key::SnapshotData(0).to_bytes()..=Key::SnapshotData(u64::MAX).to_bytes()
     }
 
     /// The range of keys of entries `from..` (all entries for `from` = 0).
@@ -85,7 +71,6 @@ mod tests {
             Key::HardState,
             Key::ConfState,
             Key::SnapshotMeta,
-            Key::SnapshotData(7),
             Key::Entry(0),
             Key::Entry(258),
             Key::Entry(u64::MAX),
@@ -93,7 +78,7 @@ mod tests {
             assert_eq!(Key::from_bytes(&k.to_bytes()), Some(k));
         }
         assert!(Key::Entry(255).to_bytes() < Key::Entry(256).to_bytes());
-        assert!(Key::SnapshotData(u64::MAX).to_bytes() < Key::Entry(0).to_bytes());
+        assert!(Key::SnapshotMeta.to_bytes() < Key::Entry(0).to_bytes());
         assert_eq!(Key::from_bytes(&[99]), None);
         assert_eq!(Key::from_bytes(&[16, 1, 2]), None);
     }

@@ -68,6 +68,9 @@ pub struct SledStorage {
     cache: Arc<RwLock<Cache>>,
 }
 
+/// The directory of snapshot files, inside the store's directory.
+const SNAPSHOTS: &str = "snapshots";
+
 fn other(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(raft::StorageError::Other(e.to_string().into()))
 }
@@ -137,6 +140,7 @@ impl SledStorage {
             None => return Err(foreign("a sled database without Palisade's format marker")),
         }
         let cache = Self::load(&db).map_err(corrupt)?;
+        Self::tidy_snapshots(path, cache.snapshot_meta.index).map_err(corrupt)?;
         Ok(SledStorage {
             path: path.to_path_buf(),
             db,
@@ -173,24 +177,6 @@ impl SledStorage {
             first.get_or_insert(index);
             last = Some(index);
         }
-        // Snapshot data other than the current one: staged and never made current (a crash in
-        // between), or left behind. Dropped.
-        for kv in db.range(Key::snapshot_data()) {
-            let (k, _) = kv.map_err(|e| e.to_string())?;
-            if Key::from_bytes(&k) != Some(Key::SnapshotData(snapshot_meta.index)) {
-                db.remove(k).map_err(|e| e.to_string())?;
-            }
-        }
-        if snapshot_meta.index > 0
-            && !db
-                .contains_key(Key::SnapshotData(snapshot_meta.index).to_bytes())
-                .map_err(|e| e.to_string())?
-        {
-            return Err(format!(
-                "the data of the snapshot at {} is missing",
-                snapshot_meta.index
-            ));
-        }
         let first = first.unwrap_or(snapshot_meta.index + 1);
         let last = last.unwrap_or(snapshot_meta.index);
         if first > snapshot_meta.index + 1 || last < snapshot_meta.index {
@@ -210,6 +196,44 @@ impl SledStorage {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the data of the snapshot at `index` lives: a file beside the tree, so a large
+    /// one is written (and fsynced) without delaying the log's writes.
+    fn snapshot_file(dir: &Path, index: u64) -> PathBuf {
+        dir.join(SNAPSHOTS).join(format!("{index:020}.snap"))
+    }
+
+    /// Drop snapshot files other than the current one (staged and never adopted: a crash in
+    /// between, or left behind), and check the current one is there.
+    fn tidy_snapshots(dir: &Path, current: u64) -> Result<(), String> {
+        let keep = Self::snapshot_file(dir, current);
+        if let Ok(entries) = std::fs::read_dir(dir.join(SNAPSHOTS)) {
+            for e in entries.flatten() {
+                if e.path() != keep {
+                    std::fs::remove_file(e.path())
+                        .map_err(|err| format!("{}: {err}", e.path().display()))?;
+                }
+            }
+        }
+        if current > 0 && !keep.exists() {
+            return Err(format!(
+                "the data of the snapshot at {current} ({}) is missing",
+                keep.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Write the data of the snapshot at `index` to its file, durably.
+    fn write_snapshot_file(&self, index: u64, data: &[u8]) -> Result<(), StorageError> {
+        let file = Self::snapshot_file(&self.path, index);
+        let io = |e: std::io::Error| StorageError::Io {
+            path: file.clone(),
+            why: e.to_string(),
+        };
+        std::fs::create_dir_all(file.parent().expect("a snapshots directory")).map_err(io)?;
+        palisade_files::atomic::write(&file, data).map_err(io)
     }
 
     fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
@@ -255,11 +279,8 @@ impl SledStorage {
             next.snapshot_meta = meta.clone();
             next.first = meta.index + 1;
             next.last = meta.index;
+            self.write_snapshot_file(meta.index, snap.get_data())?;
             batch.insert(Key::SnapshotMeta.to_bytes(), encode(meta)?);
-            if next.snapshot_meta.index != meta.index {
-                batch.remove(Key::SnapshotData(next.snapshot_meta.index).to_bytes());
-            }
-            batch.insert(Key::SnapshotData(meta.index).to_bytes(), snap.get_data());
             batch.insert(Key::HardState.to_bytes(), encode(&next.hard_state)?);
             batch.insert(Key::ConfState.to_bytes(), encode(&next.conf_state)?);
         }
@@ -321,27 +342,16 @@ impl SledStorage {
                 ..SnapshotMetadata::default()
             };
             meta.set_conf_state(conf_state);
-            batch.insert(Key::SnapshotMeta.to_bytes(), encode(&meta)?);
-            if next.snapshot_meta.index != index {
-                batch.remove(Key::SnapshotData(next.snapshot_meta.index).to_bytes());
-            }
             match data {
-                Some(data) => batch.insert(Key::SnapshotData(index).to_bytes(), data),
-                None => {
-                    let staged = self
-                        .db
-                        .contains_key(Key::SnapshotData(index).to_bytes())
-                        .map_err(|e| StorageError::Io {
-                            path: self.path.clone(),
-                            why: e.to_string(),
-                        })?;
-                    if !staged {
-                        return Err(StorageError::Invalid(format!(
-                            "no snapshot data was staged at {index}"
-                        )));
-                    }
+                Some(data) => self.write_snapshot_file(index, &data)?,
+                None if !Self::snapshot_file(&self.path, index).exists() => {
+                    return Err(StorageError::Invalid(format!(
+                        "no snapshot data was staged at {index}"
+                    )))
                 }
+                None => {}
             }
+            batch.insert(Key::SnapshotMeta.to_bytes(), encode(&meta)?);
             next.snapshot_meta = meta;
         }
         if let Some(to) = w.compact_to {
@@ -364,7 +374,12 @@ impl SledStorage {
         };
         self.db.apply_batch(batch).map_err(io)?;
         self.db.flush().map_err(io)?;
+        let replaced = guard.snapshot_meta.index;
         *guard = next;
+        if replaced != guard.snapshot_meta.index && replaced > 0 {
+            // The older snapshot's data is no longer needed (a leftover is tidied at open).
+            let _ = std::fs::remove_file(Self::snapshot_file(&self.path, replaced));
+        }
         Ok(())
     }
 
@@ -372,20 +387,12 @@ impl SledStorage {
     /// holding up the log's writer (a large state takes a while); a later `Write` with
     /// `own_snapshot: (index, conf, None)` makes it current.
     pub fn stage_snapshot(&self, index: u64, data: Vec<u8>) -> Result<(), StorageError> {
-        let io = |e: sled::Error| StorageError::Io {
-            path: self.path.clone(),
-            why: e.to_string(),
-        };
         if index <= self.cache().snapshot_meta.index {
             return Err(StorageError::Invalid(format!(
                 "a snapshot at {index} is not newer than the current one"
             )));
         }
-        self.db
-            .insert(Key::SnapshotData(index).to_bytes(), data)
-            .map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
+        self.write_snapshot_file(index, &data)
     }
 
     fn read_entry(&self, index: u64) -> Result<Entry, StorageError> {
@@ -489,12 +496,7 @@ impl raft::Storage for SledStorage {
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let data = self
-            .db
-            .get(Key::SnapshotData(meta.index).to_bytes())
-            .map_err(other)?
-            .map(|v| v.to_vec())
-            .unwrap_or_default();
+        let data = std::fs::read(Self::snapshot_file(&self.path, meta.index)).map_err(other)?;
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.set_data(data.into());
