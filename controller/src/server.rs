@@ -263,7 +263,25 @@ pub async fn start(
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     };
-    threads.push(spawn("raft", Box::new(move || driver.run()))?);
+    let raft_failed = (failure.clone(), status_tx.clone());
+    threads.push(spawn(
+        "raft",
+        Box::new(move || {
+            // raft-rs panics on what it cannot reconcile (a log that lost entries it had
+            // acknowledged): the replica stops taking part, says why, and keeps serving.
+            let run = std::panic::AssertUnwindSafe(|| driver.run());
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                let why = format!("Raft's thread stopped: {why}");
+                raft_failed.0.set(why.clone());
+                raft_failed.1.send_modify(|s| s.failure = Some(why));
+            }
+        }),
+    )?);
     let applier = Applier {
         hub: hub.clone(),
         jobs: jobs_rx,

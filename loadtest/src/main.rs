@@ -46,7 +46,8 @@ enum Cmd {
     /// A Raft group of real controller replicas in one process (own state directories and
     /// threads; peers over loopback gRPC with mTLS): proposal -> applied on every replica for
     /// single objects and batches, the log's disk use after many commands with compaction,
-    /// and (with --catch-up) a replica restarted empty catching up by snapshot.
+    /// and (with --catch-up) a replica that was down during a large load catching up by
+    /// snapshot.
     Raft {
         #[arg(long, default_value_t = 3)]
         replicas: u64,
@@ -68,7 +69,7 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         snapshot_every: u64,
         /// Load a synthetic cluster (--pods, --namespaces, --policies, --nodes), then restart
-        /// one replica empty and time its catch-up by snapshot.
+        /// restart one replica that was down meanwhile and time its catch-up by snapshot.
         #[arg(long)]
         catch_up: bool,
         #[arg(long, default_value_t = 150_000)]

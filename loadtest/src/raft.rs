@@ -2,8 +2,8 @@
 //! with its own state directory, Raft and apply threads, and gRPC listener), peers over
 //! loopback with mTLS. It measures proposal → applied on every replica for single objects and
 //! for batches, the log's disk use after many commands with compaction on against the live
-//! state's encoded size, and, optionally, how long a replica restarted empty takes to catch up
-//! by snapshot with a large cluster in the state.
+//! state's encoded size, and, optionally, how long a replica that was down while a large
+//! cluster was loaded takes to catch up by snapshot once restarted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,7 +29,7 @@ pub struct RaftOptions {
     pub disk_commands: usize,
     pub disk_entry: usize,
     pub snapshot_every: u64,
-    /// A cluster to load before restarting one replica empty (None: skip).
+    /// A cluster to load while one replica is down, before restarting it (None: skip).
     pub catch_up: Option<Shape>,
     pub insecure: bool,
 }
@@ -67,7 +67,7 @@ pub struct CatchUp {
     pub policies: usize,
     pub load_seconds: f64,
     pub snapshot_bytes: u64,
-    /// From starting the emptied replica to it applying the leader's index.
+    /// From restarting the replica that was down to it applying the leader's index.
     pub catch_up_seconds: f64,
 }
 
@@ -312,16 +312,21 @@ pub async fn run(o: &RaftOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Raf
     })
 }
 
-/// Load `shape`, make sure a snapshot holds it and the log is compacted behind it, then stop a
-/// follower, empty its state directory and time its return.
+/// Stop a follower; load `shape` and enough entries after it that a snapshot holds it and
+/// the log is compacted past the follower's position; restart the follower (from its data
+/// directory) and time its catch-up, which can only come by snapshot. (A replica restarted
+/// with its data directory emptied is a new member to Raft: it forgot its votes and its log,
+/// and rejoining under its old id is unsafe; that needs membership changes, not built yet.)
 async fn catch_up(
     g: &mut Group,
     shape: &Shape,
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<CatchUp> {
     let leader = g.leader().await?;
+    let follower = *g.up.keys().find(|id| **id != leader).expect("a follower");
+    g.stop(follower).await?;
     progress(&format!(
-        "loading {} pods, {} namespaces, {} policies",
+        "replica {follower} stopped; loading {} pods, {} namespaces, {} policies",
         shape.pods, shape.namespaces, shape.policies
     ));
     let started = Instant::now();
@@ -338,12 +343,9 @@ async fn catch_up(
             .await?;
     }
     let snapshot_bytes = g.up[&leader].running.hub.lock().machine.encode().len() as u64;
-    let follower = *g.up.keys().find(|id| **id != leader).expect("a follower");
-    g.stop(follower).await?;
-    std::fs::remove_dir_all(g.state_dir(follower))?;
     let target = g.up[&leader].running.hub.lock().revision();
     progress(&format!(
-        "replica {follower} restarted empty; catching up to {target}"
+        "replica {follower} restarted; catching up to {target}"
     ));
     let started = Instant::now();
     g.restart(follower).await?;
@@ -390,7 +392,7 @@ pub fn table(r: &RaftReport) -> String {
     }
     if let Some(c) = &r.catch_up {
         out += &format!(
-            "catch-up by snapshot ({} pods, {} namespaces, {} policies; snapshot {:.1} MiB): load {:.1} s, empty replica caught up in {:.1} s\n",
+            "catch-up by snapshot ({} pods, {} namespaces, {} policies; snapshot {:.1} MiB): load {:.1} s, replica down during the load caught up in {:.1} s\n",
             c.pods,
             c.namespaces,
             c.policies,

@@ -112,6 +112,8 @@ impl SledStorage {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)
+            // sled caches up to 1 GiB by default; the log is read back rarely (a lagging peer).
+            .cache_capacity(64 << 20)
             .use_compression(true)
             .open()
             .map_err(|e| match e {
