@@ -218,8 +218,8 @@ pub async fn start(
     let hub = Arc::new(Hub::new(machine, config.history, metrics.clone()));
 
     let transport = Arc::new(Transport::new(rc.id, &rc.peers, client_tls.as_ref())?);
-    let outbox = transport.start(rc.id, metrics.clone(), shutdown.clone());
     let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
+    let outbox = transport.start(rc.id, metrics.clone(), inbox_tx.clone(), shutdown.clone());
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
     let (status_tx, status_rx) = tokio::sync::watch::channel(GroupStatus {
         raft: palisade_replica::Status {
@@ -329,13 +329,15 @@ pub async fn start(
     // controller always did (a replica of a larger group cannot wait: it may not lead).
     let mut loaded_revision = applied;
     if config.manifests.is_some() && rc.voters().len() == 1 {
+        // ... unless the replica fails first: then serve, and say so (readiness, replicas).
         let mut h = source_health.clone();
-        let first = h
-            .wait_for(|h| h.revision.is_some() || h.failing.is_some())
-            .await
-            .map(|h| h.revision)
-            .ok()
-            .flatten();
+        let mut g = status_rx.clone();
+        let first = tokio::select! {
+            r = h.wait_for(|h| h.revision.is_some() || h.failing.is_some()) => {
+                r.map(|h| h.revision).ok().flatten()
+            }
+            _ = g.wait_for(|s| s.failure.is_some()) => None,
+        };
         loaded_revision = first.unwrap_or(applied);
     }
 

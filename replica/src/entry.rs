@@ -5,11 +5,13 @@
 use palisade_policy::model::Command;
 use serde::{Deserialize, Serialize};
 
-/// Who proposed an entry: the replica and its proposal sequence, so the proposer can tell
-/// its own proposals from others' when they are applied.
+/// Who proposed an entry: the replica, the term it led in, and its proposal sequence, so the
+/// proposer can tell its own proposals from others' when they are applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProposalId {
     pub replica: u64,
+    #[serde(default)]
+    pub term: u64,
     pub seq: u64,
 }
 
@@ -89,7 +91,11 @@ mod tests {
     #[test]
     fn batches_round_trip_and_split_within_bounds() {
         let b = Batch {
-            id: ProposalId { replica: 2, seq: 7 },
+            id: ProposalId {
+                replica: 2,
+                term: 3,
+                seq: 7,
+            },
             owner: "manifests".into(),
             commands: (0..3).map(ns).collect(),
         };

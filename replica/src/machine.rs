@@ -60,25 +60,31 @@ impl Machine {
             return Vec::new();
         }
         self.applied = index;
-        match batch {
-            Some(b) if !b.commands.is_empty() => {
-                for c in &b.commands {
-                    let key = command_key(c);
-                    match c {
-                        Command::UpsertNamespace(_)
-                        | Command::UpsertPod(_)
-                        | Command::UpsertPolicy(_) => {
-                            self.owners.insert(key, b.owner.clone());
-                        }
-                        _ => {
-                            self.owners.remove(&key);
-                        }
-                    }
-                }
-                self.engine.apply_batch(index, b.commands.iter().cloned())
+        let Some(b) = batch else {
+            return Vec::new();
+        };
+        // One source never changes another's objects: the leader's sources check before they
+        // propose, and this (the same on every replica) settles a race between two of them.
+        let mut commands = Vec::with_capacity(b.commands.len());
+        for c in &b.commands {
+            let key = command_key(c);
+            if self.owners.get(&key).is_some_and(|o| *o != b.owner) {
+                continue;
             }
-            _ => Vec::new(),
+            match c {
+                Command::UpsertNamespace(_) | Command::UpsertPod(_) | Command::UpsertPolicy(_) => {
+                    self.owners.insert(key, b.owner.clone());
+                }
+                _ => {
+                    self.owners.remove(&key);
+                }
+            }
+            commands.push(c.clone());
         }
+        if commands.is_empty() {
+            return Vec::new();
+        }
+        self.engine.apply_batch(index, commands)
     }
 
     /// The object `key` names, as applied.
@@ -175,7 +181,11 @@ mod tests {
 
     fn batch(owner: &str, commands: Vec<Command>) -> Batch {
         Batch {
-            id: ProposalId { replica: 1, seq: 1 },
+            id: ProposalId {
+                replica: 1,
+                term: 1,
+                seq: 1,
+            },
             owner: owner.into(),
             commands,
         }
@@ -189,26 +199,36 @@ mod tests {
     }
 
     #[test]
-    fn owners_follow_the_last_writer_and_survive_a_snapshot() {
+    fn one_owner_cannot_change_anothers_objects_and_owners_survive_a_snapshot() {
         let mut m = Machine::new();
         m.apply(
             1,
-            Some(&batch(
-                "manifests",
-                vec![
-                    Command::UpsertNamespace(ns("a")),
-                    Command::UpsertNamespace(ns("b")),
-                ],
-            )),
+            Some(&batch("manifests", vec![Command::UpsertNamespace(ns("a"))])),
         );
         m.apply(
             2,
-            Some(&batch("apply", vec![Command::UpsertNamespace(ns("b"))])),
+            Some(&batch(
+                "apply",
+                vec![
+                    Command::UpsertNamespace(ns("b")),
+                    Command::DeleteNamespace(Name::from("a")),
+                ],
+            )),
         );
-        m.apply(3, None);
+        // "apply" could not delete what "manifests" owns; it created "b" (nobody's before),
+        // which "manifests" cannot take over either.
+        m.apply(
+            3,
+            Some(&batch("manifests", vec![Command::UpsertNamespace(ns("b"))])),
+        );
+        assert_eq!(
+            m.owner(&(Kind::Namespace, "a".to_string())),
+            Some("manifests")
+        );
+        m.apply(4, None);
         assert_eq!(
             m.applied(),
-            3,
+            4,
             "an entry without commands advances the index"
         );
         let key = (Kind::Namespace, "b".to_string());
@@ -220,10 +240,10 @@ mod tests {
         );
         let restored = Machine::restore(&m.snapshot()).unwrap();
         assert_eq!(restored.owner(&key), Some("apply"));
-        assert_eq!(restored.applied(), 3);
+        assert_eq!(restored.applied(), 4);
         assert!(!restored.snapshot_due(1));
         m.apply(
-            4,
+            5,
             Some(&batch(
                 "apply",
                 vec![Command::DeleteNamespace(Name::from("b"))],

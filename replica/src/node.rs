@@ -266,6 +266,23 @@ impl<S: LogStore> Replica<S> {
         }
     }
 
+    /// A message to `to` could not be delivered (the leader then probes it instead of
+    /// streaming appends at it).
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// Whether the snapshot sent to `to` was delivered: without this a leader whose snapshot
+    /// message was lost would wait for that follower forever.
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
     /// Start an election now (tests; operators moving leadership).
     pub fn campaign(&mut self) -> Result<(), ReplicaError> {
         Ok(self.raw.campaign()?)
@@ -286,8 +303,11 @@ impl<S: LogStore> Replica<S> {
             });
         }
         self.next_seq += 1;
+        // The term makes ids unique across restarts: a replica leads again only in a later
+        // term, while entries it proposed before may still commit.
         let id = ProposalId {
             replica: self.id,
+            term: self.raw.raft.term,
             seq: self.next_seq,
         };
         let batch = Batch {

@@ -234,7 +234,14 @@ impl SledStorage {
             path: file.clone(),
             why: e.to_string(),
         };
-        std::fs::create_dir_all(file.parent().expect("a snapshots directory")).map_err(io)?;
+        let dir = file.parent().expect("a snapshots directory");
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            // The new directory's entry, durable in the store's directory.
+            std::fs::File::open(&self.path)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
         palisade_files::atomic::write(&file, data).map_err(io)
     }
 

@@ -35,6 +35,13 @@ pub enum Input {
         index: u64,
         bytes: usize,
     },
+    /// What became of messages sent to replica `to`: not delivered (and whether a snapshot
+    /// was among them), or a snapshot delivered.
+    Delivery {
+        to: u64,
+        delivered: bool,
+        snapshot: bool,
+    },
 }
 
 pub struct Driver {
@@ -99,6 +106,13 @@ impl Driver {
                     ProposeFailed::Stopped("this replica failed".into()),
                 );
                 flow.fail(ProposeFailed::Stopped("this replica failed".into()));
+                // Whatever arrives meanwhile gets its answer, or is dropped.
+                for input in self.inbox.try_iter() {
+                    if let Input::Propose { reply, .. } = input {
+                        let _ =
+                            reply.send(Err(ProposeFailed::Stopped("this replica failed".into())));
+                    }
+                }
                 sleep_unless_cancelled(&self.shutdown, Duration::from_millis(200));
                 continue;
             }
@@ -157,6 +171,18 @@ impl Driver {
                     self.replica.status().commit,
                 );
             }
+            Input::Delivery {
+                to,
+                delivered,
+                snapshot,
+            } => {
+                if snapshot {
+                    self.replica.report_snapshot(to, delivered);
+                }
+                if !delivered {
+                    self.replica.report_unreachable(to);
+                }
+            }
             Input::Snapshot { index, bytes } => match self.replica.snapshot_staged(index) {
                 Ok(true) => {
                     self.metrics.raft_snapshot(bytes);
@@ -187,7 +213,17 @@ impl Driver {
                     warn!("a proposal was dropped: {e}");
                     let leader = match e {
                         ProposeError::NotLeader { leader } => leader,
-                        ProposeError::Dropped(_) => None,
+                        // Still leading (e.g. a leadership transfer under way): what is in
+                        // flight may still commit; only what waits here is refused.
+                        ProposeError::Dropped(_) => {
+                            if let Some((reply, _)) = part.reply {
+                                let _ = reply.send(Err(ProposeFailed::Lost));
+                            }
+                            let in_flight = std::mem::take(&mut flow.in_flight);
+                            flow.fail(ProposeFailed::Lost);
+                            flow.in_flight = in_flight;
+                            return;
+                        }
                     };
                     let started = flow.started.contains(&part.proposal);
                     if let Some((reply, _)) = part.reply {

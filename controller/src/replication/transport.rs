@@ -15,7 +15,7 @@ use palisade_proto::v1::admin_client::AdminClient;
 use palisade_proto::v1::raft_client::RaftClient;
 use palisade_proto::v1::raft_server::Raft;
 use palisade_proto::v1::{RaftAck, RaftBatch, RaftStatusRequest, ReplicaStatus};
-use palisade_replica::{decode_message, encode_message, Message};
+use palisade_replica::{decode_message, encode_message, Message, MessageType};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -111,10 +111,12 @@ impl Transport {
     }
 
     /// Start one sending task per peer; the returned outbox routes messages to them.
+    /// What could not be delivered (and snapshots that were) is reported to `inbox`.
     pub fn start(
         self: &Arc<Self>,
         id: u64,
         metrics: Metrics,
+        inbox: Sender<Input>,
         shutdown: CancellationToken,
     ) -> Outbox {
         let mut queues = BTreeMap::new();
@@ -122,9 +124,12 @@ impl Transport {
             let (tx, rx) = mpsc::channel(QUEUE);
             queues.insert(*peer, tx);
             tokio::spawn(pump(
-                id,
-                *peer,
-                RaftClient::new(channel.clone()),
+                Link {
+                    from: id,
+                    to: *peer,
+                    client: RaftClient::new(channel.clone()),
+                    inbox: inbox.clone(),
+                },
                 rx,
                 metrics.clone(),
                 shutdown.clone(),
@@ -155,26 +160,41 @@ impl Outbox {
     }
 }
 
-/// Send what is queued for `to`, in batches, until shutdown.
-async fn pump(
+/// One direction of one peer link.
+struct Link {
     from: u64,
     to: u64,
-    mut client: RaftClient<Channel>,
+    client: RaftClient<Channel>,
+    /// The driver's inbox, told what could not be delivered.
+    inbox: Sender<Input>,
+}
+
+/// Send what is queued for `to`, in batches, until shutdown.
+async fn pump(
+    link: Link,
     mut rx: mpsc::Receiver<Message>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let Link {
+        from,
+        to,
+        mut client,
+        inbox,
+    } = link;
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {
             m = rx.recv() => match m { Some(m) => m, None => return },
             _ = shutdown.cancelled() => return,
         };
+        let mut snapshot = first.get_msg_type() == MessageType::MsgSnapshot;
         let mut messages = vec![encode_message(&first)];
         let mut bytes = messages[0].len();
         while messages.len() < BATCH && bytes < BATCH_BYTES {
             match rx.try_recv() {
                 Ok(m) => {
+                    snapshot |= m.get_msg_type() == MessageType::MsgSnapshot;
                     let m = encode_message(&m);
                     bytes += m.len();
                     messages.push(m);
@@ -184,8 +204,8 @@ async fn pump(
         }
         let n = messages.len();
         let call = client.step(RaftBatch { from, to, messages });
-        // A snapshot of a large state takes longer than heartbeats.
-        let bound = Duration::from_secs(2) + Duration::from_millis((bytes >> 16) as u64);
+        // A snapshot of a large state takes longer than heartbeats (1 s per 16 MiB on top).
+        let bound = Duration::from_secs(2) + Duration::from_millis((bytes >> 14) as u64);
         match tokio::time::timeout(bound, call).await {
             Ok(Ok(_)) => {
                 if failures > 0 {
@@ -193,6 +213,13 @@ async fn pump(
                 }
                 failures = 0;
                 metrics.raft_sent(n);
+                if snapshot {
+                    let _ = inbox.send(Input::Delivery {
+                        to,
+                        delivered: true,
+                        snapshot,
+                    });
+                }
             }
             failed => {
                 let why = match failed {
@@ -200,6 +227,11 @@ async fn pump(
                     _ => "timed out".to_string(),
                 };
                 metrics.raft_dropped_n(n);
+                let _ = inbox.send(Input::Delivery {
+                    to,
+                    delivered: false,
+                    snapshot,
+                });
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {
                     warn!(to, failures, "cannot send to replica {to}: {why}");

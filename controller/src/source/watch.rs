@@ -188,30 +188,37 @@ pub fn watch(
         }
         let applied = hub.lock().machine.owned_by(OWNER);
         source.reconcile(applied);
-        lead(
-            &hub,
-            &group,
-            &mut source,
-            &pace,
-            &health,
-            &mut reported,
-            &shutdown,
-        );
+        let context = Context {
+            hub: &hub,
+            group: &group,
+            pace: &pace,
+            health: &health,
+            shutdown: &shutdown,
+        };
+        lead(leading.raft.term, &context, &mut source, &mut reported);
         info!("no longer leading: the manifest source stops");
     }
 }
 
-/// The loop while leading (returns when leadership is lost, or at shutdown).
-fn lead(
-    hub: &Hub,
-    group: &Group,
-    source: &mut ManifestDir,
-    pace: &Pace,
-    health: &tokio::sync::watch::Sender<Health>,
-    reported: &mut Reported,
-    shutdown: &CancellationToken,
-) {
-    let term = group.status().raft.term;
+/// What the loop works with.
+struct Context<'a> {
+    hub: &'a Hub,
+    group: &'a Group,
+    pace: &'a Pace,
+    health: &'a tokio::sync::watch::Sender<Health>,
+    shutdown: &'a CancellationToken,
+}
+
+/// The loop while leading in `term` (returns when leadership is lost, or at shutdown).
+fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut Reported) {
+    let Context {
+        hub,
+        group,
+        pace,
+        health,
+        shutdown,
+    } = *context;
+    // The term reconciled in: leadership lost and won again meanwhile means reconciling again.
     let still_leading = || {
         let s = group.status();
         s.is_leader() && s.raft.term == term
