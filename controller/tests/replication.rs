@@ -211,7 +211,17 @@ async fn the_manifest_source_runs_on_the_leader_and_a_new_leader_reconciles() {
     r.kill(leader);
     let next = r.leader().await;
     let (after, _) = r.digests(next).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + WAIT;
+    while !r.log(next).contains("reconciled with the replicated state") {
+        assert!(Instant::now() < deadline, "the new leader never reconciled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        r.log(next)
+            .contains("reconciled with the replicated state: nothing differs"),
+        "{}",
+        r.log(next)
+    );
     let settled = r.converged(after).await;
     assert_eq!(settled, digests, "no slice changed");
     let (now, _) = r.digests(next).await.unwrap();

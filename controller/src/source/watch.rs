@@ -285,12 +285,22 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
             scan = source.scan(Instant::now());
         }
-        first = false;
+        let reconciling = std::mem::take(&mut first);
         reported.log(&scan);
         let waiting = scan.waiting;
         let next = scan.next;
         hub.metrics.source_waiting(waiting);
         let result = apply(hub, group, source, scan);
+        if reconciling {
+            match &result {
+                Ok(None) => info!("reconciled with the replicated state: nothing differs"),
+                Ok(Some(revision)) => info!(
+                    revision,
+                    "reconciled with the replicated state: the differences are committed"
+                ),
+                Err(_) => {}
+            }
+        }
         let (failing, revision) = match result {
             Ok(Some(revision)) => {
                 info!(revision, "manifests changed");
