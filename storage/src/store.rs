@@ -109,19 +109,34 @@ impl SledStorage {
         // The log is rewritten constantly (entries appended, compacted behind snapshots):
         // sled reclaims space more eagerly in low-space mode, and compression shrinks the
         // JSON entries and snapshots several times over.
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)
             // sled caches up to 1 GiB by default; the log is read back rarely (a lagging peer).
             .cache_capacity(64 << 20)
-            .use_compression(true)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Unsupported(why) => foreign(&format!(
-                    "a sled database written with other settings ({why})"
-                )),
-                e => corrupt(format!("sled cannot open it: {e}")),
-            })?;
+            // Every write is flushed when it must be durable: no background flusher thread
+            // (it also held the directory's lock for a while after the store was dropped).
+            .flush_every_ms(None)
+            .use_compression(true);
+        // A store just dropped in this process may still be releasing its lock: wait a little.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let opened = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        let db = opened.map_err(|e| match e {
+            sled::Error::Unsupported(why) => foreign(&format!(
+                "a sled database written with other settings ({why})"
+            )),
+            e => corrupt(format!("sled cannot open it: {e}")),
+        })?;
         match db
             .get(Key::Format.to_bytes())
             .map_err(|e| corrupt(e.to_string()))?
