@@ -136,6 +136,18 @@ impl History {
         Some(Catchup::Chain(h.entries.range(start..).cloned().collect()))
     }
 
+    /// Keep only the chains that still end at each node's current version and digest
+    /// (`current`), after the state machine was replaced by a snapshot: the log is the same,
+    /// so those updates are still the node's history; the others miss what the snapshot
+    /// skipped over.
+    pub fn retain_current(&mut self, current: impl Fn(&str) -> Option<(u64, Digest)>) {
+        self.nodes.retain(|node, h| {
+            h.entries
+                .back()
+                .is_some_and(|last| current(node) == Some((last.to, last.digest)))
+        });
+    }
+
     /// Updates held across all nodes, for metrics.
     pub fn updates_held(&self) -> usize {
         self.nodes.values().map(|h| h.entries.len()).sum()

@@ -18,11 +18,12 @@ use palisade_proto::encode::{self, SharedParts};
 use palisade_replica::{Batch, Machine};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use crate::acks::{self, Peers, Table};
 use crate::history::{Entry, History, Limits};
 use crate::metrics::Metrics;
-use crate::rollout::{AckOutcome, Rollout};
+use crate::rollout::{AckOutcome, AgentInfo, PeerAck, Rollout};
 use crate::source::Rejected;
 
 pub struct State {
@@ -30,6 +31,10 @@ pub struct State {
     pub history: History,
     pub rollout: Rollout,
     pub rejected: Vec<Rejected>,
+    /// What the peers' streams saw (which nodes are connected where).
+    pub peers: Peers,
+    /// This replica's id.
+    pub replica: u64,
     watchers: HashMap<Name, watch::Sender<u64>>,
     /// The one open Sync stream of each node: its number, and how to end it.
     streams: HashMap<Name, (u64, CancellationToken)>,
@@ -47,6 +52,24 @@ impl State {
         self.machine.engine()
     }
 
+    /// The replica `node`'s agent is connected to: this one, or a peer (as of its last table).
+    pub fn connected_at(&self, node: &str) -> Option<u64> {
+        if self.rollout.node(node).is_some_and(|n| n.connections > 0) {
+            return Some(self.replica);
+        }
+        self.peers.connected_at(node)
+    }
+
+    /// The digest `node`'s slice had at `version`, when this replica still knows it.
+    pub fn digest_at(&self, node: &str, version: u64) -> Option<Digest> {
+        let (desired, digest) = self.desired(node);
+        if desired == version {
+            Some(digest)
+        } else {
+            self.history.digest_at(node, version)
+        }
+    }
+
     /// The node's desired version and digest (0 and the empty digest for an unknown node).
     pub fn desired(&self, node: &str) -> (u64, Digest) {
         match self.engine().node(node) {
@@ -60,12 +83,23 @@ pub struct Hub {
     state: Mutex<State>,
     revision: watch::Sender<u64>,
     realized: watch::Sender<u64>,
+    /// What this replica's own streams saw, for its peers to merge. Its own lock (taken
+    /// after the state's, never before), so answering a peer never waits for the state
+    /// machine: peers ask on the same async workers that carry Raft's messages.
+    acks: Mutex<Table>,
+    /// The sequence number of that table (peers wait on it).
+    acks_seq: watch::Sender<u64>,
     pub metrics: Metrics,
 }
 
 impl Hub {
-    /// The hub over `machine` (restored from the log's snapshot, or new).
-    pub fn new(machine: Machine, limits: Limits, metrics: Metrics) -> Hub {
+    /// The hub of replica `replica` over `machine` (restored from the log's snapshot, or new).
+    pub fn new(replica: u64, machine: Machine, limits: Limits, metrics: Metrics) -> Hub {
+        // A new epoch per run: peers holding an older run's table start over.
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
         let applied = machine.applied();
         let hub = Hub {
             state: Mutex::new(State {
@@ -73,12 +107,16 @@ impl Hub {
                 history: History::new(limits),
                 rollout: Rollout::default(),
                 rejected: Vec::new(),
+                peers: Peers::default(),
+                replica,
                 watchers: HashMap::new(),
                 streams: HashMap::new(),
                 next_stream: 0,
             }),
             revision: watch::channel(0).0,
             realized: watch::channel(0).0,
+            acks: Mutex::new(Table::new(epoch.max(1))),
+            acks_seq: watch::channel(0).0,
             metrics,
         };
         if applied > 0 {
@@ -115,13 +153,16 @@ impl Hub {
 
     /// Replace the state machine (restored from a snapshot: at startup, or sent by the
     /// leader to a replica that lagged too far). Every node whose version changed is woken;
-    /// the history of updates before it is gone, so agents resuming here get snapshots.
+    /// their history of updates is gone (agents resuming at an older version get snapshots),
+    /// the others' stays.
     pub fn install(&self, machine: Machine) {
         let started = Instant::now();
         let mut st = self.lock();
         let st = &mut *st;
         st.machine = machine;
-        st.history = History::new(st.history.limits());
+        let engine = st.machine.engine();
+        st.history
+            .retain_current(|node| engine.node(node).map(|n| (n.version, n.digest)));
         let now = Instant::now();
         let nodes = st.engine().nodes();
         for n in &nodes {
@@ -230,14 +271,7 @@ impl Hub {
         degraded: Option<(Vec<String>, String)>,
     ) -> AckOutcome {
         let mut st = self.lock();
-        let expected = sent.or_else(|| {
-            let (desired, desired_digest) = st.desired(node);
-            if desired == version {
-                Some(desired_digest)
-            } else {
-                st.history.digest_at(node, version)
-            }
-        });
+        let expected = sent.or_else(|| st.digest_at(node, version));
         let outcome = st.rollout.acked(node, version, digest, expected);
         self.metrics.ack(matches!(outcome, AckOutcome::Recorded));
         if let (AckOutcome::Recorded, Some((failed_closed, warning))) = (&outcome, degraded) {
@@ -245,13 +279,98 @@ impl Hub {
             let (endpoints, nodes) = st.rollout.failed_closed();
             self.metrics.failed_closed(endpoints, nodes);
         }
+        self.touch(&mut st, node);
         self.observe_realized(&mut st);
         outcome
     }
 
     pub fn nack(&self, node: &Name, version: u64, error: String) {
-        self.lock().rollout.nacked(node, version, error);
+        let mut st = self.lock();
+        st.rollout.nacked(node, version, error);
+        self.touch(&mut st, node);
         self.metrics.nack();
+    }
+
+    /// An agent opened a stream here.
+    pub fn connected(&self, node: &Name, agent: &AgentInfo) {
+        let mut st = self.lock();
+        st.rollout.connected(node, agent);
+        self.touch(&mut st, node);
+    }
+
+    /// A stream of `node` ended here (`forget_unknown`: see `Rollout::disconnected`).
+    pub fn disconnected(&self, node: &Name, forget_unknown: bool) {
+        let mut st = self.lock();
+        st.rollout.disconnected(node, forget_unknown);
+        self.touch(&mut st, node);
+    }
+
+    /// Put what this replica's streams know of `node` into its table, for the peers.
+    fn touch(&self, st: &mut State, node: &Name) {
+        let record = match st.rollout.node(node) {
+            Some(n) => acks::record_of(n, n.connections > 0),
+            None => acks::Record::default(),
+        };
+        let mut table = self.acks();
+        if table.set(node, record) {
+            self.acks_seq.send_replace(table.seq());
+        }
+    }
+
+    /// This replica's ack table.
+    pub fn acks(&self) -> MutexGuard<'_, Table> {
+        self.acks.lock().expect("ack table lock poisoned")
+    }
+
+    /// This replica's table, as a watch of its sequence number.
+    pub fn acks_seq(&self) -> watch::Receiver<u64> {
+        self.acks_seq.subscribe()
+    }
+
+    /// Merge what peer `peer`'s streams saw (changes since what this replica held, or its
+    /// whole table), by highest version per node.
+    pub fn merge_peer(&self, peer: u64, table: palisade_proto::v1::AckTable) {
+        let now_ms = acks::unix_ms();
+        let mut st = self.lock();
+        let st = &mut *st;
+        if table.full {
+            st.peers.unreachable(peer);
+        }
+        for wire in table.nodes {
+            let (node, record) = match acks::from_pb(wire) {
+                Ok(r) => r,
+                Err(why) => {
+                    warn!(peer, "an unreadable ack record from replica {peer}: {why}");
+                    continue;
+                }
+            };
+            self.metrics
+                .peer_ack_staleness(now_ms.saturating_sub(record.changed_unix_ms));
+            if let Some(digest) = record.digest {
+                let expected = st.digest_at(&node, record.version);
+                if st
+                    .rollout
+                    .acked_by_peer(&node, record.version, digest, expected)
+                    == PeerAck::Diverged
+                {
+                    tracing::error!(%node, peer, version = record.version, %digest, expected = ?expected.map(|d| d.to_string()), "replica {peer} recorded an ack with another digest than this replica has for that version: the replicas diverge");
+                    self.metrics.peer_ack_diverged();
+                }
+            }
+            let table = st.peers.table(peer);
+            if record.connected {
+                table.connected.insert(node.clone());
+                st.rollout.reported_by_peer(&node, &record);
+            } else {
+                table.connected.remove(&node);
+            }
+        }
+        self.observe_realized(st);
+    }
+
+    /// Peer `peer` cannot be reached: its agents are no longer counted as connected.
+    pub fn peer_unreachable(&self, peer: u64) {
+        self.lock().peers.unreachable(peer);
     }
 
     fn observe_realized(&self, st: &mut State) {
@@ -304,5 +423,82 @@ fn record(st: &mut State, updates: &[NodeUpdate], now: Instant) {
         if let Some(w) = st.watchers.get(&u.node) {
             w.send_replace(u.to_version);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_replica::ProposalId;
+
+    const SHOP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop}\nspec: {nodeName: n1, containers: [{name: c, image: c}]}\nstatus: {podIP: 10.0.0.1}\n";
+
+    fn batch(text: &str) -> Batch {
+        let parsed = palisade_policy::manifest::parse("t.yaml", text, "default");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        Batch {
+            id: ProposalId {
+                replica: 1,
+                term: 1,
+                seq: 1,
+            },
+            owner: "test".into(),
+            commands: parsed
+                .objects
+                .into_iter()
+                .map(|(_, o)| o.upsert())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn realization_follows_the_applied_index_and_peers_acks() {
+        let hub = Hub::new(1, Machine::new(), Limits::default(), Metrics::new());
+        let n1: Name = "n1".into();
+        // Entry 1 is a new leader's empty entry, 2 changes n1, 3 and 4 change nothing.
+        hub.apply(&[(1, None), (2, Some(batch(SHOP))), (3, None)]);
+        hub.apply(&[(4, Some(batch("")))]);
+        let (version, digest) = hub.lock().desired("n1");
+        assert_eq!(version, 2);
+        assert_eq!(
+            hub.lock().rollout.realized_through(),
+            1,
+            "n1 has not acked 2"
+        );
+        // Acked: everything applied is realized, up to the applied index (4), although the
+        // engine's last change was at 2.
+        hub.ack(&n1, 2, digest, None, None);
+        assert_eq!(hub.lock().engine().revision(), 2);
+        assert_eq!(hub.lock().rollout.realized_through(), 4);
+
+        // Another replica's table: an ack of a version this one has not applied yet waits
+        // until it has, then realizes it here too.
+        let other = Hub::new(2, Machine::new(), Limits::default(), Metrics::new());
+        let record = acks::to_pb(
+            &n1,
+            &acks::Record {
+                version: 2,
+                digest: Some(digest),
+                connected: true,
+                ..acks::Record::default()
+            },
+        );
+        other.merge_peer(
+            1,
+            palisade_proto::v1::AckTable {
+                epoch: 9,
+                seq: 1,
+                full: true,
+                nodes: vec![record],
+            },
+        );
+        assert_eq!(other.lock().connected_at("n1"), Some(1));
+        other.apply(&[(1, None), (2, Some(batch(SHOP)))]);
+        assert_eq!(other.lock().rollout.realized_through(), 2);
+        assert_eq!(other.lock().rollout.node("n1").unwrap().acked_version, 2);
+        // The peer unreachable: n1 no longer counts as connected; its ack stays.
+        other.peer_unreachable(1);
+        assert_eq!(other.lock().connected_at("n1"), None);
+        assert_eq!(other.lock().rollout.realized_through(), 2);
     }
 }

@@ -46,7 +46,8 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
             .and_then(|r| r.acked_digest)
             .map(|d| d.to_hex())
             .unwrap_or_default(),
-        connected: r.is_some_and(|r| r.connections > 0),
+        connected: st.connected_at(node).is_some(),
+        replica: st.connected_at(node).unwrap_or(0),
         lag_revisions: desired.saturating_sub(acked),
         lag_seconds: r.map_or(0.0, |r| r.lag(now).as_secs_f64()),
         nack_version: r.and_then(|r| r.nack.as_ref()).map_or(0, |(v, _)| *v),
@@ -57,16 +58,16 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
         pods: summary.as_ref().map_or(0, |s| s.pods as u32),
         endpoints: summary.as_ref().map_or(0, |s| s.endpoints as u32),
         sets: summary.as_ref().map_or(0, |s| s.sets as u32),
-        agent_version: r.map(|r| r.agent_version.clone()).unwrap_or_default(),
+        agent_version: r.map(|r| r.agent.version.clone()).unwrap_or_default(),
         slice: None,
         failed_closed: r.map(|r| r.failed_closed.clone()).unwrap_or_default(),
         capacity_warning: r.map(|r| r.capacity_warning.clone()).unwrap_or_default(),
         capacities: r.map(|r| pb::Capacities {
-            endpoints: r.capacities[0],
-            identities: r.capacities[1],
-            rules: r.capacities[2],
+            endpoints: r.agent.capacities[0],
+            identities: r.agent.capacities[1],
+            rules: r.agent.capacities[2],
         }),
-        dataplane: r.map_or(0, |r| r.dataplane),
+        dataplane: r.map_or(0, |r| r.agent.dataplane),
     }
 }
 
@@ -91,7 +92,7 @@ fn revision_status(st: &State, revision: u64) -> pb::RevisionStatus {
                 node: l.node.to_string(),
                 needed_version: l.needed_version,
                 acked_version: l.acked_version,
-                connected: l.connected,
+                connected: st.connected_at(&l.node).is_some(),
                 nack_error: l.nack.unwrap_or_default(),
             })
             .collect(),
@@ -339,7 +340,7 @@ impl Introspection for IntrospectionService {
         _req: Request<pb::ListReplicasRequest>,
     ) -> Result<Response<pb::ListReplicasResponse>, Status> {
         Ok(Response::new(
-            crate::replication::report::list(&self.group).await,
+            crate::replication::report::list(&self.group, &self.hub).await,
         ))
     }
 }

@@ -10,6 +10,7 @@
 //! come back into the rollout state, which [`introspection`] and [`metrics`] expose; [`auth`]
 //! decides who may do what from client certificates; [`server`] wires it all to listeners.
 
+pub mod acks;
 pub mod admin;
 pub mod auth;
 pub mod history;

@@ -49,6 +49,17 @@ struct Cli {
     #[arg(long, env = "PALISADE_SNAPSHOT_EVERY", default_value_t = 10_000)]
     snapshot_every: u64,
 
+    /// How long this replica may know no leader (cut off from a quorum of its group, or an
+    /// election that does not end) before it refuses agent streams and ends those it has, so
+    /// agents move to a replica that has one (they keep enforcing what they hold meanwhile).
+    #[arg(long, env = "PALISADE_SHED_AGENTS_AFTER", default_value = "3s", value_parser = humantime::parse_duration)]
+    shed_agents_after: Duration,
+
+    /// How long an agent holding a version this replica has not applied yet waits for it to
+    /// get there before being sent to another replica (it is never served older state).
+    #[arg(long, env = "PALISADE_RESUME_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    resume_wait: Duration,
+
     /// gRPC address for agents (Sync), operators (Introspection), health and reflection.
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -242,6 +253,8 @@ async fn main() -> Result<()> {
         },
         max_streams_per_connection: cli.max_streams_per_connection.max(1),
         max_message_bytes: cli.max_message_bytes,
+        shed_agents_after: cli.shed_agents_after,
+        resume_wait: cli.resume_wait,
         ..Config::standalone()
     };
     let grpc = tokio::net::TcpListener::bind(cli.listen)

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod failover;
 mod raft;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +51,7 @@ struct Inner {
     connections_refused: Counter,
     handshake_failures: Family<ReasonLabel, Counter>,
     raft: raft::Raft,
+    failover: failover::Failover,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +103,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             handshake_failures: Family::default(),
             raft: raft::Raft::register(&mut registry),
+            failover: failover::Failover::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

@@ -20,6 +20,7 @@ pub mod apply;
 pub mod driver;
 pub mod peers;
 pub mod report;
+pub mod standing;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -123,6 +124,8 @@ pub struct Group {
     /// The address this replica is reached at (from --peers, or its listener).
     pub(crate) address: String,
     pub(crate) transport: Arc<transport::Transport>,
+    /// Why this replica refuses agents ([`standing`]), when it does.
+    pub(crate) refusing: watch::Receiver<Option<String>>,
 }
 
 impl Group {
@@ -199,6 +202,11 @@ impl Group {
         } else {
             s.raft.commit
         }
+    }
+
+    /// Why this replica refuses agent streams now (cut off from its group), if it does.
+    pub fn refusing_agents(&self) -> watch::Receiver<Option<String>> {
+        self.refusing.clone()
     }
 
     /// When this replica last heard from each peer.

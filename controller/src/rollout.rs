@@ -18,18 +18,21 @@ use palisade_policy::Digest;
 pub struct NodeRollout {
     pub desired_version: u64,
     pub desired_digest: Digest,
+    /// The highest version the agent acked, on any replica (this one's streams or a peer's).
     pub acked_version: u64,
     pub acked_digest: Option<Digest>,
+    /// The highest version acked on this replica's own streams (what its table says).
+    pub local_ack: Option<(u64, Digest)>,
+    /// An ack a peer reported for a version this replica has not applied yet: taken when it
+    /// gets there.
+    ahead: Option<(u64, Digest)>,
     /// Versions changed after the acked one, oldest first, with when they were committed.
     unacked: VecDeque<(u64, Instant)>,
-    /// Open sync streams.
+    /// Open sync streams on this replica.
     pub connections: u32,
     pub nack: Option<(u64, String)>,
-    pub agent_version: String,
-    /// Where the agent holds the slice (`palisade.v1.Dataplane`; memory enforces nothing).
-    pub dataplane: i32,
-    /// Map capacities the agent reported (endpoints, identities, rules; 0: unlimited).
-    pub capacities: [u64; 3],
+    /// What the agent said of itself in its Hello (here, or to the replica it is on).
+    pub agent: AgentInfo,
     /// Endpoints the dataplane fails closed because the slice does not fit, as of the last
     /// ack, and the agent's explanation.
     pub failed_closed: Vec<String>,
@@ -43,12 +46,12 @@ impl NodeRollout {
             desired_digest: digest,
             acked_version: 0,
             acked_digest: None,
+            local_ack: None,
+            ahead: None,
             unacked: VecDeque::new(),
             connections: 0,
             nack: None,
-            agent_version: String::new(),
-            dataplane: 0,
-            capacities: [0; 3],
+            agent: AgentInfo::default(),
             failed_closed: Vec::new(),
             capacity_warning: String::new(),
         }
@@ -82,8 +85,20 @@ pub enum AckOutcome {
     Unverified,
 }
 
+/// What a peer's ack did here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerAck {
+    Recorded,
+    /// Not newer than what is known.
+    Known,
+    /// For a version not applied here yet: kept until it is.
+    Ahead,
+    /// Another digest than this replica has for that version: the replicas diverge.
+    Diverged,
+}
+
 /// What an agent said of itself in Hello.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentInfo {
     pub version: String,
     /// Map capacities (endpoints, identities, rules; 0: unlimited).
@@ -160,6 +175,17 @@ impl Rollout {
         }
         let after = n.first_unacked();
         self.reindex(node, before, after);
+        // A peer's ack of this version (or of one this replica never saw as a change of its
+        // own, having restored a snapshot past it) arrived before this replica applied it.
+        let n = self.entry(node);
+        if let Some((v, d)) = n.ahead.filter(|(v, _)| *v <= version) {
+            n.ahead = None;
+            if v < version || d == digest {
+                self.record(node, v, d);
+            } else {
+                tracing::error!(%node, version, peer = %d, here = %digest, "a peer's ack names another digest than this replica computed for the same version: the replicas diverge");
+            }
+        }
     }
 
     fn reindex(&mut self, node: &Name, before: Option<u64>, after: Option<u64>) {
@@ -200,6 +226,43 @@ impl Rollout {
             ));
             return AckOutcome::Diverged { expected };
         }
+        if n.local_ack.is_none_or(|(v, _)| v <= version) {
+            n.local_ack = Some((version, digest));
+        }
+        self.record(node, version, digest);
+        AckOutcome::Recorded
+    }
+
+    /// A peer says the agent of `node` acked `version` with `digest` there (the peer checked
+    /// it against what it sent). `expected`: this replica's digest for that version, when it
+    /// knows it. Merged by highest version: acks only move forward.
+    pub fn acked_by_peer(
+        &mut self,
+        node: &Name,
+        version: u64,
+        digest: Digest,
+        expected: Option<Digest>,
+    ) -> PeerAck {
+        let n = self.entry(node);
+        if version <= n.acked_version {
+            return PeerAck::Known;
+        }
+        if version > n.desired_version {
+            if n.ahead.is_none_or(|(v, _)| v < version) {
+                n.ahead = Some((version, digest));
+            }
+            return PeerAck::Ahead;
+        }
+        if expected.is_some_and(|e| e != digest) {
+            return PeerAck::Diverged;
+        }
+        self.record(node, version, digest);
+        PeerAck::Recorded
+    }
+
+    /// The agent of `node` holds `version` with `digest` (checked).
+    fn record(&mut self, node: &Name, version: u64, digest: Digest) {
+        let n = self.entry(node);
         let before = n.first_unacked();
         if version >= n.acked_version {
             n.acked_version = version;
@@ -213,7 +276,20 @@ impl Rollout {
         }
         let after = n.first_unacked();
         self.reindex(node, before, after);
-        AckOutcome::Recorded
+    }
+
+    /// What a peer that has `node`'s agent says of it (its nack, what it reported of itself
+    /// and of its dataplane), taken when the agent is not connected here.
+    pub fn reported_by_peer(&mut self, node: &Name, r: &crate::acks::Record) {
+        let n = self.entry(node);
+        if n.connections > 0 {
+            return;
+        }
+        n.agent = r.agent.clone();
+        n.nack = r.nack.clone().filter(|(v, _)| *v > n.acked_version);
+        let failed_closed = r.failed_closed.clone();
+        let warning = r.warning.clone();
+        self.degraded(node, failed_closed, warning);
     }
 
     pub fn nacked(&mut self, node: &Name, version: u64, error: String) {
@@ -223,9 +299,7 @@ impl Rollout {
     pub fn connected(&mut self, node: &Name, agent: &AgentInfo) {
         let n = self.entry(node);
         n.connections += 1;
-        n.agent_version = agent.version.clone();
-        n.capacities = agent.capacities;
-        n.dataplane = agent.dataplane;
+        n.agent = agent.clone();
     }
 
     /// What the last ack of `node` said its dataplane fails closed (empty: everything fits).
@@ -382,6 +456,41 @@ mod tests {
         assert_eq!(r.lagging(3)[0].nack.as_deref(), Some("no room"));
         r.acked(&a, 3, d(3), Some(d(3)));
         assert!(r.node("a").unwrap().nack.is_none());
+    }
+
+    #[test]
+    fn peers_acks_merge_by_highest_version_and_wait_for_versions_not_applied_here() {
+        let a: Name = "a".into();
+        let now = Instant::now();
+        let mut r = Rollout::default();
+        r.changed(&a, 3, d(3), now);
+        r.committed(3, now);
+        r.committed(4, now);
+        // A peer ahead of this replica: its agent acked 5, not applied here yet.
+        assert_eq!(r.acked_by_peer(&a, 5, d(5), None), PeerAck::Ahead);
+        assert_eq!(r.realized_through(), 2);
+        assert_eq!(r.acked_by_peer(&a, 3, d(3), Some(d(3))), PeerAck::Recorded);
+        assert_eq!(r.realized_through(), 4);
+        assert_eq!(
+            r.node("a").unwrap().local_ack,
+            None,
+            "not this replica's own ack"
+        );
+        // An older ack from another peer changes nothing: acks only move forward.
+        assert_eq!(r.acked_by_peer(&a, 3, d(3), Some(d(3))), PeerAck::Known);
+        // This replica applies 5: the peer's ack is taken then.
+        r.changed(&a, 5, d(5), now);
+        r.committed(5, now);
+        assert_eq!(r.node("a").unwrap().acked_version, 5);
+        assert_eq!(r.realized_through(), 5);
+        // A digest other than this replica's for that version is divergence, not an ack.
+        r.changed(&a, 6, d(6), now);
+        assert_eq!(r.acked_by_peer(&a, 6, d(9), Some(d(6))), PeerAck::Diverged);
+        assert_eq!(r.node("a").unwrap().acked_version, 5);
+        // An ahead ack whose digest differs when this replica gets there is not taken.
+        assert_eq!(r.acked_by_peer(&a, 7, d(9), None), PeerAck::Ahead);
+        r.changed(&a, 7, d(7), now);
+        assert_eq!(r.node("a").unwrap().acked_version, 5);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::replication::apply::Applier;
 use crate::replication::driver::Driver;
 use crate::replication::transport::{RaftService, Transport, TransportError};
-use crate::replication::{self, Failure, Group, GroupStatus};
+use crate::replication::{self, standing, Failure, Group, GroupStatus};
 use crate::source::watch::{Pace, Reported};
 use crate::source::{self, Health, ManifestDir, Timing};
 use crate::sync::{SyncConfig, SyncService};
@@ -81,6 +81,11 @@ pub struct Config {
     /// Largest gRPC message sent (a snapshot); messages received are held to the smaller of
     /// this and 16 MiB (agents send small acks).
     pub max_message_bytes: usize,
+    /// How long this replica may be without a leader before it refuses agents (they move).
+    pub shed_agents_after: Duration,
+    /// How long an agent holding a version this replica has not applied yet waits for it
+    /// before it is sent to another replica.
+    pub resume_wait: Duration,
 }
 
 impl Config {
@@ -112,6 +117,8 @@ impl Config {
             connections: listen::Limits::default(),
             max_streams_per_connection: 64,
             max_message_bytes: 256 << 20,
+            shed_agents_after: Duration::from_secs(3),
+            resume_wait: Duration::from_secs(5),
         }
     }
 }
@@ -215,7 +222,7 @@ pub async fn start(
             .expect("opening the replica")?
     };
     let applied = machine.applied();
-    let hub = Arc::new(Hub::new(machine, config.history, metrics.clone()));
+    let hub = Arc::new(Hub::new(rc.id, machine, config.history, metrics.clone()));
 
     let transport = Arc::new(Transport::new(rc.id, &rc.peers, client_tls.as_ref())?);
     let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
@@ -237,7 +244,9 @@ pub async fn start(
         .cloned()
         .or_else(|| grpc.local_addr().ok().map(|a| a.to_string()))
         .unwrap_or_default();
+    let (refusing_tx, refusing) = tokio::sync::watch::channel(None);
     let group = Group {
+        refusing: refusing.clone(),
         id: rc.id,
         address: advertised.clone(),
         inbox: inbox_tx.clone(),
@@ -361,16 +370,20 @@ pub async fn start(
         SyncConfig {
             insecure,
             keepalive: config.keepalive,
+            resume_wait: config.resume_wait,
             ..SyncConfig::default()
         },
-        group.watch(),
+        group.clone(),
         shutdown.clone(),
     );
     let introspection = InterceptedService::new(
         IntrospectionServer::new(IntrospectionService::new(hub.clone(), group.clone())),
         RequireOperator { insecure },
     );
+    crate::acks::exchange::start(hub.clone(), rc.id, transport.channels(), shutdown.clone());
     let raft = RaftService {
+        hub: hub.clone(),
+        refusing: refusing.clone(),
         id: rc.id,
         insecure,
         inbox: std::sync::Mutex::new(inbox_tx),
@@ -445,7 +458,14 @@ pub async fn start(
         "serving gRPC"
     );
 
-    http::mirror_health(health, source_health.clone(), shutdown.clone());
+    tokio::spawn(standing::watch(
+        status_rx.clone(),
+        config.shed_agents_after,
+        refusing_tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    http::mirror_health(health, source_health.clone(), refusing, shutdown.clone());
     let metrics_task = metrics_listener.map(|listener| {
         http::serve(
             listener,

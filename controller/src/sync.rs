@@ -35,7 +35,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::auth;
 use crate::history::{compose_chain, Catchup, Entry};
 use crate::hub::Hub;
-use crate::replication::GroupStatus;
+use crate::replication::Group;
 use crate::rollout::{AckOutcome, AgentInfo};
 
 #[derive(Clone, Debug)]
@@ -46,6 +46,9 @@ pub struct SyncConfig {
     pub keepalive: Duration,
     /// How long a new stream may take to send its Hello.
     pub hello_timeout: Duration,
+    /// How long an agent holding a version this replica has not applied yet waits for it
+    /// (then it is sent elsewhere).
+    pub resume_wait: Duration,
 }
 
 impl Default for SyncConfig {
@@ -54,6 +57,7 @@ impl Default for SyncConfig {
             insecure: false,
             keepalive: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
+            resume_wait: Duration::from_secs(5),
         }
     }
 }
@@ -82,8 +86,8 @@ pub fn cap(mut s: String, max: usize) -> String {
 pub struct SyncService {
     hub: Arc<Hub>,
     config: SyncConfig,
-    /// Where this replica's group stands.
-    group: watch::Receiver<GroupStatus>,
+    /// Where this replica's group stands, and whether it refuses agents.
+    group: Group,
     shutdown: CancellationToken,
 }
 
@@ -91,7 +95,7 @@ impl SyncService {
     pub fn new(
         hub: Arc<Hub>,
         config: SyncConfig,
-        group: watch::Receiver<GroupStatus>,
+        group: Group,
         shutdown: CancellationToken,
     ) -> SyncService {
         SyncService {
@@ -121,6 +125,37 @@ fn parse_hello(m: Option<pb::AgentMessage>) -> Result<pb::Hello, Status> {
         ));
     }
     Ok(hello)
+}
+
+impl SyncService {
+    /// An agent holding `version` may be served here once this replica has applied that far:
+    /// served from older state, it would move back. Wait for that (bounded); then send it
+    /// elsewhere. A leader that has applied everything committed and is still behind serves
+    /// it all the same: its log is the group's (the agent's version came from an earlier
+    /// group, e.g. one whose state was wiped).
+    async fn caught_up_with(&self, version: u64) -> Result<(), Status> {
+        let mut revisions = self.hub.revisions();
+        if *revisions.borrow_and_update() >= version {
+            return Ok(());
+        }
+        self.hub.metrics.stream_parked();
+        let waited = tokio::time::timeout(
+            self.config.resume_wait,
+            revisions.wait_for(|r| *r >= version),
+        )
+        .await;
+        if waited.is_ok_and(|r| r.is_ok()) {
+            return Ok(());
+        }
+        let s = self.group.status();
+        if s.is_leader() && s.applied >= s.raft.commit {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "this replica has applied revisions up to {} and the agent holds version {version}: try another replica",
+            s.applied
+        )))
+    }
 }
 
 #[tonic::async_trait]
@@ -156,16 +191,15 @@ impl Sync for SyncService {
                 }
             }
         };
-        // A follower behind the agent would move it back to older state: the agent keeps
-        // what it holds and tries again (or another replica). (A leader behind an agent
-        // serves it: its log is the cluster's, e.g. after a reset.)
-        let applied = self.hub.lock().revision();
-        if hello.last_version > applied && !self.group.borrow().is_leader() {
+        let mut refusing = self.group.refusing_agents();
+        if let Some(why) = refusing.borrow_and_update().clone() {
             return Err(refused(Status::unavailable(format!(
-                "this replica has applied revisions up to {applied} and the agent holds version {}: try again later or another replica",
-                hello.last_version
+                "{why}: try another replica"
             ))));
         }
+        self.caught_up_with(hello.last_version)
+            .await
+            .map_err(refused)?;
         let (tx, rx) = mpsc::channel(1);
         let node: Name = hello.node.as_str().into();
         let span = info_span!("sync", node = %node);
@@ -181,11 +215,13 @@ impl Sync for SyncService {
             last_snapshot: None,
             snapshot_refused_at: None,
             divergences: 0,
+            resuming: hello.last_version > 0,
             hold_until: None,
         };
         let stop = Stop {
             shutdown: self.shutdown.clone(),
             replaced,
+            refusing,
             stream_id,
         };
         tokio::spawn(conn.run(hello, inbound, tx, stop).instrument(span));
@@ -193,10 +229,12 @@ impl Sync for SyncService {
     }
 }
 
-/// What ends a connection besides the agent: shutdown, or a newer stream of the same node.
+/// What ends a connection besides the agent: shutdown, a newer stream of the same node, or
+/// this replica refusing agents (cut off from its group).
 struct Stop {
     shutdown: CancellationToken,
     replaced: CancellationToken,
+    refusing: watch::Receiver<Option<String>>,
     stream_id: u64,
 }
 
@@ -226,6 +264,8 @@ struct Connection {
     snapshot_refused_at: Option<u64>,
     /// Acks in a row whose digest was not the one sent.
     divergences: u32,
+    /// The agent said it held a version: it resumes.
+    resuming: bool,
     /// Send nothing before this (back-off after divergent acks).
     hold_until: Option<tokio::time::Instant>,
 }
@@ -281,6 +321,7 @@ impl Connection {
         tx: mpsc::Sender<Result<Encoded, Status>>,
         stop: Stop,
     ) {
+        let mut refusing = stop.refusing.clone();
         let caps = hello.capacities.unwrap_or_default();
         let agent = AgentInfo {
             version: cap(hello.agent_version, 64),
@@ -294,7 +335,7 @@ impl Connection {
         if agent.dataplane == pb::Dataplane::Memory as i32 {
             warn!("this node's agent runs the in-memory dataplane: it enforces nothing");
         }
-        self.hub.lock().rollout.connected(&self.node, &agent);
+        self.hub.connected(&self.node, &agent);
         self.hub.metrics.stream_opened();
         self.hello_ack();
         let mut latest = self.hub.watch_node(&self.node);
@@ -309,6 +350,13 @@ impl Connection {
                 _ = stop.replaced.cancelled() => {
                     info!("a newer stream of this node replaces this one");
                     let _ = tx.try_send(Err(Status::aborted("replaced by a newer stream of the same node")));
+                    break;
+                }
+                why = refusing.wait_for(Option::is_some) => {
+                    let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
+                    info!("ending the stream: {why}");
+                    self.hub.metrics.streams_shed();
+                    let _ = tx.try_send(Err(Status::unavailable(format!("{why}: try another replica"))));
                     break;
                 }
                 permit = tx.reserve(), if want => {
@@ -354,10 +402,7 @@ impl Connection {
             }
         }
         self.hub.close_stream(&self.node, stop.stream_id);
-        self.hub
-            .lock()
-            .rollout
-            .disconnected(&self.node, self.config.insecure);
+        self.hub.disconnected(&self.node, self.config.insecure);
         self.hub.metrics.stream_closed();
         info!("agent disconnected");
     }
@@ -455,6 +500,14 @@ impl Connection {
             // Taken under the same lock as `desired` and `digest`: consistent.
             Plan::Snapshot(slice) => (encode::snapshot(&slice), "snapshot"),
         };
+        if !self.greeted && self.resuming {
+            let by = match (kind, self.holds) {
+                ("snapshot", _) => "snapshot",
+                (_, Knowledge::Holds(v, _)) if v == desired => "current",
+                _ => "delta",
+            };
+            self.hub.metrics.resumed(by);
+        }
         debug!(kind, from = ?self.holds, to = desired, bytes = msg.len(), "sending");
         self.holds = Knowledge::Holds(desired, digest);
         self.sent = Some((desired, digest));

@@ -252,8 +252,11 @@ async fn the_manifest_source_runs_on_the_leader_and_a_new_leader_reconciles() {
 /// Open a Sync stream to replica `id` as node n1, saying it holds `version`; the first
 /// answer (a message, or the refusal).
 async fn hello(r: &Replicas, id: u64, version: u64) -> Result<(), tonic::Status> {
+    hello_at(&r.addr(id), &r.path("certs"), version).await
+}
+
+async fn hello_at(addr: &str, certs: &std::path::Path, version: u64) -> Result<(), tonic::Status> {
     use palisade_proto::v1::{self as pb, agent_message::Msg};
-    let certs = r.path("certs");
     let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
     let tls = ClientTls {
         ca: read("ca.pem"),
@@ -262,7 +265,7 @@ async fn hello(r: &Replicas, id: u64, version: u64) -> Result<(), tonic::Status>
         domain: None,
     };
     let ep = endpoint::endpoint(
-        &format!("127.0.0.1:{}", r.ports[&id]),
+        addr,
         Some(&tls),
         endpoint::Options {
             connect_timeout: Duration::from_secs(2),
@@ -306,4 +309,13 @@ async fn a_follower_never_moves_an_agent_back_to_older_state() {
     );
     // One at or below what it applied is served.
     hello(&r, follower, at).await.unwrap();
+    // One just ahead waits (parked) until the follower applies that far, then is served.
+    let parked = tokio::spawn({
+        let addr = r.addr(follower);
+        let certs = r.path("certs");
+        async move { hello_at(&addr, &certs, at + 1).await }
+    });
+    let next = r.apply(leader, &pod(1), false).await.unwrap();
+    assert!(next > at);
+    parked.await.unwrap().unwrap();
 }

@@ -1,6 +1,7 @@
 //! The agent's sync client: an explicit state machine that connects, says what it holds,
 //! applies what the controller sends (to a copy, then the dataplane, then disk) and acks it,
-//! and on any trouble backs off with jitter and reconnects, resuming from what it holds.
+//! and on any trouble moves to the next controller replica (backing off with jitter once every
+//! one has failed) and reconnects, resuming from what it holds (`controllers`).
 //!
 //! ```text
 //! Connecting ──ok──> Syncing ──first message applied──> Synced ──┐ messages applied
@@ -12,10 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_policy::delta::{self, SliceDelta};
 use palisade_policy::slice::NodeSlice;
 use palisade_policy::Digest;
-use palisade_proto::convert;
 use palisade_proto::v1::controller_message::Msg;
 use palisade_proto::v1::sync_client::SyncClient;
 use palisade_proto::v1::{self as pb};
@@ -26,16 +25,22 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
+mod controllers;
+mod holder;
+
 use crate::dataplane::{Dataplane, Installed};
 use crate::store::StateStore;
+use controllers::Controllers;
+use holder::{Holder, Reply};
 
 pub use palisade_proto::endpoint::ClientTls;
 
 #[derive(Clone)]
 pub struct AgentConfig {
     pub node: String,
-    /// `host:port`, or a URL with `http://` or `https://`.
-    pub controller: String,
+    /// The controller replicas: each `host:port`, or a URL with `http://` or `https://`.
+    /// The agent stays on one and moves to the next when it fails.
+    pub controllers: Vec<String>,
     /// `None`: plaintext (the controller must run with `--insecure`).
     pub tls: Option<ClientTls>,
     pub connect_timeout: Duration,
@@ -46,10 +51,16 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn new(node: &str, controller: &str) -> AgentConfig {
+    /// `controllers`: one address, or several separated by commas.
+    pub fn new(node: &str, controllers: &str) -> AgentConfig {
         AgentConfig {
             node: node.to_string(),
-            controller: controller.to_string(),
+            controllers: controllers
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect(),
             tls: None,
             connect_timeout: Duration::from_secs(5),
             silence_timeout: Duration::from_secs(35),
@@ -77,7 +88,12 @@ pub struct Status {
     /// What the dataplane holds.
     pub version: u64,
     pub digest: Digest,
+    /// The controller replica in use (or tried last).
+    pub controller: String,
+    /// Sessions started (streams the controller accepted).
     pub connects: u64,
+    /// Times the agent moved to another replica after a failure.
+    pub moves: u64,
     pub snapshots: u64,
     pub updates: u64,
     pub keepalives: u64,
@@ -90,10 +106,12 @@ pub struct Status {
 pub enum AgentError {
     #[error(transparent)]
     Endpoint(#[from] palisade_proto::endpoint::EndpointError),
+    #[error("no controller address given")]
+    NoController,
 }
 
 enum State {
-    Connecting { attempt: u32 },
+    Connecting,
     Syncing(Session),
     Synced(Session),
     Backoff { attempt: u32, reason: String },
@@ -104,137 +122,36 @@ struct Session {
     inbound: Streaming<pb::ControllerMessage>,
 }
 
-/// What a message calls for.
-enum Reply {
-    Ack(u64, Digest, Installed),
-    Nack(u64, String),
-    /// Nack, then end the session and come back later: a local failure (the state cannot be
-    /// saved) that a reconnection retries.
-    NackAndRetry(u64, String),
-    Nothing,
-}
-
-/// The policy-holding half of the agent: what the dataplane holds and where it is saved.
-/// Moved into a blocking task for each message (installing and fsyncing block).
-struct Holder<D> {
-    held: NodeSlice,
-    /// What the last install left failed closed.
-    installed: Installed,
-    dataplane: D,
-    store: Arc<StateStore>,
-}
-
-impl<D: Dataplane> Holder<D> {
-    /// Save `target`, then install it. Disk first: a restart reinstalls what is saved, so
-    /// what is saved must never be older than what the dataplane holds and was acked. A slice
-    /// that cannot be saved is not installed (and not acked); a slice that cannot be installed
-    /// is unsaved again.
-    fn install(&mut self, target: NodeSlice, delta: Option<&SliceDelta>) -> Reply {
-        let (version, digest) = (target.version, target.digest());
-        if let Err(e) = self.store.save(&target) {
-            return Reply::NackAndRetry(
-                version,
-                format!("cannot save the slice, so it is not applied: {e}"),
-            );
-        }
-        let installed = match self.dataplane.install(&target, delta) {
-            Ok(i) => i,
-            Err(e) => {
-                if let Err(undo) = self.store.save(&self.held) {
-                    warn!("cannot save the held slice back after a failed install: {undo}");
-                }
-                return Reply::Nack(version, e.to_string());
-            }
-        };
-        if let Some(w) = &installed.warning {
-            warn!(version, "{w}");
-        }
-        self.held = target;
-        self.installed = installed.clone();
-        Reply::Ack(version, digest, installed)
-    }
-
-    fn handle(&mut self, msg: Msg) -> Reply {
-        match msg {
-            Msg::Keepalive(_) => Reply::Nothing,
-            Msg::Snapshot(s) => {
-                let Some(wire) = s.slice else {
-                    return Reply::Nack(0, "snapshot without a slice".into());
-                };
-                let version = wire.version;
-                match convert::slice_from_pb(&wire) {
-                    Err(e) => Reply::Nack(version, format!("unreadable snapshot: {e}")),
-                    Ok((slice, digest)) if slice.digest() != digest => Reply::Nack(
-                        version,
-                        format!(
-                            "snapshot content has digest {}, not {digest}",
-                            slice.digest()
-                        ),
-                    ),
-                    Ok((slice, _)) => self.install(slice, None),
-                }
-            }
-            Msg::Update(u) => {
-                let to = u.to_version;
-                if u.from_version != self.held.version {
-                    return Reply::Nack(
-                        to,
-                        format!(
-                            "update from version {}, but holding {}",
-                            u.from_version, self.held.version
-                        ),
-                    );
-                }
-                let Some(digest) = Digest::from_hex(&u.digest) else {
-                    return Reply::Nack(to, "update digest is not 64 hex digits".into());
-                };
-                let delta = match u.delta.as_ref().map(convert::delta_from_pb).transpose() {
-                    Ok(d) => d.unwrap_or_default(),
-                    Err(e) => return Reply::Nack(to, format!("unreadable update: {e}")),
-                };
-                let mut target = self.held.clone();
-                if let Err(e) = delta::apply(&mut target, &delta) {
-                    return Reply::Nack(to, format!("update does not fit the held slice: {e}"));
-                }
-                target.version = to;
-                if target.digest() != digest {
-                    return Reply::Nack(
-                        to,
-                        format!(
-                            "slice after the update has digest {}, not {digest}",
-                            target.digest()
-                        ),
-                    );
-                }
-                if delta.is_empty() && self.held.version == to {
-                    return Reply::Ack(to, digest, self.installed.clone());
-                }
-                self.install(target, Some(&delta))
-            }
-        }
-    }
-}
-
 pub struct Agent<D> {
     config: AgentConfig,
     holder: Option<Holder<D>>,
     /// Slices in a row that could not be saved: the back-off before trying again grows.
     save_failures: u32,
     status: watch::Sender<Status>,
-    endpoint: Endpoint,
+    controllers: Controllers,
 }
 
 impl AgentConfig {
-    /// The controller's endpoint, or why the address or TLS material cannot be used.
-    pub fn endpoint(&self) -> Result<Endpoint, AgentError> {
-        Ok(palisade_proto::endpoint::endpoint(
-            &self.controller,
-            self.tls.as_ref(),
-            palisade_proto::endpoint::Options {
-                connect_timeout: self.connect_timeout,
-                keepalive: Some(Duration::from_secs(10)),
-            },
-        )?)
+    /// Each controller replica's address and endpoint, or why an address or the TLS material
+    /// cannot be used.
+    pub fn endpoints(&self) -> Result<Vec<(String, Endpoint)>, AgentError> {
+        if self.controllers.is_empty() {
+            return Err(AgentError::NoController);
+        }
+        self.controllers
+            .iter()
+            .map(|a| {
+                let ep = palisade_proto::endpoint::endpoint(
+                    a,
+                    self.tls.as_ref(),
+                    palisade_proto::endpoint::Options {
+                        connect_timeout: self.connect_timeout,
+                        keepalive: Some(Duration::from_secs(10)),
+                    },
+                )?;
+                Ok((a.clone(), ep))
+            })
+            .collect()
     }
 }
 
@@ -245,7 +162,7 @@ impl<D: Dataplane> Agent<D> {
         mut dataplane: D,
         store: StateStore,
     ) -> Result<Agent<D>, AgentError> {
-        let endpoint = config.endpoint()?;
+        let controllers = Controllers::new(&config.node, config.endpoints()?);
         let empty = NodeSlice::empty(&config.node);
         let mut installed = Installed::default();
         let held = match store.load() {
@@ -273,6 +190,7 @@ impl<D: Dataplane> Agent<D> {
         let status = watch::channel(Status {
             version: held.version,
             digest: held.digest(),
+            controller: controllers.current().0.to_string(),
             ..Status::default()
         })
         .0;
@@ -286,7 +204,7 @@ impl<D: Dataplane> Agent<D> {
                 store: Arc::new(store),
             }),
             status,
-            endpoint,
+            controllers,
         })
     }
 
@@ -309,7 +227,7 @@ impl<D: Dataplane> Agent<D> {
     /// Run until `shutdown`; returns the dataplane. Shutdown is noticed whenever the agent
     /// waits (connecting, receiving, backing off), never in the middle of applying a message.
     pub async fn run(mut self, shutdown: CancellationToken) -> D {
-        let mut state = State::Connecting { attempt: 0 };
+        let mut state = State::Connecting;
         while !shutdown.is_cancelled() {
             state = self.step(state, &shutdown).await;
         }
@@ -327,7 +245,7 @@ impl<D: Dataplane> Agent<D> {
             reason: "shutting down".into(),
         };
         match state {
-            State::Connecting { attempt } => {
+            State::Connecting => {
                 self.set_phase(Phase::Connecting);
                 // Bound the whole attempt (TCP, TLS, HTTP/2, the controller's first response):
                 // a peer that accepts and then says nothing must not hold the agent here.
@@ -335,7 +253,7 @@ impl<D: Dataplane> Agent<D> {
                 let connected = tokio::select! {
                     _ = shutdown.cancelled() => return stop(),
                     c = tokio::time::timeout(limit, self.connect()) => c
-                        .unwrap_or_else(|_| Err(format!("no answer from {} within {limit:?}", self.config.controller))),
+                        .unwrap_or_else(|_| Err(format!("no answer from {} within {limit:?}", self.controllers.current().0))),
                 };
                 match connected {
                     Ok(session) => {
@@ -343,30 +261,27 @@ impl<D: Dataplane> Agent<D> {
                         self.set_phase(Phase::Syncing);
                         State::Syncing(session)
                     }
-                    Err(reason) => State::Backoff {
-                        attempt: attempt + 1,
-                        reason,
-                    },
+                    Err(reason) => self.failed(reason),
                 }
             }
             State::Syncing(mut session) => match self.next_message(&mut session, shutdown).await {
                 Ok(()) => {
                     self.set_phase(Phase::Synced);
-                    info!(version = self.held().version, "synced");
+                    self.controllers.worked();
+                    info!(
+                        version = self.held().version,
+                        controller = self.controllers.current().0,
+                        "synced"
+                    );
                     State::Synced(session)
                 }
-                Err(reason) => State::Backoff {
-                    attempt: self.save_failures.max(1),
-                    reason,
-                },
+                Err(reason) => self.failed(reason),
             },
+            // A session that worked: reconnect promptly, to the next replica (unless saving
+            // keeps failing).
             State::Synced(mut session) => match self.next_message(&mut session, shutdown).await {
                 Ok(()) => State::Synced(session),
-                // A session that worked: reconnect promptly (unless saving keeps failing).
-                Err(reason) => State::Backoff {
-                    attempt: self.save_failures,
-                    reason,
-                },
+                Err(reason) => self.failed(reason),
             },
             State::Backoff { attempt, reason } => {
                 self.set_phase(Phase::Backoff);
@@ -380,17 +295,37 @@ impl<D: Dataplane> Agent<D> {
                 self.status.send_modify(|s| s.last_error = Some(reason));
                 tokio::select! {
                     _ = shutdown.cancelled() => stop(),
-                    _ = tokio::time::sleep(delay) => State::Connecting { attempt },
+                    _ = tokio::time::sleep(delay) => State::Connecting,
                 }
             }
         }
     }
 
+    /// The session with the current replica failed (or never started): move to the next
+    /// one, right away while some replica is untried since the last session that worked,
+    /// with a growing back-off once every one has failed (or while saving fails locally).
+    fn failed(&mut self, reason: String) -> State {
+        let rounds = self.controllers.failed();
+        if self.controllers.len() > 1 {
+            let next = self.controllers.current().0.to_string();
+            info!(controller = next, "moving to another controller replica");
+            self.status.send_modify(|s| {
+                s.moves += 1;
+                s.controller = next;
+            });
+        }
+        State::Backoff {
+            attempt: rounds.max(self.save_failures),
+            reason,
+        }
+    }
+
     async fn connect(&self) -> Result<Session, String> {
-        let channel: Channel = self.endpoint.connect().await.map_err(|e| {
+        let (address, endpoint) = self.controllers.current();
+        let channel: Channel = endpoint.connect().await.map_err(|e| {
             format!(
                 "connecting to {}: {}",
-                self.config.controller,
+                address,
                 palisade_proto::error_chain(&e)
             )
         })?;

@@ -22,7 +22,10 @@ struct Cli {
     #[arg(long, env = "PALISADE_NODE")]
     node: String,
 
-    /// The controller: HOST:PORT, or a URL with http:// (plaintext) or https://.
+    /// The controller replicas, separated by commas: each HOST:PORT, or a URL with http://
+    /// (plaintext) or https://. Every replica serves agents; the agent stays on one (nodes
+    /// spread over them by name) and moves to the next when it fails, is cut off from its
+    /// group, or has not yet applied what the agent holds, resuming with a delta.
     #[arg(long, env = "PALISADE_CONTROLLER", default_value = "127.0.0.1:7443")]
     controller: String,
 
@@ -143,7 +146,7 @@ async fn main() -> Result<()> {
         ..AgentConfig::new(&cli.node, &cli.controller)
     };
     // A bad address or TLS material is a usage error, said before anything is started.
-    config.endpoint()?;
+    config.endpoints()?;
     let store = StateStore::open(&cli.state_dir)?;
     match cli.dataplane {
         DataplaneKind::Memory => {

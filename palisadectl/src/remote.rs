@@ -92,6 +92,7 @@ fn status_json(n: &pb::NodeStatus) -> Value {
         "ackedVersion": n.acked_version,
         "ackedDigest": n.acked_digest,
         "connected": n.connected,
+        "replica": n.replica,
         "lagRevisions": n.lag_revisions,
         "lagSeconds": n.lag_seconds,
         "nackVersion": n.nack_version,
@@ -130,11 +131,12 @@ fn dataplane_shown(d: i32) -> &'static str {
     }
 }
 
-fn yes(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
+/// Whether the node's agent is connected, and to which replica.
+fn connected_shown(n: &pb::NodeStatus) -> String {
+    match (n.connected, n.replica) {
+        (false, _) => "no".into(),
+        (true, 0) => "yes".into(),
+        (true, r) => format!("replica {r}"),
     }
 }
 
@@ -178,7 +180,7 @@ pub async fn nodes(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
             n.desired_version,
             n.acked_version,
             n.lag_revisions,
-            yes(n.connected),
+            connected_shown(n),
             dataplane_shown(n.dataplane),
             n.pods,
             n.endpoints,
@@ -226,7 +228,7 @@ pub async fn node(
         short(&n.desired_digest),
         n.acked_version,
         short(&n.acked_digest),
-        yes(n.connected),
+        connected_shown(&n),
         if n.agent_version.is_empty() { "-" } else { &n.agent_version },
         dataplane_shown(n.dataplane),
         n.lag_revisions,

@@ -99,6 +99,8 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
                     "snapshot": s.snapshot,
                     "matched": s.matched,
                     "failure": s.failure,
+                    "agents": s.agents,
+                    "refusingAgents": s.refusing_agents,
                 })
             })
             .collect();
@@ -108,8 +110,8 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12}  NOTE",
-        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST-CONTACT"
+        "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7}  NOTE",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST-CONTACT", "AGENTS"
     );
     for s in &r.replicas {
         let contact = match (s.id == r.self_id, s.last_contact_ms) {
@@ -121,9 +123,12 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
         if s.id == r.leader && note.is_empty() {
             note = "leader".into();
         }
+        if !s.refusing_agents.is_empty() {
+            note = format!("refusing agents: {}", s.refusing_agents);
+        }
         let _ = writeln!(
             out,
-            "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12}  {}",
+            "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7}  {}",
             s.id,
             if s.address.is_empty() {
                 "-"
@@ -135,6 +140,7 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
             s.commit,
             s.applied,
             contact,
+            s.agents,
             note
         );
     }

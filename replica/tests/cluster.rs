@@ -26,6 +26,8 @@ fn one_leader_is_elected_and_every_replica_applies_the_same_at_the_same_index() 
     assert_eq!(p.replica, leader);
     c.propose(leader, pods(12, 6)).unwrap();
     assert!(c.run_until(50, Cluster::converged));
+    // Every replica at the same index holds the same (version, digest) per node: what lets
+    // replicas merge their agents' acks per node by highest version (controller `acks`).
     let digests = c.digests(1);
     assert!(digests.len() >= 3, "{digests:?}");
     assert!(digests.values().any(|(v, _)| *v > 0));

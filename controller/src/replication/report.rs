@@ -14,11 +14,12 @@ use super::Group;
 /// How long a peer may take to say where it stands.
 const ASK: Duration = Duration::from_secs(1);
 
-pub async fn list(group: &Group) -> ListReplicasResponse {
+pub async fn list(group: &Group, hub: &crate::hub::Hub) -> ListReplicasResponse {
     let me = group.status();
     let contacts = group.contacts();
     let now = Instant::now();
-    let mut replicas = vec![own_status(&me, group.address())];
+    let refusing = group.refusing.borrow().clone();
+    let mut replicas = vec![own_status(&me, group.address(), hub, refusing.as_deref())];
     let peers: Vec<(u64, String)> = group
         .peers()
         .iter()
@@ -51,6 +52,8 @@ pub async fn list(group: &Group) -> ListReplicasResponse {
                 id,
                 address,
                 role: "unreachable".into(),
+                // As its last table said (cleared once it has been unreachable a while).
+                agents: hub.lock().peers.agents(id) as u64,
                 last_contact_ms,
                 matched,
                 failure: why,

@@ -14,7 +14,9 @@ use palisade_proto::endpoint::{self, ClientTls};
 use palisade_proto::v1::admin_client::AdminClient;
 use palisade_proto::v1::raft_client::RaftClient;
 use palisade_proto::v1::raft_server::Raft;
-use palisade_proto::v1::{RaftAck, RaftBatch, RaftStatusRequest, ReplicaStatus};
+use palisade_proto::v1::{
+    AckTable, AcksRequest, RaftAck, RaftBatch, RaftStatusRequest, ReplicaStatus,
+};
 use palisade_replica::{decode_message, encode_message, Message, MessageType};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -88,6 +90,14 @@ impl Transport {
             .lock()
             .expect("contacts lock")
             .insert(peer, Instant::now());
+    }
+
+    /// Every peer's id and channel.
+    pub fn channels(&self) -> Vec<(u64, Channel)> {
+        self.channels
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect()
     }
 
     /// The admin client of peer `id` (to forward an operator's call to the leader).
@@ -255,6 +265,9 @@ pub struct RaftService {
     pub transport: Arc<Transport>,
     pub status: watch::Receiver<GroupStatus>,
     pub address: String,
+    pub hub: Arc<crate::hub::Hub>,
+    /// Why this replica refuses agents, when it does.
+    pub refusing: watch::Receiver<Option<String>>,
 }
 
 impl RaftService {
@@ -320,12 +333,28 @@ impl Raft for RaftService {
         Ok(Response::new(own_status(
             &self.status.borrow(),
             &self.address,
+            &self.hub,
+            self.refusing.borrow().as_deref(),
         )))
+    }
+
+    async fn acks(&self, req: Request<AcksRequest>) -> Result<Response<AckTable>, Status> {
+        let from = req.get_ref().from;
+        self.authorize(&req, Some(from))?;
+        Ok(Response::new(
+            crate::acks::exchange::answer(&self.hub, req.get_ref()).await,
+        ))
     }
 }
 
 /// This replica's status as introspection shows it.
-pub fn own_status(s: &GroupStatus, address: &str) -> ReplicaStatus {
+pub fn own_status(
+    s: &GroupStatus,
+    address: &str,
+    hub: &crate::hub::Hub,
+    refusing: Option<&str>,
+) -> ReplicaStatus {
+    let agents = hub.acks().connected() as u64;
     ReplicaStatus {
         id: s.raft.id,
         address: address.to_string(),
@@ -337,5 +366,7 @@ pub fn own_status(s: &GroupStatus, address: &str) -> ReplicaStatus {
         snapshot: s.raft.snapshot,
         failure: s.failure.clone().unwrap_or_default(),
         matched: s.raft.last_index,
+        agents,
+        refusing_agents: refusing.unwrap_or_default().to_string(),
     }
 }

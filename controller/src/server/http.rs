@@ -123,26 +123,38 @@ pub fn serve(
 }
 
 /// Mirror the source's health on the gRPC health service as `palisade.Source`.
+/// Keep the gRPC health service current: the manifest source under [`SOURCE_SERVICE`], and
+/// `palisade.v1.Sync` NOT_SERVING while this replica refuses agents.
 pub fn mirror_health(
     reporter: tonic_health::server::HealthReporter,
     mut health: watch::Receiver<Health>,
+    mut refusing: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) {
+    let serving = |ok: bool| {
+        if ok {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        }
+    };
     tokio::spawn(async move {
         loop {
-            let status = if health.borrow_and_update().failing.is_none() {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            reporter.set_service_status(SOURCE_SERVICE, status).await;
+            let source = serving(health.borrow_and_update().failing.is_none());
+            reporter.set_service_status(SOURCE_SERVICE, source).await;
+            let sync = serving(refusing.borrow_and_update().is_none());
+            reporter.set_service_status(SYNC_SERVICE, sync).await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = health.changed() => if changed.is_err() { break },
+                changed = refusing.changed() => if changed.is_err() { break },
             }
         }
     });
 }
+
+/// The agents' service, as the gRPC health service names it.
+pub const SYNC_SERVICE: &str = "palisade.v1.Sync";
 
 /// The name under which the gRPC health service reports the manifest source.
 pub const SOURCE_SERVICE: &str = "palisade.Source";

@@ -20,8 +20,101 @@ pub struct Replicas {
     pub dir: tempfile::TempDir,
     pub ports: BTreeMap<u64, u16>,
     children: BTreeMap<u64, Child>,
-    /// Whether each replica watches its own manifests directory.
-    manifests: bool,
+    opts: Options,
+}
+
+/// How the replicas run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Each replica watches its own manifests directory (`manifests-N/`).
+    pub manifests: bool,
+    /// Nodes to mint agent certificates for (besides n1).
+    pub nodes: Vec<String>,
+    /// Each replica in its own network namespace on a bridge, so its peer traffic can be cut
+    /// ([`Replicas::partition`]) while agents (in this process) still reach it. Needs root.
+    pub netns: Option<Netns>,
+}
+
+/// Replica N at `{subnet}.N` in namespace `{prefix}-rN`; this process at `{subnet}.254` on
+/// bridge `{prefix}br`.
+#[derive(Clone, Debug)]
+pub struct Netns {
+    pub prefix: String,
+    pub subnet: String,
+}
+
+impl Netns {
+    /// Names and addresses no other test process uses.
+    pub fn unique() -> Netns {
+        let pid = std::process::id();
+        Netns {
+            prefix: format!("pt{}", pid % 100_000),
+            subnet: format!("10.213.{}", pid % 250),
+        }
+    }
+
+    fn ns(&self, id: u64) -> String {
+        format!("{}-r{id}", self.prefix)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.prefix)
+    }
+
+    fn create(&self, ids: &[u64]) {
+        let br = self.bridge();
+        ip(&["link", "add", &br, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.254/24", self.subnet),
+            "dev",
+            &br,
+        ]);
+        ip(&["link", "set", &br, "up"]);
+        for id in ids {
+            let ns = self.ns(*id);
+            let host = format!("{}v{id}", self.prefix);
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&["link", "set", &host, "master", &br, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}.{id}/24", self.subnet),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+    }
+
+    fn remove(&self, ids: &[u64]) {
+        for id in ids {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(*id)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .output();
+    }
+}
+
+/// `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A free loopback port (bound, then released for the replica to take).
@@ -33,30 +126,94 @@ fn free_port() -> u16 {
 impl Replicas {
     /// `n` replicas; with `manifests`, each watches `manifests-N/` under the test directory.
     pub fn start(n: u64, manifests: bool) -> Replicas {
+        Replicas::start_with(
+            n,
+            Options {
+                manifests,
+                ..Options::default()
+            },
+        )
+    }
+
+    pub fn start_with(n: u64, opts: Options) -> Replicas {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<u64> = (1..=n).collect();
+        let mut hosts = vec!["127.0.0.1".to_string()];
+        if let Some(net) = &opts.netns {
+            net.create(&ids);
+            hosts.extend(ids.iter().map(|i| format!("{}.{i}", net.subnet)));
+        }
+        let mut nodes = vec!["n1".to_string()];
+        nodes.extend(opts.nodes.iter().filter(|n| *n != "n1").cloned());
         palisadectl::certs::mint(&palisadectl::certs::Request {
             dir: &dir.path().join("certs"),
-            hosts: &["127.0.0.1".to_string()],
-            nodes: &["n1".to_string()],
+            hosts: &hosts,
+            nodes: &nodes,
             operators: &["admin".to_string()],
             replicas: &ids,
         })
         .unwrap();
-        let ports = ids.iter().map(|i| (*i, free_port())).collect();
+        let ports = ids
+            .iter()
+            .map(|i| {
+                (
+                    *i,
+                    if opts.netns.is_some() {
+                        7443
+                    } else {
+                        free_port()
+                    },
+                )
+            })
+            .collect();
         let mut r = Replicas {
             dir,
             ports,
             children: BTreeMap::new(),
-            manifests,
+            opts,
         };
         for id in ids {
-            if manifests {
+            if r.opts.manifests {
                 std::fs::create_dir_all(r.manifests_dir(id)).unwrap();
             }
             r.spawn(id);
         }
         r
+    }
+
+    /// Where replica `id` serves agents, operators and its peers.
+    pub fn addr(&self, id: u64) -> String {
+        match &self.opts.netns {
+            Some(net) => format!("{}.{id}:{}", net.subnet, self.ports[&id]),
+            None => format!("127.0.0.1:{}", self.ports[&id]),
+        }
+    }
+
+    /// Every replica's address, separated by commas (an agent's `--controller`).
+    pub fn addrs(&self) -> String {
+        self.ports
+            .keys()
+            .map(|id| self.addr(*id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Cut replica `id` off from its peers (blackhole routes in its namespace); agents still
+    /// reach it.
+    pub fn partition(&self, id: u64) {
+        self.blackholes(id, "add");
+    }
+
+    pub fn heal(&self, id: u64) {
+        self.blackholes(id, "del");
+    }
+
+    fn blackholes(&self, id: u64, op: &str) {
+        let net = self.opts.netns.as_ref().expect("replicas in namespaces");
+        for peer in self.ports.keys().filter(|p| **p != id) {
+            let to = format!("{}.{peer}/32", net.subnet);
+            ip(&["-n", &net.ns(id), "route", op, "blackhole", &to]);
+        }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -83,8 +240,8 @@ impl Replicas {
     fn spawn(&mut self, id: u64) {
         let peers: Vec<String> = self
             .ports
-            .iter()
-            .map(|(i, p)| format!("{i}=127.0.0.1:{p}"))
+            .keys()
+            .map(|i| format!("{i}={}", self.addr(*i)))
             .collect();
         let certs = self.path("certs");
         let log = std::fs::OpenOptions::new()
@@ -92,13 +249,21 @@ impl Replicas {
             .append(true)
             .open(self.path(&format!("replica-{id}.log")))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade-controller"));
+        let bin = env!("CARGO_BIN_EXE_palisade-controller");
+        let mut cmd = match &self.opts.netns {
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.ns(id), bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("--id")
             .arg(id.to_string())
             .arg("--peers")
             .arg(peers.join(","))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.ports[&id]))
+            .arg(self.addr(id))
             .arg("--metrics-listen")
             .arg("127.0.0.1:0")
             .arg("--state-dir")
@@ -117,7 +282,7 @@ impl Replicas {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        if self.manifests {
+        if self.opts.manifests {
             cmd.arg("--manifests").arg(self.manifests_dir(id));
         }
         self.children.insert(id, cmd.spawn().unwrap());
@@ -144,7 +309,7 @@ impl Replicas {
     pub fn conn(&self, id: u64) -> Conn {
         let certs = self.path("certs");
         Conn {
-            controller: format!("127.0.0.1:{}", self.ports[&id]),
+            controller: self.addr(id),
             ca: Some(certs.join("ca.pem")),
             cert: Some(certs.join("operator-admin.pem")),
             key: Some(certs.join("operator-admin-key.pem")),
@@ -161,10 +326,15 @@ impl Replicas {
 
     /// The leader every live replica agrees on, once there is one.
     pub async fn leader(&self) -> u64 {
+        self.leader_among(&self.alive()).await
+    }
+
+    /// The leader replicas `ids` agree on, once there is one.
+    pub async fn leader_among(&self, ids: &[u64]) -> u64 {
         let deadline = Instant::now() + WAIT;
         loop {
             let mut seen = Vec::new();
-            for id in self.alive() {
+            for &id in ids {
                 if let Some(v) = self.replicas(id).await {
                     seen.push(v["leader"].as_u64().unwrap_or(0));
                 }
@@ -237,10 +407,19 @@ impl Replicas {
     /// Wait until every live replica has applied at least `revision` and serves the same
     /// versions and digests for every node; returns them.
     pub async fn converged(&self, revision: u64) -> BTreeMap<String, (u64, String)> {
+        self.converged_among(&self.alive(), revision).await
+    }
+
+    /// [`Replicas::converged`] for replicas `ids`.
+    pub async fn converged_among(
+        &self,
+        ids: &[u64],
+        revision: u64,
+    ) -> BTreeMap<String, (u64, String)> {
         let deadline = Instant::now() + WAIT;
         loop {
             let mut all = Vec::new();
-            for id in self.alive() {
+            for &id in ids {
                 all.push(self.digests(id).await);
             }
             let first = all.first().cloned().flatten();
@@ -266,6 +445,9 @@ impl Drop for Replicas {
     fn drop(&mut self) {
         for id in self.alive() {
             self.kill(id);
+        }
+        if let Some(net) = &self.opts.netns {
+            net.remove(&self.ports.keys().copied().collect::<Vec<_>>());
         }
     }
 }

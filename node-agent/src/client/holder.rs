@@ -1,0 +1,125 @@
+//! The policy-holding half of the agent: what the dataplane holds, where it is saved, and how
+//! one message from the controller changes it (to a copy, then the dataplane, then disk).
+
+use std::sync::Arc;
+
+use palisade_policy::delta::{self, SliceDelta};
+use palisade_policy::slice::NodeSlice;
+use palisade_policy::Digest;
+use palisade_proto::convert;
+use palisade_proto::v1::controller_message::Msg;
+use tracing::warn;
+
+use crate::dataplane::{Dataplane, Installed};
+use crate::store::StateStore;
+
+/// What a message calls for.
+pub(super) enum Reply {
+    Ack(u64, Digest, Installed),
+    Nack(u64, String),
+    /// Nack, then end the session and come back later: a local failure (the state cannot be
+    /// saved) that a reconnection retries.
+    NackAndRetry(u64, String),
+    Nothing,
+}
+
+/// The policy-holding half of the agent: what the dataplane holds and where it is saved.
+/// Moved into a blocking task for each message (installing and fsyncing block).
+pub(super) struct Holder<D> {
+    pub(super) held: NodeSlice,
+    /// What the last install left failed closed.
+    pub(super) installed: Installed,
+    pub(super) dataplane: D,
+    pub(super) store: Arc<StateStore>,
+}
+
+impl<D: Dataplane> Holder<D> {
+    /// Save `target`, then install it. Disk first: a restart reinstalls what is saved, so
+    /// what is saved must never be older than what the dataplane holds and was acked. A slice
+    /// that cannot be saved is not installed (and not acked); a slice that cannot be installed
+    /// is unsaved again.
+    fn install(&mut self, target: NodeSlice, delta: Option<&SliceDelta>) -> Reply {
+        let (version, digest) = (target.version, target.digest());
+        if let Err(e) = self.store.save(&target) {
+            return Reply::NackAndRetry(
+                version,
+                format!("cannot save the slice, so it is not applied: {e}"),
+            );
+        }
+        let installed = match self.dataplane.install(&target, delta) {
+            Ok(i) => i,
+            Err(e) => {
+                if let Err(undo) = self.store.save(&self.held) {
+                    warn!("cannot save the held slice back after a failed install: {undo}");
+                }
+                return Reply::Nack(version, e.to_string());
+            }
+        };
+        if let Some(w) = &installed.warning {
+            warn!(version, "{w}");
+        }
+        self.held = target;
+        self.installed = installed.clone();
+        Reply::Ack(version, digest, installed)
+    }
+
+    pub(super) fn handle(&mut self, msg: Msg) -> Reply {
+        match msg {
+            Msg::Keepalive(_) => Reply::Nothing,
+            Msg::Snapshot(s) => {
+                let Some(wire) = s.slice else {
+                    return Reply::Nack(0, "snapshot without a slice".into());
+                };
+                let version = wire.version;
+                match convert::slice_from_pb(&wire) {
+                    Err(e) => Reply::Nack(version, format!("unreadable snapshot: {e}")),
+                    Ok((slice, digest)) if slice.digest() != digest => Reply::Nack(
+                        version,
+                        format!(
+                            "snapshot content has digest {}, not {digest}",
+                            slice.digest()
+                        ),
+                    ),
+                    Ok((slice, _)) => self.install(slice, None),
+                }
+            }
+            Msg::Update(u) => {
+                let to = u.to_version;
+                if u.from_version != self.held.version {
+                    return Reply::Nack(
+                        to,
+                        format!(
+                            "update from version {}, but holding {}",
+                            u.from_version, self.held.version
+                        ),
+                    );
+                }
+                let Some(digest) = Digest::from_hex(&u.digest) else {
+                    return Reply::Nack(to, "update digest is not 64 hex digits".into());
+                };
+                let delta = match u.delta.as_ref().map(convert::delta_from_pb).transpose() {
+                    Ok(d) => d.unwrap_or_default(),
+                    Err(e) => return Reply::Nack(to, format!("unreadable update: {e}")),
+                };
+                let mut target = self.held.clone();
+                if let Err(e) = delta::apply(&mut target, &delta) {
+                    return Reply::Nack(to, format!("update does not fit the held slice: {e}"));
+                }
+                target.version = to;
+                if target.digest() != digest {
+                    return Reply::Nack(
+                        to,
+                        format!(
+                            "slice after the update has digest {}, not {digest}",
+                            target.digest()
+                        ),
+                    );
+                }
+                if delta.is_empty() && self.held.version == to {
+                    return Reply::Ack(to, digest, self.installed.clone());
+                }
+                self.install(target, Some(&delta))
+            }
+        }
+    }
+}
