@@ -14,7 +14,7 @@
 
 pub mod exchange;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use palisade_policy::model::Name;
@@ -129,8 +129,9 @@ pub struct Peers {
 
 #[derive(Default)]
 pub struct PeerTable {
-    /// Nodes whose agents are connected to that peer (empty while it is unreachable).
-    pub connected: HashSet<Name>,
+    /// Nodes whose agents are connected to that peer (empty while it is unreachable), with
+    /// when the peer recorded the connection (Unix ms).
+    pub connected: HashMap<Name, u64>,
 }
 
 impl Peers {
@@ -143,17 +144,18 @@ impl Peers {
     pub fn unreachable(&mut self, id: u64) -> Vec<Name> {
         self.tables
             .get_mut(&id)
-            .map(|t| t.connected.drain().collect())
+            .map(|t| t.connected.drain().map(|(n, _)| n).collect())
             .unwrap_or_default()
     }
 
-    /// The peer `node` is connected to, if any (the lowest id when it seems to be on several,
-    /// which happens for a moment while an agent moves).
+    /// The peer `node` is connected to, if any (the latest to say so when several do, which
+    /// happens for a moment while an agent moves from a replica that is gone).
     pub fn connected_at(&self, node: &str) -> Option<u64> {
         self.tables
             .iter()
-            .find(|(_, t)| t.connected.contains(node))
-            .map(|(id, _)| *id)
+            .filter_map(|(id, t)| t.connected.get(node).map(|at| (*at, *id)))
+            .max()
+            .map(|(_, id)| id)
     }
 
     /// Nodes connected to peer `id`.

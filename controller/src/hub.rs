@@ -359,7 +359,7 @@ impl Hub {
             }
             let table = st.peers.table(peer);
             if record.connected {
-                table.connected.insert(node.clone());
+                table.connected.insert(node.clone(), record.changed_unix_ms);
                 st.rollout.reported_by_peer(&node, &record);
             } else {
                 table.connected.remove(&node);

@@ -1,7 +1,8 @@
-//! A running lab: the topology, a controller in the root namespace (plaintext on the bridge
-//! address, development mode) watching a manifests directory, and one `palisade-agent
-//! --dataplane ebpf` per node inside the node's namespace. Manifests are written into the
-//! directory as a user would; the controller's introspection says when they are realized.
+//! A running lab: the topology, controller replicas in the root namespace (plaintext on the
+//! bridge address, development mode; one, or a Raft group of several, each watching the same
+//! manifests directory: the leader ingests it), and one `palisade-agent --dataplane ebpf` per
+//! node inside the node's namespace, given every replica's address. Manifests are written into
+//! the directory as a user would; the controllers' introspection says when they are realized.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -29,6 +30,8 @@ pub struct LabOptions {
     pub agent_args: Vec<String>,
     /// Nodes without pods to start as well.
     pub extra_nodes: Vec<String>,
+    /// Controller replicas (1: a group of one).
+    pub replicas: u64,
 }
 
 impl LabOptions {
@@ -43,6 +46,7 @@ impl LabOptions {
             bin_dir: dir,
             agent_args: Vec::new(),
             extra_nodes: Vec::new(),
+            replicas: 1,
         }
     }
 }
@@ -51,9 +55,10 @@ pub struct Lab {
     pub topology: Topology,
     pub dir: PathBuf,
     pub manifests: PathBuf,
+    /// Introspection of one live replica (see [`Lab::use_replica`]).
     pub conn: Conn,
     opts: LabOptions,
-    controller: Option<Child>,
+    controllers: BTreeMap<u64, Child>,
     agents: BTreeMap<String, Child>,
     runtime: tokio::runtime::Runtime,
     port: u16,
@@ -105,6 +110,12 @@ impl Lab {
             std::fs::write(manifests_dir.join(name), text).map_err(io("write a manifest"))?;
         }
         let port = 7400 + u16::from(id);
+        if !(1..=3).contains(&opts.replicas) {
+            return Err(LabError::Topology(format!(
+                "{} controller replicas: the lab runs 1 to 3",
+                opts.replicas
+            )));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -122,18 +133,67 @@ impl Lab {
             dir,
             manifests: manifests_dir,
             opts,
-            controller: None,
+            controllers: BTreeMap::new(),
             agents: BTreeMap::new(),
             runtime,
             port,
         };
-        lab.start_controller()?;
+        for replica in 1..=lab.opts.replicas {
+            lab.start_controller(replica)?;
+        }
         let nodes: Vec<String> = lab.topology.nodes.iter().map(|n| n.name.clone()).collect();
         for n in &nodes {
             lab.start_agent(n)?;
         }
-        lab.realized(0)?;
+        lab.settled()?;
         Ok(lab)
+    }
+
+    /// Wait until the controllers serve the manifests now in the directory (every node's
+    /// desired digest is what a fresh compile of them gives) and every node holds it; the
+    /// revision. (A revision number alone does not say: a new leader's first entry is one.)
+    pub fn settled(&self) -> Result<u64, LabError> {
+        let loaded = palisadectl::load::load(std::slice::from_ref(&self.manifests), "default")
+            .map_err(|e| LabError::Manifests(e.to_string()))?;
+        let engine = loaded.engine();
+        let want: BTreeMap<String, String> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), engine.slice(&n.name).digest().to_hex()))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let revision = loop {
+            let served = self
+                .runtime
+                .block_on(remote::nodes(&self.conn, true))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            if let Some(v) = served {
+                let digests: BTreeMap<String, String> = v["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| {
+                        Some((
+                            n["node"].as_str()?.to_string(),
+                            n["desiredDigest"].as_str()?.to_string(),
+                        ))
+                    })
+                    .collect();
+                if want.iter().all(|(n, d)| digests.get(n) == Some(d)) {
+                    break v["revision"].as_u64().unwrap_or(0);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Controller(format!(
+                    "the controllers did not serve the manifests within 60 s; log:\n{}",
+                    self.logs(&self.controller_log(1))
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.wait_realized(revision)
     }
 
     fn log(&self, name: &str) -> Result<Stdio, LabError> {
@@ -142,23 +202,91 @@ impl Lab {
         Ok(Stdio::from(f))
     }
 
-    fn start_controller(&mut self) -> Result<(), LabError> {
+    /// Replica `replica`'s gRPC port (its metrics are 1000 above).
+    fn port_of(&self, replica: u64) -> u16 {
+        self.port + 300 * (replica as u16 - 1)
+    }
+
+    /// Replica `replica`'s gRPC address, `http://ADDR:PORT`.
+    pub fn controller_url(&self, replica: u64) -> String {
+        format!("http://{}:{}", self.topology.gateway, self.port_of(replica))
+    }
+
+    /// The log of replica `replica` (`controller` when there is one).
+    pub fn controller_log(&self, replica: u64) -> String {
+        if self.opts.replicas == 1 {
+            "controller".to_string()
+        } else {
+            format!("controller-{replica}")
+        }
+    }
+
+    fn start_controller(&mut self, replica: u64) -> Result<(), LabError> {
         let mut cmd = Command::new(self.opts.bin_dir.join("palisade-controller"));
         cmd.args(["--insecure", "--rescan", "1s", "--manifests"])
             .arg(&self.manifests)
             .arg("--listen")
-            .arg(format!("{}:{}", self.topology.gateway, self.port))
+            .arg(format!(
+                "{}:{}",
+                self.topology.gateway,
+                self.port_of(replica)
+            ))
             .arg("--metrics-listen")
-            .arg(format!("{}:{}", self.topology.gateway, self.port + 1000))
+            .arg(format!(
+                "{}:{}",
+                self.topology.gateway,
+                self.port_of(replica) + 1000
+            ))
             .arg("--state-dir")
-            .arg(self.dir.join("controller"))
+            .arg(self.dir.join(self.controller_log(replica)))
             .stdout(Stdio::null())
-            .stderr(self.log("controller")?);
+            .stderr(self.log(&self.controller_log(replica))?);
+        if self.opts.replicas > 1 {
+            let peers: Vec<String> = (1..=self.opts.replicas)
+                .map(|r| format!("{r}={}:{}", self.topology.gateway, self.port_of(r)))
+                .collect();
+            cmd.arg("--id")
+                .arg(replica.to_string())
+                .arg("--peers")
+                .arg(peers.join(","));
+        }
         let child = cmd
             .spawn()
             .map_err(|e| LabError::Command(format!("start palisade-controller: {e}")))?;
-        self.controller = Some(child);
+        self.controllers.insert(replica, child);
         Ok(())
+    }
+
+    /// SIGKILL replica `replica` (no goodbye to anyone).
+    pub fn kill_controller(&mut self, replica: u64) {
+        if let Some(mut c) = self.controllers.remove(&replica) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Replicas running.
+    pub fn controllers_alive(&self) -> Vec<u64> {
+        self.controllers.keys().copied().collect()
+    }
+
+    /// Ask replica `replica` from now on.
+    pub fn use_replica(&mut self, replica: u64) {
+        self.conn.controller = self.controller_url(replica);
+    }
+
+    /// Replica `replica`'s Prometheus metrics.
+    pub fn controller_metrics(&self, replica: u64) -> Result<String, LabError> {
+        use std::io::{Read, Write};
+        let addr = format!("{}:{}", self.topology.gateway, self.port_of(replica) + 1000);
+        let fetch = || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(&addr)?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        };
+        fetch().map_err(|e| LabError::Probe(format!("metrics of replica {replica}: {e}")))
     }
 
     /// Start (or restart) the agent of `node` with the eBPF dataplane.
@@ -174,7 +302,12 @@ impl Lab {
             .args(["--insecure", "--dataplane", "ebpf", "--node", node])
             .args(["--metrics-listen", AGENT_METRICS])
             .arg("--controller")
-            .arg(&self.conn.controller)
+            .arg(
+                (1..=self.opts.replicas)
+                    .map(|r| self.controller_url(r))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .arg("--bpffs")
             .arg(self.topology.bpffs.join(&n.name))
             .arg("--state-dir")
@@ -219,9 +352,9 @@ impl Lab {
         }
     }
 
-    /// Stop the controller: agents keep enforcing what they hold.
+    /// Stop every controller replica: agents keep enforcing what they hold.
     pub fn stop_controller(&mut self) {
-        if let Some(mut c) = self.controller.take() {
+        for (_, mut c) in std::mem::take(&mut self.controllers) {
             terminate(&mut c);
         }
     }
@@ -288,12 +421,17 @@ impl Lab {
                 _ if Instant::now() > deadline => {
                     return Err(LabError::Controller(format!(
                         "no revision after {after} within 60 s; controller log:\n{}",
-                        self.logs("controller")
+                        self.logs(&self.controller_log(1))
                     )))
                 }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         };
+        self.wait_realized(revision)
+    }
+
+    /// Wait until every node holds `revision`.
+    fn wait_realized(&self, revision: u64) -> Result<u64, LabError> {
         let (text, ok) = self
             .runtime
             .block_on(remote::wait(

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod failover;
 pub mod fallback;
 pub mod lab;
 pub mod netns;

@@ -41,6 +41,10 @@ enum Cmd {
         /// Where palisade-controller and palisade-agent are (default: beside this binary).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Controller replicas (a Raft group). With more than one, the demo SIGKILLs the
+        /// leader while probing traffic and shows the failover; 1 skips it.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3))]
+        replicas: u64,
     },
     /// Measure on real packets: TCP throughput between pods with and without policy
     /// (iperf3), and the time from a policy change to its enforcement.
@@ -112,6 +116,7 @@ fn main() -> Result<()> {
         keep: false,
         id: 200,
         bin_dir: None,
+        replicas: 3,
     }) {
         Cmd::Bench {
             seconds,
@@ -152,6 +157,7 @@ fn main() -> Result<()> {
             keep,
             id,
             bin_dir,
+            replicas,
         } => {
             let files = match &manifests {
                 Some(d) => read_manifests(d)?,
@@ -169,6 +175,27 @@ fn main() -> Result<()> {
                     .collect::<Result<_>>()?
             };
             let mut opts = LabOptions::beside_executable();
+            opts.replicas = replicas;
+            // Every replica gets an agent (agents spread over replicas by node name), so the
+            // killed leader has some to hand over: nodes without pods are added as needed.
+            if replicas > 1 {
+                let nodes = palisade_lab::lab::pods_of(&files)?
+                    .into_iter()
+                    .map(|p| p.node)
+                    .collect::<std::collections::BTreeSet<_>>();
+                let mut homes: std::collections::BTreeSet<usize> = nodes
+                    .iter()
+                    .map(|n| palisade_agent::client::home(n, replicas as usize))
+                    .collect();
+                let mut k = 0;
+                while homes.len() < replicas as usize && k < 64 {
+                    k += 1;
+                    let name = format!("standby-{k}");
+                    if homes.insert(palisade_agent::client::home(&name, replicas as usize)) {
+                        opts.extra_nodes.push(name);
+                    }
+                }
+            }
             if let Some(d) = bin_dir {
                 opts.bin_dir = d;
             }
@@ -196,8 +223,9 @@ fn run(
     keep: bool,
 ) -> Result<()> {
     let started = Instant::now();
-    println!("Building lab {id}: nodes and pods in network namespaces, a controller, an eBPF agent per node...");
-    let lab = Lab::start(id, files, opts).context("cannot start the lab")?;
+    let replicas = opts.replicas;
+    println!("Building lab {id}: nodes and pods in network namespaces, {replicas} controller replica(s), an eBPF agent per node...");
+    let mut lab = Lab::start(id, files, opts).context("cannot start the lab")?;
     println!(
         "{} nodes, {} pods; every node holds its slice after {:.1} s.\n",
         lab.topology.nodes.len(),
@@ -223,6 +251,17 @@ fn run(
     println!();
     let (report, wrong) = demo::measure_and_compare(&lab, probes)?;
     println!("{report}");
+    let mut failed_over = None;
+    if replicas > 1 {
+        let flows = lab.all_flows(probes);
+        let predicted = lab.predicted(&flows)?;
+        if let Some((allowed, denied)) = palisade_lab::failover::pick(&flows, &predicted) {
+            println!("Failover: killing the leader replica while probing traffic...");
+            let f = palisade_lab::failover::run(&mut lab, &allowed, &denied)?;
+            println!("{}", f.report);
+            failed_over = Some(f);
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -264,6 +303,20 @@ fn run(
     println!("Lab {id} removed.");
     if wrong > 0 {
         bail!("{wrong} measured verdicts differ from the prediction");
+    }
+    if let Some(f) = failed_over {
+        if f.lapses > 0 {
+            bail!(
+                "{} probes saw enforcement lapse during the failover",
+                f.lapses
+            );
+        }
+        if f.snapshots > 0 {
+            bail!(
+                "{} agents needed a snapshot to resume after the failover",
+                f.snapshots
+            );
+        }
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 mod controllers;
+pub use controllers::home;
 mod holder;
 
 use crate::dataplane::{Dataplane, Installed};

@@ -13,18 +13,20 @@ pub(crate) struct Controllers {
     failed: usize,
 }
 
-/// FNV-1a: stable across builds and platforms, so a node starts on the same replica.
-fn spread(node: &str) -> u64 {
-    node.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+/// Which of `replicas` addresses (by position) the agent of `node` starts on: FNV-1a of the
+/// name, stable across builds and platforms, so a node starts on the same replica.
+pub fn home(node: &str, replicas: usize) -> usize {
+    let h = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    });
+    (h % replicas.max(1) as u64) as usize
 }
 
 impl Controllers {
     /// `list` must not be empty.
     pub(crate) fn new(node: &str, list: Vec<(String, Endpoint)>) -> Controllers {
         assert!(!list.is_empty(), "at least one controller address");
-        let current = (spread(node) % list.len() as u64) as usize;
+        let current = home(node, list.len());
         Controllers {
             list,
             current,
