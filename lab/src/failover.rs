@@ -4,6 +4,7 @@
 //! killed replica resumed on the others with deltas, not snapshots (the replicas' own
 //! `palisade_sync_resumes_total`).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -222,6 +223,28 @@ pub fn run(lab: &mut Lab, allowed: &Flow, denied: &Flow) -> Result<Failover, Lab
         lapses,
         snapshots: snapshot,
     })
+}
+
+/// Nodes without pods to add so that each of `replicas` replicas has an agent (agents spread
+/// over replicas by node name), given the pods in `files`: the killed leader then has agents
+/// to hand over.
+pub fn standbys(files: &[(String, String)], replicas: u64) -> Result<Vec<String>, LabError> {
+    let n = replicas as usize;
+    let mut homes: BTreeSet<usize> = crate::lab::pods_of(files)?
+        .iter()
+        .map(|p| palisade_agent::client::home(&p.node, n))
+        .collect();
+    let mut out = Vec::new();
+    for k in 1..=64 {
+        if homes.len() >= n {
+            break;
+        }
+        let name = format!("standby-{k}");
+        if homes.insert(palisade_agent::client::home(&name, n)) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 fn elapsed(d: Duration) -> f64 {

@@ -176,25 +176,8 @@ fn main() -> Result<()> {
             };
             let mut opts = LabOptions::beside_executable();
             opts.replicas = replicas;
-            // Every replica gets an agent (agents spread over replicas by node name), so the
-            // killed leader has some to hand over: nodes without pods are added as needed.
             if replicas > 1 {
-                let nodes = palisade_lab::lab::pods_of(&files)?
-                    .into_iter()
-                    .map(|p| p.node)
-                    .collect::<std::collections::BTreeSet<_>>();
-                let mut homes: std::collections::BTreeSet<usize> = nodes
-                    .iter()
-                    .map(|n| palisade_agent::client::home(n, replicas as usize))
-                    .collect();
-                let mut k = 0;
-                while homes.len() < replicas as usize && k < 64 {
-                    k += 1;
-                    let name = format!("standby-{k}");
-                    if homes.insert(palisade_agent::client::home(&name, replicas as usize)) {
-                        opts.extra_nodes.push(name);
-                    }
-                }
+                opts.extra_nodes = palisade_lab::failover::standbys(&files, replicas)?;
             }
             if let Some(d) = bin_dir {
                 opts.bin_dir = d;
