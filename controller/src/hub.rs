@@ -344,8 +344,12 @@ impl Hub {
                     continue;
                 }
             };
-            self.metrics
-                .peer_ack_staleness(now_ms.saturating_sub(record.changed_unix_ms));
+            // Staleness is how long a change took to arrive: a whole table (a replica
+            // starting, or met again) holds records of any age.
+            if !table.full {
+                self.metrics
+                    .peer_ack_staleness(now_ms.saturating_sub(record.changed_unix_ms));
+            }
             if let Some(digest) = record.digest {
                 let expected = st.digest_at(&node, record.version);
                 if st

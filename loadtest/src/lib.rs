@@ -9,6 +9,8 @@
 
 pub mod compile;
 pub mod datapath;
+pub mod failover;
+pub mod fleet;
 pub mod manifests;
 pub mod raft;
 pub mod sync;

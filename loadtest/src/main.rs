@@ -1,6 +1,6 @@
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use palisade_loadtest::{compile, datapath, raft, sync, synth::Shape};
+use palisade_loadtest::{compile, datapath, failover, raft, sync, synth::Shape};
 
 /// Palisade load tests: synthetic multi-tenant clusters at scale, measured.
 #[derive(Parser)]
@@ -26,17 +26,11 @@ enum Cmd {
         /// Agents, one per node.
         #[arg(long, default_value_t = 1000)]
         agents: usize,
-        #[arg(long, default_value_t = 30_000)]
-        pods: usize,
-        #[arg(long, default_value_t = 2000)]
-        namespaces: usize,
-        #[arg(long, default_value_t = 15_000)]
-        policies: usize,
+        #[command(flatten)]
+        cluster: Cluster,
         /// Single-pod edits to time.
         #[arg(long, default_value_t = 100)]
         edits: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
         /// Plaintext instead of mTLS.
         #[arg(long)]
         insecure: bool,
@@ -83,6 +77,25 @@ enum Cmd {
         /// Plaintext instead of mTLS.
         #[arg(long)]
         insecure: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Three controller replicas as processes of the real binary (loopback, mTLS, the leader
+    /// ingesting one manifests directory) and many real agents in this process given every
+    /// replica's address: once every agent holds its slice, SIGKILL the leader (--kills
+    /// times, restarting it in between) and time the new leader and every agent streaming
+    /// from a live replica, with the bytes those resumes cost against a full resync.
+    Failover {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[command(flatten)]
+        cluster: Cluster,
+        /// Leader kills to measure (the killed replica restarts before the next).
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+        /// Where palisade-controller is (default: beside this binary).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -135,6 +148,52 @@ enum Cmd {
     },
 }
 
+/// The synthetic cluster of the tests with agents (one per node).
+#[derive(clap::Args)]
+struct Cluster {
+    #[arg(long, default_value_t = 30_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 2000)]
+    namespaces: usize,
+    #[arg(long, default_value_t = 15_000)]
+    policies: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl Cluster {
+    fn shape(&self, agents: usize) -> Result<Shape> {
+        ensure!(
+            agents > 0 && self.namespaces > 0,
+            "--agents and --namespaces must be at least 1"
+        );
+        Ok(Shape {
+            nodes: agents,
+            pods: self.pods,
+            namespaces: self.namespaces,
+            policies: self.policies,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Run `f` on a multi-threaded runtime.
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
+
+/// Print `report` as JSON or as `table` renders it.
+fn print<R: serde::Serialize>(output: Output, report: &R, table: fn(&R) -> String) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        Output::Table => print!("{}", table(report)),
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Raft {
@@ -171,14 +230,8 @@ fn main() -> Result<()> {
                 }),
                 insecure,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = runtime.block_on(raft::run(&opts, &|m| eprintln!("{m}")))?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Table => print!("{}", raft::table(&report)),
-            }
+            let report = block_on(raft::run(&opts, &|m| eprintln!("{m}")))??;
+            print(output, &report, raft::table)?;
         }
         Cmd::Datapath {
             rules,
@@ -195,44 +248,37 @@ fn main() -> Result<()> {
                 "--repeat and --trials must be at least 1"
             );
             let rows = datapath::run(&rules, repeat, trials, &|m| eprintln!("{m}"))?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Output::Table => print!("{}", datapath::table(&rows)),
-            }
+            print(output, &rows, |r| datapath::table(r))?;
         }
         Cmd::Sync {
             agents,
-            pods,
-            namespaces,
-            policies,
+            cluster,
             edits,
-            seed,
             insecure,
             output,
         } => {
-            ensure!(
-                agents > 0 && namespaces > 0,
-                "--agents and --namespaces must be at least 1"
-            );
             let opts = sync::SyncOptions {
-                shape: Shape {
-                    nodes: agents,
-                    pods,
-                    namespaces,
-                    policies,
-                    seed,
-                },
+                shape: cluster.shape(agents)?,
                 edits,
                 insecure,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = runtime.block_on(sync::run(&opts, &|m| eprintln!("{m}")))?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Table => print!("{}", sync::table(&report)),
-            }
+            let report = block_on(sync::run(&opts, &|m| eprintln!("{m}")))??;
+            print(output, &report, sync::table)?;
+        }
+        Cmd::Failover {
+            agents,
+            cluster,
+            kills,
+            bin_dir,
+            output,
+        } => {
+            let opts = failover::FailoverOptions {
+                shape: cluster.shape(agents)?,
+                kills,
+                bin_dir: bin_dir.unwrap_or_else(failover::beside_executable),
+            };
+            let report = block_on(failover::run(&opts, &|m| eprintln!("{m}")))??;
+            print(output, &report, failover::table)?;
         }
         Cmd::Compile {
             nodes,
@@ -262,10 +308,7 @@ fn main() -> Result<()> {
                 skip_sizes,
             };
             let report = compile::run(&shape, &opts, &|m| eprintln!("{m}"));
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Table => print!("{}", compile::table(&report)),
-            }
+            print(output, &report, compile::table)?;
         }
     }
     Ok(())

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use palisade_agent::{Agent, AgentConfig, ClientTls, MemoryDataplane, StateStore};
 use palisade_controller::server::{self, Config, TlsFiles};
 use palisade_policy::model::Command;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::compile::{peak_rss_bytes, MeanMax, Percentiles};
+use crate::fleet;
 use crate::manifests;
 use crate::synth::{self, Rng, Shape};
 
@@ -67,7 +67,7 @@ fn metric(page: &str, name: &str) -> f64 {
 }
 
 /// Write the cluster as one manifest file per namespace; returns each namespace's documents.
-fn write_manifests(
+pub fn write_manifests(
     dir: &Path,
     commands: &[Command],
 ) -> std::io::Result<BTreeMap<String, Vec<String>>> {
@@ -96,20 +96,14 @@ pub enum SyncError {
     Certs(#[from] palisadectl::certs::CertError),
     #[error("controller: {0}")]
     Controller(#[from] palisade_controller::server::ServerError),
-    #[error("agent: {0}")]
-    Agent(#[from] palisade_agent::client::AgentError),
-    #[error("agent state: {0}")]
-    Store(#[from] palisade_agent::store::StoreError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("{0}")]
     Timeout(String),
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
     move |e| SyncError::Io(what.to_string(), e)
-}
-
-fn read(p: std::path::PathBuf) -> Result<Vec<u8>, SyncError> {
-    std::fs::read(&p).map_err(|e| SyncError::Io(p.display().to_string(), e))
 }
 
 async fn within<T>(
@@ -173,32 +167,13 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
 
     progress(&format!("starting {} agents", nodes.len()));
     let started = Instant::now();
-    let ca = if opts.insecure {
-        vec![]
-    } else {
-        read(certs.join("ca.pem"))?
-    };
-    let mut agents = Vec::new();
-    for n in &nodes {
-        let tls = if opts.insecure {
-            None
-        } else {
-            Some(ClientTls {
-                ca: ca.clone(),
-                cert: read(certs.join(format!("node-{n}.pem")))?,
-                key: read(certs.join(format!("node-{n}-key.pem")))?,
-                domain: None,
-            })
-        };
-        let config = AgentConfig {
-            tls,
-            connect_timeout: Duration::from_secs(30),
-            ..AgentConfig::new(n, &addr.to_string())
-        };
-        let store = StateStore::open(&dir.path().join("agents").join(n))?;
-        let agent = Agent::new(config, MemoryDataplane::default(), store)?;
-        agents.push(tokio::spawn(agent.run(shutdown.clone())));
-    }
+    let agents = fleet::start(
+        &nodes,
+        &addr.to_string(),
+        (!opts.insecure).then_some(certs.as_path()),
+        &dir.path().join("agents"),
+        &shutdown,
+    )?;
     let loaded = controller.loaded_revision;
     let mut realized = hub.realized();
     let _ = within(
@@ -275,7 +250,7 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
     }
     shutdown.cancel();
     for a in agents {
-        let _ = a.await;
+        let _ = a.join.await;
     }
     controller.wait().await?;
     Ok(SyncReport {

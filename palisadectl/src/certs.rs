@@ -170,3 +170,16 @@ pub fn mint(req: &Request) -> Result<Vec<PathBuf>, CertError> {
     }
     Ok(written)
 }
+
+/// `palisade-controller`'s TLS flags for replica `id`, with the files [`mint`] wrote into
+/// `dir` (`--tls-ca`, `--tls-cert`, `--tls-key` and their paths).
+pub fn replica_flags(dir: &Path, id: u64) -> [std::ffi::OsString; 6] {
+    [
+        "--tls-ca".into(),
+        dir.join("ca.pem").into(),
+        "--tls-cert".into(),
+        dir.join(format!("replica-{id}.pem")).into(),
+        "--tls-key".into(),
+        dir.join(format!("replica-{id}-key.pem")).into(),
+    ]
+}

@@ -26,6 +26,21 @@ pub struct Conn {
     pub insecure: bool,
 }
 
+impl Conn {
+    /// mTLS to `controller` as operator `name`, with the certificates `palisadectl certs`
+    /// wrote into `certs` (`ca.pem`, `operator-NAME.pem`, `operator-NAME-key.pem`).
+    pub fn operator(controller: String, certs: &std::path::Path, name: &str) -> Conn {
+        Conn {
+            controller,
+            ca: Some(certs.join("ca.pem")),
+            cert: Some(certs.join(format!("operator-{name}.pem"))),
+            key: Some(certs.join(format!("operator-{name}-key.pem"))),
+            server_name: None,
+            insecure: false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("{0}")]

@@ -268,12 +268,7 @@ impl Replicas {
             .arg("127.0.0.1:0")
             .arg("--state-dir")
             .arg(self.path(&format!("state-{id}")))
-            .arg("--tls-ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--tls-cert")
-            .arg(certs.join(format!("replica-{id}.pem")))
-            .arg("--tls-key")
-            .arg(certs.join(format!("replica-{id}-key.pem")))
+            .args(palisadectl::certs::replica_flags(&certs, id))
             .arg("--raft-tick")
             .arg("50ms")
             .arg("--settle")
@@ -307,15 +302,7 @@ impl Replicas {
 
     /// An operator's connection to replica `id`.
     pub fn conn(&self, id: u64) -> Conn {
-        let certs = self.path("certs");
-        Conn {
-            controller: self.addr(id),
-            ca: Some(certs.join("ca.pem")),
-            cert: Some(certs.join("operator-admin.pem")),
-            key: Some(certs.join("operator-admin-key.pem")),
-            server_name: None,
-            insecure: false,
-        }
+        Conn::operator(self.addr(id), &self.path("certs"), "admin")
     }
 
     /// `palisadectl replicas -o json` against `id`.

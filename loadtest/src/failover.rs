@@ -1,0 +1,562 @@
+//! `palisade-loadtest failover`: three controller replicas as separate processes of the real
+//! `palisade-controller` binary (loopback, mTLS, one manifests directory that the leader
+//! ingests), many real agents in this process given every replica's address. Once every
+//! agent holds its slice, the leader is SIGKILLed, again and again (the killed replica is
+//! restarted from its data directory before the next kill): how long until a new leader, how
+//! long until every agent streams from a live replica at its version, and what those resumes
+//! put on the wire against a full resync of the agents that moved. The followers' staleness
+//! of cluster-wide rollout state comes from their own histogram.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_agent::Phase;
+use palisade_policy::engine::Engine;
+use palisade_policy::Digest;
+use palisadectl::remote::Conn;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet;
+use crate::synth::{self, Shape};
+
+pub struct FailoverOptions {
+    pub shape: Shape,
+    /// Leader kills to measure.
+    pub kills: usize,
+    /// Directory holding `palisade-controller`.
+    pub bin_dir: PathBuf,
+}
+
+#[derive(Serialize)]
+pub struct FailoverReport {
+    pub agents: usize,
+    pub pods: usize,
+    pub namespaces: usize,
+    pub policies: usize,
+    /// From starting the agents to every one holding its slice.
+    pub initial_sync_seconds: f64,
+    pub kills: Vec<Kill>,
+    /// From an ack recorded on one replica to another replica merging it (the followers'
+    /// `palisade_rollout_peer_ack_staleness_seconds`, read at bucket bounds), milliseconds.
+    pub peer_ack_staleness_ms: Staleness,
+    /// Peak RSS of each replica process (the last run of each), bytes.
+    pub replica_peak_rss_bytes: BTreeMap<u64, u64>,
+}
+
+#[derive(Serialize)]
+pub struct Kill {
+    pub killed: u64,
+    /// Agents that were streaming from the killed replica.
+    pub moved: usize,
+    /// From the SIGKILL to another replica leading.
+    pub new_leader_ms: f64,
+    /// From the SIGKILL to every agent streaming from a live replica at its version.
+    pub all_streaming_ms: f64,
+    /// What the surviving replicas sent meanwhile, and what snapshots of the moved agents'
+    /// slices would weigh.
+    pub resume_bytes: u64,
+    pub full_resync_bytes: u64,
+    pub resume_vs_full_percent: f64,
+    /// Resumed streams on the survivors, by how they were brought up to date.
+    pub resumes_delta: u64,
+    pub resumes_current: u64,
+    pub resumes_snapshot: u64,
+}
+
+#[derive(Serialize)]
+pub struct Staleness {
+    pub samples: u64,
+    pub p50_at_most: f64,
+    pub p99_at_most: f64,
+}
+
+/// One replica process.
+struct Proc {
+    child: Option<Child>,
+    port: u16,
+    metrics: u16,
+}
+
+struct Replicas {
+    dir: PathBuf,
+    bin: PathBuf,
+    manifests: PathBuf,
+    procs: BTreeMap<u64, Proc>,
+    max_per_ip: usize,
+    peak_rss: BTreeMap<u64, u64>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// GET `path` from `addr` (HTTP/1.0); the body.
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_string()))
+}
+
+/// The sum of the samples of `name` (a full series name with labels, or a prefix ending in
+/// `{`) in a Prometheus text page.
+fn sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn peak_rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+impl Replicas {
+    fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.procs[&id].port)
+    }
+
+    fn addrs(&self) -> String {
+        self.procs
+            .keys()
+            .map(|id| self.addr(*id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let peers: Vec<String> = self
+            .procs
+            .keys()
+            .map(|i| format!("{i}={}", self.addr(*i)))
+            .collect();
+        let certs = self.dir.join("certs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("replica-{id}.log")))?;
+        let p = &self.procs[&id];
+        let child = Command::new(self.bin.join("palisade-controller"))
+            .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
+            .args(["--listen", &format!("127.0.0.1:{}", p.port)])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", p.metrics)])
+            .arg("--state-dir")
+            .arg(self.dir.join(format!("state-{id}")))
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .args([
+                "--max-connections-per-ip",
+                &self.max_per_ip.to_string(),
+                "--max-connections",
+                &(self.max_per_ip + 1024).to_string(),
+            ])
+            .args(palisadectl::certs::replica_flags(&certs, id))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.procs.get_mut(&id).expect("known").child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.procs.get_mut(&id).and_then(|p| p.child.take()) {
+            self.peak_rss.insert(id, peak_rss_of(c.id()));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn conn(&self, id: u64) -> Conn {
+        Conn::operator(self.addr(id), &self.dir.join("certs"), "loadtest")
+    }
+
+    fn metrics(&self, id: u64) -> String {
+        http_get(
+            &format!("127.0.0.1:{}", self.procs[&id].metrics),
+            "/metrics",
+        )
+        .unwrap_or_default()
+    }
+
+    fn alive(&self) -> Vec<u64> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| p.child.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The leader replica `ask` knows, if any.
+    async fn leader_known_to(&self, ask: u64) -> Option<u64> {
+        let text = palisadectl::store::replicas(&self.conn(ask), true)
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["leader"].as_u64().filter(|l| *l != 0)
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for id in self.alive() {
+            self.kill(id);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Wait until `done` holds (checked every 10 ms), at most `limit`; what it took.
+async fn until(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while !done() {
+        anyhow::ensure!(started.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// Staleness percentiles (upper bucket bounds) from the `_bucket` series of a histogram.
+fn staleness(pages: &[String]) -> Staleness {
+    let prefix = "palisade_rollout_peer_ack_staleness_seconds_bucket{le=\"";
+    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
+    for page in pages {
+        for l in page.lines() {
+            let Some(rest) = l.strip_prefix(prefix) else {
+                continue;
+            };
+            let Some((le, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            // Keyed by the bound in microseconds (f64 is not Ord); +Inf last.
+            let key = if le.is_finite() {
+                (le * 1e6) as u64
+            } else {
+                u64::MAX
+            };
+            *buckets.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    let total = buckets.values().copied().fold(0.0, f64::max);
+    let at = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| **c >= q * total)
+            .map_or(f64::INFINITY, |(k, _)| *k as f64 / 1e3)
+    };
+    Staleness {
+        samples: total as u64,
+        p50_at_most: at(0.5),
+        p99_at_most: at(0.99),
+    }
+}
+
+pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result<FailoverReport> {
+    let shape = &o.shape;
+    let dir = tempfile::tempdir()?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    progress(&format!(
+        "writing manifests and compiling them here too: {} nodes, {} pods, {} namespaces, {} policies",
+        shape.nodes, shape.pods, shape.namespaces, shape.policies
+    ));
+    let commands: Vec<palisade_policy::model::Command> = synth::commands(shape).collect();
+    crate::sync::write_manifests(&manifests, &commands)?;
+    let nodes: Vec<String> = (0..shape.nodes).map(synth::node_name).collect();
+    // What every agent must end up holding, and what a snapshot of it weighs.
+    let engine = Engine::load(1, commands);
+    let expected: BTreeMap<String, (Digest, usize)> = nodes
+        .iter()
+        .map(|n| {
+            let slice = engine.slice(n);
+            (
+                n.clone(),
+                (
+                    slice.digest(),
+                    palisade_proto::encode::snapshot(&slice).len(),
+                ),
+            )
+        })
+        .collect();
+    drop(engine);
+    progress(&format!("minting certificates for {} nodes", nodes.len()));
+    let ids = [1u64, 2, 3];
+    palisadectl::certs::mint(&palisadectl::certs::Request {
+        dir: &dir.path().join("certs"),
+        hosts: &["127.0.0.1".to_string()],
+        nodes: &nodes,
+        operators: &["loadtest".to_string()],
+        replicas: &ids,
+    })?;
+    let mut r = Replicas {
+        dir: dir.path().to_path_buf(),
+        bin: o.bin_dir.clone(),
+        manifests,
+        procs: BTreeMap::new(),
+        max_per_ip: nodes.len() + 64,
+        peak_rss: BTreeMap::new(),
+    };
+    anyhow::ensure!(
+        r.bin.join("palisade-controller").exists(),
+        "no palisade-controller in {} (cargo build --release --bins, or --bin-dir)",
+        r.bin.display()
+    );
+    for id in ids {
+        r.procs.insert(
+            id,
+            Proc {
+                child: None,
+                port: free_port()?,
+                metrics: free_port()?,
+            },
+        );
+    }
+    progress("starting three controller replicas");
+    for id in ids {
+        r.spawn(id)?;
+    }
+    let shutdown = CancellationToken::new();
+    progress(&format!("starting {} agents", nodes.len()));
+    let started = Instant::now();
+    let agents = fleet::start(
+        &nodes,
+        &r.addrs(),
+        Some(&dir.path().join("certs")),
+        &dir.path().join("agents"),
+        &shutdown,
+    )?;
+    let in_sync = |exclude: Option<&str>| {
+        agents.iter().all(|a| {
+            let s = a.status.borrow();
+            s.phase == Phase::Synced
+                && s.digest == expected[&a.node].0
+                && exclude.is_none_or(|x| s.controller != x)
+        })
+    };
+    until(
+        Duration::from_secs(900),
+        "every agent holds its slice",
+        || in_sync(None),
+    )
+    .await?;
+    let initial_sync_seconds = started.elapsed().as_secs_f64();
+    progress(&format!(
+        "all {} agents hold their slices after {initial_sync_seconds:.1} s",
+        nodes.len()
+    ));
+
+    let mut kills = Vec::new();
+    for k in 0..o.kills {
+        let alive = r.alive();
+        let asked = Instant::now();
+        let leader = loop {
+            let mut known = None;
+            for id in &alive {
+                known = r.leader_known_to(*id).await;
+                if known.is_some() {
+                    break;
+                }
+            }
+            if let Some(l) = known {
+                break l;
+            }
+            anyhow::ensure!(
+                asked.elapsed() < Duration::from_secs(60),
+                "no leader within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let killed_addr = r.addr(leader);
+        let moved: Vec<String> = agents
+            .iter()
+            .filter(|a| a.status.borrow().controller == killed_addr)
+            .map(|a| a.node.clone())
+            .collect();
+        let survivors: Vec<u64> = alive.iter().copied().filter(|i| *i != leader).collect();
+        let page = |r: &Replicas, id: u64| r.metrics(id);
+        let before: Vec<String> = survivors.iter().map(|id| page(&r, *id)).collect();
+        progress(&format!(
+            "kill {}: SIGKILL replica {leader} (the leader), {} agents on it",
+            k + 1,
+            moved.len()
+        ));
+        let t0 = Instant::now();
+        r.kill(leader);
+        // Both watched at once: agents may be back before the group has a leader again.
+        let (mut new_leader, mut streaming) = (None, None);
+        while new_leader.is_none() || streaming.is_none() {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no new leader ({new_leader:?}) or not every agent on a live replica \
+                 ({streaming:?}) within 120 s"
+            );
+            if streaming.is_none() && in_sync(Some(&killed_addr)) {
+                streaming = Some(t0.elapsed());
+            }
+            if new_leader.is_none() {
+                for id in &survivors {
+                    if let Some(l) = r.leader_known_to(*id).await.filter(|l| *l != leader) {
+                        new_leader = Some((l, t0.elapsed()));
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let all_streaming = streaming.expect("seen");
+        let after: Vec<String> = survivors.iter().map(|id| page(&r, *id)).collect();
+        let delta = |name: &str| -> u64 {
+            let b: f64 = before.iter().map(|p| sum(p, name)).sum();
+            let a: f64 = after.iter().map(|p| sum(p, name)).sum();
+            (a - b).max(0.0) as u64
+        };
+        let resume_bytes = delta("palisade_sync_bytes_sent_total{");
+        let full_resync_bytes: u64 = moved.iter().map(|n| expected[n].1 as u64).sum();
+        let kill = Kill {
+            killed: leader,
+            moved: moved.len(),
+            new_leader_ms: ms(new_leader.expect("found").1),
+            all_streaming_ms: ms(all_streaming),
+            resume_bytes,
+            full_resync_bytes,
+            resume_vs_full_percent: 100.0 * resume_bytes as f64 / full_resync_bytes.max(1) as f64,
+            resumes_delta: delta("palisade_sync_resumes_total{by=\"delta\"}"),
+            resumes_current: delta("palisade_sync_resumes_total{by=\"current\"}"),
+            resumes_snapshot: delta("palisade_sync_resumes_total{by=\"snapshot\"}"),
+        };
+        progress(&format!(
+            "  replica {} leads after {:.0} ms; every agent streams from a live replica after {:.0} ms; {} bytes sent ({:.3}% of a full resync)",
+            new_leader.expect("found").0,
+            kill.new_leader_ms,
+            kill.all_streaming_ms,
+            kill.resume_bytes,
+            kill.resume_vs_full_percent
+        ));
+        kills.push(kill);
+        // The killed replica comes back from its data directory before the next kill.
+        r.spawn(leader)?;
+        let back = leader;
+        until(
+            Duration::from_secs(120),
+            "the restarted replica back",
+            || r.metrics(back).contains("palisade_raft_applied_index"),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let pages: Vec<String> = r.alive().iter().map(|id| r.metrics(*id)).collect();
+    let peer_ack_staleness_ms = staleness(&pages);
+    for id in r.alive() {
+        if let Some(c) = &r.procs[&id].child {
+            r.peak_rss.insert(id, peak_rss_of(c.id()));
+        }
+    }
+    shutdown.cancel();
+    for a in agents {
+        let _ = a.join.await;
+    }
+    Ok(FailoverReport {
+        agents: nodes.len(),
+        pods: shape.pods,
+        namespaces: shape.namespaces,
+        policies: shape.policies,
+        initial_sync_seconds,
+        kills,
+        peer_ack_staleness_ms,
+        replica_peak_rss_bytes: r.peak_rss.clone(),
+    })
+}
+
+pub fn table(r: &FailoverReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{} agents, {} pods, {} namespaces, {} policies; three replicas (processes), mTLS\n\
+         initial sync of every agent: {:.1} s\n\n\
+         {:<6} {:>6} {:>11} {:>14} {:>12} {:>12} {:>8} {:>16}\n",
+        r.agents,
+        r.pods,
+        r.namespaces,
+        r.policies,
+        r.initial_sync_seconds,
+        "KILLED",
+        "MOVED",
+        "LEADER(ms)",
+        "STREAMING(ms)",
+        "RESUME(B)",
+        "FULL(B)",
+        "RATIO",
+        "DELTA/CUR/SNAP"
+    );
+    for k in &r.kills {
+        let _ = writeln!(
+            out,
+            "{:<6} {:>6} {:>11.0} {:>14.0} {:>12} {:>12} {:>7.3}% {:>16}",
+            k.killed,
+            k.moved,
+            k.new_leader_ms,
+            k.all_streaming_ms,
+            k.resume_bytes,
+            k.full_resync_bytes,
+            k.resume_vs_full_percent,
+            format!(
+                "{}/{}/{}",
+                k.resumes_delta, k.resumes_current, k.resumes_snapshot
+            )
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nstaleness of another replica's acks: p50 <= {} ms, p99 <= {} ms ({} samples)",
+        r.peer_ack_staleness_ms.p50_at_most,
+        r.peer_ack_staleness_ms.p99_at_most,
+        r.peer_ack_staleness_ms.samples
+    );
+    for (id, rss) in &r.replica_peak_rss_bytes {
+        let _ = writeln!(
+            out,
+            "replica {id} peak RSS: {:.0} MiB",
+            *rss as f64 / 1048576.0
+        );
+    }
+    out
+}
+
+/// The directory of the running executable (where cargo puts the other binaries).
+pub fn beside_executable() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
