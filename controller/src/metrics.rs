@@ -144,7 +144,7 @@ impl Metrics {
         );
         registry.register(
             "sync_streams",
-            "Agent sync streams connected",
+            "Agent sync streams connected to this replica",
             inner.streams.clone(),
         );
         registry.register(

@@ -286,6 +286,30 @@ async fn agents_follow_a_killed_leader_to_live_replicas_and_resume_with_deltas()
         }
     }
     assert_eq!(answers[0], answers[1]);
+    // `node` and `explain` too: each replica answers from its own applied state.
+    let mut nodes_and_flows = Vec::new();
+    for id in r.alive() {
+        let conn = r.conn(id);
+        let node = palisadectl::remote::node(&conn, "n3", true, true)
+            .await
+            .unwrap();
+        let mut node: Value = serde_json::from_str(&node).unwrap();
+        // Seconds since the oldest unacked change: 0 on both once in sync, but a clock.
+        node["lagSeconds"] = Value::Null;
+        let flow = palisade_proto::v1::ExplainFlowRequest {
+            source: "shop/q1".into(),
+            destination: "shop/q2".into(),
+            port: 80,
+            protocol: palisade_proto::v1::Protocol::Tcp as i32,
+            ..Default::default()
+        };
+        let (explained, allowed) = palisadectl::remote::explain(&conn, flow, true)
+            .await
+            .unwrap();
+        assert!(allowed, "{explained}");
+        nodes_and_flows.push((node, explained));
+    }
+    assert_eq!(nodes_and_flows[0], nodes_and_flows[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
