@@ -19,6 +19,7 @@ use palisadectl::remote::Conn;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::compile::Percentiles;
 use crate::fleet;
 use crate::synth::{self, Shape};
 
@@ -26,6 +27,8 @@ pub struct FailoverOptions {
     pub shape: Shape,
     /// Leader kills to measure.
     pub kills: usize,
+    /// Single-pod manifest edits after the initial sync, each waited for on a follower.
+    pub edits: usize,
     /// Directory holding `palisade-controller`.
     pub bin_dir: PathBuf,
 }
@@ -39,9 +42,17 @@ pub struct FailoverReport {
     /// From starting the agents to every one holding its slice.
     pub initial_sync_seconds: f64,
     pub kills: Vec<Kill>,
-    /// From an ack recorded on one replica to another replica merging it (the followers'
-    /// `palisade_rollout_peer_ack_staleness_seconds`, read at bucket bounds), milliseconds.
+    /// From a manifest edit to a follower saying every affected node acked it (`palisadectl
+    /// wait` on a follower: the edit went through the leader, the agents acked it wherever
+    /// they are, and their acks reached the follower), milliseconds.
+    pub edit_to_realized_on_follower_ms: Percentiles,
+    /// From an ack recorded on one replica to another replica merging it (the replicas'
+    /// `palisade_rollout_peer_ack_staleness_seconds`, read at bucket bounds), milliseconds:
+    /// during the edits (steady operation), and since each replica's last start, at the end
+    /// (the kills and restarted replicas catching up included; a restart clears its
+    /// histogram).
     pub peer_ack_staleness_ms: Staleness,
+    pub peer_ack_staleness_all_ms: Staleness,
     /// Peak RSS of each replica process (the last run of each), bytes.
     pub replica_peak_rss_bytes: BTreeMap<u64, u64>,
 }
@@ -56,7 +67,8 @@ pub struct Kill {
     /// From the SIGKILL to every agent streaming from a live replica at its version.
     pub all_streaming_ms: f64,
     /// What the surviving replicas sent meanwhile, and what snapshots of the moved agents'
-    /// slices would weigh.
+    /// slices would weigh (their slices before the edits: 50 pods more among 30,000 change
+    /// them by a fraction of a percent).
     pub resume_bytes: u64,
     pub full_resync_bytes: u64,
     pub resume_vs_full_percent: f64,
@@ -241,38 +253,49 @@ async fn until(
     Ok(started.elapsed())
 }
 
-/// Staleness percentiles (upper bucket bounds) from the `_bucket` series of a histogram.
-fn staleness(pages: &[String]) -> Staleness {
+/// The cumulative `_bucket` counts of the staleness histogram over `pages`, by upper bound
+/// in microseconds (+Inf as `u64::MAX`).
+fn buckets(pages: &[String]) -> BTreeMap<u64, f64> {
     let prefix = "palisade_rollout_peer_ack_staleness_seconds_bucket{le=\"";
-    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut out: BTreeMap<u64, f64> = BTreeMap::new();
     for page in pages {
         for l in page.lines() {
-            let Some(rest) = l.strip_prefix(prefix) else {
+            let Some((le, value)) = l.strip_prefix(prefix).and_then(|r| r.split_once("\"} "))
+            else {
                 continue;
             };
-            let Some((le, value)) = rest.split_once("\"} ") else {
-                continue;
-            };
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::INFINITY)
-            };
-            // Keyed by the bound in microseconds (f64 is not Ord); +Inf last.
-            let key = if le.is_finite() {
-                (le * 1e6) as u64
-            } else {
-                u64::MAX
-            };
-            *buckets.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0);
+            let key = le
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map_or(u64::MAX, |v| (v * 1e6) as u64);
+            *out.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0);
         }
     }
+    out
+}
+
+/// Percentiles (upper bucket bounds) of what was observed between two sets of pages.
+fn staleness_between(before: &[String], after: &[String]) -> Staleness {
+    let b = buckets(before);
+    let counts: BTreeMap<u64, f64> = buckets(after)
+        .into_iter()
+        .map(|(k, v)| (k, (v - b.get(&k).copied().unwrap_or(0.0)).max(0.0)))
+        .collect();
+    percentiles_of(&counts)
+}
+
+fn staleness(pages: &[String]) -> Staleness {
+    percentiles_of(&buckets(pages))
+}
+
+fn percentiles_of(buckets: &BTreeMap<u64, f64>) -> Staleness {
     let total = buckets.values().copied().fold(0.0, f64::max);
     let at = |q: f64| {
         buckets
             .iter()
-            .find(|(_, c)| **c >= q * total)
-            .map_or(f64::INFINITY, |(k, _)| *k as f64 / 1e3)
+            .find(|(_, c)| **c >= q * total && total > 0.0)
+            .map_or(0.0, |(k, _)| *k as f64 / 1e3)
     };
     Staleness {
         samples: total as u64,
@@ -291,7 +314,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         shape.nodes, shape.pods, shape.namespaces, shape.policies
     ));
     let commands: Vec<palisade_policy::model::Command> = synth::commands(shape).collect();
-    crate::sync::write_manifests(&manifests, &commands)?;
+    let files = crate::sync::write_manifests(&manifests, &commands)?;
     let nodes: Vec<String> = (0..shape.nodes).map(synth::node_name).collect();
     // What every agent must end up holding, and what a snapshot of it weighs.
     let engine = Engine::load(1, commands);
@@ -321,7 +344,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
     let mut r = Replicas {
         dir: dir.path().to_path_buf(),
         bin: o.bin_dir.clone(),
-        manifests,
+        manifests: manifests.clone(),
         procs: BTreeMap::new(),
         max_per_ip: nodes.len() + 64,
         peak_rss: BTreeMap::new(),
@@ -355,18 +378,21 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         &dir.path().join("agents"),
         &shutdown,
     )?;
-    let in_sync = |exclude: Option<&str>| {
+    // Every agent synced at `want` (its node's digest), and not on replica `exclude`.
+    let in_sync = |want: &BTreeMap<String, Digest>, exclude: Option<&str>| {
         agents.iter().all(|a| {
             let s = a.status.borrow();
             s.phase == Phase::Synced
-                && s.digest == expected[&a.node].0
+                && want.get(&a.node) == Some(&s.digest)
                 && exclude.is_none_or(|x| s.controller != x)
         })
     };
+    let initial: BTreeMap<String, Digest> =
+        expected.iter().map(|(n, (d, _))| (n.clone(), *d)).collect();
     until(
         Duration::from_secs(900),
         "every agent holds its slice",
-        || in_sync(None),
+        || in_sync(&initial, None),
     )
     .await?;
     let initial_sync_seconds = started.elapsed().as_secs_f64();
@@ -375,6 +401,45 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         nodes.len()
     ));
 
+    // Steady operation: single-pod edits, each waited for on a follower.
+    progress(&format!(
+        "{} single-pod edits, each waited for on a follower",
+        o.edits
+    ));
+    let before: Vec<String> = r.alive().iter().map(|id| r.metrics(*id)).collect();
+    let mut edits = crate::manifests::Edits::new(&manifests, files, shape);
+    let mut realized = Vec::new();
+    for _ in 0..o.edits {
+        let leader = r.leader_known_to(1).await.unwrap_or(1);
+        let follower = if leader == 1 { 2 } else { 1 };
+        let revision = |id: u64| {
+            let conn = r.conn(id);
+            async move {
+                let text = palisadectl::remote::nodes(&conn, true).await.ok()?;
+                serde_json::from_str::<serde_json::Value>(&text).ok()?["revision"].as_u64()
+            }
+        };
+        let was = revision(leader).await.unwrap_or(0);
+        let t0 = Instant::now();
+        edits.make()?;
+        let now = loop {
+            if let Some(v) = revision(leader).await.filter(|v| *v > was) {
+                break v;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the edit was not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let (report, ok) =
+            palisadectl::remote::wait(&r.conn(follower), Some(now), Duration::from_secs(60), false)
+                .await?;
+        anyhow::ensure!(ok, "the edit was not realized: {report}");
+        realized.push(ms(t0.elapsed()));
+    }
+    let after: Vec<String> = r.alive().iter().map(|id| r.metrics(*id)).collect();
+    let peer_ack_staleness_ms = staleness_between(&before, &after);
     let mut kills = Vec::new();
     for k in 0..o.kills {
         let alive = r.alive();
@@ -397,6 +462,11 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let killed_addr = r.addr(leader);
+        // What every agent holds now (all in sync: the edits were realized).
+        let held: BTreeMap<String, Digest> = agents
+            .iter()
+            .map(|a| (a.node.clone(), a.status.borrow().digest))
+            .collect();
         let moved: Vec<String> = agents
             .iter()
             .filter(|a| a.status.borrow().controller == killed_addr)
@@ -420,7 +490,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
                 "no new leader ({new_leader:?}) or not every agent on a live replica \
                  ({streaming:?}) within 120 s"
             );
-            if streaming.is_none() && in_sync(Some(&killed_addr)) {
+            if streaming.is_none() && in_sync(&held, Some(&killed_addr)) {
                 streaming = Some(t0.elapsed());
             }
             if new_leader.is_none() {
@@ -474,8 +544,9 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    // Replicas restarted during the run lost their histograms: what they measured since.
     let pages: Vec<String> = r.alive().iter().map(|id| r.metrics(*id)).collect();
-    let peer_ack_staleness_ms = staleness(&pages);
+    let peer_ack_staleness_all_ms = staleness(&pages);
     for id in r.alive() {
         if let Some(c) = &r.procs[&id].child {
             r.peak_rss.insert(id, peak_rss_of(c.id()));
@@ -492,7 +563,9 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         policies: shape.policies,
         initial_sync_seconds,
         kills,
+        edit_to_realized_on_follower_ms: crate::compile::percentiles(realized),
         peer_ack_staleness_ms,
+        peer_ack_staleness_all_ms,
         replica_peak_rss_bytes: r.peak_rss.clone(),
     })
 }
@@ -501,13 +574,16 @@ pub fn table(r: &FailoverReport) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
         "{} agents, {} pods, {} namespaces, {} policies; three replicas (processes), mTLS\n\
-         initial sync of every agent: {:.1} s\n\n\
+         initial sync of every agent: {:.1} s\n\
+         edit -> realized as seen on a follower: p50 {:.1} ms, p99 {:.1} ms\n\n\
          {:<6} {:>6} {:>11} {:>14} {:>12} {:>12} {:>8} {:>16}\n",
         r.agents,
         r.pods,
         r.namespaces,
         r.policies,
         r.initial_sync_seconds,
+        r.edit_to_realized_on_follower_ms.p50,
+        r.edit_to_realized_on_follower_ms.p99,
         "KILLED",
         "MOVED",
         "LEADER(ms)",
@@ -534,13 +610,20 @@ pub fn table(r: &FailoverReport) -> String {
             )
         );
     }
-    let _ = writeln!(
-        out,
-        "\nstaleness of another replica's acks: p50 <= {} ms, p99 <= {} ms ({} samples)",
-        r.peer_ack_staleness_ms.p50_at_most,
-        r.peer_ack_staleness_ms.p99_at_most,
-        r.peer_ack_staleness_ms.samples
-    );
+    out.push('\n');
+    for (when, s) in [
+        ("during the edits", &r.peer_ack_staleness_ms),
+        (
+            "since each replica's last start (kills, catch-up)",
+            &r.peer_ack_staleness_all_ms,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "staleness of another replica's acks, {when}: p50 <= {} ms, p99 <= {} ms ({} samples)",
+            s.p50_at_most, s.p99_at_most, s.samples
+        );
+    }
     for (id, rss) in &r.replica_peak_rss_bytes {
         let _ = writeln!(
             out,

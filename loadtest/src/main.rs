@@ -93,6 +93,10 @@ enum Cmd {
         /// Leader kills to measure (the killed replica restarts before the next).
         #[arg(long, default_value_t = 3)]
         kills: usize,
+        /// Single-pod edits after the initial sync, each timed to realized as a follower
+        /// sees it (the staleness of cluster-wide rollout state in steady operation).
+        #[arg(long, default_value_t = 50)]
+        edits: usize,
         /// Where palisade-controller is (default: beside this binary).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
@@ -269,12 +273,14 @@ fn main() -> Result<()> {
             agents,
             cluster,
             kills,
+            edits,
             bin_dir,
             output,
         } => {
             let opts = failover::FailoverOptions {
                 shape: cluster.shape(agents)?,
                 kills,
+                edits,
                 bin_dir: bin_dir.unwrap_or_else(failover::beside_executable),
             };
             let report = block_on(failover::run(&opts, &|m| eprintln!("{m}")))??;

@@ -157,6 +157,55 @@ pub fn stream<'a>(docs: impl IntoIterator<Item = &'a String>) -> String {
     docs.into_iter().map(|d| format!("---\n{d}\n")).collect()
 }
 
+/// Single-pod edits to a cluster written as one manifest file per namespace in `dir`: each
+/// adds a pod to a namespace's file (rewritten atomically, as an editor or a GitOps tool
+/// would), on a node and with an app drawn from the shape.
+pub struct Edits<'a> {
+    dir: std::path::PathBuf,
+    files: std::collections::BTreeMap<String, Vec<String>>,
+    rng: crate::synth::Rng,
+    shape: &'a crate::synth::Shape,
+    made: usize,
+}
+
+impl<'a> Edits<'a> {
+    /// `files`: each namespace's documents, as written.
+    pub fn new(
+        dir: &std::path::Path,
+        files: std::collections::BTreeMap<String, Vec<String>>,
+        shape: &'a crate::synth::Shape,
+    ) -> Edits<'a> {
+        Edits {
+            dir: dir.to_path_buf(),
+            files,
+            rng: crate::synth::Rng::new(shape.seed ^ 0xed17),
+            shape,
+            made: 0,
+        }
+    }
+
+    /// Make the next edit; the namespace it changed.
+    pub fn make(&mut self) -> std::io::Result<String> {
+        use crate::synth;
+        let ns = synth::ns_name(self.rng.below(self.shape.namespaces));
+        let pod = synth::pod(
+            &ns,
+            format!("edit-{}", self.made),
+            self.rng.below(synth::APPS_PER_NAMESPACE),
+            self.rng.below(self.shape.nodes),
+            synth::pod_ip(self.shape.pods + self.made),
+        );
+        self.made += 1;
+        let docs = self.files.entry(ns.clone()).or_default();
+        docs.extend(document(&Command::UpsertPod(pod)));
+        palisade_files::atomic::write(
+            &self.dir.join(format!("{ns}.yaml")),
+            stream(docs.iter()).as_bytes(),
+        )?;
+        Ok(ns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use palisade_policy::manifest;

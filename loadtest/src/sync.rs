@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::compile::{peak_rss_bytes, MeanMax, Percentiles};
 use crate::fleet;
 use crate::manifests;
-use crate::synth::{self, Rng, Shape};
+use crate::synth::{self, Shape};
 
 pub struct SyncOptions {
     pub shape: Shape,
@@ -126,7 +126,7 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
         shape.nodes, shape.pods, shape.namespaces, shape.policies
     ));
     let commands: Vec<Command> = synth::commands(shape).collect();
-    let mut files = write_manifests(&manifest_dir, &commands).map_err(io("writing manifests"))?;
+    let files = write_manifests(&manifest_dir, &commands).map_err(io("writing manifests"))?;
     drop(commands);
     let nodes: Vec<String> = (0..shape.nodes).map(synth::node_name).collect();
     let certs = dir.path().join("certs");
@@ -203,27 +203,13 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
     };
 
     progress(&format!("{} single-pod edits", opts.edits));
-    let mut rng = Rng::new(shape.seed ^ 0xed17);
+    let mut edits = manifests::Edits::new(&manifest_dir, files, shape);
     let (mut latencies, mut changed, mut update_bytes) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..opts.edits {
-        let ns = synth::ns_name(rng.below(shape.namespaces));
-        let pod = synth::pod(
-            &ns,
-            format!("edit-{i}"),
-            rng.below(synth::APPS_PER_NAMESPACE),
-            rng.below(shape.nodes),
-            synth::pod_ip(shape.pods + i),
-        );
-        let docs = files.get_mut(&ns).expect("namespace file");
-        docs.extend(manifests::document(&Command::UpsertPod(pod)));
+    for _ in 0..opts.edits {
         let before_page = hub.metrics.render();
         let before = *hub.revisions().borrow();
         let t0 = Instant::now();
-        palisade_files::atomic::write(
-            &manifest_dir.join(format!("{ns}.yaml")),
-            manifests::stream(docs.iter()).as_bytes(),
-        )
-        .map_err(io("editing a manifest"))?;
+        edits.make().map_err(io("editing a manifest"))?;
         let mut revisions = hub.revisions();
         let _ = within(
             Duration::from_secs(60),

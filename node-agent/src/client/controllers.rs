@@ -9,8 +9,10 @@ use tonic::transport::Endpoint;
 pub(crate) struct Controllers {
     list: Vec<(String, Endpoint)>,
     current: usize,
-    /// Attempts that failed since the last session that worked.
-    failed: usize,
+    /// Addresses that failed since the last session that worked (in this round).
+    tried: Vec<bool>,
+    /// Rounds in which every address failed, since the last session that worked.
+    rounds: u32,
 }
 
 /// Which of `replicas` addresses (by position) the agent of `node` starts on: FNV-1a of the
@@ -27,10 +29,12 @@ impl Controllers {
     pub(crate) fn new(node: &str, list: Vec<(String, Endpoint)>) -> Controllers {
         assert!(!list.is_empty(), "at least one controller address");
         let current = home(node, list.len());
+        let tried = vec![false; list.len()];
         Controllers {
             list,
             current,
-            failed: 0,
+            tried,
+            rounds: 0,
         }
     }
 
@@ -42,15 +46,31 @@ impl Controllers {
 
     /// A session with the current one worked.
     pub(crate) fn worked(&mut self) {
-        self.failed = 0;
+        self.tried.fill(false);
+        self.rounds = 0;
     }
 
-    /// The current one failed: move to the next. Returns how many times every address has
-    /// failed in a row (0 while some address is untried since the last success: try it now).
+    /// The current one failed: move to another, chosen at random among those not tried since
+    /// the last session that worked (so the agents of a lost replica spread over the
+    /// others). Returns how many times every address has failed in a row (0 while some
+    /// address is untried: try it now; then back off).
     pub(crate) fn failed(&mut self) -> u32 {
-        self.failed += 1;
-        self.current = (self.current + 1) % self.list.len();
-        (self.failed / self.list.len()) as u32
+        self.tried[self.current] = true;
+        let untried: Vec<usize> = (0..self.list.len()).filter(|i| !self.tried[*i]).collect();
+        if untried.is_empty() {
+            self.rounds += 1;
+            self.tried.fill(false);
+            // A new round starts elsewhere than where the last one ended, when it can.
+            let others: Vec<usize> = (0..self.list.len())
+                .filter(|i| *i != self.current)
+                .collect();
+            if !others.is_empty() {
+                self.current = others[fastrand::usize(..others.len())];
+            }
+        } else {
+            self.current = untried[fastrand::usize(..untried.len())];
+        }
+        self.rounds
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -73,15 +93,41 @@ mod tests {
 
     #[test]
     fn moves_on_failure_and_backs_off_only_after_a_full_round() {
-        let mut c = Controllers::new("node-a", list(3));
-        let first = c.current().0.to_string();
-        assert_eq!(c.failed(), 0);
-        assert_ne!(c.current().0, first, "moved to the next replica");
-        assert_eq!(c.failed(), 0);
-        assert_eq!(c.failed(), 1, "every replica failed once: back off");
-        assert_eq!(c.current().0, first, "round robin");
-        c.worked();
-        assert_eq!(c.failed(), 0);
+        for _ in 0..20 {
+            let mut c = Controllers::new("node-a", list(3));
+            let mut seen = std::collections::BTreeSet::new();
+            seen.insert(c.current().0.to_string());
+            let before = c.current().0.to_string();
+            assert_eq!(c.failed(), 0);
+            assert_ne!(c.current().0, before, "moved to another replica");
+            seen.insert(c.current().0.to_string());
+            assert_eq!(c.failed(), 0);
+            seen.insert(c.current().0.to_string());
+            assert_eq!(seen.len(), 3, "every replica tried once before backing off");
+            let last = c.current().0.to_string();
+            assert_eq!(c.failed(), 1, "every replica failed once: back off");
+            assert_ne!(c.current().0, last, "the next round starts elsewhere");
+            assert_eq!(c.failed(), 1);
+            c.worked();
+            assert_eq!(c.failed(), 0);
+        }
+        let mut one = Controllers::new("x", list(1));
+        assert_eq!(one.failed(), 1);
+        assert_eq!(one.failed(), 2);
+    }
+
+    #[test]
+    fn the_agents_of_a_lost_replica_spread_over_the_others() {
+        let mut went = [0usize; 3];
+        for i in 0..600 {
+            let mut c = Controllers::new(&format!("node-{i}"), list(3));
+            if c.current == 0 {
+                c.failed();
+                went[c.current] += 1;
+            }
+        }
+        assert_eq!(went[0], 0);
+        assert!(went[1] > 50 && went[2] > 50, "{went:?}");
     }
 
     #[test]
