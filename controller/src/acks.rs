@@ -46,13 +46,20 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// This replica's table: what its own streams saw, with a sequence number per change.
+/// This replica's table: what its own streams saw, with a sequence number per change. A node
+/// this replica forgets leaves a tombstone (`None`) for askers that hold it; past
+/// [`MAX_TOMBSTONES`] they are dropped and the epoch changes, so every asker starts over with
+/// the whole table: the table stays bounded by the nodes this replica knows.
 pub struct Table {
     epoch: u64,
     seq: u64,
-    nodes: HashMap<Name, (u64, Record)>,
+    nodes: HashMap<Name, (u64, Option<Record>)>,
     by_seq: BTreeMap<u64, Name>,
+    tombstones: usize,
 }
+
+/// Tombstones kept before the table starts a new epoch.
+const MAX_TOMBSTONES: usize = 4096;
 
 impl Table {
     /// An empty table; `epoch` distinguishes this run of the replica from earlier ones.
@@ -62,6 +69,7 @@ impl Table {
             seq: 0,
             nodes: HashMap::new(),
             by_seq: BTreeMap::new(),
+            tombstones: 0,
         }
     }
 
@@ -75,50 +83,87 @@ impl Table {
 
     /// Record what the streams of this replica now know of `node`; returns whether it changed.
     pub fn set(&mut self, node: &Name, mut record: Record) -> bool {
-        if let Some((seq, old)) = self.nodes.get(node) {
+        if let Some((_, Some(old))) = self.nodes.get(node) {
             record.changed_unix_ms = old.changed_unix_ms;
             if *old == record {
                 return false;
             }
-            self.by_seq.remove(seq);
         }
         record.changed_unix_ms = unix_ms();
-        self.seq += 1;
-        self.by_seq.insert(self.seq, node.clone());
-        self.nodes.insert(node.clone(), (self.seq, record));
+        self.put(node, Some(record));
         true
     }
 
-    /// What an asker holding (`epoch`, `since`) lacks: `(full, records)`.
-    pub fn since(&self, epoch: u64, since: u64) -> (bool, Vec<(Name, Record)>) {
+    /// This replica no longer knows `node`; returns whether the table changed.
+    pub fn forget(&mut self, node: &Name) -> bool {
+        if !matches!(self.nodes.get(node), Some((_, Some(_)))) {
+            return false;
+        }
+        self.put(node, None);
+        self.tombstones += 1;
+        if self.tombstones > MAX_TOMBSTONES {
+            self.nodes.retain(|_, (_, r)| r.is_some());
+            let nodes = &self.nodes;
+            self.by_seq.retain(|_, n| nodes.contains_key(n));
+            self.tombstones = 0;
+            self.epoch = self.epoch.wrapping_add(1).max(1);
+        }
+        true
+    }
+
+    fn put(&mut self, node: &Name, record: Option<Record>) {
+        if let Some((seq, _)) = self.nodes.get(node) {
+            self.by_seq.remove(seq);
+        }
+        self.seq += 1;
+        self.by_seq.insert(self.seq, node.clone());
+        self.nodes.insert(node.clone(), (self.seq, record));
+    }
+
+    /// What an asker holding (`epoch`, `since`) lacks: `(full, records)`; `None`: forgotten
+    /// (never in a full answer).
+    pub fn since(&self, epoch: u64, since: u64) -> (bool, Vec<(Name, Option<Record>)>) {
         let full = epoch != self.epoch || since > self.seq;
         let from = if full { 0 } else { since };
         let records = self
             .by_seq
             .range(from + 1..)
             .map(|(_, n)| (n.clone(), self.nodes[n].1.clone()))
+            .filter(|(_, r)| !full || r.is_some())
             .collect();
         (full, records)
     }
 
     /// Nodes with a stream open here.
     pub fn connected(&self) -> usize {
-        self.nodes.values().filter(|(_, r)| r.connected).count()
+        self.nodes
+            .values()
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.connected))
+            .count()
     }
 }
 
-/// The record of a node as this replica's streams left it.
+/// The record of a node as this replica's streams left it: its own acks, and while the agent
+/// is connected here, what the agent said (otherwise that may be a peer's report).
 pub fn record_of(n: &NodeRollout, connected_here: bool) -> Record {
-    Record {
+    let mut r = Record {
         version: n.local_ack.map_or(0, |(v, _)| v),
         digest: n.local_ack.map(|(_, d)| d),
         connected: connected_here,
-        nack: n.nack.clone(),
-        agent: n.agent.clone(),
-        failed_closed: n.failed_closed.clone(),
-        warning: n.capacity_warning.clone(),
-        changed_unix_ms: 0,
+        ..Record::default()
+    };
+    if connected_here {
+        r.nack = n.nack.clone();
+        r.agent = n.agent.clone();
+        r.failed_closed = n
+            .failed_closed
+            .iter()
+            .take(FAILED_CLOSED_SHARED)
+            .cloned()
+            .collect();
+        r.warning = n.capacity_warning.clone();
     }
+    r
 }
 
 /// What this replica holds of each peer's table.
@@ -164,8 +209,15 @@ impl Peers {
     }
 }
 
-/// A record on the wire.
-pub fn to_pb(node: &Name, r: &Record) -> pb::NodeAck {
+/// A record (or a forgotten node: `None`) on the wire.
+pub fn to_pb(node: &Name, r: Option<&Record>) -> pb::NodeAck {
+    let Some(r) = r else {
+        return pb::NodeAck {
+            node: node.to_string(),
+            forgotten: true,
+            ..pb::NodeAck::default()
+        };
+    };
     pb::NodeAck {
         node: node.to_string(),
         version: r.version,
@@ -188,13 +240,17 @@ pub fn to_pb(node: &Name, r: &Record) -> pb::NodeAck {
             .collect(),
         capacity_warning: r.warning.clone(),
         changed_unix_ms: r.changed_unix_ms,
+        forgotten: false,
     }
 }
 
-/// A record from the wire, or why it cannot be one.
-pub fn from_pb(a: pb::NodeAck) -> Result<(Name, Record), String> {
+/// A record from the wire (`None`: the peer forgot the node), or why it cannot be one.
+pub fn from_pb(a: pb::NodeAck) -> Result<(Name, Option<Record>), String> {
     if a.node.is_empty() || a.node.len() > 253 {
         return Err(format!("a node name of {} bytes", a.node.len()));
+    }
+    if a.forgotten {
+        return Ok((a.node.as_str().into(), None));
     }
     let digest = if a.digest.is_empty() {
         None
@@ -207,7 +263,7 @@ pub fn from_pb(a: pb::NodeAck) -> Result<(Name, Record), String> {
     let caps = a.capacities.unwrap_or_default();
     Ok((
         a.node.as_str().into(),
-        Record {
+        Some(Record {
             version: a.version,
             digest,
             connected: a.connected,
@@ -221,7 +277,7 @@ pub fn from_pb(a: pb::NodeAck) -> Result<(Name, Record), String> {
             failed_closed: a.failed_closed,
             warning: a.capacity_warning,
             changed_unix_ms: a.changed_unix_ms,
-        },
+        }),
     ))
 }
 
@@ -253,13 +309,31 @@ mod tests {
         let (full, changed) = t.since(7, 2);
         assert!(!full);
         assert_eq!(changed, vec![(a.clone(), t.nodes[&a].1.clone())]);
+        // A forgotten node reaches askers as a tombstone, and whole tables leave it out.
+        assert!(t.forget(&b));
+        assert!(!t.forget(&b));
+        assert_eq!(t.since(7, 3), (false, vec![(b.clone(), None)]));
+        assert_eq!(t.since(0, 0).1.len(), 1);
+        assert!(t.set(&b, rec(1, true)));
         let (full, all) = t.since(6, 2);
         assert!(full, "another epoch: the whole table");
         assert_eq!(all.len(), 2);
-        assert!(t.since(7, 3).1.is_empty());
+        assert!(t.since(7, t.seq()).1.is_empty());
         assert_eq!(t.connected(), 2);
         t.set(&a, rec(2, false));
         assert_eq!(t.connected(), 1);
+    }
+
+    #[test]
+    fn tombstones_are_bounded_by_a_new_epoch() {
+        let mut t = Table::new(1);
+        for i in 0..=MAX_TOMBSTONES {
+            let n: Name = format!("n{i}").as_str().into();
+            t.set(&n, rec(1, true));
+            t.forget(&n);
+        }
+        assert_eq!(t.epoch(), 2, "asked again from scratch");
+        assert!(t.nodes.is_empty() && t.by_seq.is_empty());
     }
 
     #[test]
@@ -270,7 +344,11 @@ mod tests {
         r.agent.capacities = [1, 2, 3];
         r.failed_closed = vec!["10.0.0.1".into()];
         let node: Name = "n".into();
-        assert_eq!(from_pb(to_pb(&node, &r)).unwrap(), (node, r));
+        assert_eq!(
+            from_pb(to_pb(&node, Some(&r))).unwrap(),
+            (node.clone(), Some(r))
+        );
+        assert_eq!(from_pb(to_pb(&node, None)).unwrap(), (node, None));
         assert!(from_pb(pb::NodeAck {
             node: "n".into(),
             digest: "zz".into(),

@@ -298,21 +298,24 @@ impl Hub {
         self.touch(&mut st, node);
     }
 
-    /// A stream of `node` ended here (`forget_unknown`: see `Rollout::disconnected`).
+    /// A stream of `node` ended here (`forget_unknown`: see `Rollout::disconnected`; a node
+    /// a peer has connected is not forgotten).
     pub fn disconnected(&self, node: &Name, forget_unknown: bool) {
         let mut st = self.lock();
-        st.rollout.disconnected(node, forget_unknown);
+        let elsewhere = st.peers.connected_at(node).is_some();
+        st.rollout.disconnected(node, forget_unknown && !elsewhere);
         self.touch(&mut st, node);
     }
 
-    /// Put what this replica's streams know of `node` into its table, for the peers.
+    /// Put what this replica's streams know of `node` into its table, for the peers (a
+    /// tombstone when it forgot the node).
     fn touch(&self, st: &mut State, node: &Name) {
-        let record = match st.rollout.node(node) {
-            Some(n) => acks::record_of(n, n.connections > 0),
-            None => acks::Record::default(),
-        };
         let mut table = self.acks();
-        if table.set(node, record) {
+        let changed = match st.rollout.node(node) {
+            Some(n) => table.set(node, acks::record_of(n, n.connections > 0)),
+            None => table.forget(node),
+        };
+        if changed {
             self.acks_seq.send_replace(table.seq());
         }
     }
@@ -338,7 +341,15 @@ impl Hub {
         }
         for wire in table.nodes {
             let (node, record) = match acks::from_pb(wire) {
-                Ok(r) => r,
+                Ok((node, Some(record))) => (node, record),
+                Ok((node, None)) => {
+                    // The peer forgot a node only a stream of it had named.
+                    st.peers.table(peer).connected.remove(&node);
+                    if st.peers.connected_at(&node).is_none() {
+                        st.rollout.forget_if_unknown(&node);
+                    }
+                    continue;
+                }
                 Err(why) => {
                     warn!(peer, "an unreadable ack record from replica {peer}: {why}");
                     continue;
@@ -480,12 +491,12 @@ mod tests {
         let other = Hub::new(2, Machine::new(), Limits::default(), Metrics::new());
         let record = acks::to_pb(
             &n1,
-            &acks::Record {
+            Some(&acks::Record {
                 version: 2,
                 digest: Some(digest),
                 connected: true,
                 ..acks::Record::default()
-            },
+            }),
         );
         other.merge_peer(
             1,
@@ -504,5 +515,28 @@ mod tests {
         other.peer_unreachable(1);
         assert_eq!(other.lock().connected_at("n1"), None);
         assert_eq!(other.lock().rollout.realized_through(), 2);
+
+        // A node only a peer's stream named (no slice, no ack) goes when the peer forgets it.
+        let ghost: Name = "ghost".into();
+        let named = acks::Record {
+            connected: true,
+            ..acks::Record::default()
+        };
+        let table = |seq, nodes| palisade_proto::v1::AckTable {
+            epoch: 9,
+            seq,
+            full: false,
+            nodes,
+        };
+        other.merge_peer(1, table(2, vec![acks::to_pb(&ghost, Some(&named))]));
+        assert_eq!(other.lock().connected_at("ghost"), Some(1));
+        assert!(other.lock().rollout.node("ghost").is_some());
+        other.merge_peer(1, table(3, vec![acks::to_pb(&ghost, None)]));
+        assert_eq!(other.lock().connected_at("ghost"), None);
+        assert!(other.lock().rollout.node("ghost").is_none());
+        assert!(
+            other.lock().rollout.node("n1").is_some(),
+            "a node with a slice stays"
+        );
     }
 }

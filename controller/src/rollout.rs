@@ -324,11 +324,27 @@ impl Rollout {
     pub fn disconnected(&mut self, node: &Name, forget_unknown: bool) {
         let n = self.entry(node);
         n.connections = n.connections.saturating_sub(1);
-        let unknown = n.connections == 0 && n.desired_version == 0 && n.unacked.is_empty();
-        if forget_unknown && unknown {
+        if forget_unknown {
+            self.forget_if_unknown(node);
+        }
+    }
+
+    /// Forget `node` if nothing but a stream ever named it: no slice, no stream open here, no
+    /// ack (its own or a peer's). Returns whether it did.
+    pub fn forget_if_unknown(&mut self, node: &Name) -> bool {
+        let Some(n) = self.nodes.get(node) else {
+            return false;
+        };
+        let unknown = n.connections == 0
+            && n.desired_version == 0
+            && n.unacked.is_empty()
+            && n.acked_version == 0
+            && n.ahead.is_none();
+        if unknown {
             self.degraded(node, Vec::new(), String::new());
             self.nodes.remove(node);
         }
+        unknown
     }
 
     /// Every revision up to this one is realized.

@@ -130,15 +130,22 @@ fn parse_hello(m: Option<pb::AgentMessage>) -> Result<pb::Hello, Status> {
 impl SyncService {
     /// An agent holding `version` may be served here once this replica has applied that far:
     /// served from older state, it would move back. Wait for that (bounded); then send it
-    /// elsewhere. A leader that has applied everything committed and is still behind serves
-    /// it all the same: its log is the group's (the agent's version came from an earlier
-    /// group, e.g. one whose state was wiped).
+    /// elsewhere. A leader whose log does not even reach `version`, and that has applied all
+    /// it committed, serves it all the same: by Raft's leader completeness no committed entry
+    /// is missing from a leader's log, so the agent's version came from an earlier group
+    /// (one whose state was wiped). (A new leader that has not committed in its term yet may
+    /// still hold entries it has not applied: that is why the log's end, not the commit
+    /// index, decides.)
     async fn caught_up_with(&self, version: u64) -> Result<(), Status> {
         let mut revisions = self.hub.revisions();
         if *revisions.borrow_and_update() >= version {
             return Ok(());
         }
         self.hub.metrics.stream_parked();
+        info!(
+            version,
+            "the agent holds a version this replica has not applied yet: waiting for it"
+        );
         let waited = tokio::time::timeout(
             self.config.resume_wait,
             revisions.wait_for(|r| *r >= version),
@@ -148,7 +155,7 @@ impl SyncService {
             return Ok(());
         }
         let s = self.group.status();
-        if s.is_leader() && s.applied >= s.raft.commit {
+        if s.is_leader() && version > s.raft.last_index && s.applied >= s.raft.commit {
             return Ok(());
         }
         Err(Status::unavailable(format!(

@@ -360,15 +360,24 @@ async fn a_replica_cut_off_from_its_peers_sheds_its_agents_to_the_others() {
     }
     agents.never_went_back();
 
-    // Healed, it serves agents again.
+    // Healed, it serves agents again, and answers for every node again (its peers' tables
+    // were dropped while they were unreachable: it asks for them whole).
     r.heal(cut);
     let deadline = Instant::now() + WAIT;
     loop {
         let refusing = refusing(&r, cut).await;
-        if refusing.as_deref() == Some("") {
+        let nodes = rollout(&r, cut).await;
+        let complete = nodes.len() == NODES
+            && nodes
+                .values()
+                .all(|(desired, acked, connected)| desired == acked && *connected);
+        if refusing.as_deref() == Some("") && complete {
             break;
         }
-        assert!(Instant::now() < deadline, "still refusing: {refusing:?}");
+        assert!(
+            Instant::now() < deadline,
+            "refusing: {refusing:?}; nodes: {nodes:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

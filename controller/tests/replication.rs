@@ -315,6 +315,12 @@ async fn a_follower_never_moves_an_agent_back_to_older_state() {
         let certs = r.path("certs");
         async move { hello_at(&addr, &certs, at + 1).await }
     });
+    let deadline = Instant::now() + WAIT;
+    while !r.log(follower).contains("waiting for it") {
+        assert!(Instant::now() < deadline, "the stream was not parked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!parked.is_finished(), "parked, not answered");
     let next = r.apply(leader, &pod(1), false).await.unwrap();
     assert!(next > at);
     parked.await.unwrap().unwrap();

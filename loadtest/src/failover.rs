@@ -536,13 +536,14 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         // The killed replica comes back from its data directory before the next kill.
         r.spawn(leader)?;
         let back = leader;
+        let applied = |id: u64| sum(&r.metrics(id), "palisade_raft_applied_index ");
+        let target = survivors.iter().map(|id| applied(*id)).fold(0.0, f64::max);
         until(
             Duration::from_secs(120),
-            "the restarted replica back",
-            || r.metrics(back).contains("palisade_raft_applied_index"),
+            "the restarted replica caught up",
+            || applied(back) >= target,
         )
         .await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     // Replicas restarted during the run lost their histograms: what they measured since.
     let pages: Vec<String> = r.alive().iter().map(|id| r.metrics(*id)).collect();

@@ -80,6 +80,8 @@ async fn pull(
                 failures += 1;
                 if reachable && last_ok.elapsed() >= STALE {
                     info!(peer, %why, "replica {peer} is unreachable: its agents are no longer counted as connected");
+                    // What it said is cleared here: ask for its whole table when it answers.
+                    (epoch, since) = (0, 0);
                     let hub = hub.clone();
                     let _ = tokio::task::spawn_blocking(move || hub.peer_unreachable(peer)).await;
                     reachable = false;
@@ -111,7 +113,10 @@ pub async fn answer(hub: &Hub, ask: &AcksRequest) -> AckTable {
                     epoch: table.epoch(),
                     seq: table.seq(),
                     full,
-                    nodes: records.iter().map(|(n, r)| super::to_pb(n, r)).collect(),
+                    nodes: records
+                        .iter()
+                        .map(|(n, r)| super::to_pb(n, r.as_ref()))
+                        .collect(),
                 };
             }
         }

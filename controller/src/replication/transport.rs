@@ -330,11 +330,15 @@ impl Raft for RaftService {
         req: Request<RaftStatusRequest>,
     ) -> Result<Response<ReplicaStatus>, Status> {
         self.authorize(&req, None)?;
+        // Copies first: a borrow held while waiting for the ack table's lock would hold up
+        // the Raft driver's status updates.
+        let status = self.status.borrow().clone();
+        let refusing = self.refusing.borrow().clone();
         Ok(Response::new(own_status(
-            &self.status.borrow(),
+            &status,
             &self.address,
             &self.hub,
-            self.refusing.borrow().as_deref(),
+            refusing.as_deref(),
         )))
     }
 

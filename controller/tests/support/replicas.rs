@@ -61,7 +61,20 @@ impl Netns {
         format!("{}br", self.prefix)
     }
 
+    /// The namespaces and the bridge; what was made is removed again if a step fails.
     fn create(&self, ids: &[u64]) {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test cuts a replica off with network namespaces: it needs root");
+        }
+        let made = std::panic::catch_unwind(|| self.try_create(ids));
+        if let Err(panic) = made {
+            self.remove(ids);
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    fn try_create(&self, ids: &[u64]) {
         let br = self.bridge();
         ip(&["link", "add", &br, "type", "bridge"]);
         ip(&[
