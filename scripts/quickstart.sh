@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The quick start: install what the build needs (scripts/setup.sh), build everything, and run
-# `palisade-lab demo`: nodes and pods in network namespaces, a controller and an eBPF agent
-# per node, the seed microservices policies, reachability measured with real connections
+# `palisade-lab demo`: nodes and pods in network namespaces, three controller replicas (the
+# leader is killed midway) and an eBPF agent per node, the seed microservices policies, reachability measured with real connections
 # beside what `palisadectl evaluate` predicts. Without root or BPF the demo says so and runs
 # the in-memory dataplane. Arguments go to `palisade-lab demo` (see its --help).
 set -euo pipefail

@@ -1,6 +1,6 @@
 //! `palisade-lab demo`: the quick start. Builds nodes and pods in network namespaces from a
-//! set of manifests (the seed microservices chain by default), runs a controller and an eBPF
-//! agent per node, measures reachability with real connections, and prints it beside what
+//! set of manifests (the seed microservices chain by default), runs controller replicas and an
+//! eBPF agent per node, measures reachability with real connections, and prints it beside what
 //! `palisadectl evaluate` predicts, with how to inspect the running system.
 
 use std::collections::BTreeMap;

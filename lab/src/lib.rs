@@ -1,9 +1,10 @@
 //! palisade-lab: Palisade on real packets on one machine. From a set of manifests it builds
 //! nodes and pods in network namespaces the way a routed CNI leaves them ([`topology`]),
-//! starts a controller and a real eBPF agent per node ([`lab`]), and measures reachability
-//! with real TCP and UDP sockets ([`probe`]) to set beside what `palisadectl evaluate`
-//! predicts from the same manifests. The end-to-end tests and the quick start use it. Needs
-//! root, BPF and network namespaces.
+//! starts controller replicas and a real eBPF agent per node ([`lab`]), and measures
+//! reachability with real TCP and UDP sockets ([`probe`]) to set beside what `palisadectl
+//! evaluate` predicts from the same manifests; with three replicas, it kills the leader while
+//! probing ([`failover`]). The end-to-end tests and the quick start use it. Needs root, BPF
+//! and network namespaces.
 
 pub mod bench;
 pub mod demo;

@@ -9,7 +9,8 @@ use palisade_lab::demo::{self, MICROSERVICES, MICROSERVICES_PROBES};
 use palisade_lab::{Lab, LabOptions};
 
 /// Palisade on real packets on one machine: nodes and pods in network namespaces wired like a
-/// routed CNI, a controller, and a Palisade agent with the eBPF dataplane on every node.
+/// routed CNI, controller replicas (three by default), and a Palisade agent with the eBPF
+/// dataplane on every node.
 /// Needs root and BPF; without them, `demo` says so and runs the in-memory dataplane.
 #[derive(Parser)]
 #[command(name = "palisade-lab", version)]
