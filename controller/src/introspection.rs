@@ -36,6 +36,7 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
     let (desired, desired_digest) = st.desired(node);
     let summary = st.engine().node(node);
     let r = st.rollout.node(node);
+    let at = st.connected_at(node);
     let acked = r.map_or(0, |r| r.acked_version);
     pb::NodeStatus {
         node: node.to_string(),
@@ -46,8 +47,8 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
             .and_then(|r| r.acked_digest)
             .map(|d| d.to_hex())
             .unwrap_or_default(),
-        connected: st.connected_at(node).is_some(),
-        replica: st.connected_at(node).unwrap_or(0),
+        connected: at.is_some(),
+        replica: at.unwrap_or(0),
         lag_revisions: desired.saturating_sub(acked),
         lag_seconds: r.map_or(0.0, |r| r.lag(now).as_secs_f64()),
         nack_version: r.and_then(|r| r.nack.as_ref()).map_or(0, |(v, _)| *v),

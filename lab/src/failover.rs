@@ -182,8 +182,8 @@ pub fn run(lab: &mut Lab, allowed: &Flow, denied: &Flow) -> Result<Failover, Lab
         out,
         "Replica {old} (the leader) SIGKILLed. Replica {new} leads after {:.1} s; every agent \
          holds its slice from a live replica after {:.1} s.",
-        elapsed(elected),
-        elapsed(resumed)
+        elected.as_secs_f64(),
+        resumed.as_secs_f64()
     );
     let lapses = counts[0].1 + counts[1].0;
     let _ = writeln!(
@@ -245,10 +245,6 @@ pub fn standbys(files: &[(String, String)], replicas: u64) -> Result<Vec<String>
         }
     }
     Ok(out)
-}
-
-fn elapsed(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
 
 /// A flow the policy allows and one it denies, between pods, among `flows` with `predicted`.

@@ -89,7 +89,16 @@ pub struct IncrementalNodes {
 
 /// Peak resident set size of this process, from /proc (0 where unavailable).
 pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_rss_at("/proc/self/status")
+}
+
+/// Peak resident set size of process `pid` (0 where unavailable).
+pub fn peak_rss_of(pid: u32) -> u64 {
+    peak_rss_at(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_at(status: &str) -> u64 {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines()

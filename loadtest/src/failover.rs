@@ -19,8 +19,9 @@ use palisadectl::remote::Conn;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::compile::Percentiles;
+use crate::compile::{peak_rss_of, Percentiles};
 use crate::fleet;
+use crate::raft::ms;
 use crate::synth::{self, Shape};
 
 pub struct FailoverOptions {
@@ -129,17 +130,6 @@ fn sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn peak_rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 impl Replicas {
     fn addr(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.procs[&id].port)
@@ -233,10 +223,6 @@ impl Drop for Replicas {
             self.kill(id);
         }
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Wait until `done` holds (checked every 10 ms), at most `limit`; what it took.
@@ -473,8 +459,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
             .map(|a| a.node.clone())
             .collect();
         let survivors: Vec<u64> = alive.iter().copied().filter(|i| *i != leader).collect();
-        let page = |r: &Replicas, id: u64| r.metrics(id);
-        let before: Vec<String> = survivors.iter().map(|id| page(&r, *id)).collect();
+        let before: Vec<String> = survivors.iter().map(|id| r.metrics(*id)).collect();
         progress(&format!(
             "kill {}: SIGKILL replica {leader} (the leader), {} agents on it",
             k + 1,
@@ -504,7 +489,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let all_streaming = streaming.expect("seen");
-        let after: Vec<String> = survivors.iter().map(|id| page(&r, *id)).collect();
+        let after: Vec<String> = survivors.iter().map(|id| r.metrics(*id)).collect();
         let delta = |name: &str| -> u64 {
             let b: f64 = before.iter().map(|p| sum(p, name)).sum();
             let a: f64 = after.iter().map(|p| sum(p, name)).sum();

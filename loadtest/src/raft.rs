@@ -222,7 +222,8 @@ fn bench_pod(i: usize, flip: bool) -> Command {
     ))
 }
 
-fn ms(d: Duration) -> f64 {
+/// Milliseconds.
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
