@@ -7,7 +7,7 @@
 //! Streams wake through a watch channel per node, so a change reaches exactly the nodes it
 //! affects.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -30,7 +30,8 @@ pub struct State {
     pub machine: Machine,
     pub history: History,
     pub rollout: Rollout,
-    pub rejected: Vec<Rejected>,
+    /// Objects each source could not take, by source (`manifests`, `kubernetes`).
+    pub rejected: BTreeMap<&'static str, Vec<Rejected>>,
     /// What the peers' streams saw (which nodes are connected where).
     pub peers: Peers,
     /// This replica's id.
@@ -89,6 +90,8 @@ pub struct Hub {
     acks: Mutex<Table>,
     /// The sequence number of that table (peers wait on it).
     acks_seq: watch::Sender<u64>,
+    /// The Kubernetes source's watches, while this replica runs them (their own lock).
+    pub kube: std::sync::Arc<crate::kubernetes::Board>,
     pub metrics: Metrics,
 }
 
@@ -106,7 +109,7 @@ impl Hub {
                 machine: Machine::new(),
                 history: History::new(limits),
                 rollout: Rollout::default(),
-                rejected: Vec::new(),
+                rejected: BTreeMap::new(),
                 peers: Peers::default(),
                 replica,
                 watchers: HashMap::new(),
@@ -117,6 +120,7 @@ impl Hub {
             realized: watch::channel(0).0,
             acks: Mutex::new(Table::new(epoch.max(1))),
             acks_seq: watch::channel(0).0,
+            kube: Default::default(),
             metrics,
         };
         if applied > 0 {
@@ -403,9 +407,12 @@ impl Hub {
         });
     }
 
-    pub fn set_rejected(&self, rejected: Vec<Rejected>) {
-        self.metrics.rejected(rejected.len());
-        self.lock().rejected = rejected;
+    /// What `source` cannot take now (replacing what it said before).
+    pub fn set_rejected(&self, source: &'static str, rejected: Vec<Rejected>) {
+        let mut st = self.lock();
+        st.rejected.insert(source, rejected);
+        self.metrics
+            .rejected(st.rejected.values().map(Vec::len).sum());
     }
 }
 

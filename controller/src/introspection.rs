@@ -325,7 +325,8 @@ impl Introspection for IntrospectionService {
         let st = self.hub.lock();
         let objects = st
             .rejected
-            .iter()
+            .values()
+            .flatten()
             .map(|r| pb::RejectedObject {
                 source: r.source.clone(),
                 kind: r.kind.clone(),

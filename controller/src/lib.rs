@@ -1,7 +1,8 @@
 //! The Palisade controller: one replica of a Raft group (a group of one by default).
 //!
-//! Data comes from the leader's sources: a directory of manifests ([`source`], until the
-//! Kubernetes watch exists) and objects operators send ([`admin`], the standalone store).
+//! Data comes from the leader's sources: the Kubernetes API server ([`kubernetes`]), a
+//! directory of manifests ([`source`]) and objects operators send ([`admin`], the standalone
+//! store).
 //! They become batches of `palisade-policy` commands proposed to the Raft log
 //! ([`replication`]: raft-rs on sled, peers over gRPC); every replica applies each committed
 //! entry at its log index, the revision, in the [`hub`] (the state machine, the per-node
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod history;
 pub mod hub;
 pub mod introspection;
+pub mod kubernetes;
 pub mod metrics;
 pub mod replication;
 pub mod rollout;

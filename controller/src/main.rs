@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 /// One replica of a Raft group: run three (or five) with --id and --peers, or one alone (the
 /// default). Objects live in the replicated log under --state-dir; a revision is the log index
 /// of the change. The leader alone takes input: objects sent with `palisadectl apply -f`
-/// (the standalone store, always on), and, with --manifests, a directory of manifests
-/// (Namespaces, Pods, NetworkPolicies; YAML or JSON) it watches: adding, editing, deleting or
-/// renaming a file becomes a change. It fails closed: invalid objects are rejected as the
+/// (the standalone store, always on); with --kubernetes, Namespaces, Pods and
+/// NetworkPolicies from the Kubernetes API server; with --manifests, a directory of manifests
+/// (YAML or JSON) it watches: adding, editing, deleting or renaming a file becomes a change. It fails closed: invalid objects are rejected as the
 /// Kubernetes API server would (strict field validation included) and their last valid
 /// version stays in force; a file is read only once completely written; a file with problems
 /// keeps what it held; an object defined in two files keeps the version in force before.
@@ -32,6 +32,37 @@ struct Cli {
     /// This replica's id in the group (a number from 1).
     #[arg(long, env = "PALISADE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     id: u64,
+
+    /// This replica's index in a StatefulSet (from 0, as the downward API gives the
+    /// `apps.kubernetes.io/pod-index` label): its id is the ordinal + 1. Instead of --id.
+    #[arg(long, env = "PALISADE_ORDINAL", conflicts_with = "id")]
+    ordinal: Option<u64>,
+
+    /// Read Namespaces, Pods and NetworkPolicies from the Kubernetes API server (on the
+    /// leader only): from --kubeconfig, else $KUBECONFIG or ~/.kube/config, else the
+    /// in-cluster service account. Needs get/list/watch on those three kinds.
+    #[arg(long, env = "PALISADE_KUBERNETES")]
+    kubernetes: bool,
+
+    /// The kubeconfig to reach the API server with (implies --kubernetes; its current context).
+    #[arg(long, env = "PALISADE_KUBECONFIG", value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+
+    /// Also report objects the API server accepted but Palisade rejects as Kubernetes Events
+    /// (type Warning, reason Rejected) on the object. Needs create and patch on
+    /// events.k8s.io events.
+    #[arg(long, env = "PALISADE_EMIT_EVENTS")]
+    emit_events: bool,
+
+    /// Changes from the API server within this long of the first are committed together as
+    /// one revision (a complete list is committed at once).
+    #[arg(long, env = "PALISADE_KUBE_BATCH_DELAY", default_value = "20ms", value_parser = humantime::parse_duration)]
+    kube_batch_delay: Duration,
+
+    /// How long one watch request lasts before the API server ends it and it is resumed
+    /// from where it was.
+    #[arg(long, default_value = "290s", value_parser = humantime::parse_duration)]
+    kube_watch_timeout: Duration,
 
     /// Every replica of the group, this one included, as ID=HOST:PORT,… (the gRPC address
     /// each is reached at; Raft traffic uses the same listener, as the palisade.v1.Raft
@@ -64,7 +95,13 @@ struct Cli {
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
 
-    /// HTTP address for Prometheus metrics (/metrics) and /healthz.
+    /// Plaintext gRPC address serving only grpc.health.v1 (for kubelet gRPC probes; the
+    /// --listen port needs client certificates). Services: "" and palisade.v1.Sync
+    /// (NOT_SERVING while this replica refuses agents).
+    #[arg(long, env = "PALISADE_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
+
+    /// HTTP address for Prometheus metrics (/metrics), /livez and /readyz.
     #[arg(
         long,
         env = "PALISADE_METRICS_LISTEN",
@@ -211,12 +248,20 @@ async fn main() -> Result<()> {
         (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
         _ => None,
     };
+    let kubernetes = cli.kubernetes || cli.kubeconfig.is_some();
+    if cli.emit_events && !kubernetes {
+        anyhow::bail!("--emit-events reports objects from the Kubernetes API: it needs --kubernetes or --kubeconfig");
+    }
+    let id = match cli.ordinal {
+        Some(o) => o.checked_add(1).context("--ordinal is too large")?,
+        None => cli.id,
+    };
     let peers = match &cli.peers {
-        Some(p) => palisade_controller::replication::parse_peers(p, cli.id)?,
+        Some(p) => palisade_controller::replication::parse_peers(p, id)?,
         None => Default::default(),
     };
     let replication = palisade_controller::replication::Config {
-        id: cli.id,
+        id,
         peers,
         tick: cli.raft_tick.max(Duration::from_millis(1)),
         options: palisade_replica::Options {
@@ -228,7 +273,7 @@ async fn main() -> Result<()> {
     let config = Config {
         manifests: cli.manifests,
         replication,
-        default_namespace: cli.namespace,
+        default_namespace: cli.namespace.clone(),
         state_dir: Some(cli.state_dir),
         tls,
         keepalive: cli.keepalive,
@@ -255,6 +300,15 @@ async fn main() -> Result<()> {
         max_message_bytes: cli.max_message_bytes,
         shed_agents_after: cli.shed_agents_after,
         resume_wait: cli.resume_wait,
+        kubernetes: kubernetes.then(|| palisade_controller::kubernetes::Options {
+            kubeconfig: cli.kubeconfig,
+            batch_delay: cli.kube_batch_delay,
+            watch_timeout: cli.kube_watch_timeout,
+            emit_events: cli.emit_events,
+            default_ns: cli.namespace.clone(),
+            ..Default::default()
+        }),
+        health_listen: cli.health_listen,
         ..Config::standalone()
     };
     let grpc = tokio::net::TcpListener::bind(cli.listen)

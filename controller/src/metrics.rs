@@ -11,6 +11,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod failover;
+mod kube;
+
+pub use kube::STATES as KUBE_STATES;
 mod raft;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +55,7 @@ struct Inner {
     handshake_failures: Family<ReasonLabel, Counter>,
     raft: raft::Raft,
     failover: failover::Failover,
+    kube: kube::Kube,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,6 +108,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             raft: raft::Raft::register(&mut registry),
             failover: failover::Failover::register(&mut registry),
+            kube: kube::Kube::register(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

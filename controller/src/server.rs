@@ -86,6 +86,11 @@ pub struct Config {
     /// How long an agent holding a version this replica has not applied yet waits for it
     /// before it is sent to another replica.
     pub resume_wait: Duration,
+    /// Read Namespaces, Pods and NetworkPolicies from a Kubernetes API server (leader only).
+    pub kubernetes: Option<crate::kubernetes::Options>,
+    /// A plaintext listener serving only gRPC health (for kubelet probes; the main listener
+    /// needs client certificates).
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -119,6 +124,8 @@ impl Config {
             max_message_bytes: 256 << 20,
             shed_agents_after: Duration::from_secs(3),
             resume_wait: Duration::from_secs(5),
+            kubernetes: None,
+            health_listen: None,
         }
     }
 }
@@ -143,6 +150,10 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("metrics server: {0}")]
     Metrics(std::io::Error),
+    #[error("the Kubernetes source: {0}")]
+    Kube(#[from] crate::kubernetes::KubeError),
+    #[error("cannot listen on {0} for health checks: {1}")]
+    Health(std::net::SocketAddr, std::io::Error),
 }
 
 /// A started controller.
@@ -334,6 +345,16 @@ pub async fn start(
             }),
         )?);
     }
+    if let Some(options) = &config.kubernetes {
+        let client = crate::kubernetes::client(options).await?;
+        tokio::spawn(crate::kubernetes::run(
+            hub.clone(),
+            group.clone(),
+            client,
+            options.clone(),
+            shutdown.clone(),
+        ));
+    }
     // A group of one with manifests: serve once they are read and applied, as a single
     // controller always did (a replica of a larger group cannot wait: it may not lead).
     let mut loaded_revision = applied;
@@ -355,6 +376,26 @@ pub async fn start(
     health
         .set_serving::<IntrospectionServer<IntrospectionService>>()
         .await;
+    if let Some(addr) = config.health_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServerError::Health(addr, e))?;
+        let service = health_service.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                warn!("the health listener stopped: {e}");
+            }
+        });
+        info!(%addr, "serving gRPC health in plaintext (for probes)");
+    }
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

@@ -47,6 +47,20 @@ pub struct Rejected {
     pub errors: Vec<String>,
 }
 
+/// The objects `commands` name that a source other than `owner` holds, with that source:
+/// `owner`'s version of them is not applied.
+pub fn foreign(hub: &crate::hub::Hub, owner: &str, commands: &[Command]) -> BTreeMap<Key, String> {
+    let st = hub.lock();
+    commands
+        .iter()
+        .map(palisade_policy::manifest::command_key)
+        .filter_map(|k| {
+            let other = st.machine.owner(&k).filter(|o| *o != owner)?.to_string();
+            Some((k, other))
+        })
+        .collect()
+}
+
 /// How the source reads its directory.
 #[derive(Clone, Debug)]
 pub struct Options {

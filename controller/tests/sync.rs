@@ -345,12 +345,19 @@ async fn invalid_edits_are_rejected_and_reported() {
     );
     // The rejection is reported; the previous policy stays in force, no revision moves.
     for _ in 0..100 {
-        if !c.hub().lock().rejected.is_empty() {
+        if c.hub().lock().rejected.values().any(|r| !r.is_empty()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rejected = c.hub().lock().rejected.clone();
+    let rejected: Vec<_> = c
+        .hub()
+        .lock()
+        .rejected
+        .values()
+        .flatten()
+        .cloned()
+        .collect();
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].object, "t1/api");
     assert!(rejected[0].errors[0].contains("port"), "{:?}", rejected[0]);

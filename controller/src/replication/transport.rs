@@ -372,5 +372,6 @@ pub fn own_status(
         matched: s.raft.last_index,
         agents,
         refusing_agents: refusing.unwrap_or_default().to_string(),
+        watches: hub.kube.to_pb(),
     }
 }

@@ -115,31 +115,26 @@ fn apply(
     source: &mut ManifestDir,
     mut scan: Scan,
 ) -> Result<Option<u64>, String> {
-    let foreign: BTreeSet<Key> = {
-        let st = hub.lock();
-        scan.commands
-            .iter()
-            .map(palisade_policy::manifest::command_key)
-            .filter(|k| st.machine.owner(k).is_some_and(|o| o != OWNER))
-            .inspect(|k| {
-                scan.rejected.push(Rejected {
-                    source: source.root().display().to_string(),
-                    kind: k.0.to_string(),
-                    object: k.1.clone(),
-                    errors: vec![format!(
-                        "managed by {}: the directory's version is not applied",
-                        st.machine.owner(k).unwrap_or_default()
-                    )],
-                })
-            })
-            .collect()
-    };
+    let foreign: BTreeSet<Key> = super::foreign(hub, OWNER, &scan.commands)
+        .into_iter()
+        .map(|(k, owner)| {
+            scan.rejected.push(Rejected {
+                source: source.root().display().to_string(),
+                kind: k.0.to_string(),
+                object: k.1.clone(),
+                errors: vec![format!(
+                    "managed by {owner}: the directory's version is not applied"
+                )],
+            });
+            k
+        })
+        .collect();
     if !foreign.is_empty() {
         scan.commands
             .retain(|c| !foreign.contains(&palisade_policy::manifest::command_key(c)));
         source.not_applied(&foreign);
     }
-    hub.set_rejected(std::mem::take(&mut scan.rejected));
+    hub.set_rejected(OWNER, std::mem::take(&mut scan.rejected));
     source
         .persist()
         .map_err(|e| format!("cannot record the manifest source's state: {e}"))?;

@@ -41,7 +41,7 @@ pub struct AgentOpts {
 
 pub struct Cluster {
     /// Applied to the controller's configuration at every start.
-    tweak: fn(&mut Config),
+    tweak: Box<dyn Fn(&mut Config) + Send + Sync>,
     pub dir: tempfile::TempDir,
     pub addr: std::net::SocketAddr,
     pub metrics_addr: std::net::SocketAddr,
@@ -64,7 +64,7 @@ impl Cluster {
     pub async fn start_with(
         manifests: &[(&str, String)],
         nodes: &[&str],
-        tweak: fn(&mut Config),
+        tweak: impl Fn(&mut Config) + Send + Sync + 'static,
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
@@ -85,7 +85,7 @@ impl Cluster {
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
         let mut c = Cluster {
-            tweak,
+            tweak: Box::new(tweak),
             dir,
             addr,
             metrics_addr,

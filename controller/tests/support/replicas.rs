@@ -33,6 +33,8 @@ pub struct Options {
     /// Each replica in its own network namespace on a bridge, so its peer traffic can be cut
     /// ([`Replicas::partition`]) while agents (in this process) still reach it. Needs root.
     pub netns: Option<Netns>,
+    /// Every replica reads this kubeconfig's API server (`--kubeconfig`).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Replica N at `{subnet}.N` in namespace `{prefix}-rN`; this process at `{subnet}.254` on
@@ -292,6 +294,11 @@ impl Replicas {
             .stderr(log);
         if self.opts.manifests {
             cmd.arg("--manifests").arg(self.manifests_dir(id));
+        }
+        if let Some(k) = &self.opts.kubeconfig {
+            cmd.arg("--kubeconfig")
+                .arg(k)
+                .args(["--kube-watch-timeout", "10s"]);
         }
         self.children.insert(id, cmd.spawn().unwrap());
     }

@@ -1,0 +1,193 @@
+use super::*;
+use k8s_openapi::api::core::v1 as core;
+use palisade_policy::k8s;
+
+fn ns(name: &str, team: &str) -> Received {
+    let mut n = core::Namespace::default();
+    n.metadata.name = Some(name.into());
+    n.metadata.labels = Some([("team".to_string(), team.to_string())].into());
+    k8s::namespace(&n).map(Object::Namespace)
+}
+
+fn pod(name: &str, ip: &str, condition: &str) -> Received {
+    let mut p = core::Pod::default();
+    p.metadata.name = Some(name.into());
+    p.metadata.namespace = Some("a".into());
+    p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    p.metadata.annotations = Some([("note".to_string(), condition.to_string())].into());
+    p.spec = Some(core::PodSpec {
+        node_name: Some("n1".into()),
+        ..Default::default()
+    });
+    p.status = Some(core::PodStatus {
+        pod_ip: Some(ip.into()),
+        phase: Some("Running".into()),
+        conditions: Some(vec![core::PodCondition {
+            type_: "Ready".into(),
+            status: condition.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    k8s::pod(&p, "default").map(Object::Pod)
+}
+
+fn list_all(m: &mut Mirror, namespaces: &[(&str, Received)], pods: &[(&str, Received)]) {
+    for kind in KINDS {
+        m.list_started(kind);
+    }
+    for (n, o) in namespaces {
+        m.listed(Kind::Namespace, n.to_string(), o.clone());
+    }
+    for (n, o) in pods {
+        m.listed(Kind::Pod, n.to_string(), o.clone());
+    }
+    for kind in KINDS {
+        m.list_done(kind);
+    }
+}
+
+fn kinds(batch: &[Command]) -> Vec<&'static str> {
+    batch.iter().map(Command::kind).collect()
+}
+
+#[test]
+fn nothing_is_proposed_until_every_kind_is_listed_then_one_batch_holds_them() {
+    let mut m = Mirror::new(BTreeMap::new());
+    m.list_started(Kind::Namespace);
+    m.listed(Kind::Namespace, "a".into(), ns("a", "x"));
+    m.list_done(Kind::Namespace);
+    m.list_started(Kind::Pod);
+    m.listed(Kind::Pod, "a/p".into(), pod("p", "10.0.0.1", "True"));
+    assert!(m.batch().is_none(), "pods and policies not listed yet");
+    m.list_done(Kind::Pod);
+    m.list_started(Kind::NetworkPolicy);
+    m.list_done(Kind::NetworkPolicy);
+    let batch = m.batch().expect("one batch");
+    assert_eq!(batch.len(), 2);
+    assert!(m.batch().is_none(), "one batch in flight at a time");
+    m.committed();
+    assert!(m.batch().is_none(), "nothing left");
+}
+
+#[test]
+fn a_status_only_update_proposes_nothing() {
+    let mut m = Mirror::new(BTreeMap::new());
+    list_all(
+        &mut m,
+        &[("a", ns("a", "x"))],
+        &[("a/p", pod("p", "10.0.0.1", "True"))],
+    );
+    m.batch().expect("initial");
+    m.committed();
+    let effect = m.apply(Kind::Pod, "a/p".into(), pod("p", "10.0.0.1", "False"));
+    assert_eq!(effect, Effect::Ignored);
+    assert!(m.batch().is_none());
+    assert_eq!(
+        m.apply(Kind::Pod, "a/p".into(), pod("p", "10.0.0.2", "False")),
+        Effect::Changed
+    );
+    assert_eq!(kinds(&m.batch().expect("the new address")), ["upsert-pod"]);
+}
+
+#[test]
+fn a_relist_deletes_what_vanished_and_nothing_else() {
+    let applied: BTreeMap<Key, Object> = [
+        ns("a", "x").unwrap(),
+        ns("b", "y").unwrap(),
+        pod("p", "10.0.0.1", "True").unwrap(),
+        pod("q", "10.0.0.2", "True").unwrap(),
+    ]
+    .into_iter()
+    .map(|o| (o.key(), o))
+    .collect();
+    // A new leader (or a relist after 410): the list is compared with the replicated state.
+    let mut m = Mirror::new(applied);
+    list_all(
+        &mut m,
+        &[("a", ns("a", "x"))],
+        &[("a/p", pod("p", "10.0.0.1", "False"))],
+    );
+    let batch = m.batch().expect("the deletes");
+    assert_eq!(kinds(&batch), ["delete-pod", "delete-namespace"]);
+    m.committed();
+    // A relist of pods only, with the same content: nothing.
+    m.list_started(Kind::Pod);
+    m.listed(Kind::Pod, "a/p".into(), pod("p", "10.0.0.1", "True"));
+    assert_eq!(m.list_done(Kind::Pod), (0, 0));
+    assert!(m.batch().is_none());
+}
+
+#[test]
+fn a_list_that_breaks_half_way_is_void() {
+    let applied: BTreeMap<Key, Object> = [ns("a", "x").unwrap(), ns("b", "x").unwrap()]
+        .into_iter()
+        .map(|o| (o.key(), o))
+        .collect();
+    let mut m = Mirror::new(applied);
+    list_all(&mut m, &[("a", ns("a", "x")), ("b", ns("b", "x"))], &[]);
+    assert!(m.batch().is_none());
+    // The relist begins, gives one namespace, breaks, and begins again: complete this time.
+    m.list_started(Kind::Namespace);
+    m.listed(Kind::Namespace, "a".into(), ns("a", "x"));
+    m.list_started(Kind::Namespace);
+    assert!(m.batch().is_none(), "nothing from a partial list");
+    m.listed(Kind::Namespace, "a".into(), ns("a", "x"));
+    m.listed(Kind::Namespace, "b".into(), ns("b", "x"));
+    m.list_done(Kind::Namespace);
+    assert!(m.batch().is_none(), "the complete list holds both");
+}
+
+#[test]
+fn a_rejected_update_keeps_the_last_valid_version() {
+    let mut m = Mirror::new(BTreeMap::new());
+    list_all(&mut m, &[("a", ns("a", "x"))], &[]);
+    m.batch().expect("initial");
+    m.committed();
+    let bad = ns("a", "not a label value!");
+    assert!(bad.is_err());
+    assert_eq!(
+        m.apply(Kind::Namespace, "a".into(), bad.clone()),
+        Effect::Rejected
+    );
+    assert!(m.batch().is_none(), "the valid version stays");
+    assert_eq!(m.rejected().count(), 1);
+    // Also when a relist finds it still invalid: kept, not deleted.
+    m.list_started(Kind::Namespace);
+    m.listed(Kind::Namespace, "a".into(), bad);
+    m.list_done(Kind::Namespace);
+    assert!(m.batch().is_none());
+    assert_eq!(m.count(Kind::Namespace), 1);
+    // Fixed: the new version goes in, the rejection is gone.
+    assert_eq!(
+        m.apply(Kind::Namespace, "a".into(), ns("a", "z")),
+        Effect::Changed
+    );
+    assert_eq!(m.rejected().count(), 0);
+    assert_eq!(kinds(&m.batch().expect("the fix")), ["upsert-namespace"]);
+}
+
+#[test]
+fn a_failed_batch_is_compared_again_against_the_replicated_state() {
+    let mut m = Mirror::new(BTreeMap::new());
+    list_all(&mut m, &[("a", ns("a", "x"))], &[]);
+    m.batch().expect("initial");
+    // Not committed after all (leadership lost mid-proposal): the state holds nothing.
+    m.failed(BTreeMap::new());
+    assert_eq!(kinds(&m.batch().expect("again")), ["upsert-namespace"]);
+    // Or it was committed: nothing to do once the state says so.
+    let held = ns("a", "x").unwrap();
+    m.failed([(held.key(), held)].into());
+    assert!(m.batch().is_none());
+}
+
+#[test]
+fn a_delete_then_recreate_before_the_batch_proposes_only_the_difference() {
+    let mut m = Mirror::new(BTreeMap::new());
+    list_all(&mut m, &[("a", ns("a", "x"))], &[]);
+    m.batch().expect("initial");
+    m.committed();
+    m.delete(Kind::Namespace, "a".into());
+    m.apply(Kind::Namespace, "a".into(), ns("a", "x"));
+    assert!(m.batch().is_none(), "coalesced to nothing");
+}

@@ -1,0 +1,392 @@
+//! The Kubernetes source against an API server emulated over real HTTP
+//! (`palisade-kube-emulator`): the controller is given a kubeconfig and knows nothing else.
+//! Initial sync in one revision; add, modify, delete of each kind; status-only updates
+//! propose nothing; a relist after 410 deletes what vanished and nothing else; dropped and slow
+//! streams resume; the API server unreachable changes nothing enforced; rejected objects keep
+//! their last valid version and become Events. The leader change is in `failover.rs`'s style
+//! with replica processes (`kube_failover.rs`).
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cluster::Cluster;
+use palisade_controller::kubernetes::{Options, OWNER};
+use palisade_kube_emulator::{Emulator, Resource};
+use palisade_policy::k8s::Kind;
+use palisade_policy::manifest::{Key, Object};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+pub fn namespace(name: &str, team: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"team": team}}})
+}
+
+pub fn pod(ns: &str, name: &str, app: &str, node: &str, ip: &str) -> Value {
+    json!({
+        "metadata": {"namespace": ns, "name": name, "labels": {"app": app}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
+                 "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+pub fn allow(ns: &str, name: &str, target: &str, from: &str, port: u16) -> Value {
+    json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": target}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": from}}}],
+                         "ports": [{"protocol": "TCP", "port": port}]}],
+        },
+    })
+}
+
+/// A small cluster: two namespaces, four pods on n1, two policies.
+pub fn seed(e: &Emulator) {
+    e.apply(Resource::Namespaces, namespace("shop", "a"));
+    e.apply(Resource::Namespaces, namespace("bank", "b"));
+    e.apply(Resource::Pods, pod("shop", "web", "web", "n1", "10.1.0.1"));
+    e.apply(
+        Resource::Pods,
+        pod("shop", "client", "client", "n1", "10.1.0.2"),
+    );
+    e.apply(Resource::Pods, pod("bank", "api", "api", "n1", "10.1.0.3"));
+    e.apply(Resource::Pods, pod("bank", "db", "db", "n1", "10.1.0.4"));
+    e.apply(
+        Resource::NetworkPolicies,
+        allow("shop", "web", "web", "client", 8080),
+    );
+    e.apply(
+        Resource::NetworkPolicies,
+        allow("bank", "db", "db", "api", 5432),
+    );
+}
+
+async fn emulator(dir: &std::path::Path) -> (Emulator, std::path::PathBuf) {
+    let e = Emulator::start(palisade_kube_emulator::Options {
+        bookmark_every: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let path = dir.join("kubeconfig");
+    e.write_kubeconfig(&path).unwrap();
+    (e, path)
+}
+
+async fn cluster(kubeconfig: std::path::PathBuf, emit_events: bool) -> Cluster {
+    Cluster::start_with(&[], &["n1"], move |c| {
+        c.kubernetes = Some(Options {
+            kubeconfig: Some(kubeconfig.clone()),
+            watch_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(800),
+            emit_events,
+            ..Options::default()
+        });
+    })
+    .await
+}
+
+fn owned(c: &Cluster) -> BTreeMap<Key, Object> {
+    c.hub().lock().machine.owned_by(OWNER)
+}
+
+fn names(c: &Cluster, kind: Kind) -> Vec<String> {
+    owned(c)
+        .into_keys()
+        .filter(|k| k.0 == kind)
+        .map(|k| k.1)
+        .collect()
+}
+
+/// Wait until `cond` holds (polling the controller's state).
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one metric line (`name{labels} value`), 0 when absent.
+fn metric(c: &Cluster, line_start: &str) -> f64 {
+    c.hub()
+        .metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn pod_ip(c: &Cluster, key: &str) -> Option<String> {
+    match owned(c).get(&(Kind::Pod, key.to_string()))? {
+        Object::Pod(p) => p.ip.map(|i| i.to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_sync_is_one_revision_then_every_kind_follows_the_api_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    let c = cluster(kubeconfig, false).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+    assert_eq!(metric(&c, "palisade_kube_batches_total"), 1.0, "one batch");
+    let synced = c.revision();
+    // Only list and watch requests, one list per kind (pages of 500).
+    let lists: Vec<String> = e
+        .requests()
+        .into_iter()
+        .filter(|r| !r.contains("watch=true"))
+        .collect();
+    assert_eq!(lists.len(), 3, "{lists:?}");
+
+    // Add, modify, delete of each kind.
+    e.apply(Resource::Namespaces, namespace("ops", "c"));
+    until("a namespace added", || {
+        names(&c, Kind::Namespace).len() == 3
+    })
+    .await;
+    e.apply(Resource::Namespaces, namespace("ops", "d"));
+    until("a namespace's labels changed", || {
+        matches!(owned(&c).get(&(Kind::Namespace, "ops".into())),
+                 Some(Object::Namespace(n)) if n.labels.get("team").map(String::as_str) == Some("d"))
+    })
+    .await;
+    e.delete(Resource::Namespaces, "ops");
+    until("a namespace deleted", || {
+        names(&c, Kind::Namespace).len() == 2
+    })
+    .await;
+
+    e.apply(Resource::Pods, pod("shop", "web2", "web", "n1", "10.1.0.5"));
+    until("a pod added", || pod_ip(&c, "shop/web2").is_some()).await;
+    e.apply(Resource::Pods, pod("shop", "web2", "web", "n1", "10.1.0.6"));
+    until("a pod's address changed", || {
+        pod_ip(&c, "shop/web2").as_deref() == Some("10.1.0.6")
+    })
+    .await;
+    e.delete(Resource::Pods, "shop/web2");
+    until("a pod deleted", || pod_ip(&c, "shop/web2").is_none()).await;
+
+    e.apply(
+        Resource::NetworkPolicies,
+        allow("bank", "api", "api", "web", 80),
+    );
+    until("a policy added", || {
+        names(&c, Kind::NetworkPolicy).len() == 3
+    })
+    .await;
+    e.apply(
+        Resource::NetworkPolicies,
+        allow("bank", "api", "api", "web", 81),
+    );
+    until("a policy changed", || {
+        matches!(owned(&c).get(&(Kind::NetworkPolicy, "bank/api".into())),
+                 Some(Object::NetworkPolicy(p)) if format!("{p:?}").contains("81"))
+    })
+    .await;
+    e.delete(Resource::NetworkPolicies, "bank/api");
+    until("a policy deleted", || {
+        names(&c, Kind::NetworkPolicy).len() == 2
+    })
+    .await;
+    assert!(c.revision() > synced);
+
+    // A status-only update (a readiness condition flips) proposes nothing.
+    let before = c.revision();
+    let ignored = metric(&c, "palisade_kube_updates_ignored_total{kind=\"Pod\"}");
+    let mut flapping = pod("shop", "web", "web", "n1", "10.1.0.1");
+    flapping["status"]["conditions"][0]["status"] = "False".into();
+    flapping["metadata"]["annotations"] = json!({"touched": "yes"});
+    e.apply(Resource::Pods, flapping);
+    until("the update received and ignored", || {
+        metric(&c, "palisade_kube_updates_ignored_total{kind=\"Pod\"}") > ignored
+    })
+    .await;
+    assert_eq!(c.revision(), before, "no revision for a status-only update");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_after_410_deletes_what_vanished_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    let c = cluster(kubeconfig, false).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+    let before = owned(&c);
+    let revision = c.revision();
+    // While the watches are cut, a pod goes and the history is compacted: resuming from
+    // their resourceVersion gets 410 Gone, so every kind lists again.
+    e.go_down();
+    e.delete(Resource::Pods, "bank/db");
+    e.compact();
+    e.come_up().unwrap();
+    until("every kind listed again", || {
+        ["Namespace", "Pod", "NetworkPolicy"]
+            .iter()
+            .all(|k| metric(&c, &format!("palisade_kube_relists_total{{kind=\"{k}\"}}")) >= 1.0)
+    })
+    .await;
+    until("the vanished pod deleted", || {
+        pod_ip(&c, "bank/db").is_none()
+    })
+    .await;
+    let mut expected = before;
+    expected.remove(&(Kind::Pod, "bank/db".to_string()));
+    assert_eq!(owned(&c), expected, "nothing else changed");
+    assert_eq!(c.revision(), revision + 1, "one revision: the delete");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_and_slow_streams_resume_without_a_relist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    let c = cluster(kubeconfig, false).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+    e.slow_streams(Duration::from_millis(30));
+    for i in 0..5 {
+        e.apply(
+            Resource::Pods,
+            pod(
+                "shop",
+                &format!("p{i}"),
+                "web",
+                "n1",
+                &format!("10.1.1.{i}"),
+            ),
+        );
+        if i == 2 {
+            e.drop_watches();
+        }
+    }
+    until("every pod through a slow, broken stream", || {
+        (0..5).all(|i| pod_ip(&c, &format!("shop/p{i}")).is_some())
+    })
+    .await;
+    e.slow_streams(Duration::ZERO);
+    assert_eq!(
+        metric(&c, "palisade_kube_relists_total{kind=\"Pod\"}"),
+        0.0,
+        "resumed from its resourceVersion"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_unreachable_changes_nothing_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    let mut c = cluster(kubeconfig, false).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+    c.start_agent("n1", Default::default());
+    c.in_sync("n1").await;
+    let enforced = c.status("n1").digest;
+    let revision = c.revision();
+    let before = owned(&c);
+    e.go_down();
+    // Several failed attempts, each backed off, and the status says so.
+    until("three errors per kind", || {
+        ["Namespace", "Pod", "NetworkPolicy"].iter().all(|k| {
+            metric(
+                &c,
+                &format!("palisade_kube_watch_errors_total{{kind=\"{k}\"}}"),
+            ) >= 3.0
+        })
+    })
+    .await;
+    let watches = c.hub().kube.to_pb();
+    assert_eq!(watches.len(), 3);
+    assert!(
+        watches.iter().all(|w| !w.error.is_empty()),
+        "the error is shown: {watches:?}"
+    );
+    assert_eq!(c.revision(), revision, "nothing proposed");
+    assert_eq!(owned(&c), before);
+    assert_eq!(
+        c.status("n1").digest,
+        enforced,
+        "the agent enforces what it did"
+    );
+    // Back: changes made meanwhile arrive (by a relist or a resumed watch).
+    e.apply(Resource::Pods, pod("shop", "late", "web", "n1", "10.1.0.9"));
+    e.come_up().unwrap();
+    until("the change made while it was down", || {
+        pod_ip(&c, "shop/late").is_some()
+    })
+    .await;
+    until("watching again", || {
+        c.hub().kube.to_pb().iter().all(|w| w.state == "watching")
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_update_keeps_the_last_valid_version_and_becomes_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    let c = cluster(kubeconfig, true).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+    let good = owned(&c)[&(Kind::NetworkPolicy, "shop/web".to_string())].clone();
+    // Accepted by this API server, not by Palisade: an ipBlock that is not a CIDR.
+    let mut bad = allow("shop", "web", "web", "client", 8080);
+    bad["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "10.0.0.0/33"}}]);
+    let revision = c.revision();
+    e.apply(Resource::NetworkPolicies, bad);
+    until("the rejection listed", || {
+        c.hub()
+            .lock()
+            .rejected
+            .get(OWNER)
+            .is_some_and(|r| r.iter().any(|r| r.object == "shop/web"))
+    })
+    .await;
+    assert_eq!(
+        owned(&c)[&(Kind::NetworkPolicy, "shop/web".to_string())],
+        good
+    );
+    assert_eq!(c.revision(), revision, "nothing proposed");
+    until("a Rejected event on the policy", || {
+        e.events().iter().any(|ev| {
+            ev["reason"] == "Rejected"
+                && ev["regarding"]["name"] == "web"
+                && ev["regarding"]["kind"] == "NetworkPolicy"
+                && ev["note"].as_str().is_some_and(|n| n.contains("cidr"))
+        })
+    })
+    .await;
+    // Fixed: taken, and no longer rejected.
+    e.apply(
+        Resource::NetworkPolicies,
+        allow("shop", "web", "web", "client", 9090),
+    );
+    until("the fix applied", || {
+        c.hub()
+            .lock()
+            .rejected
+            .get(OWNER)
+            .is_some_and(|r| r.is_empty())
+    })
+    .await;
+    until("the fix committed", || c.revision() > revision).await;
+    c.shutdown().await;
+}
