@@ -26,6 +26,19 @@ if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-reflection
 fi
 
+# deploy/check.py renders deploy/ with `kubectl kustomize` and validates it offline with
+# kubernetes-validate (PyPI; it bundles the Kubernetes schemas it checks against).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if [ "$(python3 -c 'import kubernetes_validate.version as v; print(v.__version__)' 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+    log "kubectl with kustomize (\`kubectl kustomize\`) not found: install a current kubectl" \
+        "(https://kubernetes.io/docs/tasks/tools/; Debian's kubernetes-client is too old), then run this again"
+    exit 1
+fi
+
 # The eBPF programs (dataplane-ebpf/ebpf) are built by the agent's build script with the
 # nightly toolchain (`-Z build-std=core` needs its rust-src) and linked by bpf-linker. The
 # linker is built against the nightly toolchain's own LLVM, so no system LLVM is needed (see
@@ -73,4 +86,4 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-log "ready: $(cargo --version), $(rustc +nightly --version), $(bpf-linker --version), $(python3 -c 'import grpc; print("grpcio", grpc.__version__)')"
+log "ready: $(cargo --version), $(rustc +nightly --version), $(bpf-linker --version), $(python3 -c 'import grpc; print("grpcio", grpc.__version__)'), kubernetes-validate $KUBERNETES_VALIDATE_VERSION, $(kubectl version --client 2>/dev/null | grep -i kustomize)"
