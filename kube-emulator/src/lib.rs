@@ -174,6 +174,11 @@ impl Emulator {
         self.inner.store.lock().expect("store lock").delete(r, key)
     }
 
+    /// Every object of `r`, as served (with kind, apiVersion and resourceVersion).
+    pub fn objects(&self, r: Resource) -> Vec<Value> {
+        self.inner.store.lock().expect("store lock").objects(r)
+    }
+
     pub fn len(&self, r: Resource) -> usize {
         self.inner.store.lock().expect("store lock").len(r)
     }

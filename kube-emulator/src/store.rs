@@ -176,6 +176,15 @@ impl Store {
         }
     }
 
+    /// Every object of `r`, as served.
+    pub fn objects(&self, r: Resource) -> Vec<Value> {
+        self.collections[r.index()]
+            .objects
+            .values()
+            .map(|(_, b)| serde_json::from_slice(b).expect("stored objects decode"))
+            .collect()
+    }
+
     pub fn len(&self, r: Resource) -> usize {
         self.collections[r.index()].objects.len()
     }

@@ -101,6 +101,17 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
                     "failure": s.failure,
                     "agents": s.agents,
                     "refusingAgents": s.refusing_agents,
+                    "watches": s.watches.iter().map(|w| json!({
+                        "kind": w.kind,
+                        "state": w.state,
+                        "sinceMs": w.since_ms,
+                        "lastEventMs": w.last_event_ms,
+                        "error": w.error,
+                        "retryInMs": w.retry_in_ms,
+                        "objects": w.objects,
+                        "rejected": w.rejected,
+                        "relists": w.relists,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -151,5 +162,35 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
             r.self_id
         );
     }
+    for s in r.replicas.iter().filter(|s| !s.watches.is_empty()) {
+        let _ = writeln!(out, "\nKubernetes source (on replica {}):", s.id);
+        out.push_str(&watches_table(&s.watches));
+    }
     Ok(out)
+}
+
+/// The Kubernetes source's watches as a table: state and for how long, objects, last event.
+fn watches_table(watches: &[pb::WatchStatus]) -> String {
+    let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14} {:<20} {:>9} {:>9} {:>8} {:>11}  ERROR",
+        "KIND", "STATE", "OBJECTS", "REJECTED", "RELISTS", "LAST-EVENT"
+    );
+    for w in watches {
+        let state = match w.state.as_str() {
+            "backing-off" => format!("backing-off ({} left)", secs(w.retry_in_ms)),
+            other => format!("{other} {}", secs(w.since_ms)),
+        };
+        let last = w
+            .last_event_ms
+            .map_or("never".to_string(), |ms| format!("{} ago", secs(ms)));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<20} {:>9} {:>9} {:>8} {:>11}  {}",
+            w.kind, state, w.objects, w.rejected, w.relists, last, w.error
+        );
+    }
+    out
 }
