@@ -79,6 +79,7 @@ pub struct Kill {
     pub resumes_snapshot: u64,
 }
 
+/// Percentiles of a histogram, read at its bucket bounds.
 #[derive(Serialize)]
 pub struct Staleness {
     pub samples: u64,
@@ -102,14 +103,14 @@ struct Replicas {
     peak_rss: BTreeMap<u64, u64>,
 }
 
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// GET `path` from `addr` (HTTP/1.0); the body.
-fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+pub(crate) fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -123,7 +124,7 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 
 /// The sum of the samples of `name` (a full series name with labels, or a prefix ending in
 /// `{`) in a Prometheus text page.
-fn sum(page: &str, name: &str) -> f64 {
+pub(crate) fn sum(page: &str, name: &str) -> f64 {
     page.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -226,7 +227,7 @@ impl Drop for Replicas {
 }
 
 /// Wait until `done` holds (checked every 10 ms), at most `limit`; what it took.
-async fn until(
+pub(crate) async fn until(
     limit: Duration,
     what: &str,
     mut done: impl FnMut() -> bool,
@@ -239,14 +240,18 @@ async fn until(
     Ok(started.elapsed())
 }
 
-/// The cumulative `_bucket` counts of the staleness histogram over `pages`, by upper bound
-/// in microseconds (+Inf as `u64::MAX`).
-fn buckets(pages: &[String]) -> BTreeMap<u64, f64> {
-    let prefix = "palisade_rollout_peer_ack_staleness_seconds_bucket{le=\"";
+const STALENESS: &str = "palisade_rollout_peer_ack_staleness_seconds";
+
+/// The cumulative `_bucket` counts of histogram `name` over `pages`, by upper bound in
+/// microseconds (+Inf as `u64::MAX`).
+fn buckets(pages: &[String], name: &str) -> BTreeMap<u64, f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
     let mut out: BTreeMap<u64, f64> = BTreeMap::new();
     for page in pages {
         for l in page.lines() {
-            let Some((le, value)) = l.strip_prefix(prefix).and_then(|r| r.split_once("\"} "))
+            let Some((le, value)) = l
+                .strip_prefix(prefix.as_str())
+                .and_then(|r| r.split_once("\"} "))
             else {
                 continue;
             };
@@ -261,10 +266,11 @@ fn buckets(pages: &[String]) -> BTreeMap<u64, f64> {
     out
 }
 
-/// Percentiles (upper bucket bounds) of what was observed between two sets of pages.
-fn staleness_between(before: &[String], after: &[String]) -> Staleness {
-    let b = buckets(before);
-    let counts: BTreeMap<u64, f64> = buckets(after)
+/// Percentiles (upper bucket bounds) of what histogram `name` observed between two sets of
+/// pages, in milliseconds.
+pub(crate) fn histogram_between(before: &[String], after: &[String], name: &str) -> Staleness {
+    let b = buckets(before, name);
+    let counts: BTreeMap<u64, f64> = buckets(after, name)
         .into_iter()
         .map(|(k, v)| (k, (v - b.get(&k).copied().unwrap_or(0.0)).max(0.0)))
         .collect();
@@ -272,7 +278,7 @@ fn staleness_between(before: &[String], after: &[String]) -> Staleness {
 }
 
 fn staleness(pages: &[String]) -> Staleness {
-    percentiles_of(&buckets(pages))
+    percentiles_of(&buckets(pages, STALENESS))
 }
 
 fn percentiles_of(buckets: &BTreeMap<u64, f64>) -> Staleness {
@@ -425,7 +431,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         realized.push(ms(t0.elapsed()));
     }
     let after: Vec<String> = r.alive().iter().map(|id| r.metrics(*id)).collect();
-    let peer_ack_staleness_ms = staleness_between(&before, &after);
+    let peer_ack_staleness_ms = histogram_between(&before, &after, STALENESS);
     let mut kills = Vec::new();
     for k in 0..o.kills {
         let alive = r.alive();

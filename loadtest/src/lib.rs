@@ -11,6 +11,7 @@ pub mod compile;
 pub mod datapath;
 pub mod failover;
 pub mod fleet;
+pub mod kube;
 pub mod manifests;
 pub mod raft;
 pub mod sync;

@@ -1,6 +1,6 @@
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use palisade_loadtest::{compile, datapath, failover, raft, sync, synth::Shape};
+use palisade_loadtest::{compile, datapath, failover, kube, raft, sync, synth::Shape};
 
 /// Palisade load tests: synthetic multi-tenant clusters at scale, measured.
 #[derive(Parser)]
@@ -100,6 +100,44 @@ enum Cmd {
         /// Where palisade-controller is (default: beside this binary).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// The Kubernetes source at scale: the synthetic cluster served by the API-server
+    /// emulator (real HTTP, in this process) to one controller process given a kubeconfig:
+    /// the initial list to its revision committed, single pod events to the revision applied
+    /// on the pod's node (agents in this process), a burst of status-only pod updates (which
+    /// must commit nothing), the controller's peak RSS.
+    Kube {
+        #[arg(long, default_value_t = 150_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 10_000)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 75_000)]
+        policies: usize,
+        /// Nodes the pods are spread over.
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Single pod events to time.
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+        /// Agents (nodes) the events' pods are spread over.
+        #[arg(long, default_value_t = 10)]
+        event_nodes: usize,
+        /// Status-only pod updates in the burst.
+        #[arg(long, default_value_t = 10_000)]
+        burst: usize,
+        /// The controller's --kube-batch-delay.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        batch_delay: std::time::Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where palisade-controller is (default: beside this binary).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+        /// More arguments for the controller (repeatable), e.g. --controller-arg=--history-updates=8.
+        #[arg(long = "controller-arg", allow_hyphen_values = true)]
+        controller_args: Vec<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -285,6 +323,42 @@ fn main() -> Result<()> {
             };
             let report = block_on(failover::run(&opts, &|m| eprintln!("{m}")))??;
             print(output, &report, failover::table)?;
+        }
+        Cmd::Kube {
+            pods,
+            namespaces,
+            policies,
+            nodes,
+            events,
+            event_nodes,
+            burst,
+            batch_delay,
+            seed,
+            bin_dir,
+            controller_args,
+            output,
+        } => {
+            ensure!(
+                nodes > 0 && namespaces > 0 && event_nodes > 0 && event_nodes <= nodes,
+                "--nodes and --namespaces at least 1; --event-nodes from 1 to --nodes"
+            );
+            let opts = kube::KubeOptions {
+                shape: Shape {
+                    nodes,
+                    pods,
+                    namespaces,
+                    policies,
+                    seed,
+                },
+                events,
+                event_nodes,
+                burst,
+                batch_delay,
+                bin_dir: bin_dir.unwrap_or_else(failover::beside_executable),
+                controller_args,
+            };
+            let report = block_on(kube::run(&opts, &|m| eprintln!("{m}")))??;
+            print(output, &report, kube::table)?;
         }
         Cmd::Compile {
             nodes,

@@ -141,15 +141,19 @@ fn policy(p: &NetworkPolicy) -> Value {
     })
 }
 
-/// The manifest document of an upsert command (`None` for deletes).
-pub fn document(c: &Command) -> Option<String> {
-    let v = match c {
+/// The Kubernetes object an upsert command carries, as JSON (`None` for deletes).
+pub fn object(c: &Command) -> Option<Value> {
+    Some(match c {
         Command::UpsertNamespace(n) => namespace(n),
         Command::UpsertPod(p) => pod(p),
         Command::UpsertPolicy(p) => policy(p),
         _ => return None,
-    };
-    Some(serde_json::to_string(&v).expect("JSON"))
+    })
+}
+
+/// The manifest document of an upsert command (`None` for deletes).
+pub fn document(c: &Command) -> Option<String> {
+    object(c).map(|v| serde_json::to_string(&v).expect("JSON"))
 }
 
 /// Documents joined into one multi-document stream.

@@ -15,6 +15,7 @@
 //!   managed fields) proposes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use palisade_policy::k8s::{Kind, Rejection};
 use palisade_policy::manifest::{Key, Object};
@@ -44,22 +45,24 @@ pub struct Mirror {
     /// Kinds listed completely since this replica began leading.
     listed: BTreeSet<Kind>,
     /// The API server's objects as Palisade uses them (for a kind not listed yet: what the
-    /// replicated state holds).
-    seen: BTreeMap<Key, Object>,
+    /// replicated state holds). Shared with `applied` where they agree (most of the time:
+    /// one copy of a large cluster, not two).
+    seen: BTreeMap<Key, Arc<Object>>,
     /// What the replicated state holds from this source.
-    applied: BTreeMap<Key, Object>,
+    applied: BTreeMap<Key, Arc<Object>>,
     /// Objects Palisade rejects, with why.
     rejected: BTreeMap<Key, Rejection>,
     /// Objects whose `seen` may differ from `applied`.
     dirty: BTreeSet<Key>,
     /// The changes of the batch being proposed.
-    proposing: Option<Vec<(Key, Option<Object>)>>,
+    proposing: Option<Vec<(Key, Option<Arc<Object>>)>>,
 }
 
 impl Mirror {
     /// A mirror for a replica that just began leading: `applied` is what the replicated state
     /// holds from this source.
     pub fn new(applied: BTreeMap<Key, Object>) -> Mirror {
+        let applied = shared(applied);
         Mirror {
             seen: applied.clone(),
             applied,
@@ -111,9 +114,15 @@ impl Mirror {
         match object {
             Ok(o) => {
                 self.rejected.remove(&key);
-                if self.seen.get(&key) == Some(&o) {
+                if self.seen.get(&key).is_some_and(|s| **s == o) {
                     return Effect::Ignored;
                 }
+                // The applied version, if this is it again (a change undone before it was
+                // proposed): shared, not copied.
+                let o = match self.applied.get(&key) {
+                    Some(a) if **a == o => a.clone(),
+                    _ => Arc::new(o),
+                };
                 self.seen.insert(key.clone(), o);
                 self.dirty.insert(key);
                 Effect::Changed
@@ -163,7 +172,7 @@ impl Mirror {
         if !self.synced() || self.proposing.is_some() {
             return None;
         }
-        let mut changes: Vec<(Key, Option<Object>)> = std::mem::take(&mut self.dirty)
+        let mut changes: Vec<(Key, Option<Arc<Object>>)> = std::mem::take(&mut self.dirty)
             .into_iter()
             .filter_map(|k| {
                 let now = self.seen.get(&k);
@@ -181,8 +190,8 @@ impl Mirror {
         let commands = changes
             .iter()
             .map(|(k, o)| match o {
-                Some(o) => o.clone().upsert(),
-                None => self.applied[k].clone().delete(),
+                Some(o) => Object::clone(o).upsert(),
+                None => Object::clone(&self.applied[k]).delete(),
             })
             .collect();
         self.proposing = Some(changes);
@@ -203,7 +212,7 @@ impl Mirror {
     /// state holds is `applied` now, and everything is compared again.
     pub fn failed(&mut self, applied: BTreeMap<Key, Object>) {
         self.proposing = None;
-        self.applied = applied;
+        self.applied = shared(applied);
         self.dirty.extend(self.seen.keys().cloned());
         self.dirty.extend(self.applied.keys().cloned());
     }
@@ -225,6 +234,10 @@ impl Mirror {
     pub fn rejected(&self) -> impl Iterator<Item = (&Key, &Rejection)> {
         self.rejected.iter()
     }
+}
+
+fn shared(objects: BTreeMap<Key, Object>) -> BTreeMap<Key, Arc<Object>> {
+    objects.into_iter().map(|(k, o)| (k, Arc::new(o))).collect()
 }
 
 #[cfg(test)]
