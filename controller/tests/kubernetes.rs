@@ -191,7 +191,7 @@ async fn a_relist_after_410_deletes_what_vanished_and_nothing_else() {
     e.go_down();
     e.delete(Resource::Pods, "bank/db");
     e.compact();
-    e.come_up().unwrap();
+    e.come_up().await.unwrap();
     until("every kind listed again", || {
         ["Namespace", "Pod", "NetworkPolicy"]
             .iter()
@@ -246,6 +246,56 @@ async fn dropped_and_slow_streams_resume_without_a_relist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_keep_a_quiet_kind_from_relisting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    let c = cluster(kubeconfig, false).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+    // Pods churn; namespaces and policies stay quiet, their watches' resourceVersions are
+    // moved on only by bookmarks.
+    for i in 0..20 {
+        e.apply(
+            Resource::Pods,
+            pod(
+                "shop",
+                &format!("c{i}"),
+                "web",
+                "n1",
+                &format!("10.1.2.{i}"),
+            ),
+        );
+    }
+    until("the churn through", || pod_ip(&c, "shop/c19").is_some()).await;
+    let quiet = [Resource::Namespaces, Resource::NetworkPolicies];
+    let sent: Vec<u64> = quiet.iter().map(|r| e.bookmarks_sent(*r)).collect();
+    until("a bookmark on each quiet watch after the churn", || {
+        quiet
+            .iter()
+            .zip(&sent)
+            .all(|(r, n)| e.bookmarks_sent(*r) > *n)
+    })
+    .await;
+    // History gone and every watch broken: resuming from a bookmark's resourceVersion
+    // needs no relist.
+    e.compact();
+    e.drop_watches();
+    e.apply(Resource::Namespaces, namespace("late", "z"));
+    until("the namespace after the break", || {
+        names(&c, Kind::Namespace).len() == 3
+    })
+    .await;
+    for k in ["Namespace", "NetworkPolicy"] {
+        assert_eq!(
+            metric(&c, &format!("palisade_kube_relists_total{{kind=\"{k}\"}}")),
+            0.0,
+            "{k} resumed from its bookmark"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_unreachable_changes_nothing_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let (e, kubeconfig) = emulator(dir.path()).await;
@@ -283,7 +333,7 @@ async fn the_api_server_unreachable_changes_nothing_enforced() {
     );
     // Back: changes made meanwhile arrive (by a relist or a resumed watch).
     e.apply(Resource::Pods, pod("shop", "late", "web", "n1", "10.1.0.9"));
-    e.come_up().unwrap();
+    e.come_up().await.unwrap();
     until("the change made while it was down", || {
         pod_ip(&c, "shop/late").is_some()
     })

@@ -243,6 +243,7 @@ impl Stream {
                         if !self.send(event_line("BOOKMARK", &object)).await {
                             return;
                         }
+                        self.inner.bookmarks[self.r as usize].fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 change = feed.recv() => match change {

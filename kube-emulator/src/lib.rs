@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) drops: tokio::sync::watch::Sender<u64>,
     /// Watches started (410 answers included).
     pub(crate) watches: AtomicU64,
+    /// Bookmarks sent, per resource (in `Resource::ALL` order).
+    pub(crate) bookmarks: [AtomicU64; 3],
     /// Requests received, as `GET path?sorted&query`.
     pub(crate) requests: Mutex<Vec<String>>,
     /// Events posted by clients.
@@ -115,6 +117,7 @@ impl Emulator {
             bookmark_ms: AtomicU64::new(options.bookmark_every.as_millis() as u64),
             drops: tokio::sync::watch::channel(0).0,
             watches: AtomicU64::new(0),
+            bookmarks: Default::default(),
             requests: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
         });
@@ -217,6 +220,11 @@ impl Emulator {
         self.inner.watches.load(Ordering::Relaxed)
     }
 
+    /// Bookmarks sent so far on watches of `r`.
+    pub fn bookmarks_sent(&self, r: Resource) -> u64 {
+        self.inner.bookmarks[r as usize].load(Ordering::Relaxed)
+    }
+
     /// Requests received so far, as `GET path?query` with the parameters sorted.
     pub fn requests(&self) -> Vec<String> {
         self.inner.requests.lock().expect("requests lock").clone()
@@ -234,12 +242,24 @@ impl Emulator {
         }
     }
 
-    /// Serve again on the same address.
-    pub fn come_up(&self) -> std::io::Result<()> {
+    /// Serve again on the same address (waiting, a few seconds at most, for the old listener
+    /// to be gone).
+    pub async fn come_up(&self) -> std::io::Result<()> {
         if self.up.lock().expect("up lock").is_some() {
             return Ok(());
         }
-        self.serve_on(listener(self.addr)?);
+        let mut tries = 0;
+        let l = loop {
+            match listener(self.addr) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.serve_on(l);
         Ok(())
     }
 }
