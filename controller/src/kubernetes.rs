@@ -120,6 +120,8 @@ pub async fn run(
         tokio::spawn(events::publish(client.clone(), rx));
         tx
     });
+    // Consecutive restarts of the source while leading (after failed proposals), for back-off.
+    let mut restarts = 0u32;
     loop {
         let leading = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -142,7 +144,10 @@ pub async fn run(
         };
         let cx = watch::Context {
             client: client.clone(),
+            // Lists are quorum reads (not the API server's cache, which may be older than
+            // what the replicated state holds: a stale list would delete live objects).
             config: watcher::Config::default()
+                .list_semantic(watcher::ListSemantic::MostRecent)
                 .timeout(options.watch_timeout.as_secs().clamp(1, u32::MAX as u64) as u32),
             default_ns: options.default_ns.clone(),
             backoff: Backoff::new(options.backoff_min, options.backoff_max),
@@ -150,19 +155,47 @@ pub async fn run(
             metrics: hub.metrics.clone(),
             events: events.clone(),
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = lead.run(cx) => {}
-        }
+        let began = Instant::now();
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = lead.run(cx) => outcome,
+        };
         hub.kube.clear(&hub.metrics);
-        if shutdown.is_cancelled() {
-            return;
+        hub.set_rejected(OWNER, Vec::new());
+        match outcome {
+            Outcome::Lost => {
+                restarts = 0;
+                info!("no longer leading: the Kubernetes source stops");
+            }
+            Outcome::Restart(why) => {
+                if began.elapsed() > Duration::from_secs(60) {
+                    restarts = 0;
+                }
+                let delay = Duration::from_secs(1u64 << restarts.min(5));
+                restarts += 1;
+                warn!("{why}: the Kubernetes source lists again and compares with the replicated state in {delay:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
         }
-        info!("no longer leading: the Kubernetes source stops");
     }
 }
 
+/// Why the source stopped while leading.
+enum Outcome {
+    /// This replica no longer leads (or the watches ended).
+    Lost,
+    /// It must start over from the replicated state: a proposal that may or may not have
+    /// been committed, or an object another source held is free again.
+    Restart(String),
+}
+
 type Proposal = Pin<Box<dyn Future<Output = Result<u64, ProposeFailed>> + Send>>;
+
+/// How often objects another source holds are looked at again.
+const PARKED_CHECK: Duration = Duration::from_secs(2);
 
 /// The source while this replica leads in `term`.
 struct Lead<'a> {
@@ -189,7 +222,7 @@ impl Lead<'_> {
         s.is_leader() && s.raft.term == self.term
     }
 
-    async fn run(&self, cx: watch::Context) {
+    async fn run(&self, cx: watch::Context) -> Outcome {
         let mut mirror = Mirror::new(self.hub.lock().machine.owned_by(OWNER));
         let (tx, mut rx) = mpsc::channel(4096);
         let _tasks = Tasks(vec![
@@ -202,37 +235,51 @@ impl Lead<'_> {
         let mut due: Option<Instant> = None;
         let mut first_change: Option<Instant> = None;
         let mut proposal: Option<(Proposal, Instant, usize)> = None;
-        let mut failures = 0u32;
         let mut synced = false;
-        let mut rejected_shown = usize::MAX;
+        let mut shown = u64::MAX;
+        let mut parked_check = tokio::time::interval(PARKED_CHECK);
         loop {
             tokio::select! {
                 changed = status.changed() => {
                     if changed.is_err() || !self.still_leading() {
-                        return;
+                        return Outcome::Lost;
                     }
                 }
                 incoming = rx.recv() => {
-                    let Some(incoming) = incoming else { return };
+                    let Some(incoming) = incoming else { return Outcome::Lost };
                     self.receive(&mut mirror, incoming);
                     // Take what else is queued before deciding.
                     while let Ok(more) = rx.try_recv() {
                         self.receive(&mut mirror, more);
                     }
+                    if mirror.synced() && !synced {
+                        // The first complete picture: at once.
+                        synced = true;
+                        due = Some(Instant::now());
+                    }
                     if mirror.has_changes() {
                         first_change.get_or_insert_with(Instant::now);
-                        if mirror.synced() && !synced {
-                            // The first complete picture: at once.
-                            synced = true;
-                            due = Some(Instant::now());
-                        } else if due.is_none() {
+                        if due.is_none() {
                             due = Some(Instant::now() + self.options.batch_delay);
                         }
                     }
-                    let rejected = mirror.rejected().count();
-                    if rejected != rejected_shown {
-                        rejected_shown = rejected;
+                    if mirror.generation() != shown {
+                        shown = mirror.generation();
                         self.show_rejected(&mirror);
+                    }
+                    self.show_counts(&mirror);
+                }
+                _ = parked_check.tick(), if !mirror.parked().is_empty() => {
+                    let freed = {
+                        let st = self.hub.lock();
+                        mirror
+                            .parked()
+                            .keys()
+                            .find(|k| st.machine.owner(k).is_none_or(|o| o == OWNER))
+                            .cloned()
+                    };
+                    if let Some(k) = freed {
+                        return Outcome::Restart(format!("{} {} is no longer held by another source", k.0, k.1));
                     }
                 }
                 _ = sleep_until(due), if due.is_some() && proposal.is_none() => {
@@ -241,7 +288,10 @@ impl Lead<'_> {
                         let commands = self.drop_foreign(&mut mirror, commands);
                         let n = commands.len();
                         if n == 0 {
-                            mirror.committed();
+                            mirror.committed(BTreeMap::new());
+                            first_change = None;
+                            shown = mirror.generation();
+                            self.show_rejected(&mirror);
                             continue;
                         }
                         let group = self.group.clone();
@@ -259,8 +309,24 @@ impl Lead<'_> {
                     let (_, started, n) = proposal.take().expect("guarded");
                     match result {
                         Ok(revision) => {
-                            failures = 0;
-                            mirror.committed();
+                            // Objects another source took meanwhile were left alone by the
+                            // state machine: not ours to record as applied.
+                            let not_ours: BTreeMap<Key, String> = {
+                                let st = self.hub.lock();
+                                mirror
+                                    .in_flight()
+                                    .filter_map(|k| {
+                                        let o = st.machine.owner(k).filter(|o| *o != OWNER)?;
+                                        Some((k.clone(), o.to_string()))
+                                    })
+                                    .collect()
+                            };
+                            let parked = !not_ours.is_empty();
+                            mirror.committed(not_ours);
+                            if parked || mirror.generation() != shown {
+                                shown = mirror.generation();
+                                self.show_rejected(&mirror);
+                            }
                             self.hub.metrics.kube_batch(started.elapsed().as_secs_f64());
                             if n >= 100 {
                                 info!(revision, changes = n, "Kubernetes changes committed");
@@ -269,17 +335,13 @@ impl Lead<'_> {
                             }
                         }
                         Err(e) => {
+                            // It may or may not have been committed: start over from the
+                            // replicated state (new lists, compared with it).
                             if !self.still_leading() {
-                                return;
+                                return Outcome::Lost;
                             }
-                            failures += 1;
-                            let delay = Duration::from_millis(250u64 << failures.min(7));
-                            warn!("cannot commit {n} Kubernetes changes: {e}; comparing again with the replicated state and retrying in {delay:?}");
-                            self.group.caught_up(Duration::from_secs(30)).await;
-                            mirror.failed(self.hub.lock().machine.owned_by(OWNER));
-                            first_change.get_or_insert(started);
-                            due = Some(Instant::now() + delay);
-                            continue;
+                            self.hub.metrics.source_failure();
+                            return Outcome::Restart(format!("cannot commit {n} changes: {e}"));
                         }
                     }
                     if mirror.has_changes() && due.is_none() {
@@ -324,21 +386,38 @@ impl Lead<'_> {
         }
     }
 
-    /// Publish the rejected objects (introspection, metrics) and log the new ones.
+    /// Every kind's object and rejection counts, on the status board and in metrics.
+    fn show_counts(&self, mirror: &Mirror) {
+        for kind in mirror::KINDS {
+            let objects = mirror.count(kind);
+            let rejected = mirror.rejected().filter(|(k, _)| k.0 == kind).count();
+            self.hub.kube.counts(kind, objects, rejected);
+            self.hub.metrics.kube_objects(kind, objects);
+        }
+    }
+
+    /// Publish the rejected objects and those another source holds (introspection, metrics)
+    /// and log the new ones.
     fn show_rejected(&self, mirror: &Mirror) {
-        let list: Vec<Rejected> = mirror
-            .rejected()
-            .map(|(k, why)| Rejected {
-                source: OWNER.into(),
-                kind: k.0.to_string(),
-                object: k.1.clone(),
-                errors: why
-                    .errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.reason))
-                    .collect(),
-            })
-            .collect();
+        let rejected = mirror.rejected().map(|(k, why)| Rejected {
+            source: OWNER.into(),
+            kind: k.0.to_string(),
+            object: k.1.clone(),
+            errors: why
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect(),
+        });
+        let parked = mirror.parked().iter().map(|(k, owner)| Rejected {
+            source: OWNER.into(),
+            kind: k.0.to_string(),
+            object: k.1.clone(),
+            errors: vec![format!(
+                "managed by {owner}: the Kubernetes API's version is not applied"
+            )],
+        });
+        let list: Vec<Rejected> = rejected.chain(parked).collect();
         let before: BTreeSet<(String, String)> = self
             .hub
             .lock()
@@ -351,7 +430,7 @@ impl Lead<'_> {
         for r in &list {
             if !before.contains(&(r.kind.clone(), r.object.clone())) {
                 warn!(
-                    "rejected: {}: the last valid version stays in force",
+                    "rejected: {}: what was in force stays",
                     crate::source::watch::rejection_line(r)
                 );
             }
@@ -369,14 +448,8 @@ impl Lead<'_> {
         if foreign.is_empty() {
             return commands;
         }
-        for (k, owner) in &foreign {
-            warn!(
-                "{} {}: managed by {owner}: the Kubernetes API's version is not applied",
-                k.0, k.1
-            );
-        }
         commands.retain(|c| !foreign.contains_key(&palisade_policy::manifest::command_key(c)));
-        mirror.not_ours(&foreign.keys().cloned().collect());
+        mirror.park(foreign);
         commands
     }
 }

@@ -61,7 +61,7 @@ struct Cli {
 
     /// How long one watch request lasts before the API server ends it and it is resumed
     /// from where it was.
-    #[arg(long, default_value = "290s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PALISADE_KUBE_WATCH_TIMEOUT", default_value = "290s", value_parser = humantime::parse_duration)]
     kube_watch_timeout: Duration,
 
     /// Every replica of the group, this one included, as ID=HOST:PORT,… (the gRPC address

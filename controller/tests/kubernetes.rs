@@ -246,6 +246,45 @@ async fn dropped_and_slow_streams_resume_without_a_relist() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_another_source_holds_is_taken_once_it_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    let c = cluster(kubeconfig, false).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+    // The manifests directory takes a namespace first; the API server then has it too.
+    c.write(
+        "ops.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ops\n  labels: {team: files}\n",
+    );
+    until("the manifests source holds ops", || {
+        c.hub()
+            .lock()
+            .machine
+            .owner(&(Kind::Namespace, "ops".into()))
+            == Some("manifests")
+    })
+    .await;
+    e.apply(Resource::Namespaces, namespace("ops", "api"));
+    until("reported as held by the manifests", || {
+        c.hub().lock().rejected.get(OWNER).is_some_and(|r| {
+            r.iter().any(|r| {
+                r.object == "ops" && r.errors.iter().any(|e| e.contains("managed by manifests"))
+            })
+        })
+    })
+    .await;
+    // The file goes: the namespace is free, and the API server's version is taken.
+    c.remove("ops.yaml");
+    until("the API server's version of ops in force", || {
+        matches!(owned(&c).get(&(Kind::Namespace, "ops".into())),
+                 Some(Object::Namespace(n)) if n.labels.get("team").map(String::as_str) == Some("api"))
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookmarks_keep_a_quiet_kind_from_relisting() {
     let dir = tempfile::tempdir().unwrap();
     let (e, kubeconfig) = emulator(dir.path()).await;

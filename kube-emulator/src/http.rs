@@ -166,6 +166,9 @@ fn watch(inner: Arc<Inner>, r: Resource, q: &HashMap<String, String>) -> Respons
         return ([(header::CONTENT_TYPE, "application/json")], line).into_response();
     };
     inner.watches.fetch_add(1, Ordering::Relaxed);
+    // Subscribed before the task starts: a drop right after the watch began is not missed.
+    let mut drops = inner.drops.subscribe();
+    drops.mark_unchanged();
     let inner2 = inner.clone();
     tokio::spawn(async move {
         let stream = Stream {
@@ -174,7 +177,7 @@ fn watch(inner: Arc<Inner>, r: Resource, q: &HashMap<String, String>) -> Respons
             tx,
             bookmarks,
         };
-        stream.run(backlog, feed, timeout).await;
+        stream.run(backlog, feed, drops, timeout).await;
     });
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -213,10 +216,9 @@ impl Stream {
         self,
         backlog: Vec<crate::store::Change>,
         mut feed: broadcast::Receiver<crate::store::Change>,
+        mut drops: tokio::sync::watch::Receiver<u64>,
         timeout: Duration,
     ) {
-        let mut drops = self.inner.drops.subscribe();
-        drops.mark_unchanged();
         for change in backlog {
             if !self.send(change.line).await {
                 return;

@@ -15,11 +15,10 @@
 //!   managed fields) proposes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use palisade_policy::k8s::{Kind, Rejection};
 use palisade_policy::manifest::{Key, Object};
-use palisade_policy::model::Command;
+use palisade_policy::model::{Command, ObjKey};
 
 /// The kinds the source watches, in the order an upsert batch lists them.
 pub const KINDS: [Kind; 3] = [Kind::Namespace, Kind::NetworkPolicy, Kind::Pod];
@@ -38,6 +37,28 @@ pub enum Effect {
     Rejected,
 }
 
+/// What a projected object is, for comparison: a 128-bit hash of its canonical encoding
+/// (the mirror keeps these, not the objects, so a large cluster costs a few tens of bytes per
+/// object here).
+type Print = u128;
+
+fn print(o: &Object) -> Print {
+    xxhash_rust::xxh3::xxh3_128(&serde_json::to_vec(o).expect("model objects encode"))
+}
+
+/// The command deleting the object at `key` (`namespace/name`, or a namespace's name).
+fn delete(key: &Key) -> Command {
+    let obj = || {
+        let (ns, name) = key.1.split_once('/').unwrap_or(("", &key.1));
+        ObjKey::new(ns, name)
+    };
+    match key.0 {
+        Kind::Namespace => Command::DeleteNamespace(key.1.as_str().into()),
+        Kind::Pod => Command::DeletePod(obj()),
+        Kind::NetworkPolicy => Command::DeletePolicy(obj()),
+    }
+}
+
 #[derive(Default)]
 pub struct Mirror {
     /// Kinds being listed, with what the list gave so far.
@@ -45,27 +66,42 @@ pub struct Mirror {
     /// Kinds listed completely since this replica began leading.
     listed: BTreeSet<Kind>,
     /// The API server's objects as Palisade uses them (for a kind not listed yet: what the
-    /// replicated state holds). Shared with `applied` where they agree (most of the time:
-    /// one copy of a large cluster, not two).
-    seen: BTreeMap<Key, Arc<Object>>,
+    /// replicated state holds).
+    seen: BTreeMap<Key, Print>,
     /// What the replicated state holds from this source.
-    applied: BTreeMap<Key, Arc<Object>>,
+    applied: BTreeMap<Key, Print>,
+    /// The objects seen that differ from what is applied: the upserts to propose.
+    objects: BTreeMap<Key, Object>,
     /// Objects Palisade rejects, with why.
     rejected: BTreeMap<Key, Rejection>,
+    /// Objects another source holds, with that source: not taken from the API server while
+    /// it does (the caller looks again, and starts over once one is free).
+    parked: BTreeMap<Key, String>,
+    /// Bumped at every change to `rejected` or `parked` (so what is shown can follow).
+    generation: u64,
+    /// Objects of each kind in `seen`.
+    counts: BTreeMap<Kind, usize>,
     /// Objects whose `seen` may differ from `applied`.
     dirty: BTreeSet<Key>,
     /// The changes of the batch being proposed.
-    proposing: Option<Vec<(Key, Option<Arc<Object>>)>>,
+    proposing: Option<Vec<(Key, Option<Print>)>>,
 }
 
 impl Mirror {
     /// A mirror for a replica that just began leading: `applied` is what the replicated state
-    /// holds from this source.
+    /// holds from this source. (A batch that may not have been committed is never retried
+    /// from memory: the caller starts again with a new mirror over the replicated state.)
     pub fn new(applied: BTreeMap<Key, Object>) -> Mirror {
-        let applied = shared(applied);
+        let applied: BTreeMap<Key, Print> =
+            applied.iter().map(|(k, o)| (k.clone(), print(o))).collect();
+        let mut counts = BTreeMap::new();
+        for k in applied.keys() {
+            *counts.entry(k.0).or_default() += 1;
+        }
         Mirror {
             seen: applied.clone(),
             applied,
+            counts,
             ..Mirror::default()
         }
     }
@@ -81,22 +117,28 @@ impl Mirror {
     }
 
     /// The list of `kind` is complete: it replaces what was seen of that kind. Returns how
-    /// many objects it changed, deleted, and how many are rejected.
+    /// many objects it changed, and how many it deleted.
     pub fn list_done(&mut self, kind: Kind) -> (usize, usize) {
-        let list = self.listing.remove(&kind).unwrap_or_default();
+        // Only a list that was seen beginning is complete.
+        let Some(list) = self.listing.remove(&kind) else {
+            return (0, 0);
+        };
         self.listed.insert(kind);
         let before: Vec<Key> = self.seen.keys().filter(|k| k.0 == kind).cloned().collect();
         let mut changed = 0;
         let mut deleted = 0;
         for k in before {
             if !list.contains_key(&k.1) {
-                self.seen.remove(&k);
-                self.dirty.insert(k);
+                self.forget(k);
                 deleted += 1;
             }
         }
+        let rejected = self.rejected.len();
         self.rejected
             .retain(|k, _| k.0 != kind || list.contains_key(&k.1));
+        if self.rejected.len() != rejected {
+            self.generation += 1;
+        }
         for (name, object) in list {
             if self.receive((kind, name), object) == Effect::Changed {
                 changed += 1;
@@ -113,34 +155,49 @@ impl Mirror {
     fn receive(&mut self, key: Key, object: Received) -> Effect {
         match object {
             Ok(o) => {
-                self.rejected.remove(&key);
-                if self.seen.get(&key).is_some_and(|s| **s == o) {
+                if self.rejected.remove(&key).is_some() {
+                    self.generation += 1;
+                }
+                let p = print(&o);
+                if self.seen.get(&key) == Some(&p) {
                     return Effect::Ignored;
                 }
-                // The applied version, if this is it again (a change undone before it was
-                // proposed): shared, not copied.
-                let o = match self.applied.get(&key) {
-                    Some(a) if **a == o => a.clone(),
-                    _ => Arc::new(o),
-                };
-                self.seen.insert(key.clone(), o);
+                if self.seen.insert(key.clone(), p).is_none() {
+                    *self.counts.entry(key.0).or_default() += 1;
+                }
+                // Kept even when it equals what is applied: a batch in flight may change
+                // what is applied before this is compared (a change undone meanwhile).
+                self.objects.insert(key.clone(), o);
                 self.dirty.insert(key);
                 Effect::Changed
             }
             Err(why) => {
-                self.rejected.insert(key, why);
+                if self.rejected.get(&key) != Some(&why) {
+                    self.generation += 1;
+                    self.rejected.insert(key, why);
+                }
                 Effect::Rejected
             }
+        }
+    }
+
+    fn forget(&mut self, key: Key) {
+        self.objects.remove(&key);
+        if self.seen.remove(&key).is_some() {
+            if let Some(n) = self.counts.get_mut(&key.0) {
+                *n = n.saturating_sub(1);
+            }
+            self.dirty.insert(key);
         }
     }
 
     /// An object was deleted.
     pub fn delete(&mut self, kind: Kind, name: String) {
         let key = (kind, name);
-        self.rejected.remove(&key);
-        if self.seen.remove(&key).is_some() {
-            self.dirty.insert(key);
+        if self.rejected.remove(&key).is_some() {
+            self.generation += 1;
         }
+        self.forget(key);
     }
 
     /// Whether every kind was listed since this replica began leading (before, nothing is
@@ -165,79 +222,110 @@ impl Mirror {
     }
 
     /// The commands bringing the replicated state to what the API server holds, in a safe
-    /// order: upserts (namespaces, policies, pods) before deletes (pods, policies,
-    /// namespaces). `None` while not synced, while a batch is being proposed, or when nothing
-    /// differs. The batch is in flight until [`Mirror::committed`] or [`Mirror::failed`].
+    /// order (a large batch spans several revisions): pod deletes first (a pod gone frees its
+    /// address for a new one, and never widens what is allowed), then upserts (namespaces,
+    /// policies, pods), then policy and namespace deletes. `None` while not synced, while a batch is being proposed, or when nothing
+    /// differs. The objects move into the commands (the mirror keeps their prints); the batch
+    /// is in flight until [`Mirror::committed`]; if it fails, the caller starts over with a
+    /// new mirror.
     pub fn batch(&mut self) -> Option<Vec<Command>> {
         if !self.synced() || self.proposing.is_some() {
             return None;
         }
-        let mut changes: Vec<(Key, Option<Arc<Object>>)> = std::mem::take(&mut self.dirty)
-            .into_iter()
-            .filter_map(|k| {
-                let now = self.seen.get(&k);
-                (now != self.applied.get(&k)).then(|| (k, now.cloned()))
-            })
-            .collect();
+        let mut changes: Vec<(Key, Option<Print>, Option<Object>)> =
+            std::mem::take(&mut self.dirty)
+                .into_iter()
+                .filter_map(|k| {
+                    let now = self.seen.get(&k).copied();
+                    if now == self.applied.get(&k).copied() {
+                        self.objects.remove(&k);
+                        return None;
+                    }
+                    match now {
+                        // The object of an upsert (absent only for one another source owns,
+                        // refused before: it comes back with its next change).
+                        Some(_) => {
+                            let o = self.objects.remove(&k)?;
+                            Some((k, now, Some(o)))
+                        }
+                        None => Some((k, None, None)),
+                    }
+                })
+                .collect();
         if changes.is_empty() {
             return None;
         }
         let rank = |k: &Kind| KINDS.iter().position(|x| x == k).unwrap_or(0);
-        changes.sort_by_key(|(k, o)| match o {
-            Some(_) => (0, rank(&k.0)),
-            None => (1, KINDS.len() - rank(&k.0)),
+        changes.sort_by_key(|(k, p, _)| match (p, k.0) {
+            (None, Kind::Pod) => (0, 0),
+            (Some(_), kind) => (1, rank(&kind)),
+            (None, kind) => (2, KINDS.len() - rank(&kind)),
         });
-        let commands = changes
-            .iter()
-            .map(|(k, o)| match o {
-                Some(o) => Object::clone(o).upsert(),
-                None => Object::clone(&self.applied[k]).delete(),
-            })
-            .collect();
-        self.proposing = Some(changes);
+        let mut commands = Vec::with_capacity(changes.len());
+        let mut proposing = Vec::with_capacity(changes.len());
+        for (k, p, o) in changes {
+            commands.push(match o {
+                Some(o) => o.upsert(),
+                None => delete(&k),
+            });
+            proposing.push((k, p));
+        }
+        self.proposing = Some(proposing);
         Some(commands)
     }
 
-    /// The batch in flight is committed and applied.
-    pub fn committed(&mut self) {
-        for (k, o) in self.proposing.take().unwrap_or_default() {
-            match o {
-                Some(o) => self.applied.insert(k, o),
+    /// The keys of the batch in flight.
+    pub fn in_flight(&self) -> impl Iterator<Item = &Key> {
+        self.proposing.iter().flatten().map(|(k, _)| k)
+    }
+
+    /// The batch in flight is committed and applied, except for `not_ours`: objects another
+    /// source held when it was applied (the state machine left them alone), parked.
+    pub fn committed(&mut self, not_ours: BTreeMap<Key, String>) {
+        for (k, p) in self.proposing.take().unwrap_or_default() {
+            if not_ours.contains_key(&k) {
+                continue;
+            }
+            match p {
+                Some(p) => self.applied.insert(k, p),
                 None => self.applied.remove(&k),
             };
         }
+        self.park(not_ours);
     }
 
-    /// The batch in flight was not committed (or may not have been): what the replicated
-    /// state holds is `applied` now, and everything is compared again.
-    pub fn failed(&mut self, applied: BTreeMap<Key, Object>) {
-        self.proposing = None;
-        self.applied = shared(applied);
-        self.dirty.extend(self.seen.keys().cloned());
-        self.dirty.extend(self.applied.keys().cloned());
-    }
-
-    /// Changes in the batch in flight that another source owns: dropped from it (compared
-    /// again at their next change or a new leadership).
-    pub fn not_ours(&mut self, keys: &BTreeSet<Key>) {
-        if let Some(p) = &mut self.proposing {
-            p.retain(|(k, _)| !keys.contains(k));
+    /// Objects another source holds, with that source: taken out of the batch in flight and
+    /// parked until it lets them go.
+    pub fn park(&mut self, keys: BTreeMap<Key, String>) {
+        if keys.is_empty() {
+            return;
         }
+        if let Some(p) = &mut self.proposing {
+            p.retain(|(k, _)| !keys.contains_key(k));
+        }
+        self.generation += 1;
+        self.parked.extend(keys);
+    }
+
+    /// Objects another source holds, with that source.
+    pub fn parked(&self) -> &BTreeMap<Key, String> {
+        &self.parked
+    }
+
+    /// Changes whenever the rejected or parked objects change.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// How many objects of `kind` the API server holds, as far as this mirror knows.
     pub fn count(&self, kind: Kind) -> usize {
-        self.seen.keys().filter(|k| k.0 == kind).count()
+        self.counts.get(&kind).copied().unwrap_or(0)
     }
 
     /// Objects Palisade rejects now.
     pub fn rejected(&self) -> impl Iterator<Item = (&Key, &Rejection)> {
         self.rejected.iter()
     }
-}
-
-fn shared(objects: BTreeMap<Key, Object>) -> BTreeMap<Key, Arc<Object>> {
-    objects.into_iter().map(|(k, o)| (k, Arc::new(o))).collect()
 }
 
 #[cfg(test)]

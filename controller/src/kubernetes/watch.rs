@@ -157,6 +157,10 @@ pub async fn run<K: Watched + serde::de::DeserializeOwned>(
             }
             Err(e) => {
                 cx.metrics.kube_error(kind);
+                // After 410 Gone the watcher lists again.
+                if matches!(&e, watcher::Error::WatchError(s) if s.code == 410) {
+                    listing = true;
+                }
                 let delay = backoff.next();
                 let why = error_line(&e);
                 let until = std::time::Instant::now() + delay;

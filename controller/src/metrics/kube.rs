@@ -62,7 +62,7 @@ impl Kube {
         );
         registry.register(
             "kube_events",
-            "Objects received from the Kubernetes API server, by kind and type (listed, added, modified, deleted)",
+            "Objects received from the Kubernetes API server, by kind and type (listed: in a complete list; applied: created or changed; deleted)",
             k.events.clone(),
         );
         registry.register(
@@ -77,7 +77,7 @@ impl Kube {
         );
         registry.register(
             "kube_relists",
-            "Complete lists of a kind after the first (after 410 Gone, a watch that could not resume, a new leadership)",
+            "Complete lists of a kind after the first since this replica began leading (after 410 Gone or a watch that could not resume)",
             k.relists.clone(),
         );
         registry.register(
@@ -87,12 +87,12 @@ impl Kube {
         );
         registry.register(
             "kube_last_event_timestamp_seconds",
-            "When the last object or bookmark of each kind was received (Unix time)",
+            "When the last object of each kind was received, or its last complete list (Unix time)",
             k.last_event.clone(),
         );
         registry.register(
             "kube_batches",
-            "Batches of changes proposed by the Kubernetes source",
+            "Batches of changes from the Kubernetes source committed and applied",
             k.batches.clone(),
         );
         registry.register(
