@@ -88,3 +88,48 @@ async fn an_independent_reflection_client_lists_and_calls_everything() {
     assert_eq!(v["health"]["status"], "SERVING");
     c.shutdown().await;
 }
+
+/// The plaintext health listener (`--health-listen`) answers kubelet-style gRPC probes
+/// without client certificates, for the overall service and `palisade.v1.Sync`; it serves
+/// nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_health_listener_answers_probes_and_nothing_else() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = Cluster::start_with(&[], &["n1"], move |config| {
+        config.health_listen = Some(addr);
+    })
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel.clone());
+    for service in ["", "palisade.v1.Sync"] {
+        let status = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    // Introspection is not on it.
+    let mut introspection =
+        palisade_proto::v1::introspection_client::IntrospectionClient::new(channel);
+    let refused = introspection
+        .list_nodes(palisade_proto::v1::ListNodesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    c.shutdown().await;
+}
