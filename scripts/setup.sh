@@ -71,18 +71,20 @@ if ! bpf-linker --version 2>/dev/null | grep -qF "$BPF_LINKER_VERSION"; then
 fi
 
 # Debian packages the end-to-end tests and the quick start use: iproute2 (`ip netns`, veth,
-# tc) and iperf3 (the throughput benchmark). Installing them needs root; without it, say so
-# and go on (the in-memory dataplane works without them).
+# tc), iperf3 (the throughput benchmark) and fonts-dejavu-core (the text of the load tests'
+# plots). Installing them needs root; without it, say so and go on (the in-memory dataplane
+# works without them).
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         log "installing ${missing[*]} (Debian)"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
     else
-        log "not root: skipping ${missing[*]} (needed only by the network-namespace tests)"
+        log "not root: skipping ${missing[*]} (needed only by the network-namespace tests and plots)"
     fi
 fi
 

@@ -120,6 +120,7 @@ impl AdminService {
 impl Admin for AdminService {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         authorize(&req, self.insecure)?;
+        let received = std::time::Instant::now();
         let req = req.into_inner();
         let (objects, warnings) = self.objects(&req)?;
         let status = self.group.status();
@@ -179,6 +180,7 @@ impl Admin for AdminService {
             applied
         } else {
             let n = commands.len();
+            self.hub.metrics.stage("ingest", received.elapsed());
             let revision = self
                 .group
                 .propose(OWNER, commands)

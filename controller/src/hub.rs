@@ -207,6 +207,10 @@ impl Hub {
             self.metrics.compiled(kind, started.elapsed());
             let now = Instant::now();
             record(st, &updates, now);
+            if batch.is_some() {
+                self.metrics.stage("compile", now - started);
+                self.metrics.stage("encode", now.elapsed());
+            }
             st.rollout.committed(*index, now);
             debug!(revision = index, kind, nodes = updates.len(), "applied");
         }

@@ -205,6 +205,11 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "PALISADE_LOG_FORMAT")]
     log_format: LogFormat,
+
+    /// Testing only (palisade-loadtest's checker): do not apply the first committed entry
+    /// holding commands at or after this index, so this replica diverges from its group.
+    #[arg(long, hide = true, value_name = "INDEX")]
+    fault_drop_entry: Option<u64>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -268,6 +273,7 @@ async fn main() -> Result<()> {
             snapshot_every: cli.snapshot_every.max(1),
             ..palisade_replica::Options::default()
         },
+        fault_drop_entry: cli.fault_drop_entry,
         ..Default::default()
     };
     let config = Config {

@@ -15,6 +15,7 @@ mod kube;
 
 pub use kube::STATES as KUBE_STATES;
 mod raft;
+mod stages;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -55,6 +56,7 @@ struct Inner {
     handshake_failures: Family<ReasonLabel, Counter>,
     raft: raft::Raft,
     failover: failover::Failover,
+    stages: stages::Stages,
     kube: kube::Kube,
 }
 
@@ -108,6 +110,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             raft: raft::Raft::register(&mut registry),
             failover: failover::Failover::register(&mut registry),
+            stages: stages::Stages::register(&mut registry),
             kube: kube::Kube::register(&mut registry),
             registry: Registry::default(),
         };

@@ -46,6 +46,10 @@ pub struct Config {
     pub options: Options,
     /// Largest log entry proposed, in bytes of encoded commands (a larger batch is split).
     pub entry_bytes: usize,
+    /// A planted fault, for proving the load test's checker catches divergence: skip the
+    /// first committed entry holding commands at or after this index (this replica's state
+    /// then differs from its group's). Never set outside that test.
+    pub fault_drop_entry: Option<u64>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             tick: Duration::from_millis(100),
             options: Options::default(),
             entry_bytes: 1 << 20,
+            fault_drop_entry: None,
         }
     }
 }

@@ -164,6 +164,11 @@ impl Rollout {
         }
     }
 
+    /// When `revision` was committed and applied here, while remembered.
+    pub fn committed_at(&self, revision: u64) -> Option<Instant> {
+        self.committed.get(&revision).copied()
+    }
+
     /// Node `node`'s slice changed to `version` with `digest`.
     pub fn changed(&mut self, node: &Name, version: u64, digest: Digest, now: Instant) {
         let n = self.entry(node);

@@ -310,6 +310,7 @@ pub async fn start(
         store,
         status: status_tx.clone(),
         failure: failure.clone(),
+        drop_entry: rc.fault_drop_entry,
     };
     threads.push(spawn("apply", Box::new(move || applier.run()))?);
 

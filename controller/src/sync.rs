@@ -223,6 +223,7 @@ impl Sync for SyncService {
             snapshot_refused_at: None,
             divergences: 0,
             resuming: hello.last_version > 0,
+            sent_at: None,
             hold_until: None,
         };
         let stop = Stop {
@@ -273,6 +274,8 @@ struct Connection {
     divergences: u32,
     /// The agent said it held a version: it resumes.
     resuming: bool,
+    /// When the update awaiting its ack was handed to the stream.
+    sent_at: Option<std::time::Instant>,
     /// Send nothing before this (back-off after divergent acks).
     hold_until: Option<tokio::time::Instant>,
 }
@@ -432,9 +435,11 @@ impl Connection {
 
     /// What to send to take the agent from what it holds to `desired`, decided under the
     /// lock (cheap: clones of shared parts, or the slice for a snapshot).
-    fn plan(&self) -> (Plan, u64, Digest) {
+    /// Also when `desired` was applied here, when still known.
+    fn plan(&self) -> (Plan, u64, Digest, Option<std::time::Instant>) {
         let st = self.hub.lock();
         let (desired, digest) = st.desired(&self.node);
+        let applied_at = st.rollout.committed_at(desired);
         let plan = match self.holds {
             Knowledge::Unknown => Plan::Snapshot(st.engine().slice(&self.node)),
             Knowledge::Holds(v, d) if v == desired && d == digest => Plan::Empty {
@@ -462,12 +467,12 @@ impl Connection {
                 None => Plan::Snapshot(st.engine().slice(&self.node)),
             },
         };
-        (plan, desired, digest)
+        (plan, desired, digest, applied_at)
     }
 
     /// What takes the agent from what it holds to the node's latest version.
     fn next_message(&mut self) -> Option<(Encoded, &'static str)> {
-        let (plan, mut desired, mut digest) = self.plan();
+        let (plan, mut desired, mut digest, applied_at) = self.plan();
         let update = |from, to, digest: &Digest, delta: &SliceDelta| {
             encode::update(
                 &self.node,
@@ -513,8 +518,14 @@ impl Connection {
                 (_, Knowledge::Holds(v, _)) if v == desired => "current",
                 _ => "delta",
             };
-            self.hub.metrics.resumed(by);
+            self.hub.metrics.resumed(by, msg.len());
         }
+        if self.greeted {
+            if let Some(t) = applied_at {
+                self.hub.metrics.stage("send", t.elapsed());
+            }
+        }
+        self.sent_at = Some(std::time::Instant::now());
         debug!(kind, from = ?self.holds, to = desired, bytes = msg.len(), "sending");
         self.holds = Knowledge::Holds(desired, digest);
         self.sent = Some((desired, digest));
@@ -531,6 +542,9 @@ impl Connection {
                     .ok_or_else(|| Status::invalid_argument("Ack.digest is not 64 hex digits"))?;
                 if self.awaiting.is_some_and(|v| a.version >= v) {
                     self.awaiting = None;
+                    if let Some(t) = self.sent_at.take() {
+                        self.hub.metrics.stage("ack", t.elapsed());
+                    }
                 }
                 let warning = cap(a.warning, MAX_TEXT);
                 let mut failed_closed = a.failed_closed;

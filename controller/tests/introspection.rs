@@ -166,6 +166,15 @@ async fn metrics_count_streams_messages_acks_and_realization() {
     assert!(value("palisade_revision_realization_seconds_count") >= 1.0);
     assert_eq!(value("palisade_raft_applied_index"), c.revision() as f64);
     assert_eq!(value("palisade_raft_term"), 1.0);
+    // Where a change's time goes: each stage this run went through was timed.
+    for stage in ["commit", "compile", "encode", "ack"] {
+        assert!(
+            value(&format!(
+                "palisade_stage_seconds_count{{stage=\"{stage}\"}}"
+            )) >= 1.0,
+            "{stage}"
+        );
+    }
     assert!(c.http_get("/healthz").await.ends_with("ok\n"));
     c.shutdown().await;
 }

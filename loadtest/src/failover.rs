@@ -8,20 +8,19 @@
 //! of cluster-wide rollout state comes from their own histogram.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use palisade_agent::Phase;
 use palisade_policy::engine::Engine;
 use palisade_policy::Digest;
-use palisadectl::remote::Conn;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::compile::{peak_rss_of, Percentiles};
+use crate::compile::Percentiles;
 use crate::fleet;
 use crate::raft::ms;
+use crate::replicas::{self, sum, until, GroupOptions, Replicas};
 use crate::synth::{self, Shape};
 
 pub struct FailoverOptions {
@@ -85,159 +84,6 @@ pub struct Staleness {
     pub samples: u64,
     pub p50_at_most: f64,
     pub p99_at_most: f64,
-}
-
-/// One replica process.
-struct Proc {
-    child: Option<Child>,
-    port: u16,
-    metrics: u16,
-}
-
-struct Replicas {
-    dir: PathBuf,
-    bin: PathBuf,
-    manifests: PathBuf,
-    procs: BTreeMap<u64, Proc>,
-    max_per_ip: usize,
-    peak_rss: BTreeMap<u64, u64>,
-}
-
-pub(crate) fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// GET `path` from `addr` (HTTP/1.0); the body.
-pub(crate) fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map_or(out.clone(), |(_, b)| b.to_string()))
-}
-
-/// The sum of the samples of `name` (a full series name with labels, or a prefix ending in
-/// `{`) in a Prometheus text page.
-pub(crate) fn sum(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-impl Replicas {
-    fn addr(&self, id: u64) -> String {
-        format!("127.0.0.1:{}", self.procs[&id].port)
-    }
-
-    fn addrs(&self) -> String {
-        self.procs
-            .keys()
-            .map(|id| self.addr(*id))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let peers: Vec<String> = self
-            .procs
-            .keys()
-            .map(|i| format!("{i}={}", self.addr(*i)))
-            .collect();
-        let certs = self.dir.join("certs");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("replica-{id}.log")))?;
-        let p = &self.procs[&id];
-        let child = Command::new(self.bin.join("palisade-controller"))
-            .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
-            .args(["--listen", &format!("127.0.0.1:{}", p.port)])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", p.metrics)])
-            .arg("--state-dir")
-            .arg(self.dir.join(format!("state-{id}")))
-            .arg("--manifests")
-            .arg(&self.manifests)
-            .args([
-                "--max-connections-per-ip",
-                &self.max_per_ip.to_string(),
-                "--max-connections",
-                &(self.max_per_ip + 1024).to_string(),
-            ])
-            .args(palisadectl::certs::replica_flags(&certs, id))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.procs.get_mut(&id).expect("known").child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.procs.get_mut(&id).and_then(|p| p.child.take()) {
-            self.peak_rss.insert(id, peak_rss_of(c.id()));
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn conn(&self, id: u64) -> Conn {
-        Conn::operator(self.addr(id), &self.dir.join("certs"), "loadtest")
-    }
-
-    fn metrics(&self, id: u64) -> String {
-        http_get(
-            &format!("127.0.0.1:{}", self.procs[&id].metrics),
-            "/metrics",
-        )
-        .unwrap_or_default()
-    }
-
-    fn alive(&self) -> Vec<u64> {
-        self.procs
-            .iter()
-            .filter(|(_, p)| p.child.is_some())
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    /// The leader replica `ask` knows, if any.
-    async fn leader_known_to(&self, ask: u64) -> Option<u64> {
-        let text = palisadectl::store::replicas(&self.conn(ask), true)
-            .await
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["leader"].as_u64().filter(|l| *l != 0)
-    }
-}
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for id in self.alive() {
-            self.kill(id);
-        }
-    }
-}
-
-/// Wait until `done` holds (checked every 10 ms), at most `limit`; what it took.
-pub(crate) async fn until(
-    limit: Duration,
-    what: &str,
-    mut done: impl FnMut() -> bool,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while !done() {
-        anyhow::ensure!(started.elapsed() < limit, "{what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(started.elapsed())
 }
 
 const STALENESS: &str = "palisade_rollout_peer_ack_staleness_seconds";
@@ -326,36 +172,18 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
     drop(engine);
     progress(&format!("minting certificates for {} nodes", nodes.len()));
     let ids = [1u64, 2, 3];
-    palisadectl::certs::mint(&palisadectl::certs::Request {
-        dir: &dir.path().join("certs"),
-        hosts: &["127.0.0.1".to_string()],
-        nodes: &nodes,
-        operators: &["loadtest".to_string()],
-        replicas: &ids,
-    })?;
-    let mut r = Replicas {
+    replicas::mint_certs(&dir.path().join("certs"), &nodes, &ids)?;
+    let mut args = vec!["--manifests".into(), manifests.clone().into_os_string()];
+    args.extend(replicas::connection_args(nodes.len()));
+    let mut r = Replicas::new(GroupOptions {
         dir: dir.path().to_path_buf(),
         bin: o.bin_dir.clone(),
-        manifests: manifests.clone(),
-        procs: BTreeMap::new(),
-        max_per_ip: nodes.len() + 64,
-        peak_rss: BTreeMap::new(),
-    };
-    anyhow::ensure!(
-        r.bin.join("palisade-controller").exists(),
-        "no palisade-controller in {} (cargo build --release --bins, or --bin-dir)",
-        r.bin.display()
-    );
-    for id in ids {
-        r.procs.insert(
-            id,
-            Proc {
-                child: None,
-                port: free_port()?,
-                metrics: free_port()?,
-            },
-        );
-    }
+        ids: ids.to_vec(),
+        args,
+        extra: BTreeMap::new(),
+        proxies: false,
+    })
+    .await?;
     progress("starting three controller replicas");
     for id in ids {
         r.spawn(id)?;
@@ -363,7 +191,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
     let shutdown = CancellationToken::new();
     progress(&format!("starting {} agents", nodes.len()));
     let started = Instant::now();
-    let agents = fleet::start(
+    let mut agents = fleet::start(
         &nodes,
         &r.addrs(),
         Some(&dir.path().join("certs")),
@@ -472,7 +300,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
             moved.len()
         ));
         let t0 = Instant::now();
-        r.kill(leader);
+        r.kill(leader, false);
         // Both watched at once: agents may be back before the group has a leader again.
         let (mut new_leader, mut streaming) = (None, None);
         while new_leader.is_none() || streaming.is_none() {
@@ -539,15 +367,9 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
     // Replicas restarted during the run lost their histograms: what they measured since.
     let pages: Vec<String> = r.alive().iter().map(|id| r.metrics(*id)).collect();
     let peer_ack_staleness_all_ms = staleness(&pages);
-    for id in r.alive() {
-        if let Some(c) = &r.procs[&id].child {
-            r.peak_rss.insert(id, peak_rss_of(c.id()));
-        }
-    }
+    r.note_peak_rss();
     shutdown.cancel();
-    for a in agents {
-        let _ = a.join.await;
-    }
+    fleet::stop_all(&mut agents).await;
     Ok(FailoverReport {
         agents: nodes.len(),
         pods: shape.pods,
@@ -624,14 +446,4 @@ pub fn table(r: &FailoverReport) -> String {
         );
     }
     out
-}
-
-/// The directory of the running executable (where cargo puts the other binaries).
-pub fn beside_executable() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir
 }

@@ -15,8 +15,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::compile::{peak_rss_of, percentiles, Percentiles};
-use crate::failover::{free_port, histogram_between, http_get, sum, until, Staleness};
+use crate::failover::{histogram_between, Staleness};
 use crate::raft::ms;
+use crate::replicas::{free_port, http_get, sum, until};
 use crate::synth::{self, Shape};
 use crate::{fleet, manifests};
 
@@ -201,7 +202,7 @@ pub async fn run(o: &KubeOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Kub
     // Agents on the nodes the events' pods go to.
     let shutdown = CancellationToken::new();
     let nodes: Vec<String> = (0..o.event_nodes.max(1)).map(synth::node_name).collect();
-    let agents = fleet::start(
+    let mut agents = fleet::start(
         &nodes,
         &controller.grpc,
         None,
@@ -270,9 +271,7 @@ pub async fn run(o: &KubeOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Kub
         (controller.metric("palisade_revision ") - revision_before) as u64;
     let controller_peak_rss_bytes = peak_rss_of(controller.child.id());
     shutdown.cancel();
-    for a in agents {
-        let _ = a.join.await;
-    }
+    fleet::stop_all(&mut agents).await;
     Ok(KubeReport {
         pods: shape.pods,
         namespaces: shape.namespaces,

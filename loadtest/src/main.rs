@@ -1,6 +1,8 @@
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use palisade_loadtest::{compile, datapath, failover, kube, raft, sync, synth::Shape};
+use palisade_loadtest::{
+    cluster, compile, datapath, failover, kube, raft, replicas, sync, synth::Shape,
+};
 
 /// Palisade load tests: synthetic multi-tenant clusters at scale, measured.
 #[derive(Parser)]
@@ -100,6 +102,56 @@ enum Cmd {
         /// Where palisade-controller is (default: beside this binary).
         #[arg(long)]
         bin_dir: Option<std::path::PathBuf>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Scale and chaos: three (or five) controller replicas as processes of the real binary
+    /// (loopback, mTLS) and many real agents in this process, the cluster loaded through the
+    /// standalone store (`palisadectl apply`'s API), then changes at a steady rate by a
+    /// weighted mix while faults are injected on their periods. A checker runs at the end
+    /// (exit status 3 when it fails): every acknowledged change is in the final state, every
+    /// agent's versions only went up, every ack named its version's digest, every agent and
+    /// replica ends at a fresh compile's digests. Progress on stderr; the report (-o table or
+    /// json) on stdout; with --plots DIR, SVG plots.
+    Cluster {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[command(flatten)]
+        cluster: Cluster,
+        /// Controller replicas (3 or 5 for a group that survives failures).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+        replicas: u64,
+        /// How long the churn runs.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Changes per second (each one object, sent to a random live replica).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Weights of the changes: pod-add, pod-delete, pod-label, policy-add,
+        /// policy-delete, ns-label.
+        #[arg(
+            long,
+            default_value = "pod-add=3,pod-delete=3,pod-label=2,policy-add=1,policy-delete=1,ns-label=1"
+        )]
+        mix: cluster::churn::Mix,
+        #[command(flatten)]
+        faults: cluster::faults::FaultPlan,
+        /// Plant a fault the checker must catch: the last replica skips one committed entry
+        /// a few changes into the churn (so it diverges from its group).
+        #[arg(long)]
+        plant_fault: bool,
+        /// How long every agent may take to hold its final slice after the churn.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        settle: std::time::Duration,
+        /// Write SVG plots into this directory (created if missing).
+        #[arg(long)]
+        plots: Option<std::path::PathBuf>,
+        /// Where palisade-controller is (default: beside this binary).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
+        /// More arguments for every replica (repeatable), e.g. --controller-arg=--history-updates=8.
+        #[arg(long = "controller-arg", allow_hyphen_values = true)]
+        controller_args: Vec<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -319,10 +371,50 @@ fn main() -> Result<()> {
                 shape: cluster.shape(agents)?,
                 kills,
                 edits,
-                bin_dir: bin_dir.unwrap_or_else(failover::beside_executable),
+                bin_dir: bin_dir.unwrap_or_else(replicas::beside_executable),
             };
             let report = block_on(failover::run(&opts, &|m| eprintln!("{m}")))??;
             print(output, &report, failover::table)?;
+        }
+        Cmd::Cluster {
+            agents,
+            cluster,
+            replicas: group,
+            duration,
+            rate,
+            mix,
+            faults,
+            plant_fault,
+            settle,
+            plots,
+            bin_dir,
+            controller_args,
+            output,
+        } => {
+            ensure!(rate > 0.0, "--rate must be above 0");
+            ensure!(
+                (0.0..=1.0).contains(&faults.agent_fraction),
+                "--agent-fraction is a share: from 0 to 1"
+            );
+            let opts = cluster::ClusterOptions {
+                shape: cluster.shape(agents)?,
+                replicas: group,
+                duration,
+                rate,
+                mix,
+                faults,
+                plant_fault,
+                settle,
+                plots,
+                bin_dir: bin_dir.unwrap_or_else(replicas::beside_executable),
+                controller_args,
+            };
+            let report = block_on(cluster::run(&opts, &|m| eprintln!("{m}")))??;
+            print(output, &report, cluster::report::table)?;
+            if !report.check.passed {
+                eprintln!("the checker FAILED (see the report)");
+                std::process::exit(3);
+            }
         }
         Cmd::Kube {
             pods,
@@ -354,7 +446,7 @@ fn main() -> Result<()> {
                 event_nodes,
                 burst,
                 batch_delay,
-                bin_dir: bin_dir.unwrap_or_else(failover::beside_executable),
+                bin_dir: bin_dir.unwrap_or_else(replicas::beside_executable),
                 controller_args,
             };
             let report = block_on(kube::run(&opts, &|m| eprintln!("{m}")))??;

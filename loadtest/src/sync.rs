@@ -167,7 +167,7 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
 
     progress(&format!("starting {} agents", nodes.len()));
     let started = Instant::now();
-    let agents = fleet::start(
+    let mut agents = fleet::start(
         &nodes,
         &addr.to_string(),
         (!opts.insecure).then_some(certs.as_path()),
@@ -235,9 +235,7 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
         }
     }
     shutdown.cancel();
-    for a in agents {
-        let _ = a.join.await;
-    }
+    fleet::stop_all(&mut agents).await;
     controller.wait().await?;
     Ok(SyncReport {
         agents: nodes.len(),

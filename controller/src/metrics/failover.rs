@@ -16,6 +16,7 @@ struct ByLabel {
 
 pub struct Failover {
     resumes: Family<ByLabel, Counter>,
+    resume_bytes: Family<ByLabel, Counter>,
     refusing: Gauge,
     shed: Counter,
     parked: Counter,
@@ -27,6 +28,7 @@ impl Failover {
     pub fn register(registry: &mut Registry) -> Failover {
         let f = Failover {
             resumes: Family::default(),
+            resume_bytes: Family::default(),
             refusing: Gauge::default(),
             shed: Counter::default(),
             parked: Counter::default(),
@@ -38,6 +40,11 @@ impl Failover {
             "sync_resumes",
             "Streams of agents that already held a version, by what brought them up to date: delta (an update from their version), current (nothing to send), snapshot",
             f.resumes.clone(),
+        );
+        registry.register(
+            "sync_resume_bytes",
+            "Bytes of the first message sent on resumed streams (what brought an agent that already held a version up to date), by how",
+            f.resume_bytes.clone(),
         );
         registry.register(
             "sync_refusing_agents",
@@ -69,9 +76,15 @@ impl Failover {
 }
 
 impl super::Metrics {
-    /// A stream of an agent that held a version was brought up to date `by`.
-    pub fn resumed(&self, by: &'static str) {
+    /// A stream of an agent that held a version was brought up to date `by`, with a
+    /// message of `bytes`.
+    pub fn resumed(&self, by: &'static str, bytes: usize) {
         self.0.failover.resumes.get_or_create(&ByLabel { by }).inc();
+        self.0
+            .failover
+            .resume_bytes
+            .get_or_create(&ByLabel { by })
+            .inc_by(bytes as u64);
     }
 
     pub fn refusing_agents(&self, refusing: bool) {

@@ -36,17 +36,40 @@ pub struct Applier {
     pub store: SledStorage,
     pub status: Arc<watch::Sender<GroupStatus>>,
     pub failure: Failure,
+    /// The planted fault ([`super::Config::fault_drop_entry`]), until it has fired.
+    pub drop_entry: Option<u64>,
 }
 
 impl Applier {
-    pub fn run(self) {
+    /// The planted fault: the first entry holding commands at or after the index given is
+    /// applied as if empty, once.
+    fn plant_fault(&mut self, entries: &mut [(u64, Option<Batch>)]) {
+        let Some(from) = self.drop_entry else { return };
+        if let Some((index, batch)) = entries.iter_mut().find(|(i, b)| *i >= from && b.is_some()) {
+            error!(
+                index = *index,
+                "planted fault (--fault-drop-entry): this committed entry is not applied here"
+            );
+            *batch = None;
+            self.drop_entry = None;
+        }
+    }
+
+    pub fn run(mut self) {
         while let Ok(job) = self.jobs.recv() {
             if self.failure.get().is_some() {
                 // The state machine can no longer follow the log: keep what is applied.
                 continue;
             }
             match job {
-                Job::Entries { entries, replies } => {
+                Job::Entries {
+                    mut entries,
+                    replies,
+                } => {
+                    self.plant_fault(&mut entries);
+                    for (_, _, at) in &replies {
+                        self.hub.metrics.stage("commit", at.elapsed());
+                    }
                     let applied = self.hub.apply(&entries);
                     for (index, reply, at) in replies {
                         self.hub.metrics.proposal_applied(at.elapsed());
