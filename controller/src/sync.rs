@@ -520,12 +520,15 @@ impl Connection {
             };
             self.hub.metrics.resumed(by, msg.len());
         }
+        // Stages are timed on streams in sync (a first answer or a resume waits on the
+        // agent's connecting, not on the change).
+        self.sent_at = None;
         if self.greeted {
             if let Some(t) = applied_at {
                 self.hub.metrics.stage("send", t.elapsed());
             }
+            self.sent_at = Some(std::time::Instant::now());
         }
-        self.sent_at = Some(std::time::Instant::now());
         debug!(kind, from = ?self.holds, to = desired, bytes = msg.len(), "sending");
         self.holds = Knowledge::Holds(desired, digest);
         self.sent = Some((desired, digest));

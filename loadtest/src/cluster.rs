@@ -224,7 +224,6 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         Duration::from_secs(1),
         stop.clone(),
     ));
-    let pages_before: Vec<String> = ids.iter().map(|id| handle.metrics(*id)).collect();
     let faults = Faults {
         plan: o.faults.clone(),
         replicas: replicas.clone(),
@@ -320,7 +319,6 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         }
     };
     let handle = replicas.lock().expect("replicas").handle();
-    let pages_after: Vec<String> = ids.iter().map(|id| handle.metrics(*id)).collect();
     let samples = sampler.await?;
 
     progress("checking");
@@ -380,18 +378,9 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         .map(|i| i.took.as_secs_f64() * 1e3)
         .collect();
     let stages = report::Stages {
-        stages: STAGES
-            .iter()
-            .map(|s| {
-                (
-                    s.to_string(),
-                    crate::failover::histogram_between(
-                        &stage_pages(&pages_before, s),
-                        &stage_pages(&pages_after, s),
-                        "palisade_stage_seconds",
-                    ),
-                )
-            })
+        stages: sample::stage_totals(&samples)
+            .into_iter()
+            .map(|(stage, buckets)| (stage, crate::failover::percentiles_of(&buckets)))
             .filter(|(_, h)| h.samples > 0)
             .collect(),
         agent_apply_ms: (!agent_apply.is_empty()).then(|| percentiles(agent_apply)),
@@ -441,28 +430,6 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     shutdown.cancel();
     fleet::stop_all(&mut agents.lock().await).await;
     Ok(report)
-}
-
-/// The stages a change goes through on the replicas (`palisade_stage_seconds{stage}`).
-const STAGES: [&str; 6] = ["ingest", "commit", "compile", "encode", "send", "ack"];
-
-/// The lines of one stage's histogram in each page, renamed so the histogram reader sees
-/// one histogram.
-fn stage_pages(pages: &[String], stage: &str) -> Vec<String> {
-    let label = format!("stage=\"{stage}\"");
-    pages
-        .iter()
-        .map(|p| {
-            p.lines()
-                .filter(|l| l.starts_with("palisade_stage_seconds_bucket{") && l.contains(&label))
-                .map(|l| {
-                    l.replace(&format!(",{label}"), "")
-                        .replace(&format!("{label},"), "")
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .collect()
 }
 
 fn handle_addrs(replicas: &faults::Shared) -> String {

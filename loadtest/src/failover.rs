@@ -127,7 +127,9 @@ fn staleness(pages: &[String]) -> Staleness {
     percentiles_of(&buckets(pages, STALENESS))
 }
 
-fn percentiles_of(buckets: &BTreeMap<u64, f64>) -> Staleness {
+/// Percentiles (upper bucket bounds, milliseconds) of cumulative histogram buckets by upper
+/// bound in microseconds.
+pub(crate) fn percentiles_of(buckets: &BTreeMap<u64, f64>) -> Staleness {
     let total = buckets.values().copied().fold(0.0, f64::max);
     let at = |q: f64| {
         buckets

@@ -7,8 +7,8 @@
 //! * `encode`: the changed nodes' updates of one entry encoded and recorded (every replica).
 //! * `send`: an entry applied to the update carrying it handed to an agent's stream
 //!   (streams already in sync; resumes and first snapshots are not counted).
-//! * `ack`: an update handed to the stream to the agent's ack of it (the network both ways
-//!   and the agent's apply).
+//! * `ack`: an update handed to an in-sync agent's stream to the agent's ack of it (the
+//!   network both ways and the agent's apply).
 
 use std::time::Duration;
 

@@ -19,6 +19,73 @@ pub struct Sample {
     pub cpu_seconds: BTreeMap<u64, f64>,
     /// Bytes each replica has sent to agents since it started (`palisade_sync_bytes_sent_total`).
     pub sent_bytes: BTreeMap<u64, f64>,
+    /// Each replica's `palisade_stage_seconds` buckets since it started.
+    #[serde(skip)]
+    pub stages: BTreeMap<u64, StageBuckets>,
+}
+
+/// Cumulative bucket counts by stage, then by upper bound in microseconds (+Inf: `u64::MAX`).
+pub type StageBuckets = BTreeMap<String, BTreeMap<u64, f64>>;
+
+/// The `palisade_stage_seconds` buckets of a metrics page.
+pub fn stage_buckets(page: &str) -> StageBuckets {
+    let mut out = StageBuckets::new();
+    for l in page.lines() {
+        let Some(rest) = l.strip_prefix("palisade_stage_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_string())
+        };
+        let (Some(stage), Some(le), Ok(value)) = (label("stage"), label("le"), value.parse())
+        else {
+            continue;
+        };
+        let le = le
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map_or(u64::MAX, |v| (v * 1e6).round() as u64);
+        out.entry(stage).or_default().insert(le, value);
+    }
+    out
+}
+
+/// What every replica's stage histograms observed over the samples, summed: increments
+/// between samples, and after a restart (counts reset) everything since.
+pub fn stage_totals(samples: &[Sample]) -> StageBuckets {
+    let mut totals = StageBuckets::new();
+    let mut last: BTreeMap<u64, &StageBuckets> = BTreeMap::new();
+    for s in samples {
+        for (id, now) in &s.stages {
+            if let Some(prev) = last.get(id) {
+                for (stage, buckets) in now {
+                    let before = prev.get(stage);
+                    let count = |b: Option<&BTreeMap<u64, f64>>| {
+                        b.and_then(|b| b.get(&u64::MAX)).copied().unwrap_or(0.0)
+                    };
+                    let reset = count(Some(buckets)) < count(before);
+                    let total = totals.entry(stage.clone()).or_default();
+                    for (le, v) in buckets {
+                        let was = if reset {
+                            0.0
+                        } else {
+                            before.and_then(|b| b.get(le)).copied().unwrap_or(0.0)
+                        };
+                        *total.entry(*le).or_default() += (v - was).max(0.0);
+                    }
+                }
+            }
+            last.insert(*id, now);
+        }
+    }
+    totals
 }
 
 /// Resident set size and CPU time (user + system) of a process.
@@ -64,6 +131,7 @@ pub async fn run(
                 rss_bytes: BTreeMap::new(),
                 cpu_seconds: BTreeMap::new(),
                 sent_bytes: BTreeMap::new(),
+                stages: BTreeMap::new(),
             };
             for (id, pid) in pids.into_iter().chain([(0, std::process::id())]) {
                 if let Some((rss, cpu)) = usage(pid) {
@@ -75,6 +143,7 @@ pub async fn run(
                     if !page.is_empty() {
                         s.sent_bytes
                             .insert(id, sum(&page, "palisade_sync_bytes_sent_total{"));
+                        s.stages.insert(id, stage_buckets(&page));
                     }
                 }
             }
@@ -90,6 +159,37 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn sample(id: u64, page: &str) -> Sample {
+        Sample {
+            t: 0.0,
+            rss_bytes: BTreeMap::new(),
+            cpu_seconds: BTreeMap::new(),
+            sent_bytes: BTreeMap::new(),
+            stages: [(id, stage_buckets(page))].into(),
+        }
+    }
+
+    #[test]
+    fn stage_totals_add_increments_and_survive_restarts() {
+        let page = |a: u32, b: u32| {
+            format!(
+                "palisade_stage_seconds_bucket{{le=\"0.001\",stage=\"ack\"}} {a}\n\
+                 palisade_stage_seconds_bucket{{le=\"+Inf\",stage=\"ack\"}} {b}\n"
+            )
+        };
+        let samples = [
+            sample(1, &page(5, 10)),
+            sample(1, &page(7, 13)),
+            // Restarted: counts start again.
+            sample(1, &page(1, 2)),
+        ];
+        let t = stage_totals(&samples);
+        assert_eq!(t["ack"][&1000], 2.0 + 1.0);
+        assert_eq!(t["ack"][&u64::MAX], 3.0 + 2.0);
+    }
+
     #[test]
     fn this_process_has_a_size_and_has_run() {
         let (rss, cpu) = super::usage(std::process::id()).unwrap();
