@@ -500,8 +500,22 @@ pub async fn start(
         "serving gRPC"
     );
 
+    let reach = {
+        let group = group.clone();
+        let voters = config.replication.voters().len();
+        let window = config.shed_agents_after;
+        move || standing::Reach {
+            voters,
+            heard: group
+                .contacts()
+                .values()
+                .filter(|t| t.elapsed() < window)
+                .count(),
+        }
+    };
     tokio::spawn(standing::watch(
         status_rx.clone(),
+        reach,
         config.shed_agents_after,
         refusing_tx,
         metrics.clone(),

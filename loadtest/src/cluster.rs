@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade_agent::Phase;
+use palisade_agent::Phase as AgentPhase;
 use tokio_util::sync::CancellationToken;
 
 use crate::compile::{peak_rss_bytes, percentiles};
@@ -26,6 +26,7 @@ pub mod check;
 pub mod churn;
 pub mod faults;
 pub mod model;
+mod phase;
 pub mod plot;
 pub mod report;
 pub mod sample;
@@ -76,7 +77,8 @@ async fn synced(
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let mut said = Instant::now();
+    let total = agents.lock().await.len();
+    let mut bar = phase::Phase::new(what, total as u64, "agents", progress);
     loop {
         let (done, total) = {
             let agents = agents.lock().await;
@@ -84,7 +86,7 @@ async fn synced(
                 .iter()
                 .filter(|a| {
                     let s = a.status.borrow();
-                    s.phase == Phase::Synced && s.digest == want(&a.node)
+                    s.phase == AgentPhase::Synced && s.digest == want(&a.node)
                 })
                 .count();
             (done, agents.len())
@@ -96,10 +98,7 @@ async fn synced(
             started.elapsed() < limit,
             "{what}: {done} of {total} agents within {limit:?}"
         );
-        if said.elapsed() > Duration::from_secs(5) {
-            progress(&format!("  {what}: {done}/{total} agents"));
-            said = Instant::now();
-        }
+        bar.set(done as u64);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -164,18 +163,16 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     let mut model = Model::default();
     let mut store = Store::new(shape.seed);
     let loading = Instant::now();
-    let mut said = Instant::now();
+    let mut bar = phase::Phase::new("loading", chunks, "applies", progress);
     for (i, chunk) in commands.chunks(LOAD_CHUNK).enumerate() {
         let docs: Vec<String> = chunk.iter().filter_map(manifests::document).collect();
         let acked = store
             .apply(&replicas, docs, false, Duration::from_secs(120))
             .await?;
         model.apply(acked.after, acked.at, chunk.to_vec());
-        if said.elapsed() > Duration::from_secs(5) {
-            progress(&format!("  {} of {chunks} applies", i + 1));
-            said = Instant::now();
-        }
+        bar.set(i as u64 + 1);
     }
+    drop(bar);
     let load_seconds = loading.elapsed().as_secs_f64();
     mins(progress, "loaded", loading.elapsed());
     let snapshot_bytes: Arc<BTreeMap<String, u64>> = Arc::new(
@@ -253,7 +250,7 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     let mut changes: Vec<ChangeRecord> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate.max(0.01)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut said = Instant::now();
+    let mut bar = phase::Phase::new("churn", o.duration.as_secs(), "s", progress);
     while started.elapsed() < o.duration {
         tick.tick().await;
         let change = churn.next(&model);
@@ -280,18 +277,13 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
             nodes: affected,
         });
         for m in fault_log.lock().expect("log").drain(..) {
-            progress(&m);
+            bar.say(&m);
         }
-        if said.elapsed() > Duration::from_secs(10) {
-            progress(&format!(
-                "  {:.0} s: {} changes, revision {}",
-                started.elapsed().as_secs_f64(),
-                changes.len(),
-                store.revision
-            ));
-            said = Instant::now();
-        }
+        bar.set_with(started.elapsed().as_secs(), || {
+            format!("({} changes, revision {})", changes.len(), store.revision)
+        });
     }
+    drop(bar);
     let churn_seconds = started.elapsed().as_secs_f64();
     stop.cancel();
     let events = injector.await?;

@@ -1,9 +1,16 @@
 //! Whether this replica may serve agents. Every replica serves them from its applied state,
-//! but one cut off from a quorum of its group (no leader known: partitioned, or its peers are
-//! down) cannot know whether what it serves is current. After a grace period (elections take
-//! a second or two) it refuses new streams and ends the ones it has, so agents move to a
-//! replica that has a leader; its gRPC health says NOT_SERVING for `palisade.v1.Sync` and
-//! `palisade_sync_refusing_agents` is 1. Agents keep enforcing what they hold meanwhile.
+//! but one cut off from a quorum of its group (no leader known, and fewer than a quorum of
+//! the group heard from lately: partitioned, or its peers are down) cannot know whether what
+//! it serves is current. After a grace period (elections take a second or two) it refuses new
+//! streams and ends the ones it has, so agents move to a replica that has a leader; its gRPC
+//! health says NOT_SERVING for `palisade.v1.Sync` and `palisade_sync_refusing_agents` is 1.
+//! Agents keep enforcing what they hold meanwhile.
+//!
+//! A replica that knows no leader but hears from a quorum of its group is in the middle of an
+//! election, as every replica it hears from is: nothing can be committed anywhere until it
+//! ends, so what it serves is as current as anything, and sending its agents away would only
+//! move them to a replica in the same state (a large group of agents bouncing between the
+//! survivors of a leader loss, with every handshake that costs, can delay the election).
 
 use std::time::Duration;
 
@@ -14,30 +21,60 @@ use tracing::{info, warn};
 use super::GroupStatus;
 use crate::metrics::Metrics;
 
+/// How this replica reaches its group: voters (itself included) and the peers heard from
+/// within the grace period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub voters: usize,
+    pub heard: usize,
+}
+
+impl Reach {
+    /// It and the peers it hears from are a quorum.
+    fn quorum(self) -> bool {
+        self.voters > 1 && self.heard + 1 > self.voters / 2
+    }
+}
+
 /// Why this replica should not serve agents right now, if it should not.
-pub fn cut_off(s: &GroupStatus) -> Option<String> {
+pub fn cut_off(s: &GroupStatus, reach: Reach) -> Option<String> {
     if let Some(f) = &s.failure {
         return Some(format!("this replica has failed ({f})"));
     }
-    if s.raft.leader == 0 {
-        return Some(
-            "this replica knows no leader: it is cut off from a quorum of its group".to_string(),
-        );
+    if s.raft.leader == 0 && !reach.quorum() {
+        return Some(format!(
+            "this replica knows no leader and hears from {} of its {} peers: it is cut off from a quorum of its group",
+            reach.heard,
+            reach.voters.saturating_sub(1)
+        ));
     }
     None
 }
 
-/// Keep `refusing` at [`cut_off`] once that has lasted `grace`, until `shutdown`.
+/// Keep `refusing` at [`cut_off`] once that has lasted `grace`, until `shutdown`. `reach`
+/// says how the group is reached now (asked again every 250 ms while no leader is known).
 pub async fn watch(
     mut status: watch::Receiver<GroupStatus>,
+    reach: impl Fn() -> Reach + Send + 'static,
     grace: Duration,
     refusing: watch::Sender<Option<String>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let mut since: Option<tokio::time::Instant> = None;
+    let mut electing = false;
     loop {
-        let why = cut_off(&status.borrow_and_update());
+        let (why, leaderless) = {
+            let s = status.borrow_and_update();
+            (
+                cut_off(&s, reach()),
+                s.raft.leader == 0 && s.failure.is_none(),
+            )
+        };
+        if leaderless && why.is_none() && !electing {
+            info!("no leader yet, but a quorum of the group is reachable (an election): still serving agents");
+        }
+        electing = leaderless && why.is_none();
         let now = tokio::time::Instant::now();
         match why {
             None => {
@@ -62,6 +99,12 @@ pub async fn watch(
         let wake = since
             .filter(|_| refusing.borrow().is_none())
             .map(|s| s + grace);
+        // Without a leader, who is heard from changes without any status change.
+        let recheck = leaderless.then(|| now + Duration::from_millis(250));
+        let wake = match (wake, recheck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = status.changed() => if changed.is_err() { return },
@@ -87,8 +130,13 @@ mod tests {
         let (status_tx, status) = watch::channel(led.clone());
         let (tx, mut refusing) = watch::channel(None);
         let shutdown = CancellationToken::new();
+        // Cut off: no peer heard from.
         tokio::spawn(watch(
             status,
+            || Reach {
+                voters: 3,
+                heard: 0,
+            },
             Duration::from_secs(3),
             tx,
             Metrics::new(),
@@ -116,5 +164,74 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(refusing.borrow().is_none());
         shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_election_among_reachable_peers_sends_no_agent_away() {
+        let (status_tx, status) = watch::channel(GroupStatus::default());
+        let (tx, refusing) = watch::channel(None);
+        let shutdown = CancellationToken::new();
+        let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let reach = {
+            let heard = heard.clone();
+            move || Reach {
+                voters: 3,
+                heard: heard.load(std::sync::atomic::Ordering::SeqCst),
+            }
+        };
+        tokio::spawn(watch(
+            status,
+            reach,
+            Duration::from_secs(3),
+            tx,
+            Metrics::new(),
+            shutdown.clone(),
+        ));
+        // No leader, one of two peers heard: a quorum, an election. Serving.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(refusing.borrow().is_none());
+        // The peer goes quiet too: cut off, refused after the grace.
+        heard.store(0, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(refusing.borrow().is_some());
+        drop(status_tx);
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn a_quorum_counts_this_replica() {
+        let no_leader = GroupStatus::default();
+        assert!(cut_off(
+            &no_leader,
+            Reach {
+                voters: 3,
+                heard: 1
+            }
+        )
+        .is_none());
+        assert!(cut_off(
+            &no_leader,
+            Reach {
+                voters: 3,
+                heard: 0
+            }
+        )
+        .is_some());
+        assert!(cut_off(
+            &no_leader,
+            Reach {
+                voters: 5,
+                heard: 1
+            }
+        )
+        .is_some());
+        assert!(cut_off(
+            &no_leader,
+            Reach {
+                voters: 5,
+                heard: 2
+            }
+        )
+        .is_none());
     }
 }

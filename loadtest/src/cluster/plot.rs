@@ -115,7 +115,7 @@ fn lines(
         .draw()
         .map_err(|e| err(&e))?;
     if let Some(r) = marks {
-        for f in &r.faults {
+        for (i, f) in r.faults.iter().enumerate() {
             let c = fault_color(f.kind);
             chart
                 .draw_series(std::iter::once(PathElement::new(
@@ -126,7 +126,8 @@ fn lines(
             chart
                 .draw_series(std::iter::once(Text::new(
                     f.kind.name(),
-                    (f.at_s, ymax * 1.05),
+                    // Three rows, so labels of faults close together stay readable.
+                    (f.at_s, ymax * (1.07 - 0.04 * (i % 3) as f64)),
                     ("sans-serif", 11).into_font().color(&c),
                 )))
                 .map_err(|e| err(&e))?;
