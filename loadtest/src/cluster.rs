@@ -355,7 +355,7 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     let outcomes = report::outcomes(&changes, &installs, started);
     let steady = outcomes
         .iter()
-        .filter(|o| !report::near_fault(o.sent_s, &events, 5.0));
+        .filter(|o| !report::near_fault(o, &events, 5.0));
     let change_to_acked_steady = report::latency(steady);
     let change_to_acked = report::latency(outcomes.iter());
     let lag = report::lag_series(&outcomes, churn_seconds + settle.as_secs_f64(), 0.25);

@@ -361,13 +361,18 @@ impl Handle {
         v["leader"].as_u64().filter(|l| *l != 0)
     }
 
-    /// The leader as some live replica knows it, waiting up to `limit`.
+    /// The leader as some live replica knows it and it confirms itself, waiting up to
+    /// `limit`.
     pub async fn leader(&self, limit: Duration) -> anyhow::Result<u64> {
         let asked = Instant::now();
         loop {
             for id in &self.alive {
                 if let Some(l) = self.leader_known_to(*id).await {
-                    return Ok(l);
+                    let confirmed = l == *id
+                        || (self.alive.contains(&l) && self.leader_known_to(l).await == Some(l));
+                    if confirmed {
+                        return Ok(l);
+                    }
                 }
             }
             anyhow::ensure!(asked.elapsed() < limit, "no leader within {limit:?}");

@@ -10,7 +10,8 @@
 //! election, as every replica it hears from is: nothing can be committed anywhere until it
 //! ends, so what it serves is as current as anything, and sending its agents away would only
 //! move them to a replica in the same state (a large group of agents bouncing between the
-//! survivors of a leader loss, with every handshake that costs, can delay the election).
+//! survivors of a leader loss, with every handshake that costs, can delay the election). An
+//! election that lasts three grace periods no longer counts as one: the replica steps aside.
 
 use std::time::Duration;
 
@@ -63,14 +64,28 @@ pub async fn watch(
 ) {
     let mut since: Option<tokio::time::Instant> = None;
     let mut electing = false;
+    let mut leaderless_since: Option<tokio::time::Instant> = None;
     loop {
-        let (why, leaderless) = {
+        let (mut why, leaderless) = {
             let s = status.borrow_and_update();
             (
                 cut_off(&s, reach()),
                 s.raft.leader == 0 && s.failure.is_none(),
             )
         };
+        // An election that does not end is no longer one: two graces without a leader count
+        // as cut off whatever the peers answer (refused one grace later: three in all).
+        if !leaderless {
+            leaderless_since = None;
+        }
+        let without =
+            leaderless.then(|| *leaderless_since.get_or_insert_with(tokio::time::Instant::now));
+        if why.is_none() && without.is_some_and(|t| t.elapsed() >= grace * 2) {
+            why = Some(format!(
+                "this replica has known no leader for {} s although a quorum of its group answers",
+                (grace * 2).as_secs()
+            ));
+        }
         if leaderless && why.is_none() && !electing {
             info!("no leader yet, but a quorum of the group is reachable (an election): still serving agents");
         }
@@ -188,11 +203,24 @@ mod tests {
             shutdown.clone(),
         ));
         // No leader, one of two peers heard: a quorum, an election. Serving.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(refusing.borrow().is_none());
         // The peer goes quiet too: cut off, refused after the grace.
         heard.store(0, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(refusing.borrow().is_some());
+        // A leader: serving again.
+        let mut led = GroupStatus::default();
+        led.raft.leader = 2;
+        status_tx.send_replace(led);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(refusing.borrow().is_none());
+        // An election that never ends, with the peer answering: refused after three graces.
+        heard.store(1, std::sync::atomic::Ordering::SeqCst);
+        status_tx.send_replace(GroupStatus::default());
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(refusing.borrow().is_none(), "not before three graces");
+        tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(refusing.borrow().is_some());
         drop(status_tx);
         shutdown.cancel();

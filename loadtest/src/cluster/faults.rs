@@ -213,11 +213,16 @@ impl Faults {
             .collect()
     }
 
-    fn resume_bytes(&self, ids: &[u64]) -> f64 {
+    async fn resume_bytes(&self, ids: &[u64]) -> f64 {
         let handle = self.with(|r| r.handle());
-        ids.iter()
-            .map(|id| sum(&handle.metrics(*id), RESUME_BYTES))
-            .sum()
+        let ids = ids.to_vec();
+        tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .map(|id| sum(&handle.metrics(*id), RESUME_BYTES))
+                .sum()
+        })
+        .await
+        .unwrap_or(0.0)
     }
 
     /// From now: another replica than `hit` leading (when `leader_change`), and every agent
@@ -277,7 +282,7 @@ impl Faults {
             .into_iter()
             .filter(|i| *i != target)
             .collect();
-        let before = self.resume_bytes(&survivors);
+        let before = self.resume_bytes(&survivors).await;
         let at_s = self.at();
         let child = self.with(|r| r.take(target));
         if let Some(c) = child {
@@ -285,7 +290,7 @@ impl Faults {
         }
         let (new_leader_ms, all_streaming_ms) =
             self.recovery(target, &addr, kind == Kind::KillLeader).await;
-        let resume_bytes = (self.resume_bytes(&survivors) - before).max(0.0) as u64;
+        let resume_bytes = (self.resume_bytes(&survivors).await - before).max(0.0) as u64;
         let full_resync_bytes = moved
             .iter()
             .map(|n| self.snapshot_bytes.get(n).copied().unwrap_or(0))

@@ -65,11 +65,13 @@ pub fn outcomes(
         .collect()
 }
 
-/// Whether `t` falls in a fault or within `settle` seconds after one.
-pub fn near_fault(t: f64, faults: &[Event], settle: f64) -> bool {
+/// Whether a change's life (sent to done; never done: to the end) overlaps a fault or the
+/// `settle` seconds after one.
+pub fn near_fault(o: &Outcome, faults: &[Event], settle: f64) -> bool {
+    let done = o.done_s.unwrap_or(f64::INFINITY);
     faults
         .iter()
-        .any(|f| t >= f.at_s - 0.01 && t <= f.ended_s + settle)
+        .any(|f| o.sent_s <= f.ended_s + settle && done >= f.at_s - 0.01)
 }
 
 /// The realized lag every `step` seconds: how long the oldest change not yet held by every
@@ -147,7 +149,8 @@ pub struct ClusterReport {
     pub change_to_commit_ms: Percentiles,
     /// From sending a change to every affected agent acking it.
     pub change_to_acked: Latency,
-    /// The same, for changes sent clear of any fault (not during one nor within 5 s after).
+    /// The same, for changes clear of any fault (sent to acked, they overlap no fault nor the
+    /// 5 s after one).
     pub change_to_acked_steady: Latency,
     pub stages: Stages,
     pub faults: Vec<Event>,

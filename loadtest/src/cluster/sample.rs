@@ -22,6 +22,9 @@ pub struct Sample {
     /// Each replica's `palisade_stage_seconds` buckets since it started.
     #[serde(skip)]
     pub stages: BTreeMap<u64, StageBuckets>,
+    /// Each replica's process id (a new one: it restarted, its counters began again).
+    #[serde(skip)]
+    pub pids: BTreeMap<u64, u32>,
 }
 
 /// Cumulative bucket counts by stage, then by upper bound in microseconds (+Inf: `u64::MAX`).
@@ -61,16 +64,18 @@ pub fn stage_buckets(page: &str) -> StageBuckets {
 /// between samples, and after a restart (counts reset) everything since.
 pub fn stage_totals(samples: &[Sample]) -> StageBuckets {
     let mut totals = StageBuckets::new();
-    let mut last: BTreeMap<u64, &StageBuckets> = BTreeMap::new();
+    let mut last: BTreeMap<u64, (&StageBuckets, Option<u32>)> = BTreeMap::new();
     for s in samples {
         for (id, now) in &s.stages {
-            if let Some(prev) = last.get(id) {
+            let pid = s.pids.get(id).copied();
+            if let Some((prev, prev_pid)) = last.get(id) {
+                let restarted = pid.is_some() && prev_pid.is_some() && pid != *prev_pid;
                 for (stage, buckets) in now {
                     let before = prev.get(stage);
                     let count = |b: Option<&BTreeMap<u64, f64>>| {
                         b.and_then(|b| b.get(&u64::MAX)).copied().unwrap_or(0.0)
                     };
-                    let reset = count(Some(buckets)) < count(before);
+                    let reset = restarted || count(Some(buckets)) < count(before);
                     let total = totals.entry(stage.clone()).or_default();
                     for (le, v) in buckets {
                         let was = if reset {
@@ -82,7 +87,7 @@ pub fn stage_totals(samples: &[Sample]) -> StageBuckets {
                     }
                 }
             }
-            last.insert(*id, now);
+            last.insert(*id, (now, pid));
         }
     }
     totals
@@ -132,8 +137,10 @@ pub async fn run(
                 cpu_seconds: BTreeMap::new(),
                 sent_bytes: BTreeMap::new(),
                 stages: BTreeMap::new(),
+                pids: BTreeMap::new(),
             };
             for (id, pid) in pids.into_iter().chain([(0, std::process::id())]) {
+                s.pids.insert(id, pid);
                 if let Some((rss, cpu)) = usage(pid) {
                     s.rss_bytes.insert(id, rss);
                     s.cpu_seconds.insert(id, cpu);
@@ -161,13 +168,14 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn sample(id: u64, page: &str) -> Sample {
+    fn sample(id: u64, pid: u32, page: &str) -> Sample {
         Sample {
             t: 0.0,
             rss_bytes: BTreeMap::new(),
             cpu_seconds: BTreeMap::new(),
             sent_bytes: BTreeMap::new(),
             stages: [(id, stage_buckets(page))].into(),
+            pids: [(id, pid)].into(),
         }
     }
 
@@ -180,14 +188,16 @@ mod tests {
             )
         };
         let samples = [
-            sample(1, &page(5, 10)),
-            sample(1, &page(7, 13)),
+            sample(1, 10, &page(5, 10)),
+            sample(1, 10, &page(7, 13)),
             // Restarted: counts start again.
-            sample(1, &page(1, 2)),
+            sample(1, 11, &page(1, 2)),
+            // Restarted and already past the old counts (a log replayed): still all new.
+            sample(1, 12, &page(9, 20)),
         ];
         let t = stage_totals(&samples);
-        assert_eq!(t["ack"][&1000], 2.0 + 1.0);
-        assert_eq!(t["ack"][&u64::MAX], 3.0 + 2.0);
+        assert_eq!(t["ack"][&1000], 2.0 + 1.0 + 9.0);
+        assert_eq!(t["ack"][&u64::MAX], 3.0 + 2.0 + 20.0);
     }
 
     #[test]
