@@ -55,7 +55,10 @@ async fn serve(
         while !*cut.borrow_and_update() && listener.is_none() {
             match TcpListener::bind(addr).await {
                 Ok(l) => listener = Some(l),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                },
             }
         }
         let Some(l) = listener.take() else {

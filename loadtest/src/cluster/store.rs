@@ -25,6 +25,24 @@ pub struct Acked {
     pub attempts: u32,
 }
 
+/// An apply (or delete, or dry run) of `documents`, named by their position.
+fn request(documents: Vec<String>, delete: bool, dry_run: bool) -> ApplyRequest {
+    ApplyRequest {
+        documents: documents
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| Document {
+                source: format!("loadtest-{i}"),
+                text,
+            })
+            .collect(),
+        default_namespace: "default".into(),
+        delete,
+        dry_run,
+        hops: 0,
+    }
+}
+
 pub struct Store {
     channels: HashMap<u64, Channel>,
     rng: Rng,
@@ -93,20 +111,7 @@ impl Store {
     ) -> anyhow::Result<Acked> {
         let started = Instant::now();
         let after = self.revision;
-        let req = ApplyRequest {
-            documents: documents
-                .into_iter()
-                .enumerate()
-                .map(|(i, text)| Document {
-                    source: format!("loadtest-{i}"),
-                    text,
-                })
-                .collect(),
-            default_namespace: "default".into(),
-            delete,
-            dry_run: false,
-            hops: 0,
-        };
+        let req = request(documents, delete, false);
         let mut attempts = 0u32;
         loop {
             let h = r.lock().expect("replicas").handle();
@@ -159,20 +164,7 @@ impl Store {
         documents: Vec<String>,
         delete: bool,
     ) -> anyhow::Result<Vec<(String, String, String)>> {
-        let req = ApplyRequest {
-            documents: documents
-                .into_iter()
-                .enumerate()
-                .map(|(i, text)| Document {
-                    source: format!("check-{i}"),
-                    text,
-                })
-                .collect(),
-            default_namespace: "default".into(),
-            delete,
-            dry_run: true,
-            hops: 0,
-        };
+        let req = request(documents, delete, true);
         let started = Instant::now();
         loop {
             let h = r.lock().expect("replicas").handle();

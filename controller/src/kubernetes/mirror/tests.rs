@@ -47,6 +47,15 @@ fn list_all(m: &mut Mirror, namespaces: &[(&str, Received)], pods: &[(&str, Rece
     }
 }
 
+/// The replicated state holding `objects`.
+fn state<const N: usize>(objects: [Received; N]) -> BTreeMap<Key, Object> {
+    objects
+        .into_iter()
+        .map(|o| o.unwrap())
+        .map(|o| (o.key(), o))
+        .collect()
+}
+
 fn kinds(batch: &[Command]) -> Vec<&'static str> {
     batch.iter().map(Command::kind).collect()
 }
@@ -92,15 +101,12 @@ fn a_status_only_update_proposes_nothing() {
 
 #[test]
 fn a_relist_deletes_what_vanished_and_nothing_else() {
-    let applied: BTreeMap<Key, Object> = [
-        ns("a", "x").unwrap(),
-        ns("b", "y").unwrap(),
-        pod("p", "10.0.0.1", "True").unwrap(),
-        pod("q", "10.0.0.2", "True").unwrap(),
-    ]
-    .into_iter()
-    .map(|o| (o.key(), o))
-    .collect();
+    let applied = state([
+        ns("a", "x"),
+        ns("b", "y"),
+        pod("p", "10.0.0.1", "True"),
+        pod("q", "10.0.0.2", "True"),
+    ]);
     // A new leader (or a relist after 410): the list is compared with the replicated state.
     let mut m = Mirror::new(applied);
     list_all(
@@ -236,13 +242,7 @@ fn a_change_undone_while_the_batch_is_in_flight_is_proposed_back() {
 
 #[test]
 fn pod_deletes_go_first_policy_and_namespace_deletes_last() {
-    let applied: BTreeMap<Key, Object> = [
-        ns("old", "x").unwrap(),
-        pod("p", "10.0.0.1", "True").unwrap(),
-    ]
-    .into_iter()
-    .map(|o| (o.key(), o))
-    .collect();
+    let applied = state([ns("old", "x"), pod("p", "10.0.0.1", "True")]);
     let mut m = Mirror::new(applied);
     list_all(
         &mut m,
