@@ -152,10 +152,20 @@ fn missing_foreign_and_damaged_directories_are_named() {
 }
 
 /// The store's sled database opened directly (with the settings the store uses), to damage it.
+/// sled releases its file lock from a background thread a moment after the last handle is
+/// dropped: wait for the lock (at most 10 s) rather than fail on it.
 fn raw(path: &std::path::Path) -> sled::Db {
-    sled::Config::new()
-        .path(path)
-        .use_compression(true)
-        .open()
-        .unwrap()
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).use_compression(true).open() {
+            Ok(db) => return db,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+    }
 }
