@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use palisade_policy::cluster::{self, NodeCheck};
 use palisade_policy::eval::{self, DirVerdict, Flow};
+use palisade_policy::k8s::Kind;
+use palisade_policy::manifest::{Key, Object};
 use palisade_policy::model::{Direction, Name, ObjKey};
 use palisade_policy::slice::{NodeSlice, PeerRef, Rule};
 use palisade_proto::convert;
@@ -31,6 +33,39 @@ impl IntrospectionService {
 
 /// Longest a WaitRevision may wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Most objects one GetObjects call may ask for.
+const MAX_OBJECTS: usize = 10_000;
+
+/// The keys a GetObjects request names, each checked (the position of a bad one is named).
+fn object_keys(req: &pb::GetObjectsRequest) -> Result<Vec<Key>, Status> {
+    if req.objects.len() > MAX_OBJECTS {
+        return Err(Status::invalid_argument(format!(
+            "objects: {} asked for, at most {MAX_OBJECTS} a call",
+            req.objects.len()
+        )));
+    }
+    req.objects
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let kind: Kind = o
+                .kind
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("objects[{i}].kind: {e}")))?;
+            if kind != Kind::Namespace {
+                o.name
+                    .parse::<ObjKey>()
+                    .map_err(|e| Status::invalid_argument(format!("objects[{i}].name: {e}")))?;
+            } else if o.name.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "objects[{i}].name: a namespace's name is required"
+                )));
+            }
+            Ok((kind, o.name.clone()))
+        })
+        .collect()
+}
 
 fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
     let (desired, desired_digest) = st.desired(node);
@@ -335,6 +370,37 @@ impl Introspection for IntrospectionService {
             })
             .collect();
         Ok(Response::new(pb::ListRejectedResponse { objects }))
+    }
+
+    async fn get_objects(
+        &self,
+        req: Request<pb::GetObjectsRequest>,
+    ) -> Result<Response<pb::GetObjectsResponse>, Status> {
+        let keys = object_keys(req.get_ref())?;
+        // Cloned under the lock, encoded after it.
+        let (revision, held): (u64, Vec<_>) = {
+            let st = self.hub.lock();
+            let held = keys
+                .into_iter()
+                .map(|key| {
+                    let owner = st.machine.owner(&key).map(str::to_string);
+                    let object = owner.as_ref().and_then(|_| st.machine.object(&key));
+                    (key, owner, object)
+                })
+                .collect();
+            (st.revision(), held)
+        };
+        let objects = held
+            .into_iter()
+            .map(|((kind, name), owner, object)| pb::HeldObject {
+                kind: kind.to_string(),
+                name,
+                found: object.is_some(),
+                owner: owner.unwrap_or_default(),
+                json: object.as_ref().map(Object::to_json).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetObjectsResponse { revision, objects }))
     }
 
     async fn list_replicas(

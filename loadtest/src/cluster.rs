@@ -1,6 +1,7 @@
 //! `palisade-loadtest cluster`: a scale and chaos scenario. Three (or five) controller
 //! replicas run as processes of the real binary on loopback with mTLS; the synthetic cluster
-//! is loaded through the standalone store (`palisadectl apply`'s admin API); N real agents
+//! is loaded through the standalone store (`palisadectl apply`'s admin API) or served by the
+//! Kubernetes API-server emulator to the leader's Kubernetes source ([`feed`]); N real agents
 //! (in-memory dataplane, many in this process) spread over the replicas; then changes are
 //! sent at a steady rate by a weighted mix while faults are injected on their periods. At
 //! the end the [`check`]er proves nothing was lost, nothing went backwards and every ack
@@ -18,13 +19,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compile::{peak_rss_bytes, percentiles};
 use crate::fleet::{self, Fleet};
-use crate::manifests;
 use crate::replicas::{self, GroupOptions, Replicas};
 use crate::synth::{self, Shape};
 
+mod channels;
 pub mod check;
 pub mod churn;
 pub mod faults;
+pub mod feed;
+mod kubernetes;
 pub mod model;
 mod phase;
 pub mod plot;
@@ -34,15 +37,13 @@ pub mod store;
 
 use churn::{Churn, Mix};
 use faults::{FaultPlan, Faults};
+use feed::{Feed, Source};
 use model::Model;
 use report::{ChangeRecord, ClusterReport};
-use store::Store;
-
-/// Objects per apply while loading (each apply is one log entry, well under its size limit).
-const LOAD_CHUNK: usize = 500;
 
 pub struct ClusterOptions {
     pub shape: Shape,
+    pub source: Source,
     pub replicas: u64,
     pub duration: Duration,
     /// Changes per second.
@@ -115,28 +116,23 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     ));
     replicas::mint_certs(&dir.path().join("certs"), &nodes, &ids)?;
     let commands: Vec<palisade_policy::model::Command> = synth::commands(shape).collect();
-    let chunks = commands.len().div_ceil(LOAD_CHUNK) as u64;
-    let mut args = replicas::connection_args(nodes.len());
-    args.extend(o.controller_args.iter().map(OsString::from));
-    let mut extra = BTreeMap::new();
-    if o.plant_fault {
-        // The last replica skips an entry a few changes into the churn.
-        let at = chunks + 8;
+    if o.source == Source::Kubernetes {
         progress(&format!(
-            "planted fault: replica {} skips the first entry with commands from index {at}",
-            o.replicas
+            "filling the API server emulator with {} objects",
+            commands.len()
         ));
-        extra.insert(
-            o.replicas,
-            vec![OsString::from(format!("--fault-drop-entry={at}"))],
-        );
     }
+    let changes = (o.rate * o.duration.as_secs_f64()).ceil() as usize;
+    let mut feed = Feed::new(o.source, shape.seed, dir.path(), &commands, changes).await?;
+    let mut args = replicas::connection_args(nodes.len());
+    args.extend(feed.controller_args());
+    args.extend(o.controller_args.iter().map(OsString::from));
     let group = Replicas::new(GroupOptions {
         dir: dir.path().to_path_buf(),
         bin: o.bin_dir.clone(),
         ids: ids.clone(),
         args,
-        extra,
+        extra: BTreeMap::new(),
         proxies: o.faults.partition_every.is_some(),
     })
     .await?;
@@ -152,29 +148,40 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     let leader = handle.leader(Duration::from_secs(60)).await?;
     progress(&format!("replica {leader} leads"));
 
-    // The initial load, through the store.
+    // The initial load.
     progress(&format!(
-        "loading {} objects through the store ({} pods, {} namespaces, {} policies) in {chunks} applies",
+        "loading {} objects ({} pods, {} namespaces, {} policies) through {}",
         commands.len(),
         shape.pods,
         shape.namespaces,
-        shape.policies
+        shape.policies,
+        o.source.through()
     ));
     let mut model = Model::default();
-    let mut store = Store::new(shape.seed);
     let loading = Instant::now();
-    let mut bar = phase::Phase::new("loading", chunks, "applies", progress);
-    for (i, chunk) in commands.chunks(LOAD_CHUNK).enumerate() {
-        let docs: Vec<String> = chunk.iter().filter_map(manifests::document).collect();
-        let acked = store
-            .apply(&replicas, docs, false, Duration::from_secs(120))
-            .await?;
-        model.apply(acked.after, acked.at, chunk.to_vec());
-        bar.set(i as u64 + 1);
-    }
-    drop(bar);
+    let loaded = feed
+        .load(&replicas, &commands, &mut model, progress)
+        .await?;
     let load_seconds = loading.elapsed().as_secs_f64();
     mins(progress, "loaded", loading.elapsed());
+    applied_everywhere(&replicas, loaded, Duration::from_secs(300)).await?;
+    if o.plant_fault {
+        // The last replica, restarted, skips an entry a few changes into the churn.
+        let (id, at) = (o.replicas, loaded + 8);
+        progress(&format!(
+            "planted fault: replica {id} restarts and skips the first entry with commands from index {at}"
+        ));
+        let child = {
+            let mut r = replicas.lock().expect("replicas");
+            r.set_extra(id, vec![OsString::from(format!("--fault-drop-entry={at}"))]);
+            r.take(id)
+        };
+        if let Some(c) = child {
+            replicas::stop_child(c, true).await;
+        }
+        replicas.lock().expect("replicas").spawn(id)?;
+        applied_everywhere(&replicas, loaded, Duration::from_secs(300)).await?;
+    }
     let snapshot_bytes: Arc<BTreeMap<String, u64>> = Arc::new(
         nodes
             .iter()
@@ -255,13 +262,8 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         tick.tick().await;
         let change = churn.next(&model);
         let sent = Instant::now();
-        let acked = store
-            .apply(
-                &replicas,
-                vec![change.document],
-                change.delete,
-                Duration::from_secs(120),
-            )
+        let acked = feed
+            .apply(&replicas, &change, &model, Duration::from_secs(120))
             .await?;
         let affected = if acked.unchanged {
             Vec::new()
@@ -280,7 +282,7 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
             bar.say(&m);
         }
         bar.set_with(started.elapsed().as_secs(), || {
-            format!("({} changes, revision {})", changes.len(), store.revision)
+            format!("({} changes, revision {})", changes.len(), feed.revision())
         });
     }
     drop(bar);
@@ -310,38 +312,15 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
             o.settle
         }
     };
-    let handle = replicas.lock().expect("replicas").handle();
     let samples = sampler.await?;
 
     progress("checking");
     let fresh = check::fresh(&model, &nodes);
+    // Every replica has applied the last change before the comparison.
+    applied_everywhere(&replicas, feed.revision(), Duration::from_secs(60)).await?;
     let check = {
-        // Every replica has applied the last change before the comparison.
-        let want = store.revision;
-        let applied = |id: u64| replicas::sum(&handle.metrics(id), "palisade_raft_applied_index ");
-        let waited = replicas::until(
-            Duration::from_secs(60),
-            "every replica applied the churn",
-            || ids.iter().all(|id| applied(*id) >= want as f64),
-        )
-        .await;
-        if let Err(e) = waited {
-            let r = replicas.lock().expect("replicas");
-            let behind: Vec<String> = ids
-                .iter()
-                .filter(|id| applied(**id) < want as f64)
-                .map(|id| {
-                    format!(
-                        "replica {id} applied {} of {want}; the end of its log:\n{}",
-                        applied(*id),
-                        r.tail(*id, 10)
-                    )
-                })
-                .collect();
-            anyhow::bail!("{e}: {}", behind.join("\n"));
-        }
         let agents = agents.lock().await;
-        check::run(&model, &fresh, &agents, &mut store, &replicas).await?
+        check::run(&model, &fresh, &agents, feed.owner(), &replicas).await?
     };
 
     // The figures.
@@ -378,6 +357,7 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         agent_apply_ms: (!agent_apply.is_empty()).then(|| percentiles(agent_apply)),
     };
     let mut report = ClusterReport {
+        source: o.source,
         replicas: ids.len(),
         agents: nodes.len(),
         pods: shape.pods,
@@ -389,7 +369,7 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         initial_sync_seconds,
         memory_per_agent_bytes,
         changes_by_op,
-        lost_answers: store.lost_answers,
+        lost_answers: feed.lost_answers(),
         change_to_commit_ms: percentiles(outcomes.iter().map(|o| o.commit_ms).collect()),
         change_to_acked,
         change_to_acked_steady,
@@ -422,6 +402,45 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
     shutdown.cancel();
     fleet::stop_all(&mut agents.lock().await).await;
     Ok(report)
+}
+
+/// Wait until every running replica has applied `revision` (at most `limit`); what the
+/// laggards' logs end with when they do not.
+async fn applied_everywhere(
+    replicas: &faults::Shared,
+    revision: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let handle = replicas.lock().expect("replicas").handle();
+    let applied = |id: u64| replicas::sum(&handle.metrics(id), "palisade_raft_applied_index ");
+    let waited = replicas::until(
+        limit,
+        &format!("every replica applied revision {revision}"),
+        || {
+            handle
+                .alive()
+                .iter()
+                .all(|id| applied(*id) >= revision as f64)
+        },
+    )
+    .await;
+    if let Err(e) = waited {
+        let r = replicas.lock().expect("replicas");
+        let behind: Vec<String> = handle
+            .alive()
+            .iter()
+            .filter(|id| applied(**id) < revision as f64)
+            .map(|id| {
+                format!(
+                    "replica {id} applied {}; the end of its log:\n{}",
+                    applied(*id),
+                    r.tail(*id, 10)
+                )
+            })
+            .collect();
+        anyhow::bail!("{e}: {}", behind.join("\n"));
+    }
+    Ok(())
 }
 
 fn handle_addrs(replicas: &faults::Shared) -> String {

@@ -67,7 +67,7 @@ pub struct KubeReport {
     pub controller_peak_rss_bytes: u64,
 }
 
-fn resource(c: &Change) -> Resource {
+pub(crate) fn resource(c: &Change) -> Resource {
     match c {
         Change::UpsertNamespace(_) | Change::DeleteNamespace(_) => Resource::Namespaces,
         Change::UpsertPod(_) | Change::DeletePod(_) => Resource::Pods,

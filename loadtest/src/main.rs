@@ -107,8 +107,9 @@ enum Cmd {
     },
     /// Scale and chaos: three (or five) controller replicas as processes of the real binary
     /// (loopback, mTLS) and many real agents in this process, the cluster loaded through the
-    /// standalone store (`palisadectl apply`'s API), then changes at a steady rate by a
-    /// weighted mix while faults are injected on their periods. A checker runs at the end
+    /// standalone store (`palisadectl apply`'s API) or served by the Kubernetes API-server
+    /// emulator (--source kubernetes), then changes at a steady rate by a weighted mix while
+    /// faults are injected on their periods. A checker runs at the end
     /// (exit status 3 when it fails): every acknowledged change is in the final state, every
     /// agent's versions only went up, every ack named its version's digest, every agent and
     /// replica ends at a fresh compile's digests. Progress on stderr; the report (-o table or
@@ -121,6 +122,12 @@ enum Cmd {
         /// Controller replicas (3 or 5 for a group that survives failures).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
         replicas: u64,
+        /// Where the objects come from: the standalone store (each change sent to a random
+        /// live replica), or the Kubernetes API (an API-server emulator in this process whose
+        /// kubeconfig every replica gets; the leader lists and watches it; each change is
+        /// written there and timed until a replica holds it).
+        #[arg(long, value_enum, default_value = "store")]
+        source: cluster::feed::Source,
         /// How long the churn runs.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
@@ -380,6 +387,7 @@ fn main() -> Result<()> {
             agents,
             cluster,
             replicas: group,
+            source,
             duration,
             rate,
             mix,
@@ -398,6 +406,7 @@ fn main() -> Result<()> {
             );
             let opts = cluster::ClusterOptions {
                 shape: cluster.shape(agents)?,
+                source,
                 replicas: group,
                 duration,
                 rate,

@@ -213,6 +213,11 @@ impl Replicas {
         Ok(())
     }
 
+    /// Arguments replica `id` alone gets from its next start on (a planted fault).
+    pub fn set_extra(&mut self, id: u64, args: Vec<OsString>) {
+        self.o.extra.insert(id, args);
+    }
+
     /// SIGKILL (`graceful`: SIGTERM, then up to 30 s before SIGKILL), and wait for it.
     pub fn kill(&mut self, id: u64, graceful: bool) {
         if let Some(c) = self.take(id) {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use palisade_loadtest::cluster::feed::Source;
 use palisade_loadtest::cluster::{self, churn::Mix, faults::FaultPlan, ClusterOptions};
 use palisade_loadtest::replicas::beside_executable;
 use palisade_loadtest::synth::Shape;
@@ -18,6 +19,7 @@ fn options(agents: usize, duration: Duration) -> ClusterOptions {
             policies: agents * 2,
             seed: 7,
         },
+        source: Source::Store,
         replicas: 3,
         duration,
         rate: 10.0,
@@ -42,15 +44,9 @@ fn progress(m: &str) {
     eprintln!("{m}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_cluster_survives_a_leader_kill_and_the_checker_passes() {
-    let mut o = options(200, Duration::from_secs(30));
-    o.faults.kill_leader_every = Some(Duration::from_secs(12));
-    o.faults.restart_agents_every = Some(Duration::from_secs(20));
-    let dir = tempfile::tempdir().unwrap();
-    o.plots = Some(dir.path().to_path_buf());
-    let r = cluster::run(&o, &progress).await.unwrap();
-    eprintln!("{}", cluster::report::table(&r));
+/// The checker passed, some leader was killed, and after each kill a new leader came and
+/// every agent streamed from a live replica again.
+fn passed_through_leader_kills(r: &cluster::report::ClusterReport) {
     assert!(r.check.passed, "the checker failed");
     let kills: Vec<_> = r
         .faults
@@ -62,6 +58,18 @@ async fn a_small_cluster_survives_a_leader_kill_and_the_checker_passes() {
         assert!(k.new_leader_ms.is_some(), "no new leader after {k:?}");
         assert!(k.all_streaming_ms.is_some(), "agents stranded after {k:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_cluster_survives_a_leader_kill_and_the_checker_passes() {
+    let mut o = options(200, Duration::from_secs(30));
+    o.faults.kill_leader_every = Some(Duration::from_secs(12));
+    o.faults.restart_agents_every = Some(Duration::from_secs(20));
+    let dir = tempfile::tempdir().unwrap();
+    o.plots = Some(dir.path().to_path_buf());
+    let r = cluster::run(&o, &progress).await.unwrap();
+    eprintln!("{}", cluster::report::table(&r));
+    passed_through_leader_kills(&r);
     assert!(r.change_to_acked.changes > 100);
     assert_eq!(r.change_to_acked.never_acked, 0);
     // Every check looked at something.
@@ -75,6 +83,28 @@ async fn a_small_cluster_survives_a_leader_kill_and_the_checker_passes() {
         let svg = std::fs::read_to_string(p).unwrap();
         assert!(svg.contains("<svg") && svg.contains("</svg>"), "{p}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_through_the_kubernetes_api_survives_a_leader_kill_and_the_checker_passes() {
+    let mut o = options(100, Duration::from_secs(20));
+    o.source = Source::Kubernetes;
+    o.faults.kill_leader_every = Some(Duration::from_secs(8));
+    let r = cluster::run(&o, &progress).await.unwrap();
+    eprintln!("{}", cluster::report::table(&r));
+    passed_through_leader_kills(&r);
+    // Changes went through the API server and reached the agents.
+    assert!(
+        r.change_to_acked.changes > 50,
+        "{}",
+        r.change_to_acked.changes
+    );
+    assert_eq!(r.change_to_acked.never_acked, 0);
+    assert!(
+        r.check.checks.iter().all(|c| c.checked > 0),
+        "{:?}",
+        r.check
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

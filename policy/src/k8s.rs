@@ -91,6 +91,23 @@ impl fmt::Display for Kind {
     }
 }
 
+/// Kinds by the names kubectl takes: `Pod`, `pod`, `pods`, `po`; `Namespace`, `ns`;
+/// `NetworkPolicy`, `networkpolicies`, `netpol` (any case).
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Kind, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "namespace" | "namespaces" | "ns" => Ok(Kind::Namespace),
+            "pod" | "pods" | "po" => Ok(Kind::Pod),
+            "networkpolicy" | "networkpolicies" | "netpol" | "netpols" => Ok(Kind::NetworkPolicy),
+            _ => Err(format!(
+                "{s:?} is not a kind Palisade holds (Namespace, Pod or NetworkPolicy)"
+            )),
+        }
+    }
+}
+
 /// An object the API server would reject, with every reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
 pub struct Rejection {
@@ -457,4 +474,29 @@ fn port(p: &net::NetworkPolicyPort, path: &str, errs: &mut Errors) -> Option<Por
         protocol: protocol?,
         port: port?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn kinds_parse_by_kubectl_names_and_name_what_is_wrong() {
+        for (s, k) in [
+            ("Pod", Kind::Pod),
+            ("po", Kind::Pod),
+            ("PODS", Kind::Pod),
+            ("ns", Kind::Namespace),
+            ("Namespace", Kind::Namespace),
+            ("netpol", Kind::NetworkPolicy),
+            ("networkpolicies", Kind::NetworkPolicy),
+        ] {
+            assert_eq!(s.parse::<Kind>(), Ok(k), "{s}");
+        }
+        let e = "Service".parse::<Kind>().unwrap_err();
+        assert!(
+            e.contains("\"Service\"") && e.contains("NetworkPolicy"),
+            "{e}"
+        );
+    }
 }

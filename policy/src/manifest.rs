@@ -80,6 +80,26 @@ impl Object {
         }
     }
 
+    /// The object itself (without its kind) as JSON: how introspection shows what Palisade
+    /// holds, and what [`Object::from_json`] reads back.
+    pub fn to_json(&self) -> String {
+        let json = match self {
+            Object::Namespace(n) => serde_json::to_string(n),
+            Object::Pod(p) => serde_json::to_string(p),
+            Object::NetworkPolicy(p) => serde_json::to_string(p),
+        };
+        json.expect("model objects serialize")
+    }
+
+    /// An object of `kind` from [`Object::to_json`]'s output.
+    pub fn from_json(kind: Kind, json: &str) -> Result<Object, serde_json::Error> {
+        Ok(match kind {
+            Kind::Namespace => Object::Namespace(serde_json::from_str(json)?),
+            Kind::Pod => Object::Pod(serde_json::from_str(json)?),
+            Kind::NetworkPolicy => Object::NetworkPolicy(serde_json::from_str(json)?),
+        })
+    }
+
     /// The command that deletes this object.
     pub fn delete(self) -> Command {
         match self {
@@ -350,6 +370,11 @@ items:
             panic!()
         };
         assert_eq!(ns.labels["kubernetes.io/metadata.name"], "prod");
+        // What introspection shows reads back as the same object.
+        for (_, o) in &parsed.objects {
+            assert_eq!(&Object::from_json(o.kind(), &o.to_json()).unwrap(), o);
+        }
+        assert!(Object::from_json(Kind::Pod, &parsed.objects[0].1.to_json()).is_err());
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The checker, run at the end of every scenario once the churn has stopped and every fault
 //! is healed:
 //!
-//! 1. every change the store acknowledged is in its final state (a dry run of every object
-//!    the model holds changes nothing; a dry-run delete of every object it deleted finds
-//!    nothing);
+//! 1. every acknowledged change is in every replica's final state (each replica holds every
+//!    object the model holds, as the model holds it and owned by the source that wrote it,
+//!    and none of the objects the model deleted);
 //! 2. every replica's desired digest of every node is that of a fresh compile of the model's
 //!    final objects;
 //! 3. every agent's versions only ever went up;
@@ -18,11 +18,10 @@ use palisade_policy::engine::Engine;
 use palisade_policy::Digest;
 use serde::Serialize;
 
+use super::channels::Channels;
 use super::faults::Shared;
 use super::model::Model;
-use super::store::Store;
 use crate::fleet::Running;
-use crate::manifests;
 
 const EXAMPLES: usize = 10;
 
@@ -71,24 +70,45 @@ pub fn fresh(model: &Model, nodes: &[String]) -> BTreeMap<String, Digest> {
         .collect()
 }
 
-async fn in_store(model: &Model, store: &mut Store, replicas: &Shared) -> anyhow::Result<Check> {
-    let mut check = Check::new("acknowledged changes are in the final state");
-    let present: Vec<String> = model
+/// Objects per GetObjects call (the controller takes at most 10,000).
+const OBJECTS_PER_CALL: usize = 5_000;
+
+async fn held(model: &Model, owner: &str, replicas: &Shared) -> anyhow::Result<Check> {
+    let mut check = Check::new("acknowledged changes are in every replica's final state");
+    let present: Vec<_> = model
         .objects()
+        .into_iter()
+        .filter_map(palisade_policy::manifest::Object::from_command)
+        .collect();
+    let keys: Vec<_> = present
         .iter()
-        .filter_map(manifests::document)
+        .map(|o| o.key())
+        .chain(model.deleted.iter().cloned())
         .collect();
-    let deleted: Vec<String> = model
-        .deleted
-        .values()
-        .filter_map(manifests::document)
-        .collect();
-    for (docs, delete, want) in [(present, false, "unchanged"), (deleted, true, "not found")] {
-        for chunk in docs.chunks(500) {
-            for (kind, name, action) in store.dry_run(replicas, chunk.to_vec(), delete).await? {
-                check.expect(action == want, || {
-                    format!("{kind} {name}: {action} (expected {want})")
-                });
+    let handle = replicas.lock().expect("replicas").handle();
+    let mut channels = Channels::default();
+    for id in handle.ids() {
+        for (n, chunk) in keys.chunks(OBJECTS_PER_CALL).enumerate() {
+            let (_, held) = channels.objects(&handle, id, chunk).await?;
+            for (i, ((kind, name), got)) in chunk.iter().zip(held).enumerate() {
+                let want = present.get(n * OBJECTS_PER_CALL + i);
+                check.expect(
+                    got.as_ref().map(|(w, o)| (w.as_str(), o)) == want.map(|o| (owner, o)),
+                    || match (&got, want) {
+                        (None, _) => format!("replica {id}: {kind} {name} is missing"),
+                        (Some(_), None) => {
+                            format!("replica {id}: {kind} {name} was deleted but is held")
+                        }
+                        (Some((w, o)), Some(want)) if w == owner => format!(
+                            "replica {id}: {kind} {name} is held as {}; written as {}",
+                            o.to_json(),
+                            want.to_json()
+                        ),
+                        (Some((w, _)), Some(_)) => {
+                            format!("replica {id}: {kind} {name} is owned by {w:?}, not {owner:?}")
+                        }
+                    },
+                );
             }
         }
     }
@@ -130,11 +150,11 @@ pub async fn run(
     model: &Model,
     fresh: &BTreeMap<String, Digest>,
     agents: &[Running],
-    store: &mut Store,
+    owner: &str,
     replicas: &Shared,
 ) -> anyhow::Result<CheckReport> {
     let mut checks = vec![
-        in_store(model, store, replicas).await?,
+        held(model, owner, replicas).await?,
         replicas_agree(fresh, replicas).await?,
     ];
     let mut up = Check::new("every agent's versions only went up");

@@ -4,9 +4,11 @@
 //! objects that must be in the final state, and for every node the digest its slice must
 //! have at every version, so an agent's acks can be checked one by one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use palisade_policy::engine::Engine;
+use palisade_policy::k8s::Kind;
+use palisade_policy::manifest::{command_key, Key, Object};
 use palisade_policy::model::{Command, Namespace, NetworkPolicy, ObjKey, Pod};
 use palisade_policy::Digest;
 
@@ -84,23 +86,11 @@ pub struct Model {
     pub namespaces: Bag<String, Namespace>,
     pub pods: Bag<ObjKey, Pod>,
     pub policies: Bag<ObjKey, NetworkPolicy>,
-    /// Objects deleted and not created again (the final state must not hold them), as they
-    /// were last.
-    pub deleted: BTreeMap<(String, String), Command>,
+    /// Objects deleted and not created again (the final state must not hold them).
+    pub deleted: BTreeSet<Key>,
     versions: HashMap<String, Vec<Version>>,
     /// The highest revision applied.
     pub revision: u64,
-}
-
-fn key_of(c: &Command) -> (String, String) {
-    match c {
-        Command::UpsertNamespace(n) => ("Namespace".into(), n.name.to_string()),
-        Command::DeleteNamespace(n) => ("Namespace".into(), n.to_string()),
-        Command::UpsertPod(p) => ("Pod".into(), p.key.to_string()),
-        Command::DeletePod(k) => ("Pod".into(), k.to_string()),
-        Command::UpsertPolicy(p) => ("NetworkPolicy".into(), p.key.to_string()),
-        Command::DeletePolicy(k) => ("NetworkPolicy".into(), k.to_string()),
-    }
 }
 
 impl Model {
@@ -108,19 +98,6 @@ impl Model {
     /// changed.
     pub fn apply(&mut self, after: u64, at: u64, commands: Vec<Command>) -> Vec<String> {
         for c in &commands {
-            let key = key_of(c);
-            let last = match c {
-                Command::DeleteNamespace(n) => self
-                    .namespaces
-                    .get(&n.to_string())
-                    .cloned()
-                    .map(Command::UpsertNamespace),
-                Command::DeletePod(k) => self.pods.get(k).cloned().map(Command::UpsertPod),
-                Command::DeletePolicy(k) => {
-                    self.policies.get(k).cloned().map(Command::UpsertPolicy)
-                }
-                _ => None,
-            };
             match c {
                 Command::UpsertNamespace(n) => self.namespaces.put(n.name.to_string(), n.clone()),
                 Command::DeleteNamespace(n) => self.namespaces.remove(&n.to_string()),
@@ -129,13 +106,14 @@ impl Model {
                 Command::UpsertPolicy(p) => self.policies.put(p.key.clone(), p.clone()),
                 Command::DeletePolicy(k) => self.policies.remove(k),
             }
-            match last {
-                Some(last) => {
-                    self.deleted.insert(key, last);
-                }
-                None => {
-                    self.deleted.remove(&key);
-                }
+            let key = command_key(c);
+            if matches!(
+                c,
+                Command::DeleteNamespace(_) | Command::DeletePod(_) | Command::DeletePolicy(_)
+            ) {
+                self.deleted.insert(key);
+            } else {
+                self.deleted.remove(&key);
             }
         }
         let at = at.max(self.revision);
@@ -183,6 +161,21 @@ impl Model {
     /// What a snapshot of `node`'s slice weighs on the wire now.
     pub fn snapshot_bytes(&self, node: &str) -> u64 {
         palisade_proto::encode::snapshot(&self.engine.slice(node)).len() as u64
+    }
+
+    /// The object `key` names, as the model holds it now.
+    pub fn object(&self, key: &Key) -> Option<Object> {
+        match key.0 {
+            Kind::Namespace => self.namespaces.get(&key.1).cloned().map(Object::Namespace),
+            Kind::Pod => {
+                let pod = self.pods.get(&key.1.parse().ok()?)?;
+                Some(Object::Pod(pod.clone()))
+            }
+            Kind::NetworkPolicy => {
+                let policy = self.policies.get(&key.1.parse().ok()?)?;
+                Some(Object::NetworkPolicy(policy.clone()))
+            }
+        }
     }
 
     /// Every object that must be in the final state, as commands.

@@ -128,6 +128,8 @@ pub struct Stages {
 
 #[derive(Serialize)]
 pub struct ClusterReport {
+    /// Where the objects came from.
+    pub source: super::feed::Source,
     pub replicas: usize,
     pub agents: usize,
     pub pods: usize,
@@ -135,7 +137,8 @@ pub struct ClusterReport {
     pub policies: usize,
     pub duration_seconds: f64,
     pub rate_per_second: f64,
-    /// Objects loaded through the store before the agents started, and how long it took.
+    /// Objects loaded before the agents started (through the store; or from the Kubernetes
+    /// API: from starting the replicas to the leader's lists committed), how long it took.
     pub load_seconds: f64,
     /// From starting the agents to every one holding its slice.
     pub initial_sync_seconds: f64,
@@ -145,7 +148,8 @@ pub struct ClusterReport {
     /// Attempts to apply a change whose answer was lost (faults).
     pub lost_answers: u64,
     /// From sending a change to the store to its acknowledgement (committed and applied on
-    /// the leader), milliseconds.
+    /// the leader), or writing it to the Kubernetes API to a replica holding it,
+    /// milliseconds.
     pub change_to_commit_ms: Percentiles,
     /// From sending a change to every affected agent acking it.
     pub change_to_acked: Latency,
@@ -176,7 +180,7 @@ fn mib(b: u64) -> f64 {
 pub fn table(r: &ClusterReport) -> String {
     let mut out = format!(
         "{} replicas (processes, mTLS), {} agents, {} pods, {} namespaces, {} policies\n\
-         load through the store: {:.1} s; initial sync of every agent: {:.1} s; {:.0} KiB per agent\n\
+         load through {}: {:.1} s; initial sync of every agent: {:.1} s; {:.0} KiB per agent\n\
          churn: {:.0} s at {} changes/s ({} changes: {}); {} lost answers\n\
          change -> committed: p50 {:.1} ms, p99 {:.1} ms\n\
          change -> every affected agent acked: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} never)\n\
@@ -186,6 +190,7 @@ pub fn table(r: &ClusterReport) -> String {
         r.pods,
         r.namespaces,
         r.policies,
+        r.source.through(),
         r.load_seconds,
         r.initial_sync_seconds,
         r.memory_per_agent_bytes as f64 / 1024.0,

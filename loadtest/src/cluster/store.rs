@@ -4,13 +4,12 @@
 //! A change whose first answer was lost and whose retry finds it already done was committed
 //! somewhere between the previous change and the retry's answer: the model is told so.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use palisade_proto::v1::admin_client::AdminClient;
 use palisade_proto::v1::{ApplyRequest, ApplyResponse, Document};
-use tonic::transport::Channel;
 
+use super::channels::Channels;
 use super::faults::Shared;
 use crate::replicas::Handle;
 use crate::synth::Rng;
@@ -25,8 +24,8 @@ pub struct Acked {
     pub attempts: u32,
 }
 
-/// An apply (or delete, or dry run) of `documents`, named by their position.
-fn request(documents: Vec<String>, delete: bool, dry_run: bool) -> ApplyRequest {
+/// An apply (or delete) of `documents`, named by their position.
+fn request(documents: Vec<String>, delete: bool) -> ApplyRequest {
     ApplyRequest {
         documents: documents
             .into_iter()
@@ -38,13 +37,13 @@ fn request(documents: Vec<String>, delete: bool, dry_run: bool) -> ApplyRequest 
             .collect(),
         default_namespace: "default".into(),
         delete,
-        dry_run,
+        dry_run: false,
         hops: 0,
     }
 }
 
 pub struct Store {
-    channels: HashMap<u64, Channel>,
+    channels: Channels,
     rng: Rng,
     /// The revision of the last acknowledged change.
     pub revision: u64,
@@ -55,20 +54,11 @@ pub struct Store {
 impl Store {
     pub fn new(seed: u64) -> Store {
         Store {
-            channels: HashMap::new(),
+            channels: Channels::default(),
             rng: Rng::new(seed ^ 0x5707e),
             revision: 0,
             lost_answers: 0,
         }
-    }
-
-    async fn channel(&mut self, r: &Handle, id: u64) -> anyhow::Result<Channel> {
-        if let Some(c) = self.channels.get(&id) {
-            return Ok(c.clone());
-        }
-        let c = palisadectl::remote::channel(&r.conn(id)).await?;
-        self.channels.insert(id, c.clone());
-        Ok(c)
     }
 
     async fn send(
@@ -78,7 +68,7 @@ impl Store {
         req: ApplyRequest,
         timeout: Duration,
     ) -> anyhow::Result<ApplyResponse> {
-        let channel = self.channel(r, id).await?;
+        let channel = self.channels.get(r, id).await?;
         let mut client = AdminClient::new(channel).max_encoding_message_size(64 << 20);
         let call = client.apply(req);
         match tokio::time::timeout(timeout, call).await {
@@ -89,11 +79,11 @@ impl Store {
                 {
                     anyhow::bail!("the store refused a change: {}", status.message());
                 }
-                self.channels.remove(&id);
+                self.channels.forget(id);
                 Err(anyhow::anyhow!("{status}"))
             }
             Err(_) => {
-                self.channels.remove(&id);
+                self.channels.forget(id);
                 anyhow::bail!("no answer within {timeout:?}")
             }
         }
@@ -111,7 +101,7 @@ impl Store {
     ) -> anyhow::Result<Acked> {
         let started = Instant::now();
         let after = self.revision;
-        let req = request(documents, delete, false);
+        let req = request(documents, delete);
         let mut attempts = 0u32;
         loop {
             let h = r.lock().expect("replicas").handle();
@@ -152,37 +142,6 @@ impl Store {
                     );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-            }
-        }
-    }
-
-    /// Ask (dry run, on a live replica) what applying `documents` (or deleting what they
-    /// name) would change: every object's action.
-    pub async fn dry_run(
-        &mut self,
-        r: &Shared,
-        documents: Vec<String>,
-        delete: bool,
-    ) -> anyhow::Result<Vec<(String, String, String)>> {
-        let req = request(documents, delete, true);
-        let started = Instant::now();
-        loop {
-            let h = r.lock().expect("replicas").handle();
-            anyhow::ensure!(!h.alive().is_empty(), "no replica is running");
-            let id = h.alive()[self.rng.below(h.alive().len())];
-            match self
-                .send(&h, id, req.clone(), Duration::from_secs(30))
-                .await
-            {
-                Ok(resp) => {
-                    return Ok(resp
-                        .changes
-                        .into_iter()
-                        .map(|c| (c.kind, c.name, c.action))
-                        .collect())
-                }
-                Err(e) if started.elapsed() > Duration::from_secs(60) => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     }
