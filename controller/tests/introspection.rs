@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cluster::{allow, pod, AgentOpts, Cluster};
 use palisade_agent::Capacities;
-use palisadectl::remote;
+use palisadectl::{get, remote};
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
@@ -131,6 +131,71 @@ async fn nodes_node_wait_explain_and_rejected() {
         .as_str()
         .unwrap()
         .contains("except[0]"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_shows_objects_as_held_with_their_owner() {
+    let c = shop().await;
+    let op = c.operator();
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let got = get::get(
+        &op,
+        "po",
+        &names(&["shop/web", "api", "gone"]),
+        "shop",
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(!got.all_found, "shop/gone is not held");
+    let v = json(&got.text);
+    assert!(v["revision"].as_u64().unwrap() > 0);
+    let objects = v["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 3, "one answer per name, in order: {v}");
+    assert_eq!(objects[0]["kind"], "Pod");
+    assert_eq!(objects[0]["name"], "shop/web");
+    assert_eq!(objects[0]["owner"], "manifests");
+    assert_eq!(objects[0]["object"]["labels"]["app"], "web");
+    assert_eq!(
+        objects[1]["name"], "shop/api",
+        "a bare name is in --namespace"
+    );
+    assert_eq!(objects[2]["found"], false);
+
+    let got = get::get(&op, "netpol", &names(&["shop/db"]), "default", false)
+        .await
+        .unwrap();
+    assert!(got.all_found);
+    assert!(
+        got.text.contains("NetworkPolicy") && got.text.contains("shop/db  manifests"),
+        "{}",
+        got.text
+    );
+
+    let err = get::get(&op, "Service", &names(&["x"]), "default", false)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("\"Service\"") && err.contains("NetworkPolicy"),
+        "{err}"
+    );
+    // A name the server cannot read is named by its position.
+    let err = remote::client(&op)
+        .await
+        .unwrap()
+        .get_objects(palisade_proto::v1::GetObjectsRequest {
+            objects: vec![palisade_proto::v1::ObjectKey {
+                kind: "Pod".into(),
+                name: "no-namespace".into(),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("objects[0].name"), "{err}");
     c.shutdown().await;
 }
 

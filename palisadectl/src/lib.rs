@@ -2,12 +2,14 @@
 //! ([`load`]), are compiled by `palisade-policy` into node slices, and go out as reachability
 //! matrices, flow explanations ([`evaluate`]) and slices ([`show`]) on stdout; problems with
 //! the input go to stderr. `demo` runs the seed scenarios embedded in the binary ([`demo`]).
-//! Online, [`remote`] asks a running controller (nodes, waits, explanations) and [`store`]
+//! Online, [`remote`] asks a running controller (nodes, waits, explanations), [`get`] shows
+//! the objects its replicated state holds, and [`store`]
 //! sends objects to its replicated store (`apply`, `delete`) and lists its replicas.
 
 pub mod certs;
 pub mod demo;
 pub mod evaluate;
+pub mod get;
 pub mod load;
 pub mod remote;
 pub mod show;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use palisade_policy::cluster::{ClusterView, Probe};
-use palisadectl::{certs, demo, evaluate, load, remote, show, store};
+use palisadectl::{certs, demo, evaluate, get, load, remote, show, store};
 
 /// Palisade's command line: evaluate Kubernetes NetworkPolicy manifests exactly as Palisade
 /// enforces them, and inspect the per-node policy slices it computes.
@@ -209,6 +209,26 @@ enum Cmd {
         /// Evaluate against this node's slice only.
         #[arg(long)]
         node: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+
+    /// Objects as the running controller's replicated state holds them: what Palisade
+    /// understood of each (selectors, ports and defaults resolved) and the source that owns
+    /// it (kubernetes, manifests or palisadectl), at the revision the replica has applied.
+    /// Exit status 1 when one is not held.
+    Get {
+        /// Namespace, Pod or NetworkPolicy (kubectl's names work too: ns, po, pods, netpol).
+        kind: String,
+        /// Names: NAMESPACE/NAME, or NAME in --namespace (a namespace's own name for
+        /// namespaces).
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// The namespace of names given without one.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -433,6 +453,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 runtime()?.block_on(remote::explain(&conn.conn(), req, output == Output::Json))?;
             print!("{text}");
             Ok(exit(false, !allowed))
+        }
+        Cmd::Get {
+            kind,
+            names,
+            namespace,
+            conn,
+            output,
+        } => {
+            let got = runtime()?.block_on(get::get(
+                &conn.conn(),
+                &kind,
+                &names,
+                &namespace,
+                output == Output::Json,
+            ))?;
+            print!("{}", got.text);
+            Ok(if got.all_found {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Rejected { conn, output } => {
             print!(
