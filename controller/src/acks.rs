@@ -15,7 +15,7 @@
 pub mod exchange;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use palisade_policy::model::Name;
 use palisade_policy::Digest;
@@ -177,6 +177,8 @@ pub struct PeerTable {
     /// Nodes whose agents are connected to that peer (empty while it is unreachable), with
     /// when the peer recorded the connection (Unix ms).
     pub connected: HashMap<Name, u64>,
+    /// When the peer last answered an ask for its table (`None`: unreachable, or never).
+    pub answered: Option<Instant>,
 }
 
 impl Peers {
@@ -189,8 +191,20 @@ impl Peers {
     pub fn unreachable(&mut self, id: u64) -> Vec<Name> {
         self.tables
             .get_mut(&id)
-            .map(|t| t.connected.drain().map(|(n, _)| n).collect())
+            .map(|t| {
+                t.answered = None;
+                t.connected.drain().map(|(n, _)| n).collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// The agents connected to each peer that answered within `within`.
+    pub fn answering(&self, within: Duration) -> Vec<(u64, usize)> {
+        self.tables
+            .iter()
+            .filter(|(_, t)| t.answered.is_some_and(|at| at.elapsed() < within))
+            .map(|(id, t)| (*id, t.connected.len()))
+            .collect()
     }
 
     /// The peer `node` is connected to, if any (the latest to say so when several do, which

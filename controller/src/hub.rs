@@ -37,9 +37,19 @@ pub struct State {
     /// This replica's id.
     pub replica: u64,
     watchers: HashMap<Name, watch::Sender<u64>>,
-    /// The one open Sync stream of each node: its number, and how to end it.
-    streams: HashMap<Name, (u64, CancellationToken)>,
+    /// The one open Sync stream of each node.
+    streams: HashMap<Name, Stream>,
     next_stream: u64,
+}
+
+/// An open Sync stream: its number, and how to end it.
+#[derive(Clone)]
+pub struct Stream {
+    pub id: u64,
+    /// Cancelled when a newer stream of the same node replaces it.
+    pub replaced: CancellationToken,
+    /// Cancelled to send the agent to another replica (this one holds more than its share).
+    pub moved: CancellationToken,
 }
 
 impl State {
@@ -241,29 +251,46 @@ impl Hub {
         self.metrics.revision(revision);
     }
 
-    /// A new Sync stream of `node`: its number, and a token cancelled when a newer stream of
-    /// the same node replaces it (one stream per node).
-    pub fn open_stream(&self, node: &Name) -> (u64, CancellationToken) {
+    /// A new Sync stream of `node` (one stream per node: an older one is replaced).
+    pub fn open_stream(&self, node: &Name) -> Stream {
         let mut st = self.lock();
         st.next_stream += 1;
-        let id = st.next_stream;
-        let token = CancellationToken::new();
-        if let Some((_, older)) = st.streams.insert(node.clone(), (id, token.clone())) {
-            older.cancel();
+        let stream = Stream {
+            id: st.next_stream,
+            replaced: CancellationToken::new(),
+            moved: CancellationToken::new(),
+        };
+        if let Some(older) = st.streams.insert(node.clone(), stream.clone()) {
+            older.replaced.cancel();
         }
-        (id, token)
+        stream
     }
 
     /// Stream `id` of `node` ended.
     pub fn close_stream(&self, node: &Name, id: u64) {
         let mut st = self.lock();
-        if st
-            .streams
-            .get(node)
-            .is_some_and(|(current, _)| *current == id)
-        {
+        if st.streams.get(node).is_some_and(|s| s.id == id) {
             st.streams.remove(node);
         }
+    }
+
+    /// Agent streams open here.
+    pub fn streams_open(&self) -> usize {
+        self.lock().streams.len()
+    }
+
+    /// Send up to `n` agents streaming here to other replicas; how many were told.
+    pub fn move_agents(&self, n: usize) -> usize {
+        let st = self.lock();
+        let mut moved = 0;
+        for s in st.streams.values().filter(|s| !s.moved.is_cancelled()) {
+            if moved == n {
+                break;
+            }
+            s.moved.cancel();
+            moved += 1;
+        }
+        moved
     }
 
     /// Record an ack; returns what it did. `sent`: the digest the stream sent for this
@@ -347,6 +374,7 @@ impl Hub {
         if table.full {
             st.peers.unreachable(peer);
         }
+        st.peers.table(peer).answered = Some(std::time::Instant::now());
         for wire in table.nodes {
             let (node, record) = match acks::from_pb(wire) {
                 Ok((node, Some(record))) => (node, record),

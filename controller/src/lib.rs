@@ -19,6 +19,7 @@ pub mod hub;
 pub mod introspection;
 pub mod kubernetes;
 pub mod metrics;
+pub mod rebalance;
 pub mod replication;
 pub mod rollout;
 pub mod server;

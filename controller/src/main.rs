@@ -91,6 +91,18 @@ struct Cli {
     #[arg(long, env = "PALISADE_RESUME_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     resume_wait: Duration,
 
+    /// How long this replica must hold more than its share of the agents (a tenth over the
+    /// agents of it and its reachable peers divided evenly) before it sends some to the other
+    /// replicas, which they resume on by version; 0s never does. Agents stay where they are
+    /// otherwise, so after failures one replica may hold most of them.
+    #[arg(long, env = "PALISADE_REBALANCE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
+    rebalance_after: Duration,
+
+    /// Agents sent to other replicas per second at most while rebalancing (half the excess
+    /// at a time).
+    #[arg(long, env = "PALISADE_REBALANCE_RATE", default_value_t = 50)]
+    rebalance_rate: usize,
+
     /// gRPC address for agents (Sync), operators (Introspection), health and reflection.
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -306,6 +318,10 @@ async fn main() -> Result<()> {
         max_message_bytes: cli.max_message_bytes,
         shed_agents_after: cli.shed_agents_after,
         resume_wait: cli.resume_wait,
+        rebalance: palisade_controller::rebalance::Config {
+            after: cli.rebalance_after,
+            rate: cli.rebalance_rate,
+        },
         kubernetes: kubernetes.then(|| palisade_controller::kubernetes::Options {
             kubeconfig: cli.kubeconfig,
             batch_delay: cli.kube_batch_delay,

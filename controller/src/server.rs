@@ -86,6 +86,9 @@ pub struct Config {
     /// How long an agent holding a version this replica has not applied yet waits for it
     /// before it is sent to another replica.
     pub resume_wait: Duration,
+    /// When and how fast a replica holding more than its share of the agents sends some to
+    /// the other replicas.
+    pub rebalance: crate::rebalance::Config,
     /// Read Namespaces, Pods and NetworkPolicies from a Kubernetes API server (leader only).
     pub kubernetes: Option<crate::kubernetes::Options>,
     /// A plaintext listener serving only gRPC health (for kubelet probes; the main listener
@@ -124,6 +127,10 @@ impl Config {
             max_message_bytes: 256 << 20,
             shed_agents_after: Duration::from_secs(3),
             resume_wait: Duration::from_secs(5),
+            rebalance: crate::rebalance::Config {
+                after: Duration::from_secs(10),
+                rate: 50,
+            },
             kubernetes: None,
             health_listen: None,
         }
@@ -519,6 +526,12 @@ pub async fn start(
         config.shed_agents_after,
         refusing_tx,
         metrics.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::rebalance::run(
+        hub.clone(),
+        group.clone(),
+        config.rebalance,
         shutdown.clone(),
     ));
     http::mirror_health(health, source_health.clone(), refusing, shutdown.clone());

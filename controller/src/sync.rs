@@ -210,7 +210,7 @@ impl Sync for SyncService {
         let (tx, rx) = mpsc::channel(1);
         let node: Name = hello.node.as_str().into();
         let span = info_span!("sync", node = %node);
-        let (stream_id, replaced) = self.hub.open_stream(&node);
+        let stream = self.hub.open_stream(&node);
         let conn = Connection {
             hub: self.hub.clone(),
             config: self.config.clone(),
@@ -228,22 +228,21 @@ impl Sync for SyncService {
         };
         let stop = Stop {
             shutdown: self.shutdown.clone(),
-            replaced,
+            stream,
             refusing,
-            stream_id,
         };
         tokio::spawn(conn.run(hello, inbound, tx, stop).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-/// What ends a connection besides the agent: shutdown, a newer stream of the same node, or
-/// this replica refusing agents (cut off from its group).
+/// What ends a connection besides the agent: shutdown, a newer stream of the same node,
+/// this replica refusing agents (cut off from its group), or sending the agent to another
+/// replica (this one holds more than its share).
 struct Stop {
     shutdown: CancellationToken,
-    replaced: CancellationToken,
+    stream: crate::hub::Stream,
     refusing: watch::Receiver<Option<String>>,
-    stream_id: u64,
 }
 
 /// What the connection believes the agent holds.
@@ -357,9 +356,17 @@ impl Connection {
             let held = self.hold_until;
             tokio::select! {
                 _ = stop.shutdown.cancelled() => break,
-                _ = stop.replaced.cancelled() => {
+                _ = stop.stream.replaced.cancelled() => {
                     info!("a newer stream of this node replaces this one");
                     let _ = tx.try_send(Err(Status::aborted("replaced by a newer stream of the same node")));
+                    break;
+                }
+                _ = stop.stream.moved.cancelled() => {
+                    info!("sending the agent to another replica: this one holds more than its share of agents");
+                    self.hub.metrics.stream_moved();
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "this replica holds more than its share of agents: try another replica",
+                    )));
                     break;
                 }
                 why = refusing.wait_for(Option::is_some) => {
@@ -411,7 +418,7 @@ impl Connection {
                 }
             }
         }
-        self.hub.close_stream(&self.node, stop.stream_id);
+        self.hub.close_stream(&self.node, stop.stream.id);
         self.hub.disconnected(&self.node, self.config.insecure);
         self.hub.metrics.stream_closed();
         info!("agent disconnected");

@@ -3,7 +3,8 @@
 //! real agents (the agent library's sync client and in-memory dataplane, in this process)
 //! given every replica's address: a SIGKILLed leader during a burst of applies moves its
 //! agents to live replicas, which resume them with deltas; every replica answers for every
-//! node; a replica cut off from its peers sheds its agents to the others.
+//! node; a replica cut off from its peers sheds its agents to the others; agents crowded onto
+//! two replicas spread back once the third returns.
 
 #[path = "support/replicas.rs"]
 mod replicas;
@@ -55,13 +56,19 @@ struct Agents {
 impl Agents {
     /// An agent per node, each given every replica's address.
     fn start(r: &Replicas) -> Agents {
+        Agents::start_for(r, &nodes())
+    }
+
+    /// An agent for each of `nodes`, each given every replica's address.
+    fn start_for(r: &Replicas, nodes: &[String]) -> Agents {
         let dir = tempfile::tempdir().unwrap();
         let certs = r.path("certs");
         let read = |f: String| std::fs::read(certs.join(f)).unwrap();
         let shutdown = CancellationToken::new();
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let mut status = BTreeMap::new();
-        for node in nodes() {
+        for node in nodes {
+            let node = node.clone();
             let config = AgentConfig {
                 tls: Some(ClientTls {
                     ca: read("ca.pem".into()),
@@ -380,4 +387,84 @@ async fn a_replica_cut_off_from_its_peers_sheds_its_agents_to_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How many agents stream from each replica, by the address each agent says it uses.
+fn spread(r: &Replicas, agents: &Agents) -> BTreeMap<u64, usize> {
+    let mut on: BTreeMap<u64, usize> = r.ports.keys().map(|id| (*id, 0)).collect();
+    for s in agents.now().values().filter(|s| s.phase == Phase::Synced) {
+        if let Some(id) = r
+            .ports
+            .keys()
+            .find(|id| s.controller.contains(&r.addr(**id)))
+        {
+            *on.get_mut(id).unwrap() += 1;
+        }
+    }
+    on
+}
+
+/// Wait until the agents' spread over the replicas satisfies `done`; the spread.
+async fn spread_until(
+    r: &Replicas,
+    agents: &Agents,
+    what: &str,
+    done: impl Fn(&BTreeMap<u64, usize>) -> bool,
+) -> BTreeMap<u64, usize> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let on = spread(r, agents);
+        if done(&on) {
+            return on;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: agents per replica {on:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_crowded_onto_two_replicas_spread_back_once_the_third_returns() {
+    // Enough agents to be over the tolerance (a tenth of the share, at least 10).
+    let many: Vec<String> = (1..=90).map(|i| format!("m{i}")).collect();
+    let mut r = Replicas::start_with(
+        3,
+        Options {
+            nodes: many.clone(),
+            args: vec!["--rebalance-after=1s".into()],
+            ..Options::default()
+        },
+    );
+    let leader = r.leader().await;
+    r.apply(leader, &base(), false).await.unwrap();
+    let agents = Agents::start_for(&r, &many);
+    let on = spread_until(&r, &agents, "every agent streaming", |on| {
+        on.values().sum::<usize>() == 90
+    })
+    .await;
+    // A follower goes (no election), and its agents move to the two others.
+    let victim = *r.ports.keys().find(|id| **id != leader).unwrap();
+    assert!(on[&victim] > 0, "{on:?}");
+    r.kill(victim);
+    spread_until(&r, &agents, "agents off the killed replica", |on| {
+        on[&victim] == 0 && on.values().sum::<usize>() == 90
+    })
+    .await;
+    r.restart(victim);
+    // 45 and 45 against a share of 30 (tolerance 10): each sends some to the one back.
+    let on = spread_until(&r, &agents, "agents back on the restarted replica", |on| {
+        on[&victim] >= 10 && on.values().sum::<usize>() == 90 && on.values().all(|n| *n <= 40)
+    })
+    .await;
+    eprintln!("agents per replica after rebalancing: {on:?}");
+    agents.never_went_back();
+    // Only rebalancing sends agents back: they never move off a working replica by themselves.
+    assert!(
+        r.ports
+            .keys()
+            .any(|id| r.log(*id).contains("more than its share of the agents")),
+        "no replica says it sent agents away"
+    );
 }

@@ -37,6 +37,7 @@ async fn an_independent_reflection_client_lists_and_calls_everything() {
             &path("certs/operator-admin-key.pem"),
         ])
         .args(["--node", "n2", "--flow", "shop/web", "shop/api", "8080"])
+        .args(["--pod", "shop/api"])
         .output()
         .await
         .expect("python3 runs (scripts/setup.sh installs grpcio and grpcio-reflection)");
@@ -73,7 +74,7 @@ async fn an_independent_reflection_client_lists_and_calls_everything() {
         }
     }
     let methods = v["introspection_methods"].as_array().unwrap();
-    assert_eq!(methods.len(), 7, "{methods:?}");
+    assert_eq!(methods.len(), 8, "{methods:?}");
     let nodes: Vec<&str> = v["list_nodes"]["nodes"]
         .as_array()
         .unwrap()
@@ -86,6 +87,11 @@ async fn an_independent_reflection_client_lists_and_calls_everything() {
     assert_eq!(v["explain"]["allowed"], true);
     assert_eq!(v["explain"]["ingress"]["result"], "RESULT_ALLOWED");
     assert_eq!(v["health"]["status"], "SERVING");
+    let held = &v["get_objects"]["objects"][0];
+    assert_eq!(held["found"], true, "{held}");
+    assert_eq!(held["owner"], "manifests");
+    let pod: serde_json::Value = serde_json::from_str(held["json"].as_str().unwrap()).unwrap();
+    assert_eq!(pod["labels"]["app"], "api");
     c.shutdown().await;
 }
 

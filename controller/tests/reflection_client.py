@@ -68,6 +68,7 @@ def main():
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--node", help="node for GetNode")
     p.add_argument("--flow", nargs=3, metavar=("SOURCE", "DESTINATION", "PORT"), help="flow for ExplainFlow")
+    p.add_argument("--pod", help="NAMESPACE/NAME of a pod for GetObjects")
     args = p.parse_args()
     if not args.insecure and not (args.ca and args.cert and args.key):
         p.error("--ca, --cert and --key are required unless --insecure")
@@ -91,6 +92,11 @@ def main():
         src, dst, port = args.flow
         req = request(source=src, destination=dst, port=int(port), protocol=6)
         out["explain"] = as_dict(call(req, timeout=10))
+    if args.pod:
+        request, call = caller(ch, pool, "palisade.v1.Introspection", "GetObjects")
+        key = pool.FindMessageTypeByName("palisade.v1.ObjectKey")
+        req = request(objects=[message_factory.GetMessageClass(key)(kind="Pod", name=args.pod)])
+        out["get_objects"] = as_dict(call(req, timeout=10))
     request, call = caller(ch, pool, "grpc.health.v1.Health", "Check")
     out["health"] = as_dict(call(request(service="palisade.v1.Sync"), timeout=10))
     json.dump(out, sys.stdout, indent=2)

@@ -19,6 +19,7 @@ pub struct Failover {
     resume_bytes: Family<ByLabel, Counter>,
     refusing: Gauge,
     shed: Counter,
+    moved: Counter,
     parked: Counter,
     staleness: Histogram,
     diverged: Counter,
@@ -31,6 +32,7 @@ impl Failover {
             resume_bytes: Family::default(),
             refusing: Gauge::default(),
             shed: Counter::default(),
+            moved: Counter::default(),
             parked: Counter::default(),
             // 1 ms .. ~32 s
             staleness: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -55,6 +57,11 @@ impl Failover {
             "sync_streams_shed",
             "Agent streams ended because this replica was cut off from its group",
             f.shed.clone(),
+        );
+        registry.register(
+            "sync_streams_moved",
+            "Agent streams ended to send the agent to another replica, because this one held more than its share of the agents",
+            f.moved.clone(),
         );
         registry.register(
             "sync_streams_parked",
@@ -93,6 +100,10 @@ impl super::Metrics {
 
     pub fn streams_shed(&self) {
         self.0.failover.shed.inc();
+    }
+
+    pub fn stream_moved(&self) {
+        self.0.failover.moved.inc();
     }
 
     pub fn stream_parked(&self) {

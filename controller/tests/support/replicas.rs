@@ -35,6 +35,8 @@ pub struct Options {
     pub netns: Option<Netns>,
     /// Every replica reads this kubeconfig's API server (`--kubeconfig`).
     pub kubeconfig: Option<PathBuf>,
+    /// More arguments for every replica.
+    pub args: Vec<String>,
 }
 
 /// Replica N at `{subnet}.N` in namespace `{prefix}-rN`; this process at `{subnet}.254` on
@@ -292,6 +294,7 @@ impl Replicas {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        cmd.args(&self.opts.args);
         if self.opts.manifests {
             cmd.arg("--manifests").arg(self.manifests_dir(id));
         }
