@@ -177,8 +177,9 @@ pub struct PeerTable {
     /// Nodes whose agents are connected to that peer (empty while it is unreachable), with
     /// when the peer recorded the connection (Unix ms).
     pub connected: HashMap<Name, u64>,
-    /// When the peer last answered an ask for its table (`None`: unreachable, or never).
-    pub answered: Option<Instant>,
+    /// When the peer last answered an ask for its table (`None`: unreachable, or never),
+    /// and the revision it had applied then.
+    pub answered: Option<(Instant, u64)>,
 }
 
 impl Peers {
@@ -198,12 +199,15 @@ impl Peers {
             .unwrap_or_default()
     }
 
-    /// The agents connected to each peer that answered within `within`.
-    pub fn answering(&self, within: Duration) -> Vec<(u64, usize)> {
+    /// Each peer that answered within `within`: the agents connected to it, and the revision
+    /// it had applied when it answered.
+    pub fn answering(&self, within: Duration) -> Vec<(usize, u64)> {
         self.tables
-            .iter()
-            .filter(|(_, t)| t.answered.is_some_and(|at| at.elapsed() < within))
-            .map(|(id, t)| (*id, t.connected.len()))
+            .values()
+            .filter_map(|t| match t.answered {
+                Some((at, applied)) if at.elapsed() < within => Some((t.connected.len(), applied)),
+                _ => None,
+            })
             .collect()
     }
 

@@ -374,7 +374,7 @@ impl Hub {
         if table.full {
             st.peers.unreachable(peer);
         }
-        st.peers.table(peer).answered = Some(std::time::Instant::now());
+        st.peers.table(peer).answered = Some((std::time::Instant::now(), table.applied));
         for wire in table.nodes {
             let (node, record) = match acks::from_pb(wire) {
                 Ok((node, Some(record))) => (node, record),
@@ -544,15 +544,20 @@ mod tests {
                 seq: 1,
                 full: true,
                 nodes: vec![record],
+                applied: 2,
             },
         );
         assert_eq!(other.lock().connected_at("n1"), Some(1));
+        // It answered, with one agent, having applied revision 2 (what rebalancing counts).
+        let within = std::time::Duration::from_secs(3);
+        assert_eq!(other.lock().peers.answering(within), vec![(1, 2)]);
         other.apply(&[(1, None), (2, Some(batch(SHOP)))]);
         assert_eq!(other.lock().rollout.realized_through(), 2);
         assert_eq!(other.lock().rollout.node("n1").unwrap().acked_version, 2);
         // The peer unreachable: n1 no longer counts as connected; its ack stays.
         other.peer_unreachable(1);
         assert_eq!(other.lock().connected_at("n1"), None);
+        assert!(other.lock().peers.answering(within).is_empty());
         assert_eq!(other.lock().rollout.realized_through(), 2);
 
         // A node only a peer's stream named (no slice, no ack) goes when the peer forgets it.
@@ -566,6 +571,7 @@ mod tests {
             seq,
             full: false,
             nodes,
+            applied: 2,
         };
         other.merge_peer(1, table(2, vec![acks::to_pb(&ghost, Some(&named))]));
         assert_eq!(other.lock().connected_at("ghost"), Some(1));

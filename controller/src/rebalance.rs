@@ -7,7 +7,9 @@
 //! move to another replica chosen at random and resume there by version (a few hundred bytes
 //! each, never an older version). It sends at most half its excess at a time and a bounded
 //! number per second, since peers' counts lag and the moved agents choose at random. It does
-//! nothing while no leader is known or while it refuses agents (then they move anyway).
+//! nothing while no leader is known or while it refuses agents (then they move anyway), or
+//! while a peer is still catching up with it (a peer replaying its log after a restart would
+//! hold the agents that chose it until it reached their versions).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,10 @@ use crate::replication::Group;
 /// Agents over the fair share a replica may hold without moving any: a tenth of the share,
 /// at least this many.
 const MIN_TOLERANCE: usize = 10;
+
+/// A peer this many revisions behind this replica (as of its last table, at most two
+/// seconds old) counts as caught up.
+const CAUGHT_UP: u64 = 100;
 
 /// How often the counts are compared.
 const TICK: Duration = Duration::from_secs(1);
@@ -62,15 +68,16 @@ pub async fn run(hub: Arc<Hub>, group: Group, config: Config, shutdown: Cancella
         }
         let settled = group.status().raft.leader != 0 && group.refusing_agents().borrow().is_none();
         // Peers whose ack tables arrive serve agents (the long poll answers at least every
-        // two seconds); one that is down holds none and takes none.
+        // two seconds); one that is down holds none and takes none (an agent sent there is
+        // refused at once and tries another). One still catching up (a restart replays its
+        // log) would hold agents sent to it until it reached their versions, and the agents
+        // choose at random: wait until it has caught up.
         let own = hub.streams_open();
-        let peers: Vec<usize> = hub
-            .lock()
-            .peers
-            .answering(crate::acks::exchange::STALE)
-            .into_iter()
-            .map(|(_, agents)| agents)
-            .collect();
+        let applied = *hub.revisions().borrow();
+        let answering = hub.lock().peers.answering(crate::acks::exchange::STALE);
+        let caught_up = answering.iter().all(|(_, a)| a + CAUGHT_UP >= applied);
+        let peers: Vec<usize> = answering.iter().map(|(n, _)| *n).collect();
+        let settled = settled && caught_up;
         let want = if settled { excess(own, &peers) } else { 0 };
         if want == 0 {
             above_since = None;

@@ -112,6 +112,7 @@ pub async fn answer(hub: &Hub, ask: &AcksRequest) -> AckTable {
                 return AckTable {
                     epoch: table.epoch(),
                     seq: table.seq(),
+                    applied: *hub.revisions().borrow(),
                     full,
                     nodes: records
                         .iter()
