@@ -279,18 +279,18 @@ impl Hub {
         self.lock().streams.len()
     }
 
-    /// Send up to `n` agents streaming here to other replicas; how many were told.
+    /// Send up to `n` agents streaming here to other replicas, those here longest first (not
+    /// agents that just arrived); how many were told.
     pub fn move_agents(&self, n: usize) -> usize {
         let st = self.lock();
-        let mut moved = 0;
-        for s in st.streams.values().filter(|s| !s.moved.is_cancelled()) {
-            if moved == n {
-                break;
-            }
-            s.moved.cancel();
-            moved += 1;
-        }
-        moved
+        let mut open: Vec<&Stream> = st
+            .streams
+            .values()
+            .filter(|s| !s.moved.is_cancelled())
+            .collect();
+        open.sort_unstable_by_key(|s| s.id);
+        open.iter().take(n).for_each(|s| s.moved.cancel());
+        open.len().min(n)
     }
 
     /// Record an ack; returns what it did. `sent`: the digest the stream sent for this

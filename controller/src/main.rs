@@ -98,8 +98,8 @@ struct Cli {
     #[arg(long, env = "PALISADE_REBALANCE_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
     rebalance_after: Duration,
 
-    /// Agents sent to other replicas per second at most while rebalancing (half the excess
-    /// at a time).
+    /// Agents sent to other replicas at a time at most while rebalancing (half the excess at
+    /// most; then it waits 3 s for the peers' counts to show them).
     #[arg(long, env = "PALISADE_REBALANCE_RATE", default_value_t = 50)]
     rebalance_rate: usize,
 

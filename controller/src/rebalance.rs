@@ -5,8 +5,10 @@
 //! serves with its reachable peers' (from the exchanged ack tables) and, once it has held
 //! more than its share for a while, ends some of its streams with UNAVAILABLE: those agents
 //! move to another replica chosen at random and resume there by version (a few hundred bytes
-//! each, never an older version). It sends at most half its excess at a time and a bounded
-//! number per second, since peers' counts lag and the moved agents choose at random. It does
+//! each, never an older version). It sends at most half its excess at a time, a bounded
+//! number, then waits for the peers' counts to show them (a moved agent is counted nowhere
+//! for a moment, and the moved agents choose at random). It prefers the streams open longest
+//! (not agents that just arrived). It does
 //! nothing while no leader is known or while it refuses agents (then they move anyway), or
 //! while a peer is still catching up with it (a peer replaying its log after a restart would
 //! hold the agents that chose it until it reached their versions).
@@ -28,6 +30,10 @@ const MIN_TOLERANCE: usize = 10;
 /// seconds old) counts as caught up.
 const CAUGHT_UP: u64 = 100;
 
+/// After a move, how long before the next (the peers' tables show moved agents within a
+/// long poll, two seconds).
+const COOL_DOWN: Duration = Duration::from_secs(3);
+
 /// How often the counts are compared.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -35,7 +41,7 @@ const TICK: Duration = Duration::from_secs(1);
 pub struct Config {
     /// How long a replica must hold more than its share before it moves agents (zero: never).
     pub after: Duration,
-    /// Agents moved per second at most.
+    /// Agents moved at a time at most (then it waits for the peers' counts to show them).
     pub rate: usize,
 }
 
@@ -60,7 +66,10 @@ pub async fn run(hub: Arc<Hub>, group: Group, config: Config, shutdown: Cancella
         return;
     }
     let mut above_since: Option<Instant> = None;
+    let mut next_move = Instant::now();
     let mut tick = tokio::time::interval(TICK);
+    // After a stall, one tick, not the missed ones at once.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -84,10 +93,13 @@ pub async fn run(hub: Arc<Hub>, group: Group, config: Config, shutdown: Cancella
             continue;
         }
         let since = *above_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < config.after {
+        if since.elapsed() < config.after || Instant::now() < next_move {
             continue;
         }
         let moved = hub.move_agents(want.min(config.rate.max(1)));
+        // The peers' counts show the moved agents a long poll later; until then this
+        // replica's share would look larger than it is.
+        next_move = Instant::now() + COOL_DOWN;
         info!(
             here = own,
             peers = ?peers,

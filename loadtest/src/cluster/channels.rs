@@ -53,7 +53,7 @@ impl Channels {
             Ok(a) => a.into_inner(),
             Err(e) => {
                 self.forget(id);
-                return Err(e.into());
+                anyhow::bail!("replica {id} did not answer GetObjects: {e}");
             }
         };
         anyhow::ensure!(

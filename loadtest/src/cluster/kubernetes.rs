@@ -7,6 +7,7 @@
 //! object as written (or no longer holds a deleted one): the change was committed after the
 //! previous change's revision and at or before the applied revision of that answer.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,8 +25,10 @@ use crate::kube::resource;
 use crate::manifests;
 use crate::synth::Rng;
 
-/// How often a replica is asked whether it holds a change yet.
+/// How soon a replica is asked again whether it holds a change yet, doubling up to
+/// [`MAX_POLL`] (the questions take the replica's state lock).
 const POLL: Duration = Duration::from_millis(2);
+const MAX_POLL: Duration = Duration::from_millis(32);
 
 pub struct KubeFeed {
     emulator: Emulator,
@@ -126,16 +129,16 @@ impl KubeFeed {
             });
         }
         let started = Instant::now();
-        let mut asked: Option<u64> = None;
         let mut attempts = 0;
+        let mut poll = POLL;
+        // What each replica asked last answered: its applied revision, or why it did not.
+        let mut last: BTreeMap<u64, String> = BTreeMap::new();
         loop {
+            // A different live replica each time: one that is cut off or behind must not
+            // hold the churn up (nor one that skipped the change, with a planted fault).
             let h = replicas.lock().expect("replicas").handle();
             anyhow::ensure!(!h.alive().is_empty(), "no replica is running");
-            let id = match asked.filter(|id| h.alive().contains(id)) {
-                Some(id) => id,
-                None => h.alive()[self.rng.below(h.alive().len())],
-            };
-            asked = Some(id);
+            let id = h.alive()[self.rng.below(h.alive().len())];
             attempts += 1;
             match self
                 .channels
@@ -155,19 +158,26 @@ impl KubeFeed {
                         attempts,
                     });
                 }
-                Ok(_) => {}
-                Err(_) => {
+                Ok((revision, _)) => {
+                    last.insert(
+                        id,
+                        format!("replica {id} at revision {revision}, not as written"),
+                    );
+                }
+                Err(e) => {
                     self.lost_answers += 1;
-                    asked = None;
+                    last.insert(id, e.to_string());
                 }
             }
             anyhow::ensure!(
                 started.elapsed() < deadline,
-                "{} {}: no replica held the change within {deadline:?}",
+                "{} {}: no replica held the change as written within {deadline:?} (after revision {after}); last answers: {}",
                 key.0,
-                key.1
+                key.1,
+                last.values().cloned().collect::<Vec<_>>().join("; ")
             );
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(MAX_POLL);
         }
     }
 }
