@@ -1,7 +1,7 @@
 //! `palisadectl`, the user's command line. Manifests come in from files, directories or stdin
 //! ([`load`]), are compiled by `palisade-policy` into node slices, and go out as reachability
 //! matrices, flow explanations ([`evaluate`]) and slices ([`show`]) on stdout; problems with
-//! the input go to stderr. `demo` runs the seed scenarios embedded in the binary ([`demo`]).
+//! the input go to stderr; [`lint`] finds valid policies that are probably wrong. `demo` runs the seed scenarios embedded in the binary ([`demo`]).
 //! Online, [`remote`] asks a running controller (nodes, waits, explanations), [`get`] shows
 //! the objects its replicated state holds, and [`store`]
 //! sends objects to its replicated store (`apply`, `delete`) and lists its replicas.
@@ -10,7 +10,9 @@ pub mod certs;
 pub mod demo;
 pub mod evaluate;
 pub mod get;
+pub mod lint;
 pub mod load;
+pub mod output;
 pub mod remote;
 pub mod show;
 pub mod store;

@@ -2,9 +2,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use palisade_policy::cluster::{ClusterView, Probe};
-use palisadectl::{certs, demo, evaluate, get, load, remote, show, store};
+use palisadectl::output::Output;
+use palisadectl::{certs, demo, evaluate, get, lint, load, remote, show, store};
 
 /// Palisade's command line: evaluate Kubernetes NetworkPolicy manifests exactly as Palisade
 /// enforces them, and inspect the per-node policy slices it computes.
@@ -13,20 +14,17 @@ use palisadectl::{certs, demo, evaluate, get, load, remote, show, store};
 /// `nodes`, `node`, `wait`, `explain`, `rejected`, `replicas`) it talks to a running
 /// controller, with an operator certificate.
 ///
-/// Exit status: 0 success; 1 error; 2 bad command line; 3 a negative answer (an explained
-/// flow is denied, a waited-for revision is not realized); 4 results printed but some objects
-/// were invalid (rejected as the Kubernetes API server would reject them, and skipped).
+/// Exit status: 0 success; 1 error (nothing else is said); 2 bad command line. Otherwise the
+/// sum (bitwise OR) of what holds, so one never masks another: 3 a negative answer (a flow is
+/// denied, a waited-for revision is not realized, a pod is not on the node asked about);
+/// 4 some objects were invalid (rejected as the Kubernetes API server would reject them, and
+/// skipped; or `rejected` lists some); 8 lint findings under --strict. E.g. 7: denied, and
+/// some objects rejected.
 #[derive(Parser)]
 #[command(name = "palisadectl", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 #[derive(clap::Args)]
@@ -38,14 +36,14 @@ struct Manifests {
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     files: Vec<PathBuf>,
 
-    /// Namespace of objects whose metadata names none.
+    /// Namespace of objects whose metadata names none (kubectl's -n filters output here).
     #[arg(
-        short = 'n',
         long,
+        value_name = "NAMESPACE",
         default_value = "default",
-        env = "PALISADE_NAMESPACE"
+        env = "PALISADE_DEFAULT_NAMESPACE"
     )]
-    namespace: String,
+    default_namespace: String,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +84,39 @@ enum Cmd {
         protocol: palisade_policy::model::Protocol,
 
         /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+
+    /// Find NetworkPolicies that are valid but probably wrong: selectors that select nothing
+    /// (with the nearest existing label), policies in namespaces that do not exist, named
+    /// ports no receiving pod defines (or defines for another protocol), rules policyTypes
+    /// leaves unused, ipBlocks over pod addresses, excepts another peer allows again, pods
+    /// sharing an address. Each finding names the object, the field and what to do.
+    ///
+    /// Findings never change what is enforced. With --strict the exit status is 8 when there
+    /// is any (4 is added when objects were rejected), so it can gate a CI job.
+    #[command(
+        after_help = "Checks: selector-matches-nothing, missing-namespace, named-port-undefined, named-port-protocol,\n  unused-rules, ipblock-covers-pods, except-reallowed, shared-pod-ip\n\nExamples:\n  palisadectl lint -f examples/\n  palisadectl lint -f deploy/policies --strict -o json\n  palisadectl lint -f cluster-dump.yaml --pod-cidr 10.244.0.0/16 -n shop"
+    )]
+    Lint {
+        #[command(flatten)]
+        manifests: Manifests,
+
+        /// Exit with status 8 when there is any finding.
+        #[arg(long)]
+        strict: bool,
+
+        /// The cluster's pod network (IPv4 CIDR; repeatable). Without it, the smallest prefix
+        /// holding every pod address in the manifests is taken.
+        #[arg(long = "pod-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+        pod_cidrs: Vec<palisade_policy::net::Prefix>,
+
+        /// Only findings about objects in this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+
+        /// Output format (table and wide are the same list).
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -311,9 +342,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             protocol,
             output,
         } => {
-            let loaded = load::load(&manifests.files, &manifests.namespace)?;
+            let loaded = load::load(&manifests.files, &manifests.default_namespace)?;
             let view = ClusterView::new(&loaded.engine());
-            let json = output == Output::Json;
+            let json = output.structured();
             let text;
             let mut denied = false;
             if let (Some(from), Some(to), Some(port)) = (from, to, port) {
@@ -327,15 +358,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 text = evaluate::matrix_table(&view, &probe);
             }
-            print!("{text}");
+            print!("{}", output.render(text));
+            for w in lint::warnings(&lint::findings(&loaded, &Default::default())) {
+                eprintln!("warning: {w}");
+            }
             Ok(exit(loaded.report(), denied))
+        }
+        Cmd::Lint {
+            manifests,
+            strict,
+            pod_cidrs,
+            namespace,
+            output,
+        } => {
+            let loaded = load::load(&manifests.files, &manifests.default_namespace)?;
+            let options = palisade_policy::lint::Options { pod_cidrs };
+            let mut found = lint::findings(&loaded, &options);
+            if let Some(ns) = &namespace {
+                found.retain(|f| f.finding.object.split('/').next() == Some(ns.as_str()));
+            }
+            let text = if output.structured() {
+                lint::json(&found, &loaded)
+            } else {
+                lint::text(&found, &loaded)
+            };
+            print!("{}", output.render(text));
+            Ok(Outcome {
+                rejected: loaded.report(),
+                findings: strict && !found.is_empty(),
+                ..Outcome::default()
+            }
+            .code())
         }
         Cmd::Slice {
             manifests,
             node,
             output,
         } => {
-            let loaded = load::load(&manifests.files, &manifests.namespace)?;
+            let loaded = load::load(&manifests.files, &manifests.default_namespace)?;
             let engine = loaded.engine();
             if engine.node(&node).is_none() {
                 let known: Vec<String> =
@@ -348,16 +408,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let slice = engine.slice(&node);
             print!(
                 "{}",
-                if output == Output::Json {
+                output.render(if output.structured() {
                     show::json(&slice)
                 } else {
                     show::table(&slice)
-                }
+                })
             );
             Ok(exit(loaded.report(), false))
         }
         Cmd::Demo { output } => {
-            print!("{}", demo::run(output == Output::Json)?);
+            print!("{}", output.render(demo::run(output.structured())?));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Certs {
@@ -384,14 +444,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Replicas { conn, output } => {
             print!(
                 "{}",
-                runtime()?.block_on(store::replicas(&conn.conn(), output == Output::Json))?
+                output.render(
+                    runtime()?.block_on(store::replicas(&conn.conn(), output.structured()))?
+                )
             );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Nodes { conn, output } => {
             print!(
                 "{}",
-                runtime()?.block_on(remote::nodes(&conn.conn(), output == Output::Json))?
+                output
+                    .render(runtime()?.block_on(remote::nodes(&conn.conn(), output.structured()))?)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -403,12 +466,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             print!(
                 "{}",
-                runtime()?.block_on(remote::node(
+                output.render(runtime()?.block_on(remote::node(
                     &conn.conn(),
                     &name,
                     slice,
-                    output == Output::Json
-                ))?
+                    output.structured()
+                ))?)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -428,9 +491,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &conn.conn(),
                 revision,
                 timeout,
-                output == Output::Json,
+                output.structured(),
             ))?;
-            print!("{text}");
+            print!("{}", output.render(text));
             Ok(exit(false, !realized))
         }
         Cmd::Explain {
@@ -450,8 +513,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 port: u32::from(port),
             };
             let (text, allowed) =
-                runtime()?.block_on(remote::explain(&conn.conn(), req, output == Output::Json))?;
-            print!("{text}");
+                runtime()?.block_on(remote::explain(&conn.conn(), req, output.structured()))?;
+            print!("{}", output.render(text));
             Ok(exit(false, !allowed))
         }
         Cmd::Get {
@@ -466,9 +529,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &kind,
                 &names,
                 &namespace,
-                output == Output::Json,
+                output.structured(),
             ))?;
-            print!("{}", got.text);
+            print!("{}", output.render(got.text));
             Ok(if got.all_found {
                 ExitCode::SUCCESS
             } else {
@@ -478,7 +541,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Rejected { conn, output } => {
             print!(
                 "{}",
-                runtime()?.block_on(remote::rejected(&conn.conn(), output == Output::Json))?
+                output.render(
+                    runtime()?.block_on(remote::rejected(&conn.conn(), output.structured()))?
+                )
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -499,22 +564,60 @@ fn change(args: ChangeArgs, delete: bool) -> Result<ExitCode> {
     }
     let change = store::Change {
         sources,
-        namespace: manifests.namespace,
+        namespace: manifests.default_namespace,
         delete,
         dry_run,
     };
     print!(
         "{}",
-        runtime()?.block_on(store::apply(&conn.conn(), change, output == Output::Json))?
+        output.render(runtime()?.block_on(store::apply(
+            &conn.conn(),
+            change,
+            output.structured()
+        ))?)
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn exit(rejected: bool, denied: bool) -> ExitCode {
-    match (rejected, denied) {
-        (true, _) => ExitCode::from(4),
-        (false, true) => ExitCode::from(3),
-        _ => ExitCode::SUCCESS,
+/// What a command found, as its exit status: the OR of 3 (a negative answer), 4 (objects
+/// rejected) and 8 (lint findings under --strict); 0 when none holds.
+#[derive(Default)]
+struct Outcome {
+    negative: bool,
+    rejected: bool,
+    findings: bool,
+}
+
+impl Outcome {
+    fn code(&self) -> ExitCode {
+        let mut code = 0u8;
+        if self.negative {
+            code |= 3;
+        }
+        if self.rejected {
+            code |= 4;
+        }
+        if self.findings {
+            code |= 8;
+        }
+        ExitCode::from(code)
+    }
+}
+
+fn exit(rejected: bool, negative: bool) -> ExitCode {
+    Outcome {
+        negative,
+        rejected,
+        findings: false,
+    }
+    .code()
+}
+
+fn parse_cidr(s: &str) -> Result<palisade_policy::net::Prefix, String> {
+    match s.parse::<palisade_policy::net::Cidr>() {
+        Ok(palisade_policy::net::Cidr::V4(p)) => Ok(p),
+        Ok(_) => Err(format!("'{s}': only IPv4 pod networks are checked")),
+        Err(e) => Err(format!("'{s}' {e}")),
     }
 }
 

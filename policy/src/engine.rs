@@ -329,6 +329,20 @@ impl Engine {
         })
     }
 
+    /// The pods of one namespace, sorted by name.
+    pub fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &Pod> {
+        self.pods
+            .get(namespace)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// True when the namespace is declared as an object or holds a pod (so it exists in a
+    /// cluster), not only named by a policy.
+    pub fn namespace_exists(&self, name: &str) -> bool {
+        self.declared.contains(name) || self.pods.get(name).is_some_and(|m| !m.is_empty())
+    }
+
     /// Every pod, sorted by namespace and name.
     pub fn pods(&self) -> Vec<&Pod> {
         let mut out: Vec<&Pod> = self.pods.values().flat_map(|m| m.values()).collect();

@@ -6,7 +6,8 @@
 //! revisions. The engine keeps every node's [`slice::NodeSlice`] (the minimal policy a node
 //! needs) and, for each command, returns the nodes whose slice changed with a canonical
 //! [`delta::SliceDelta`] and digest. Out go: slices and deltas to the controller's sync stream,
-//! [`eval`] verdicts to `palisadectl` and introspection, and [`lower`]ed map images to the node
+//! [`eval`] verdicts to `palisadectl` and introspection, [`lint`] findings (valid policies that are
+//! probably wrong) to `palisadectl lint` and the controller's report, and [`lower`]ed map images to the node
 //! agent's eBPF maps. No tokio, no sockets, no files, no clocks, no randomness: the same
 //! commands give byte-identical slices and digests on every replica.
 
@@ -17,6 +18,7 @@ pub mod encode;
 pub mod engine;
 pub mod eval;
 pub mod k8s;
+pub mod lint;
 pub mod lower;
 pub mod manifest;
 pub mod model;

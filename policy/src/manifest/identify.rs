@@ -64,24 +64,29 @@ fn ours(kind: &str) -> Option<Kind> {
     }
 }
 
-/// Edit distance (Levenshtein) between two strings, by characters.
+/// Edit distance between two strings, by characters: insertions, deletions, substitutions and
+/// transpositions of two neighbours (optimal string alignment), so `retial` is one edit from
+/// `retail`.
 pub fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
+    // Three rows: two back (for transpositions), one back, current.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(before[j - 2] + 1);
+            }
         }
+        std::mem::swap(&mut before, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
     }
-    row[b.len()]
+    prev[b.len()]
 }
 
 /// The closest of `candidates` to `word` (case-insensitive), if it is close enough to be a
@@ -210,6 +215,8 @@ mod tests {
         assert_eq!(distance("kitten", "sitting"), 3);
         assert_eq!(distance("", "abc"), 3);
         assert_eq!(distance("pod", "pod"), 0);
+        assert_eq!(distance("retial", "retail"), 1);
+        assert_eq!(distance("shpo", "shop"), 1);
         assert_eq!(nearest("ingres", ["ingress", "egress"]), Some("ingress"));
         assert_eq!(nearest("zzz", ["ingress", "egress"]), None);
     }

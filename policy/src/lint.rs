@@ -1,0 +1,205 @@
+//! Lint: NetworkPolicies that are valid (the API server takes them) but probably not what was
+//! meant. Pure like the rest of the core: it reads the compiled [`Engine`]'s objects (and, for
+//! what the model no longer shows, the Kubernetes object itself) and returns [`Finding`]s, each
+//! naming the object, the field and what to do. `palisadectl lint` and `evaluate` print them;
+//! the controller reports them with its rejected objects and counts them in its metrics.
+//!
+//! Findings never change what is enforced: Palisade enforces exactly what the policies say.
+
+mod addresses;
+mod ports;
+mod selectors;
+mod types;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::model::{Direction, NetworkPolicy, Peer, PolicyRule};
+use crate::net::Prefix;
+
+pub use types::unused_rules;
+
+/// What a finding is about. The names (kebab-case) are stable: scripts and metrics use them.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Check {
+    /// A pod or namespace selector that selects nothing now.
+    SelectorMatchesNothing,
+    /// A policy in a namespace that does not exist (no Namespace object, no pod).
+    MissingNamespace,
+    /// A named port that no pod receiving the traffic defines.
+    NamedPortUndefined,
+    /// A named port the receiving pods define only for another protocol.
+    NamedPortProtocol,
+    /// Ingress or egress rules that `policyTypes` leaves unused.
+    UnusedRules,
+    /// An `ipBlock` inside the pod network that covers pods' addresses.
+    #[serde(rename = "ipblock-covers-pods")]
+    IpBlockCoversPods,
+    /// An `except` that another peer of the same pods allows again.
+    ExceptReallowed,
+    /// Two pods with the same address.
+    SharedPodIp,
+}
+
+impl Check {
+    pub const ALL: [Check; 8] = [
+        Check::SelectorMatchesNothing,
+        Check::MissingNamespace,
+        Check::NamedPortUndefined,
+        Check::NamedPortProtocol,
+        Check::UnusedRules,
+        Check::IpBlockCoversPods,
+        Check::ExceptReallowed,
+        Check::SharedPodIp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::SelectorMatchesNothing => "selector-matches-nothing",
+            Check::MissingNamespace => "missing-namespace",
+            Check::NamedPortUndefined => "named-port-undefined",
+            Check::NamedPortProtocol => "named-port-protocol",
+            Check::UnusedRules => "unused-rules",
+            Check::IpBlockCoversPods => "ipblock-covers-pods",
+            Check::ExceptReallowed => "except-reallowed",
+            Check::SharedPodIp => "shared-pod-ip",
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Check {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Check, String> {
+        Check::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown check '{s}'"))
+    }
+}
+
+/// One thing that is probably wrong.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Finding {
+    /// `NetworkPolicy` or `Pod`.
+    pub kind: String,
+    /// `namespace/name`.
+    pub object: String,
+    /// The field, as a path into the object (`spec.ingress[0].from[1].podSelector`).
+    pub field: String,
+    pub check: Check,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub suggestion: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}: {} [{}]",
+            self.kind, self.object, self.field, self.message, self.check
+        )?;
+        if !self.suggestion.is_empty() {
+            write!(f, "; {}", self.suggestion)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the linter cannot learn from the objects.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The cluster's pod network (IPv4). Empty: inferred as the smallest prefix holding every
+    /// pod address (when there are two pods or more).
+    pub pod_cidrs: Vec<Prefix>,
+}
+
+/// Every finding over what `engine` holds, sorted by object and field.
+pub fn lint(engine: &Engine, options: &Options) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let pod_net = addresses::PodNetwork::new(engine, &options.pod_cidrs);
+    for policy in engine.policies() {
+        let before = out.len();
+        selectors::policy(engine, policy, &mut out);
+        // A policy whose namespace does not exist selects nothing: say that once.
+        if out[before..]
+            .iter()
+            .any(|f| f.check == Check::MissingNamespace)
+        {
+            continue;
+        }
+        ports::policy(engine, policy, &mut out);
+        addresses::policy(engine, &pod_net, policy, &mut out);
+    }
+    addresses::shared_ips(&pod_net, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A finding about `policy`.
+fn finding(
+    policy: &NetworkPolicy,
+    field: impl Into<String>,
+    check: Check,
+    message: String,
+    suggestion: String,
+) -> Finding {
+    Finding {
+        kind: "NetworkPolicy".into(),
+        object: policy.key.to_string(),
+        field: field.into(),
+        check,
+        message,
+        suggestion,
+    }
+}
+
+/// Every rule of `policy` with its path: (direction, `spec.ingress[i]`, rule).
+fn rules(policy: &NetworkPolicy) -> impl Iterator<Item = (Direction, String, &PolicyRule)> {
+    Direction::BOTH.into_iter().flat_map(move |dir| {
+        policy
+            .rules(dir)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(move |(i, r)| (dir, format!("spec.{dir}[{i}]"), r))
+    })
+}
+
+/// Every peer of `rule` with its path under `rule_path`.
+fn peers<'a>(
+    dir: Direction,
+    rule_path: &str,
+    rule: &'a PolicyRule,
+) -> impl Iterator<Item = (String, &'a Peer)> + 'a {
+    let rule_path = rule_path.to_string();
+    let field = match dir {
+        Direction::Ingress => "from",
+        Direction::Egress => "to",
+    };
+    rule.peers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(move |(j, p)| (format!("{rule_path}.{field}[{j}]"), p))
+}
+
+/// "1 pod", "3 pods".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests;
