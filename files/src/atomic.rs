@@ -12,6 +12,12 @@ pub fn write(path: &Path, data: &[u8]) -> std::io::Result<()> {
     write_batch(&[(path.to_path_buf(), data.to_vec())])
 }
 
+/// [`write`] for a secret (a private key): the file is created with mode 0600, so it is never
+/// readable by others, not even for a moment.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_files(&[(path.to_path_buf(), data.to_vec())], 0o600)
+}
+
 /// Batches larger than this are made durable with one `syncfs` instead of one fsync per file.
 const FSYNC_EACH_UP_TO: usize = 16;
 
@@ -22,6 +28,12 @@ const FSYNC_EACH_UP_TO: usize = 16;
 /// alike). On error, temporary files are removed; files already renamed keep their new
 /// content.
 pub fn write_batch(files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
+    write_files(files, 0o666)
+}
+
+/// [`write_batch`], creating the files with `mode` (less the umask).
+fn write_files(files: &[(PathBuf, Vec<u8>)], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     if files.is_empty() {
         return Ok(());
     }
@@ -33,6 +45,7 @@ pub fn write_batch(files: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(mode)
                 .open(tmp)?;
             f.write_all(data)?;
             if each {
@@ -97,6 +110,17 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "only the file itself");
+    }
+
+    #[test]
+    fn private_files_are_created_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        write_private(&path, b"secret").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
     }
 
     #[test]

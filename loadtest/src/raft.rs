@@ -95,6 +95,8 @@ impl Group {
                 nodes: &[],
                 operators: &[],
                 replicas: &ids,
+                valid_for: palisadectl::certs::DEFAULT_VALIDITY,
+                renew: false,
             })?;
         }
         let mut listeners = BTreeMap::new();

@@ -77,6 +77,8 @@ pub fn mint_certs(dir: &Path, nodes: &[String], ids: &[u64]) -> anyhow::Result<(
         nodes,
         operators: &["loadtest".to_string()],
         replicas: ids,
+        valid_for: palisadectl::certs::DEFAULT_VALIDITY,
+        renew: false,
     })?;
     Ok(())
 }

@@ -138,6 +138,8 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
             nodes: &nodes,
             operators: &[],
             replicas: &[],
+            valid_for: palisadectl::certs::DEFAULT_VALIDITY,
+            renew: false,
         })?;
     }
 

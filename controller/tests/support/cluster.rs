@@ -78,6 +78,8 @@ impl Cluster {
             nodes: &nodes,
             operators: &["admin".to_string()],
             replicas: &[],
+            valid_for: palisadectl::certs::DEFAULT_VALIDITY,
+            renew: false,
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -168,6 +168,8 @@ impl Replicas {
             nodes: &nodes,
             operators: &["admin".to_string()],
             replicas: &ids,
+            valid_for: palisadectl::certs::DEFAULT_VALIDITY,
+            renew: false,
         })
         .unwrap();
         let ports = ids
