@@ -26,6 +26,13 @@ if ! python3 -c 'import grpc, grpc_reflection' >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-reflection
 fi
 
+# prometheus_client's parsers: the tests read the controller's and agent's /metrics with them
+# (an independent check that the exposition follows the format it claims).
+if ! python3 -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
+    log "installing prometheus-client (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check prometheus-client
+fi
+
 # deploy/check.py renders deploy/ with `kubectl kustomize` and validates it offline with
 # kubernetes-validate (PyPI; it bundles the Kubernetes schemas it checks against).
 KUBERNETES_VALIDATE_VERSION=1.37.0

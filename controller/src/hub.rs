@@ -103,6 +103,8 @@ pub struct Hub {
     /// The Kubernetes source's watches, while this replica runs them (their own lock).
     pub kube: std::sync::Arc<crate::kubernetes::Board>,
     pub metrics: Metrics,
+    /// The last lint findings (see [`crate::lint`]); taken after the state's lock.
+    pub(crate) lint_cache: Mutex<Option<std::sync::Arc<crate::lint::Findings>>>,
 }
 
 impl Hub {
@@ -132,6 +134,7 @@ impl Hub {
             acks_seq: watch::channel(0).0,
             kube: Default::default(),
             metrics,
+            lint_cache: Mutex::new(None),
         };
         if applied > 0 {
             hub.install(machine);
@@ -404,7 +407,7 @@ impl Hub {
                     .acked_by_peer(&node, record.version, digest, expected)
                     == PeerAck::Diverged
                 {
-                    tracing::error!(%node, peer, version = record.version, %digest, expected = ?expected.map(|d| d.to_string()), "replica {peer} recorded an ack with another digest than this replica has for that version: the replicas diverge");
+                    tracing::error!(%node, peer, version = record.version, %digest, expected = %expected.map_or_else(|| "none".to_string(), |d| d.to_string()), "replica {peer} recorded an ack with another digest than this replica has for that version: the replicas diverge");
                     self.metrics.peer_ack_diverged();
                 }
             }

@@ -357,19 +357,40 @@ impl Introspection for IntrospectionService {
         &self,
         _req: Request<pb::ListRejectedRequest>,
     ) -> Result<Response<pb::ListRejectedResponse>, Status> {
-        let st = self.hub.lock();
-        let objects = st
-            .rejected
-            .values()
-            .flatten()
-            .map(|r| pb::RejectedObject {
-                source: r.source.clone(),
-                kind: r.kind.clone(),
-                object: r.object.clone(),
-                errors: r.errors.clone(),
+        let objects = {
+            let st = self.hub.lock();
+            st.rejected
+                .values()
+                .flatten()
+                .map(|r| pb::RejectedObject {
+                    source: r.source.clone(),
+                    kind: r.kind.clone(),
+                    object: r.object.clone(),
+                    errors: r.errors.clone(),
+                })
+                .collect()
+        };
+        let hub = self.hub.clone();
+        let lint = tokio::task::spawn_blocking(move || hub.lint())
+            .await
+            .map_err(|e| Status::internal(format!("lint failed: {e}")))?;
+        let findings = lint
+            .findings
+            .iter()
+            .map(|f| pb::LintFinding {
+                kind: f.kind.clone(),
+                object: f.object.clone(),
+                field: f.field.clone(),
+                check: f.check.to_string(),
+                message: f.message.clone(),
+                suggestion: f.suggestion.clone(),
             })
             .collect();
-        Ok(Response::new(pb::ListRejectedResponse { objects }))
+        Ok(Response::new(pb::ListRejectedResponse {
+            objects,
+            findings,
+            lint_revision: lint.revision,
+        }))
     }
 
     async fn get_objects(

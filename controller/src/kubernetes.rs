@@ -173,7 +173,10 @@ pub async fn run(
                 }
                 let delay = Duration::from_secs(1u64 << restarts.min(5));
                 restarts += 1;
-                warn!("{why}: the Kubernetes source lists again and compares with the replicated state in {delay:?}");
+                warn!(
+                    "{why}: the Kubernetes source lists again and compares with the replicated state in {}",
+                    humantime::format_duration(delay)
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}

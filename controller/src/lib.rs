@@ -18,6 +18,7 @@ pub mod history;
 pub mod hub;
 pub mod introspection;
 pub mod kubernetes;
+pub mod lint;
 pub mod metrics;
 pub mod rebalance;
 pub mod replication;

@@ -103,6 +103,12 @@ struct Cli {
     #[arg(long, env = "PALISADE_REBALANCE_RATE", default_value_t = 50)]
     rebalance_rate: usize,
 
+    /// How often this replica lints the replicated state when it changed (valid policies
+    /// that are probably wrong: `palisadectl rejected` lists the findings, the metric
+    /// palisade_lint_findings counts them, each new one is logged once); 0s only when asked.
+    #[arg(long, env = "PALISADE_LINT_EVERY", default_value = "60s", value_parser = humantime::parse_duration)]
+    lint_every: Duration,
+
     /// gRPC address for agents (Sync), operators (Introspection), health and reflection.
     #[arg(long, env = "PALISADE_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -322,6 +328,7 @@ async fn main() -> Result<()> {
             after: cli.rebalance_after,
             rate: cli.rebalance_rate,
         },
+        lint_every: cli.lint_every,
         kubernetes: kubernetes.then(|| palisade_controller::kubernetes::Options {
             kubeconfig: cli.kubeconfig,
             batch_delay: cli.kube_batch_delay,

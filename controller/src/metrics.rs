@@ -1,4 +1,5 @@
-//! Prometheus metrics of the controller, served as text on `--metrics-listen` (`/metrics`).
+//! Prometheus metrics of the controller, served as OpenMetrics text on `--metrics-listen`
+//! (`/metrics`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ mod failover;
 mod kube;
 
 pub use kube::STATES as KUBE_STATES;
+mod lint;
 mod raft;
 mod stages;
 
@@ -57,12 +59,21 @@ struct Inner {
     raft: raft::Raft,
     failover: failover::Failover,
     stages: stages::Stages,
+    lint: lint::Lint,
     kube: kube::Kube,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 /// Cheap to clone; every clone updates the same metrics.
@@ -111,9 +122,21 @@ impl Metrics {
             raft: raft::Raft::register(&mut registry),
             failover: failover::Failover::register(&mut registry),
             stages: stages::Stages::register(&mut registry),
+            lint: lint::Lint::register(&mut registry),
             kube: kube::Kube::register(&mut registry),
             registry: Registry::default(),
         };
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The controller's version (always 1)",
+            build_info,
+        );
         registry.register(
             "connections",
             "Open connections on the gRPC listener (handshaking or established)",

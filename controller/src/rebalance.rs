@@ -102,7 +102,7 @@ pub async fn run(hub: Arc<Hub>, group: Group, config: Config, shutdown: Cancella
         next_move = Instant::now() + COOL_DOWN;
         info!(
             here = own,
-            peers = ?peers,
+            peers = %peers.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
             moved,
             "this replica holds more than its share of the agents: sending some to other replicas"
         );

@@ -89,6 +89,8 @@ pub struct Config {
     /// When and how fast a replica holding more than its share of the agents sends some to
     /// the other replicas.
     pub rebalance: crate::rebalance::Config,
+    /// How often the replicated state is linted (when it changed); zero: only when asked.
+    pub lint_every: Duration,
     /// Read Namespaces, Pods and NetworkPolicies from a Kubernetes API server (leader only).
     pub kubernetes: Option<crate::kubernetes::Options>,
     /// A plaintext listener serving only gRPC health (for kubelet probes; the main listener
@@ -131,6 +133,7 @@ impl Config {
                 after: Duration::from_secs(10),
                 rate: 50,
             },
+            lint_every: Duration::from_secs(60),
             kubernetes: None,
             health_listen: None,
         }
@@ -499,11 +502,11 @@ pub async fn start(
         ),
     };
     info!(
-        ?addr,
+        addr = %addr.map_or_else(|| "unknown".to_string(), |a| a.to_string()),
         tls = !insecure,
         max_connections = limits.max_connections,
         max_per_ip = limits.max_per_ip,
-        handshake_timeout = ?limits.handshake_timeout,
+        handshake_timeout = %humantime::format_duration(limits.handshake_timeout),
         "serving gRPC"
     );
 
@@ -532,6 +535,11 @@ pub async fn start(
         hub.clone(),
         group.clone(),
         config.rebalance,
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::lint::run(
+        hub.clone(),
+        config.lint_every,
         shutdown.clone(),
     ));
     http::mirror_health(health, source_health.clone(), refusing, shutdown.clone());
@@ -597,7 +605,7 @@ fn open_replica(
     };
     info!(
         id = rc.id,
-        voters = ?rc.voters(),
+        voters = %rc.voters().iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
         snapshot = machine.applied(),
         dir = %dir.display(),
         "Raft log opened"

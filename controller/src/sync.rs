@@ -175,7 +175,7 @@ impl Sync for SyncService {
     ) -> Result<Response<Self::StreamStream>, Status> {
         let refused = |s: Status| {
             self.hub.metrics.stream_refused();
-            warn!(code = ?s.code(), message = s.message(), "sync stream refused");
+            warn!(code = %s.code(), message = s.message(), "sync stream refused");
             s
         };
         let ids = auth::caller(&req, self.config.insecure).map_err(refused)?;
@@ -251,6 +251,16 @@ enum Knowledge {
     Holds(u64, Digest),
     /// After a nack or a divergent ack: only a snapshot will do.
     Unknown,
+}
+
+/// For the logs: `version 7 (digest 3f2a…)`, or `unknown`.
+impl std::fmt::Display for Knowledge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Knowledge::Holds(v, d) => write!(f, "version {v} (digest {d})"),
+            Knowledge::Unknown => f.write_str("unknown (a snapshot is due)"),
+        }
+    }
 }
 
 struct Connection {
@@ -340,7 +350,16 @@ impl Connection {
         let dataplane = pb::Dataplane::try_from(agent.dataplane)
             .map(|d| d.as_str_name())
             .unwrap_or("DATAPLANE_UNSPECIFIED");
-        info!(agent_version = agent.version, dataplane, holds = ?self.holds, capacities = ?caps, "agent connected");
+        info!(
+            agent_version = agent.version,
+            dataplane,
+            holds = %self.holds,
+            capacities = %format!(
+                "{} endpoints, {} identities, {} rules",
+                caps.endpoints, caps.identities, caps.rules
+            ),
+            "agent connected"
+        );
         if agent.dataplane == pb::Dataplane::Memory as i32 {
             warn!("this node's agent runs the in-memory dataplane: it enforces nothing");
         }
@@ -536,7 +555,7 @@ impl Connection {
             }
             self.sent_at = Some(std::time::Instant::now());
         }
-        debug!(kind, from = ?self.holds, to = desired, bytes = msg.len(), "sending");
+        debug!(kind, from = %self.holds, to = desired, bytes = msg.len(), "sending");
         self.holds = Knowledge::Holds(desired, digest);
         self.sent = Some((desired, digest));
         self.greeted = true;
@@ -585,7 +604,7 @@ impl Connection {
                     AckOutcome::Diverged { expected } => {
                         self.divergences += 1;
                         let wait = divergence_backoff(self.divergences);
-                        warn!(version = a.version, %digest, %expected, divergences = self.divergences, ?wait, "agent holds another slice than sent; sending a snapshot");
+                        warn!(version = a.version, %digest, %expected, divergences = self.divergences, wait = %humantime::format_duration(wait), "agent holds another slice than sent; sending a snapshot");
                         self.holds = Knowledge::Unknown;
                         self.hold_until = Some(tokio::time::Instant::now() + wait);
                     }

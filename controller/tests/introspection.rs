@@ -113,14 +113,22 @@ async fn nodes_node_wait_explain_and_rejected() {
         .to_string();
     assert!(err.contains("no pod shop/nope"), "{err}");
 
+    let report = remote::rejected(&op, false).await.unwrap();
     assert_eq!(
-        remote::rejected(&op, false).await.unwrap(),
-        "no rejected objects\n"
+        (report.rejected, report.findings),
+        (0, 0),
+        "{}",
+        report.text
+    );
+    assert!(
+        report.text.starts_with("No rejected objects.\n"),
+        "{}",
+        report.text
     );
     c.write("bad.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}\n");
     let mut rejected = Value::Null;
     for _ in 0..100 {
-        rejected = json(&remote::rejected(&op, true).await.unwrap());
+        rejected = json(&remote::rejected(&op, true).await.unwrap().text);
         if !rejected["objects"].as_array().unwrap().is_empty() {
             break;
         }
@@ -131,6 +139,35 @@ async fn nodes_node_wait_explain_and_rejected() {
         .as_str()
         .unwrap()
         .contains("except[0]"));
+
+    // A valid policy that is probably wrong: listed as a lint finding over the replicated
+    // state, counted in the metrics.
+    c.write("typo.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: shop}\nspec: {podSelector: {matchLabels: {app: wbe}}}\n");
+    let mut report = remote::rejected(&op, true).await.unwrap();
+    for _ in 0..100 {
+        if report.findings > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        report = remote::rejected(&op, true).await.unwrap();
+    }
+    let found = json(&report.text);
+    assert_eq!(found["findings"][0]["object"], "shop/typo", "{found}");
+    assert_eq!(found["findings"][0]["check"], "selector-matches-nothing");
+    assert_eq!(found["findings"][0]["field"], "spec.podSelector");
+    assert!(
+        found["findings"][0]["suggestion"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean 'app=web'?"),
+        "{found}"
+    );
+    let metrics = c.http_get("/metrics").await;
+    assert!(
+        metrics.contains("palisade_lint_findings{check=\"selector-matches-nothing\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("palisade_lint_findings{check=\"shared-pod-ip\"} 0"));
     c.shutdown().await;
 }
 
@@ -298,5 +335,55 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
     assert_eq!(n3["failedClosed"], serde_json::json!([]), "{n3}");
     let page = c.http_get("/metrics").await;
     assert!(page.contains("palisade_nodes_degraded 0\n"), "{page}");
+    c.shutdown().await;
+}
+
+/// `scripts/check-metrics.py` on `url`: prometheus_client's parsers, by the content type.
+fn check_metrics(url: &str, require: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/check-metrics.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script).arg(url);
+    for r in require {
+        cmd.args(["--require", r]);
+    }
+    let out = cmd.output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_exposition_format_they_claim() {
+    let c = shop().await;
+    let url = format!("http://{}/metrics", c.metrics_addr);
+    let families = tokio::task::spawn_blocking(move || {
+        check_metrics(
+            &url,
+            &[
+                "palisade_build_info",
+                "palisade_nodes",
+                "palisade_acks",
+                "palisade_lint_findings",
+                "palisade_sync_streams",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(families.contains("palisade_acks counter"), "{families}");
+    assert!(families.contains("palisade_nodes gauge"), "{families}");
+    let text = c.http_get("/metrics").await;
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{text}"
+    );
+    // Gauges are current without a full compile: three nodes known.
+    assert!(text.contains("\npalisade_nodes 3\n"), "{text}");
+    assert!(c.http_get("/livez").await.starts_with("HTTP/1.0 200"));
+    assert!(c.http_get("/readyz").await.contains("readyz check passed"));
     c.shutdown().await;
 }

@@ -122,7 +122,10 @@ async fn a_misspelled_kind_keeps_the_policy_and_is_reported() {
     let conn = c.operator();
     let deadline = tokio::time::Instant::now() + WAIT;
     let report = loop {
-        let r = palisadectl::remote::rejected(&conn, false).await.unwrap();
+        let r = palisadectl::remote::rejected(&conn, false)
+            .await
+            .unwrap()
+            .text;
         if r.contains("Networkpolicy") {
             break r;
         }

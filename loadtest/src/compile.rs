@@ -62,6 +62,9 @@ pub struct Report {
     pub full_compile_runs: Vec<f64>,
     /// Peak resident set of the process after the full compile (VmHWM).
     pub peak_rss_bytes: u64,
+    /// One lint of the whole cluster (`palisade_policy::lint`), after the full compile.
+    pub lint_seconds: f64,
+    pub lint_findings: usize,
     /// Microseconds per command, engine.apply including delta construction.
     pub incremental_us: Incremental,
     /// Nodes whose slice changed, per command kind (mean).
@@ -183,6 +186,11 @@ pub fn run(shape: &Shape, opts: &Options, progress: &dyn Fn(&str)) -> Report {
     sorted.sort_by(f64::total_cmp);
     let full_compile_seconds = sorted[sorted.len() / 2];
     let peak_rss = peak_rss_bytes();
+    progress("lint of the whole cluster");
+    let t = Instant::now();
+    let lint_findings = palisade_policy::lint::lint(&engine, &Default::default()).len();
+    let lint_seconds = t.elapsed().as_secs_f64();
+    progress(&format!("  {lint_seconds:.3} s, {lint_findings} findings"));
 
     let mut rng = Rng::new(shape.seed ^ 0x5eed);
     let mut rev = 1u64;
@@ -296,6 +304,8 @@ pub fn run(shape: &Shape, opts: &Options, progress: &dyn Fn(&str)) -> Report {
         full_compile_seconds,
         full_compile_runs: runs,
         peak_rss_bytes: peak_rss,
+        lint_seconds,
+        lint_findings,
         incremental_us,
         nodes_changed_mean,
         entries_per_node: mm(&entries),
@@ -321,7 +331,8 @@ pub fn table(r: &Report) -> String {
         .collect();
     let mut out = format!(
         "cluster            {} nodes, {} pods, {} namespaces, {} policies (seed {})\n\
-         full compile       {:.3} s median of {} run(s) [{}], peak RSS {:.0} MiB\n",
+         full compile       {:.3} s median of {} run(s) [{}], peak RSS {:.0} MiB\n\
+         lint               {:.3} s, {} findings\n",
         r.nodes,
         r.pods,
         r.namespaces,
@@ -331,6 +342,8 @@ pub fn table(r: &Report) -> String {
         runs.len(),
         runs.join(" "),
         r.peak_rss_bytes as f64 / 1048576.0,
+        r.lint_seconds,
+        r.lint_findings,
     );
     let inc = &r.incremental_us;
     let changed = &r.nodes_changed_mean;

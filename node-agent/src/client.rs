@@ -82,6 +82,32 @@ pub enum Phase {
     Stopped,
 }
 
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Connecting,
+        Phase::Syncing,
+        Phase::Synced,
+        Phase::Backoff,
+        Phase::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Syncing => "syncing",
+            Phase::Synced => "synced",
+            Phase::Backoff => "backoff",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What the agent has done, observable while it runs.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
@@ -292,7 +318,7 @@ impl<D: Dataplane> Agent<D> {
                     .saturating_mul(1u32 << attempt.min(16))
                     .min(self.config.backoff_max);
                 let delay = Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64));
-                warn!(%reason, ?delay, "sync interrupted; reconnecting");
+                warn!(%reason, delay = %humantime::format_duration(delay), "sync interrupted; reconnecting");
                 self.status.send_modify(|s| s.last_error = Some(reason));
                 tokio::select! {
                     _ = shutdown.cancelled() => stop(),

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod dataplane;
 pub mod ebpf;
+pub mod metrics;
 pub mod metrics_http;
 pub mod store;
 

@@ -47,9 +47,10 @@ struct Cli {
     #[arg(long, env = "PALISADE_BPFFS", default_value = "/sys/fs/bpf/palisade")]
     bpffs: PathBuf,
 
-    /// HTTP address for Prometheus metrics (/metrics) with the eBPF dataplane's per-endpoint
-    /// packet counters (allowed and denied, per direction) and program statistics. Off unless
-    /// given.
+    /// HTTP address for Prometheus metrics (/metrics: the applied version, sync phase and
+    /// counts with every dataplane; with eBPF also the per-endpoint packet counters, allowed
+    /// and denied per direction, and program statistics) and the probes /livez and /readyz
+    /// (ready while the dataplane holds a slice or the agent is in sync). Off unless given.
     #[arg(long, env = "PALISADE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
 
@@ -158,7 +159,9 @@ async fn main() -> Result<()> {
                 identities: cli.max_identities,
                 rules: cli.max_rules,
             });
-            run(Agent::new(config, dataplane, store)?).await
+            let agent = Agent::new(config, dataplane, store)?;
+            serve_http(cli.metrics_listen, agent.status(), None).await?;
+            run(agent).await
         }
         DataplaneKind::Ebpf => {
             let size = |v: Option<u64>, default: u32, what: &str| -> Result<u32> {
@@ -182,22 +185,68 @@ async fn main() -> Result<()> {
                     cli.bpffs.display()
                 )
             })?;
-            if let Some(addr) = cli.metrics_listen {
-                let reader = palisade_agent::ebpf::counters::CounterReader::open(&cli.bpffs)?;
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-                tracing::info!(%addr, "serving metrics on /metrics");
-                let render = std::sync::Arc::new(move || reader.render());
-                tokio::spawn(palisade_agent::metrics_http::serve(
-                    listener,
-                    render,
-                    palisade_agent::metrics_http::Limits::default(),
-                ));
-            }
-            run(Agent::new(config, dataplane, store)?).await
+            let counters = match cli.metrics_listen {
+                Some(_) => Some(palisade_agent::ebpf::counters::CounterReader::open(
+                    &cli.bpffs,
+                )?),
+                None => None,
+            };
+            let agent = Agent::new(config, dataplane, store)?;
+            serve_http(cli.metrics_listen, agent.status(), counters).await?;
+            run(agent).await
         }
     }
+}
+
+/// Metrics and probes on `addr` (when given), with every dataplane; the eBPF one adds the
+/// datapath's counters. Ready while the dataplane holds a slice or the agent is in sync.
+async fn serve_http(
+    addr: Option<std::net::SocketAddr>,
+    status: tokio::sync::watch::Receiver<palisade_agent::Status>,
+    counters: Option<palisade_agent::ebpf::counters::CounterReader>,
+) -> Result<()> {
+    use palisade_agent::metrics_http::{serve, Endpoints, Limits};
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    tracing::info!(%addr, "serving metrics on /metrics, probes on /livez and /readyz");
+    let registry = palisade_agent::metrics::registry(status.clone(), counters);
+    let endpoints = Endpoints {
+        metrics: Box::new(move || palisade_agent::metrics::render(&registry)),
+        content_type: palisade_agent::metrics::CONTENT_TYPE,
+        ready: Box::new(move || {
+            let s = status.borrow();
+            let synced = s.phase == palisade_agent::Phase::Synced;
+            let mut why = if s.version > 0 {
+                format!("[+]dataplane holds version {}\n", s.version)
+            } else {
+                "[-]dataplane holds no slice yet\n".to_string()
+            };
+            why += &if synced {
+                format!("[+]in sync with {}\n", s.controller)
+            } else {
+                format!(
+                    "[{}]not in sync ({}){}\n",
+                    if s.version > 0 { "+" } else { "-" },
+                    s.phase,
+                    s.last_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )
+            };
+            (s.version > 0 || synced, why)
+        }),
+    };
+    tokio::spawn(serve(
+        listener,
+        std::sync::Arc::new(endpoints),
+        Limits::default(),
+    ));
+    Ok(())
 }
 
 async fn run<D: Dataplane>(agent: Agent<D>) -> Result<()> {

@@ -1,6 +1,11 @@
-//! The agent's metrics endpoint: a minimal HTTP/1.0 server (`GET /metrics`, anything else 404)
-//! that nobody can tie up: at most `max_connections` at once (more are closed at once), and a
-//! request must arrive, and the answer be taken, within `timeout`.
+//! The agent's HTTP endpoint: a minimal HTTP/1.0 server that nobody can tie up: at most
+//! `max_connections` at once (more are closed at once), and a request must arrive, and the
+//! answer be taken, within `timeout`.
+//!
+//! * `GET /metrics`: [`Endpoints::metrics`] (OpenMetrics text).
+//! * `GET /livez` (and `/healthz`): the process serves.
+//! * `GET /readyz`: 200 while [`Endpoints::ready`] says so, else 503, with the reason.
+//! * anything else: 404.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +30,43 @@ impl Default for Limits {
     }
 }
 
-/// Serve `render()` (run on a blocking thread) on `listener`, forever.
-pub async fn serve<F>(listener: TcpListener, render: Arc<F>, limits: Limits)
-where
-    F: Fn() -> String + Send + Sync + 'static,
-{
+/// What the endpoint answers with.
+pub struct Endpoints {
+    /// The metrics text (run on a blocking thread) and its content type.
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    pub content_type: &'static str,
+    /// Ready or not, and why (one line per check).
+    pub ready: Box<dyn Fn() -> (bool, String) + Send + Sync>,
+}
+
+/// The answer to one request line: status, content type, body.
+fn answer(endpoints: &Endpoints, request: &str) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let path = request
+        .strip_prefix("GET ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("");
+    match path.split('?').next().unwrap_or("") {
+        "/metrics" => ("200 OK", endpoints.content_type, (endpoints.metrics)()),
+        "/livez" | "/healthz" => ("200 OK", TEXT, "ok\n".into()),
+        "/readyz" => match (endpoints.ready)() {
+            (true, why) => ("200 OK", TEXT, why + "readyz check passed\n"),
+            (false, why) => (
+                "503 Service Unavailable",
+                TEXT,
+                why + "readyz check failed\n",
+            ),
+        },
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "not found: /metrics, /livez and /readyz are here\n".into(),
+        ),
+    }
+}
+
+/// Serve `endpoints` on `listener`, forever.
+pub async fn serve(listener: TcpListener, endpoints: Arc<Endpoints>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
@@ -41,7 +78,7 @@ where
             drop(sock); // busy: closed at once
             continue;
         };
-        let render = render.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut buf = [0u8; 1024];
@@ -49,17 +86,14 @@ where
                 Ok(Ok(n)) => n,
                 _ => return,
             };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if request.starts_with("GET /metrics") {
-                let body = tokio::task::spawn_blocking(move || render())
-                    .await
-                    .unwrap_or_default();
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "only /metrics is here\n".to_string())
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let Ok((status, content_type, body)) =
+                tokio::task::spawn_blocking(move || answer(&endpoints, &request)).await
+            else {
+                return;
             };
             let head = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
             let _ = tokio::time::timeout(limits.timeout, async {
@@ -76,11 +110,48 @@ mod tests {
     use super::*;
 
     async fn get(addr: std::net::SocketAddr) -> String {
+        get_path(addr, "/metrics").await
+    }
+
+    async fn get_path(addr: std::net::SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    fn endpoints(ready: bool) -> Arc<Endpoints> {
+        Arc::new(Endpoints {
+            metrics: Box::new(|| "x 1\n".to_string()),
+            content_type: "text/test",
+            ready: Box::new(move || (ready, "[+]checked\n".to_string())),
+        })
+    }
+
+    #[tokio::test]
+    async fn probes_and_content_type() {
+        for ready in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener, endpoints(ready), Limits::default()));
+            let metrics = get(addr).await;
+            assert!(metrics.contains("Content-Type: text/test\r\n"), "{metrics}");
+            assert!(get_path(addr, "/livez").await.starts_with("HTTP/1.0 200"));
+            let readyz = get_path(addr, "/readyz").await;
+            let want = if ready {
+                "HTTP/1.0 200"
+            } else {
+                "HTTP/1.0 503"
+            };
+            assert!(
+                readyz.starts_with(want) && readyz.contains("[+]checked"),
+                "{readyz}"
+            );
+            assert!(get_path(addr, "/nope").await.starts_with("HTTP/1.0 404"));
+        }
     }
 
     #[tokio::test]
@@ -91,7 +162,7 @@ mod tests {
             max_connections: 4,
             timeout: Duration::from_millis(300),
         };
-        tokio::spawn(serve(listener, Arc::new(|| "x 1\n".to_string()), limits));
+        tokio::spawn(serve(listener, endpoints(true), limits));
         // Four idle clients take every slot; a fifth is closed at once.
         let mut idle = Vec::new();
         for _ in 0..4 {

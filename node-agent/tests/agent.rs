@@ -201,3 +201,72 @@ async fn a_silent_controller_does_not_hang_the_agent() {
         .expect("stops")
         .unwrap();
 }
+
+/// One HTTP/1.0 GET: (status line, whole answer).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn metrics_and_probes_with_the_memory_dataplane() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade-agent"))
+        .args(["--node", "n1", "--insecure", "--controller", "127.0.0.1:1"])
+        .args([
+            "--dataplane",
+            "memory",
+            "--metrics-listen",
+            &addr.to_string(),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let live = loop {
+        match http_get(addr, "/livez") {
+            Ok(a) => break a,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("the agent's HTTP endpoint never answered: {e}"),
+        }
+    };
+    assert!(live.starts_with("HTTP/1.0 200"), "{live}");
+    // No controller reachable and nothing saved: not ready, and it says why.
+    let ready = http_get(addr, "/readyz").unwrap();
+    assert!(ready.starts_with("HTTP/1.0 503"), "{ready}");
+    assert!(ready.contains("[-]dataplane holds no slice yet"), "{ready}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/check-metrics.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{addr}/metrics"))
+        .args(["--require", "palisade_agent_build_info"])
+        .args(["--require", "palisade_agent_applied_version"])
+        .args(["--require", "palisade_agent_phase"])
+        .args(["--require", "palisade_agent_nacks"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        families.contains("palisade_agent_acks counter"),
+        "{families}"
+    );
+}

@@ -146,7 +146,23 @@ enum Cmd {
 
     /// Mint a CA and certificates for a local Palisade: the controller (naming --host), one
     /// per --replica of a Raft group (naming --host too), one per --node, one per --operator.
-    /// An existing CA in DIR is reused.
+    ///
+    /// Run it again to add nodes: the CA and every certificate already in DIR are kept (so
+    /// adding a node re-mints nothing else); --renew replaces the requested ones. Keys are
+    /// written with mode 0600 from the start. Prints each file written, and on stderr what
+    /// was kept.
+    #[command(
+        after_help = "Rotation: certificates expire after --valid-for (default 1 year; the CA after 10 years).
+Before then, renew them in place and restart (or roll) what uses them:
+  palisadectl certs --dir palisade-certs --node node-1 --operator admin --renew
+A renewed certificate is signed by the same CA, so the others keep trusting it. To replace
+the CA itself, mint a new DIR and roll every component onto it.
+
+Examples:
+  palisadectl certs --dir palisade-certs --node node-1 --node node-2
+  palisadectl certs --dir palisade-certs --node node-3            # adds node-3 only
+  palisadectl certs --dir palisade-certs --replica 1 --replica 2 --replica 3 --valid-for 90d"
+    )]
     Certs {
         /// Directory to write the PEM files to (created if missing).
         #[arg(long, default_value = "palisade-certs")]
@@ -164,6 +180,13 @@ enum Cmd {
         /// presented to its peers). Repeatable.
         #[arg(long = "replica", value_parser = clap::value_parser!(u64).range(1..))]
         replicas: Vec<u64>,
+        /// How long new certificates are valid (e.g. 90d, 1y, 8760h).
+        #[arg(long, default_value = "1y", value_parser = parse_validity)]
+        valid_for: std::time::Duration,
+        /// Replace the requested certificates that exist: the controller's, and those of the
+        /// --node, --operator and --replica given (the CA is kept).
+        #[arg(long)]
+        renew: bool,
     },
 
     /// Create or replace objects in the controller's replicated store (validated as the
@@ -266,8 +289,13 @@ enum Cmd {
         output: Output,
     },
 
-    /// Objects the running controller rejected as invalid.
+    /// Objects the running controller rejected as invalid (exit status 4 when there is any),
+    /// then the lint findings over its replicated state (valid objects that are probably
+    /// wrong, as `palisadectl lint` finds them; exit status 8 with --strict).
     Rejected {
+        /// Exit with status 8 (added to 4) when there is any lint finding.
+        #[arg(long)]
+        strict: bool,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -426,16 +454,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             nodes,
             operators,
             replicas,
+            valid_for,
+            renew,
         } => {
-            let written = certs::mint(&certs::Request {
+            let minted = certs::mint(&certs::Request {
                 dir: &dir,
                 hosts: &hosts,
                 nodes: &nodes,
                 operators: &operators,
                 replicas: &replicas,
+                valid_for,
+                renew,
             })?;
-            for f in written {
+            for f in &minted.written {
                 println!("{}", f.display());
+            }
+            for f in &minted.kept {
+                eprintln!("kept {} (it exists; --renew replaces it)", f.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -538,14 +573,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Cmd::Rejected { conn, output } => {
-            print!(
-                "{}",
-                output.render(
-                    runtime()?.block_on(remote::rejected(&conn.conn(), output.structured()))?
-                )
-            );
-            Ok(ExitCode::SUCCESS)
+        Cmd::Rejected {
+            strict,
+            conn,
+            output,
+        } => {
+            let report =
+                runtime()?.block_on(remote::rejected(&conn.conn(), output.structured()))?;
+            print!("{}", output.render(report.text));
+            Ok(Outcome {
+                rejected: report.rejected > 0,
+                findings: strict && report.findings > 0,
+                ..Outcome::default()
+            }
+            .code())
         }
     }
 }
@@ -611,6 +652,20 @@ fn exit(rejected: bool, negative: bool) -> ExitCode {
         findings: false,
     }
     .code()
+}
+
+/// A validity: humantime's durations (`90d`, `8760h`), and years (`1y`, `2y`).
+fn parse_validity(s: &str) -> Result<std::time::Duration, String> {
+    let d = match s.strip_suffix('y').map(str::parse::<u64>) {
+        Some(Ok(years)) => std::time::Duration::from_secs(years * 365 * 24 * 3600),
+        _ => humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (e.g. 90d, 1y)"))?,
+    };
+    if d < std::time::Duration::from_secs(3600) {
+        return Err(format!(
+            "'{s}': a certificate must be valid for an hour at least"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_cidr(s: &str) -> Result<palisade_policy::net::Prefix, String> {

@@ -471,31 +471,71 @@ pub async fn explain(
     Ok((out, e.allowed))
 }
 
-pub async fn rejected(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
+/// What `rejected` found: the text, and how many objects were rejected and how many lint
+/// findings there are.
+pub struct RejectedReport {
+    pub text: String,
+    pub rejected: usize,
+    pub findings: usize,
+}
+
+/// Objects the controller rejected, then lint findings over its replicated state.
+pub async fn rejected(conn: &Conn, json_out: bool) -> Result<RejectedReport, RemoteError> {
     let r = client(conn)
         .await?
         .list_rejected(pb::ListRejectedRequest {})
         .await?
         .into_inner();
-    if json_out {
+    let finding = |f: &pb::LintFinding| {
+        json!({"kind": f.kind, "object": f.object, "field": f.field, "check": f.check,
+               "message": f.message, "suggestion": f.suggestion})
+    };
+    let text = if json_out {
         let v: Vec<Value> = r
             .objects
             .iter()
             .map(|o| json!({"source": o.source, "kind": o.kind, "object": o.object, "errors": o.errors}))
             .collect();
-        return Ok(
-            serde_json::to_string_pretty(&json!({"objects": v})).expect("serialisable") + "\n",
-        );
-    }
-    if r.objects.is_empty() {
-        return Ok("no rejected objects\n".into());
-    }
-    let mut out = String::new();
-    for o in &r.objects {
-        let _ = writeln!(out, "{}: {} {}", o.source, o.kind, o.object);
-        for e in &o.errors {
-            let _ = writeln!(out, "    {e}");
+        let f: Vec<Value> = r.findings.iter().map(finding).collect();
+        serde_json::to_string_pretty(
+            &json!({"objects": v, "findings": f, "lintRevision": r.lint_revision}),
+        )
+        .expect("serialisable")
+            + "\n"
+    } else {
+        let mut out = String::new();
+        if r.objects.is_empty() {
+            out.push_str("No rejected objects.\n");
         }
-    }
-    Ok(out)
+        for o in &r.objects {
+            let _ = writeln!(out, "{}: {} {}", o.source, o.kind, o.object);
+            for e in &o.errors {
+                let _ = writeln!(out, "    {e}");
+            }
+        }
+        for f in &r.findings {
+            let _ = writeln!(
+                out,
+                "warning: {} {}: {}: {} [{}]",
+                f.kind, f.object, f.field, f.message, f.check
+            );
+            if !f.suggestion.is_empty() {
+                let _ = writeln!(out, "    hint: {}", f.suggestion);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{} rejected, {} lint finding{} at revision {}.",
+            r.objects.len(),
+            r.findings.len(),
+            if r.findings.len() == 1 { "" } else { "s" },
+            r.lint_revision
+        );
+        out
+    };
+    Ok(RejectedReport {
+        text,
+        rejected: r.objects.len(),
+        findings: r.findings.len(),
+    })
 }

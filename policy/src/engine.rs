@@ -361,6 +361,11 @@ impl Engine {
         out
     }
 
+    /// Known namespaces with their effective labels, borrowed, in no order.
+    pub fn namespace_labels(&self) -> impl Iterator<Item = (&Name, &Labels)> {
+        self.namespaces.iter()
+    }
+
     /// Known namespaces with their effective labels, sorted.
     pub fn namespaces(&self) -> BTreeMap<Name, Labels> {
         self.namespaces

@@ -11,12 +11,13 @@ mod ports;
 mod selectors;
 mod types;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
-use crate::model::{Direction, NetworkPolicy, Peer, PolicyRule};
+use crate::model::{Direction, Labels, Name, NetworkPolicy, Peer, Pod, PolicyRule, Selector};
 use crate::net::Prefix;
 
 pub use types::unused_rules;
@@ -125,13 +126,68 @@ pub struct Options {
     pub pod_cidrs: Vec<Prefix>,
 }
 
+/// What every check reads, gathered once a run: the engine's objects, indexed.
+struct Cluster<'a> {
+    engine: &'a Engine,
+    /// Namespaces that exist (declared, or holding a pod), sorted by name.
+    namespaces: Vec<(&'a Name, &'a Labels)>,
+    /// Every policy, sorted; and by namespace.
+    policies: Vec<&'a NetworkPolicy>,
+    by_namespace: BTreeMap<&'a str, Vec<&'a NetworkPolicy>>,
+    /// Every pod, sorted.
+    pods: Vec<&'a Pod>,
+    net: addresses::PodNetwork<'a>,
+    /// Whether a (namespaceSelector, podSelector) peer selects any pod: many policies share
+    /// peers (the same ingress namespace, the same monitoring pods).
+    peers_seen: std::cell::RefCell<std::collections::HashMap<(&'a Selector, &'a Selector), bool>>,
+}
+
+impl<'a> Cluster<'a> {
+    fn new(engine: &'a Engine, options: &Options) -> Cluster<'a> {
+        let mut namespaces: Vec<(&Name, &Labels)> = engine
+            .namespace_labels()
+            .filter(|(n, _)| engine.namespace_exists(n))
+            .collect();
+        namespaces.sort();
+        let policies = engine.policies();
+        let mut by_namespace: BTreeMap<&str, Vec<&NetworkPolicy>> = BTreeMap::new();
+        for p in &policies {
+            by_namespace.entry(&p.key.namespace).or_default().push(p);
+        }
+        let pods = engine.pods();
+        let net = addresses::PodNetwork::new(&pods, &options.pod_cidrs);
+        Cluster {
+            engine,
+            namespaces,
+            policies,
+            by_namespace,
+            pods,
+            net,
+            peers_seen: Default::default(),
+        }
+    }
+
+    fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &'a Pod> {
+        self.engine.pods_in(namespace)
+    }
+
+    /// The labels of an existing namespace.
+    fn namespace(&self, name: &str) -> Option<&'a Labels> {
+        let i = self
+            .namespaces
+            .binary_search_by(|(n, _)| (***n).cmp(name))
+            .ok()?;
+        Some(self.namespaces[i].1)
+    }
+}
+
 /// Every finding over what `engine` holds, sorted by object and field.
 pub fn lint(engine: &Engine, options: &Options) -> Vec<Finding> {
+    let cluster = Cluster::new(engine, options);
     let mut out = Vec::new();
-    let pod_net = addresses::PodNetwork::new(engine, &options.pod_cidrs);
-    for policy in engine.policies() {
+    for policy in &cluster.policies {
         let before = out.len();
-        selectors::policy(engine, policy, &mut out);
+        selectors::policy(&cluster, policy, &mut out);
         // A policy whose namespace does not exist selects nothing: say that once.
         if out[before..]
             .iter()
@@ -139,10 +195,10 @@ pub fn lint(engine: &Engine, options: &Options) -> Vec<Finding> {
         {
             continue;
         }
-        ports::policy(engine, policy, &mut out);
-        addresses::policy(engine, &pod_net, policy, &mut out);
+        ports::policy(&cluster, policy, &mut out);
+        addresses::policy(&cluster, policy, &mut out);
     }
-    addresses::shared_ips(&pod_net, &mut out);
+    addresses::shared_ips(&cluster.net, &mut out);
     out.sort();
     out.dedup();
     out

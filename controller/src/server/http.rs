@@ -1,6 +1,6 @@
 //! The controller's plain HTTP endpoint: Prometheus metrics and the probes.
 //!
-//! * `/metrics`: the Prometheus text exposition.
+//! * `/metrics`: the metrics as OpenMetrics text (its content type says so).
 //! * `/livez` (and `/healthz`): the process serves.
 //! * `/readyz`: the controller does its job: 503, with the reason, while this replica knows
 //!   no leader (an election, or cut off from the quorum) or has failed, or while the
@@ -97,14 +97,22 @@ pub fn serve(
 ) -> JoinHandle<std::io::Result<()>> {
     let addr = listener.local_addr().ok();
     info!(
-        ?addr,
+        addr = %addr.map_or_else(|| "unknown".to_string(), |a| a.to_string()),
         "serving metrics on /metrics, probes on /livez and /readyz"
     );
     let live = || async { "ok\n" };
     let app = axum::Router::new()
         .route(
             "/metrics",
-            axum::routing::get(move || async move { metrics.render() }),
+            axum::routing::get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::metrics::CONTENT_TYPE,
+                    )],
+                    metrics.render(),
+                )
+            }),
         )
         .route("/livez", axum::routing::get(live))
         .route("/healthz", axum::routing::get(live))

@@ -227,9 +227,9 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
         Ok(w) => Some(w),
         Err(e) => {
             warn!(
-                "cannot watch {} ({e}); rescanning every {:?}, and changes are read once quiet",
+                "cannot watch {} ({e}); rescanning every {}, and changes are read once quiet",
                 source.root().display(),
-                pace.rescan
+                humantime::format_duration(pace.rescan)
             );
             None
         }
@@ -309,7 +309,10 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
                 failures += 1;
                 hub.metrics.source_failure();
                 let delay = Duration::from_millis(250u64 << failures.min(8));
-                error!("{why}; nothing was applied, retrying in {delay:?}");
+                error!(
+                    "{why}; nothing was applied, retrying in {}",
+                    humantime::format_duration(delay)
+                );
                 Some(now + delay)
             }
             None => {

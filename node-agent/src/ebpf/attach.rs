@@ -180,7 +180,7 @@ impl Attacher {
                     continue;
                 }
                 if current.is_none() {
-                    info!(iface = %name, ifindex = index, pods = ?addrs, "filtering a pod interface");
+                    info!(iface = %name, ifindex = index, pods = %addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "), "filtering a pod interface");
                 }
             }
             for a in old_addrs.difference(addrs) {

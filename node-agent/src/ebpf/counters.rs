@@ -1,8 +1,8 @@
-//! The datapath's counters, read from the pinned maps for the agent's `/metrics`: packets
+//! The datapath's counters, read from the pinned maps for the agent's `/metrics`
+//! ([`crate::metrics`]): packets
 //! allowed and denied per local endpoint and direction (`PAL_COUNTERS`, per CPU, summed here)
 //! and the programs' own statistics (`PAL_STATS`).
 
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -20,27 +20,27 @@ pub struct CounterReader {
 const STATS: [(u32, &str, &str); 5] = [
     (
         stats::NOT_IPV4,
-        "datapath_not_ipv4_total",
+        "datapath_not_ipv4",
         "Frames that are not IPv4 (ARP, IPv6): passed",
     ),
     (
         stats::EVENTS_LOST,
-        "datapath_deny_events_lost_total",
+        "datapath_deny_events_lost",
         "Deny events lost to a full ring buffer",
     ),
     (
         stats::REPLIES,
-        "datapath_replies_total",
+        "datapath_replies",
         "Packets passed as replies of tracked connections",
     ),
     (
         stats::RELATED,
-        "datapath_icmp_related_total",
+        "datapath_icmp_related",
         "ICMP errors passed for tracked connections",
     ),
     (
         stats::MALFORMED,
-        "datapath_malformed_total",
+        "datapath_malformed",
         "Packets dropped as unparsable",
     ),
 ];
@@ -79,37 +79,18 @@ impl CounterReader {
         out
     }
 
-    /// Prometheus text: `palisade_agent_packets_total{endpoint,direction,verdict}` and the
-    /// program statistics.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP palisade_agent_packets_total Packets the TC programs passed or dropped, per local endpoint and direction\n\
-             # TYPE palisade_agent_packets_total counter\n",
-        );
-        for (ip, c) in self.endpoints() {
-            for (direction, verdict, n) in [
-                ("ingress", "allowed", c.ingress_allowed),
-                ("ingress", "denied", c.ingress_denied),
-                ("egress", "allowed", c.egress_allowed),
-                ("egress", "denied", c.egress_denied),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "palisade_agent_packets_total{{endpoint=\"{ip}\",direction=\"{direction}\",verdict=\"{verdict}\"}} {n}"
-                );
-            }
-        }
-        for (index, name, help) in STATS {
-            let n: u64 = self
-                .stats
-                .get(&index, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "# HELP palisade_agent_{name} {help}\n# TYPE palisade_agent_{name} counter\npalisade_agent_{name} {n}"
-            );
-        }
-        out
+    /// The programs' statistics: (metric name without `_total`, help, count summed over CPUs).
+    pub fn stats(&self) -> Vec<(&'static str, &'static str, u64)> {
+        STATS
+            .iter()
+            .map(|(index, name, help)| {
+                let n = self
+                    .stats
+                    .get(index, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*name, *help, n)
+            })
+            .collect()
     }
 }

@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::engine::Engine;
 use crate::model::{Direction, NetworkPolicy, Peer, Pod, PortRef, PortSpec};
 use crate::net::Prefix;
 
-use super::{count, finding, peers, rules, Check, Finding};
+use super::{count, finding, peers, rules, Check, Cluster, Finding};
 
 /// The pods by address and the pod network.
 pub(super) struct PodNetwork<'a> {
@@ -20,9 +19,9 @@ pub(super) struct PodNetwork<'a> {
 }
 
 impl<'a> PodNetwork<'a> {
-    pub(super) fn new(engine: &'a Engine, configured: &[Prefix]) -> PodNetwork<'a> {
+    pub(super) fn new(pods: &[&'a Pod], configured: &[Prefix]) -> PodNetwork<'a> {
         let mut by_ip: BTreeMap<Ipv4Addr, Vec<&Pod>> = BTreeMap::new();
-        for pod in engine.pods() {
+        for pod in pods.iter().copied() {
             if let Some(ip) = pod.peer_ip() {
                 by_ip.entry(ip).or_default().push(pod);
             }
@@ -63,14 +62,9 @@ fn smallest_cover<'a>(ips: impl Iterator<Item = &'a Ipv4Addr> + Clone) -> Option
     Some(Prefix::new(Ipv4Addr::from(first), common))
 }
 
-pub(super) fn policy(
-    engine: &Engine,
-    net: &PodNetwork,
-    policy: &NetworkPolicy,
-    out: &mut Vec<Finding>,
-) {
-    covers_pods(net, policy, out);
-    excepts(engine, policy, out);
+pub(super) fn policy(cluster: &Cluster, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
+    covers_pods(&cluster.net, policy, out);
+    excepts(cluster, policy, out);
 }
 
 fn covers_pods(net: &PodNetwork, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
@@ -147,7 +141,7 @@ fn allowing(policy: &NetworkPolicy, dir: Direction) -> Vec<Allowing<'_>> {
     out
 }
 
-fn excepts(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
+fn excepts(cluster: &Cluster, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
     for dir in Direction::BOTH {
         let mine = allowing(policy, dir);
         if !mine
@@ -157,16 +151,18 @@ fn excepts(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
             continue;
         }
         // The other policies of the namespace in force on a pod this one selects.
-        let selected: Vec<&Pod> = engine
+        let selected: Vec<&Pod> = cluster
             .pods_in(&policy.key.namespace)
             .filter(|p| policy.pod_selector.matches(&p.labels))
             .collect();
-        let others: Vec<&NetworkPolicy> = engine
-            .policies()
+        let others: Vec<&NetworkPolicy> = cluster
+            .by_namespace
+            .get(&*policy.key.namespace)
             .into_iter()
+            .flatten()
+            .copied()
             .filter(|q| {
                 q.key != policy.key
-                    && q.key.namespace == policy.key.namespace
                     && q.rules(dir).is_some()
                     && selected.iter().any(|p| q.pod_selector.matches(&p.labels))
             })

@@ -4,14 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use crate::engine::Engine;
 use crate::manifest::nearest;
 use crate::model::{Direction, NetworkPolicy, Peer, Pod, PolicyRule, PortRef};
 
-use super::{finding, rules, Check, Finding};
+use super::{finding, rules, Check, Cluster, Finding};
 
-pub(super) fn policy(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
-    let selected: Vec<&Pod> = engine
+pub(super) fn policy(cluster: &Cluster, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
+    let selected: Vec<&Pod> = cluster
         .pods_in(&policy.key.namespace)
         .filter(|p| policy.pod_selector.matches(&p.labels))
         .collect();
@@ -29,7 +28,7 @@ pub(super) fn policy(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Find
         for (k, name, protocol) in named {
             let receivers = receivers.get_or_insert_with(|| match dir {
                 Direction::Ingress => selected.clone(),
-                Direction::Egress => destinations(engine, policy, rule),
+                Direction::Egress => destinations(cluster, policy, rule),
             });
             if receivers.is_empty() {
                 // The selector finding says so already.
@@ -95,14 +94,18 @@ pub(super) fn policy(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Find
 
 /// The pods an egress rule's peers select (every pod when it names no peers; the pods whose
 /// addresses an ipBlock covers).
-fn destinations<'a>(engine: &'a Engine, policy: &NetworkPolicy, rule: &PolicyRule) -> Vec<&'a Pod> {
+fn destinations<'a>(
+    cluster: &Cluster<'a>,
+    policy: &NetworkPolicy,
+    rule: &PolicyRule,
+) -> Vec<&'a Pod> {
     let Some(peers) = &rule.peers else {
-        return engine.pods();
+        return cluster.pods.clone();
     };
-    let namespaces = engine.namespaces();
-    engine
-        .pods()
-        .into_iter()
+    cluster
+        .pods
+        .iter()
+        .copied()
         .filter(|pod| {
             peers.iter().any(|peer| match peer {
                 Peer::Pods {
@@ -113,8 +116,8 @@ fn destinations<'a>(engine: &'a Engine, policy: &NetworkPolicy, rule: &PolicyRul
                     namespaces: Some(nss),
                     pods,
                 } => {
-                    namespaces
-                        .get(&pod.key.namespace)
+                    cluster
+                        .namespace(&pod.key.namespace)
                         .is_some_and(|l| nss.matches(l))
                         && pods.matches(&pod.labels)
                 }

@@ -3,21 +3,16 @@
 
 use std::collections::BTreeSet;
 
-use crate::engine::Engine;
 use crate::manifest::nearest;
 use crate::model::{Labels, Name, NetworkPolicy, Operator, Peer, Selector};
 
-use super::{finding, peers, rules, Check, Finding};
+use super::{finding, peers, rules, Check, Cluster, Finding};
 
-pub(super) fn policy(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Finding>) {
+pub(super) fn policy<'a>(cluster: &Cluster<'a>, policy: &'a NetworkPolicy, out: &mut Vec<Finding>) {
     let ns = &policy.key.namespace;
-    if !engine.namespace_exists(ns) {
-        let existing: Vec<Name> = engine
-            .namespaces()
-            .into_keys()
-            .filter(|n| engine.namespace_exists(n))
-            .collect();
-        let suggestion = match nearest(ns, existing.iter().map(|n| &**n)) {
+    if cluster.namespace(ns).is_none() {
+        let existing = cluster.namespaces.iter().map(|(n, _)| &***n);
+        let suggestion = match nearest(ns, existing) {
             Some(n) => format!("did you mean namespace '{n}'?"),
             None => format!("create namespace '{ns}', or put the policy where its pods are"),
         };
@@ -30,7 +25,7 @@ pub(super) fn policy(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Find
         ));
         return;
     }
-    let own: Vec<&Labels> = engine.pods_in(ns).map(|p| &p.labels).collect();
+    let own: Vec<&Labels> = cluster.pods_in(ns).map(|p| &p.labels).collect();
     if !own.iter().any(|l| policy.pod_selector.matches(l)) {
         out.push(finding(
             policy,
@@ -60,33 +55,41 @@ pub(super) fn policy(engine: &Engine, policy: &NetworkPolicy, out: &mut Vec<Find
                         ));
                     }
                 }
-                Some(nss) => peer_in_namespaces(engine, policy, &path, nss, pods, out),
+                Some(nss) => peer_in_namespaces(cluster, policy, &path, nss, pods, out),
             }
         }
     }
 }
 
 /// A peer with a namespaceSelector: first the namespaces, then the pods in them.
-fn peer_in_namespaces(
-    engine: &Engine,
+fn peer_in_namespaces<'a>(
+    cluster: &Cluster<'a>,
     policy: &NetworkPolicy,
     path: &str,
-    nss: &Selector,
-    pods: &Selector,
+    nss: &'a Selector,
+    pods: &'a Selector,
     out: &mut Vec<Finding>,
 ) {
-    let all = engine.namespaces();
-    let existing: Vec<(&Name, &Labels)> = all
-        .iter()
-        .filter(|(n, _)| engine.namespace_exists(n))
-        .collect();
-    let selected: Vec<&Name> = existing
-        .iter()
-        .filter(|(_, l)| nss.matches(l))
-        .map(|(n, _)| *n)
-        .collect();
+    // The common case first, and cheaply: some selected namespace holds a selected pod.
+    let selected = || {
+        cluster
+            .namespaces
+            .iter()
+            .filter(|(_, l)| nss.matches(l))
+            .map(|(n, _)| *n)
+    };
+    let known = cluster.peers_seen.borrow().get(&(nss, pods)).copied();
+    let selects = known.unwrap_or_else(|| {
+        let any = selected().any(|n| cluster.pods_in(n).any(|p| pods.matches(&p.labels)));
+        cluster.peers_seen.borrow_mut().insert((nss, pods), any);
+        any
+    });
+    if selects {
+        return;
+    }
+    let selected: Vec<&Name> = selected().collect();
     if selected.is_empty() {
-        let labels: Vec<&Labels> = existing.iter().map(|(_, l)| *l).collect();
+        let labels: Vec<&Labels> = cluster.namespaces.iter().map(|(_, l)| *l).collect();
         out.push(finding(
             policy,
             format!("{path}.namespaceSelector"),
@@ -96,13 +99,10 @@ fn peer_in_namespaces(
         ));
         return;
     }
-    let matches_any = selected
-        .iter()
-        .any(|n| engine.pods_in(n).any(|p| pods.matches(&p.labels)));
-    if !matches_any {
+    {
         let labels: Vec<&Labels> = selected
             .iter()
-            .flat_map(|n| engine.pods_in(n).map(|p| &p.labels))
+            .flat_map(|n| cluster.pods_in(n).map(|p| &p.labels))
             .collect();
         let where_ = if selected.len() == 1 {
             format!("namespace '{}'", selected[0])

@@ -1,0 +1,102 @@
+//! Lint findings over the replicated state: `palisade_policy::lint` run on this replica's
+//! engine, so every replica reports the same findings for the same revision. Computed when
+//! asked (`ListRejected`) and every `--lint-every` in the background, at most once a
+//! revision; the findings per check are the `palisade_lint_findings` gauge.
+//!
+//! The lint runs under the state lock (it reads the engine in place; copying 100k objects
+//! out would cost more). Its cost at scale is in BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_policy::lint::{self, Finding};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::hub::Hub;
+
+/// New findings logged one a line, at most, per lint.
+const LOGGED: usize = 20;
+
+/// The findings at one revision.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub revision: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl Hub {
+    /// The findings at the latest applied revision (computed now unless already known).
+    pub fn lint(&self) -> Arc<Findings> {
+        let st = self.lock();
+        let revision = st.revision();
+        let mut cache = self.lint_cache.lock().expect("lint cache lock poisoned");
+        if let Some(known) = cache.as_ref().filter(|f| f.revision == revision) {
+            return known.clone();
+        }
+        let started = Instant::now();
+        let findings = lint::lint(st.engine(), &lint::Options::default());
+        drop(st);
+        let took = started.elapsed();
+        self.metrics.lint(revision, &findings, took);
+        // Each finding is logged once, when it first appears (the list is sorted).
+        let old: &[Finding] = cache.as_ref().map_or(&[], |c| &c.findings);
+        let new: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| old.binary_search(f).is_err())
+            .collect();
+        if !new.is_empty() || old.len() != findings.len() {
+            for f in new.iter().take(LOGGED) {
+                warn!(
+                    revision,
+                    kind = %f.kind,
+                    object = %f.object,
+                    field = %f.field,
+                    check = %f.check,
+                    suggestion = %f.suggestion,
+                    "lint: {}",
+                    f.message
+                );
+            }
+            if new.len() > LOGGED {
+                warn!(
+                    revision,
+                    "lint: {} more new findings (palisadectl rejected lists them all)",
+                    new.len() - LOGGED
+                );
+            }
+            info!(
+                revision,
+                findings = findings.len(),
+                new = new.len(),
+                seconds = took.as_secs_f64(),
+                "lint of the replicated state"
+            );
+        }
+        let out = Arc::new(Findings { revision, findings });
+        *cache = Some(out.clone());
+        out
+    }
+}
+
+/// Lint every `every` (when the revision moved) until `shutdown`; `every` zero: never.
+pub async fn run(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let hub = hub.clone();
+        if tokio::task::spawn_blocking(move || hub.lint())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
