@@ -2,22 +2,20 @@
 //! state, revisions, flow explanations and rejected objects. Operators only (see `auth`).
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use palisade_policy::cluster::{self, NodeCheck};
-use palisade_policy::eval::{self, DirVerdict, Flow};
 use palisade_policy::k8s::Kind;
 use palisade_policy::manifest::{Key, Object};
-use palisade_policy::model::{Direction, Name, ObjKey};
-use palisade_policy::slice::{NodeSlice, PeerRef, Rule};
+use palisade_policy::model::{Name, ObjKey};
 use palisade_proto::convert;
 use palisade_proto::v1::introspection_server::Introspection;
-use palisade_proto::v1::{self as pb, direction_check::Result as CheckResult};
+use palisade_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
 use crate::hub::{Hub, State};
+
+mod explain;
 use crate::replication::Group;
 
 pub struct IntrospectionService {
@@ -135,80 +133,6 @@ fn revision_status(st: &State, revision: u64) -> pb::RevisionStatus {
     }
 }
 
-/// An address from `IP` or `namespace/name` of a pod with an address.
-fn address(st: &State, s: &str, field: &str) -> Result<Ipv4Addr, Status> {
-    if let Ok(ip) = s.parse::<Ipv4Addr>() {
-        return Ok(ip);
-    }
-    let key: ObjKey = s
-        .parse()
-        .map_err(|e| Status::invalid_argument(format!("{field}: {e} or an IPv4 address")))?;
-    let pod = st
-        .engine()
-        .pod(&key)
-        .ok_or_else(|| Status::not_found(format!("{field}: no pod {key}")))?;
-    pod.peer_ip().ok_or_else(|| {
-        Status::failed_precondition(format!(
-            "{field}: pod {key} is not a policy peer (no IPv4 address, host network, or finished)"
-        ))
-    })
-}
-
-fn describe(slice: &NodeSlice, r: &Rule, dir: Direction) -> String {
-    let peer = match r.peer {
-        PeerRef::Any => "any address".to_string(),
-        PeerRef::Set(id) => slice
-            .sets
-            .get(&id)
-            .map_or_else(|| format!("set {id}"), |s| s.def.to_string()),
-    };
-    let word = if dir == Direction::Egress {
-        "to"
-    } else {
-        "from"
-    };
-    format!(
-        "{} {dir}[{}]: {word} {peer}, {}",
-        r.policy, r.index, r.ports
-    )
-}
-
-fn check_pb(c: &NodeCheck, dir: Direction, slice: &NodeSlice) -> pb::DirectionCheck {
-    let (endpoint, result, policies, rules) = match &c.verdict {
-        DirVerdict::NotIsolated { endpoint } => {
-            (endpoint, CheckResult::NotIsolated, vec![], vec![])
-        }
-        DirVerdict::Allowed { endpoint, rules } => {
-            let isolating = slice
-                .endpoints
-                .values()
-                .find(|e| &e.pod == endpoint)
-                .and_then(|e| e.dir(dir))
-                .map(|d| d.policies.iter().map(|p| p.to_string()).collect())
-                .unwrap_or_default();
-            (
-                endpoint,
-                CheckResult::Allowed,
-                isolating,
-                rules.iter().map(|r| describe(slice, r, dir)).collect(),
-            )
-        }
-        DirVerdict::Denied { endpoint, policies } => (
-            endpoint,
-            CheckResult::Denied,
-            policies.iter().map(|p| p.to_string()).collect(),
-            vec![],
-        ),
-    };
-    pb::DirectionCheck {
-        node: c.node.to_string(),
-        endpoint: endpoint.to_string(),
-        result: result as i32,
-        policies,
-        rules,
-    }
-}
-
 #[tonic::async_trait]
 impl Introspection for IntrospectionService {
     async fn list_nodes(
@@ -288,69 +212,7 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::FlowExplanation>, Status> {
         let req = req.into_inner();
         let st = self.hub.lock();
-        let protocol = convert::protocol_from_pb(req.protocol, "protocol")
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
-            .ok_or_else(|| Status::invalid_argument("protocol: name TCP, UDP or SCTP"))?;
-        let port = u16::try_from(req.port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("port: {} is not 1-65535", req.port))
-            })?;
-        let flow = Flow {
-            src: address(&st, &req.source, "source")?,
-            dst: address(&st, &req.destination, "destination")?,
-            protocol: protocol.number(),
-            port,
-        };
-        let src_pod = cluster::peer_at(st.engine(), flow.src);
-        let dst_pod = cluster::peer_at(st.engine(), flow.dst);
-        let pod_name = |p: &Option<cluster::PodInfo>| {
-            p.as_ref().map(|p| p.key.to_string()).unwrap_or_default()
-        };
-        let mut out = pb::FlowExplanation {
-            allowed: false,
-            self_traffic: flow.src == flow.dst,
-            source_ip: flow.src.to_string(),
-            destination_ip: flow.dst.to_string(),
-            source_pod: pod_name(&src_pod),
-            destination_pod: pod_name(&dst_pod),
-            egress: None,
-            ingress: None,
-        };
-        if req.node.is_empty() {
-            let e = cluster::explain_in(st.engine(), &flow);
-            let slice_of = |c: &NodeCheck| st.engine().slice(&c.node);
-            out.allowed = e.allowed;
-            out.egress = e
-                .egress
-                .as_ref()
-                .map(|c| check_pb(c, Direction::Egress, &slice_of(c)));
-            out.ingress = e
-                .ingress
-                .as_ref()
-                .map(|c| check_pb(c, Direction::Ingress, &slice_of(c)));
-        } else {
-            let slice = st.engine().slice(&req.node);
-            let e = eval::explain(&slice, &flow);
-            let node: Name = req.node.as_str().into();
-            let wrap = |v: Option<DirVerdict>, dir| {
-                v.map(|verdict| {
-                    check_pb(
-                        &NodeCheck {
-                            node: node.clone(),
-                            verdict,
-                        },
-                        dir,
-                        &slice,
-                    )
-                })
-            };
-            out.allowed = e.verdict().is_allow();
-            out.egress = wrap(e.egress, Direction::Egress);
-            out.ingress = wrap(e.ingress, Direction::Ingress);
-        }
-        Ok(Response::new(out))
+        explain::flow(&st, &req).map(Response::new)
     }
 
     async fn list_rejected(

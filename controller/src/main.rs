@@ -106,7 +106,9 @@ struct Cli {
     /// How often this replica lints the replicated state when it changed (valid policies
     /// that are probably wrong: `palisadectl rejected` lists the findings, the metric
     /// palisade_lint_findings counts them, each new one is logged once); 0s only when asked.
-    #[arg(long, env = "PALISADE_LINT_EVERY", default_value = "60s", value_parser = humantime::parse_duration)]
+    /// A lint holds the state lock (0.4 s at 150,000 pods and 75,000 policies), so it runs
+    /// only when the state changed.
+    #[arg(long, env = "PALISADE_LINT_EVERY", default_value = "5m", value_parser = humantime::parse_duration)]
     lint_every: Duration,
 
     /// gRPC address for agents (Sync), operators (Introspection), health and reflection.

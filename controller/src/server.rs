@@ -133,7 +133,7 @@ impl Config {
                 after: Duration::from_secs(10),
                 rate: 50,
             },
-            lint_every: Duration::from_secs(60),
+            lint_every: Duration::from_secs(300),
             kubernetes: None,
             health_listen: None,
         }

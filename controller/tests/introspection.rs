@@ -98,7 +98,7 @@ async fn nodes_node_wait_explain_and_rejected() {
         .unwrap();
     assert!(allowed, "{text}");
     assert!(
-        text.contains("allowed by") && text.contains("api ingress[0]"),
+        text.contains("allowed by") && text.contains("shop/api spec.ingress[0]"),
         "{text}"
     );
     let (out, allowed) = remote::explain(&op, req("shop/web", "shop/db", 5432), true)
@@ -107,6 +107,64 @@ async fn nodes_node_wait_explain_and_rejected() {
     assert!(!allowed);
     assert_eq!(json(&out)["ingress"]["result"], "denied");
     assert_eq!(json(&out)["ingress"]["node"], "n3");
+    // Why denied: every rule of the isolating policy, with what did not match.
+    let miss = &json(&out)["ingress"]["notMatched"][0];
+    assert_eq!(miss["policy"], "shop/db");
+    assert_eq!(miss["peers"]["matched"], false);
+    assert!(
+        miss["peers"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("shop/web has app=web, not app=api"),
+        "{miss}"
+    );
+    // Online and offline explanations are one document: the same flow through `evaluate`
+    // on the same objects gives the same JSON.
+    let objects = [
+        pod("shop", "web", "web", "n1", "10.0.0.1"),
+        pod("shop", "api", "api", "n2", "10.0.0.2"),
+        pod("shop", "db", "db", "n3", "10.0.0.3"),
+        allow("shop", "api", "api", "web", 8080),
+        allow("shop", "db", "db", "api", 5432),
+    ]
+    .join("---\n");
+    let loaded = palisadectl::load::parse_sources(&[("app.yaml".into(), objects)], "default");
+    let engine = loaded.engine();
+    let view = palisade_policy::cluster::ClusterView::new(&engine);
+    let offline = palisadectl::evaluate::explain(
+        &engine,
+        &view,
+        "10.0.0.1".parse().unwrap(),
+        "10.0.0.3".parse().unwrap(),
+        palisade_policy::cluster::Probe {
+            port: 5432,
+            protocol: palisade_policy::model::Protocol::Tcp,
+        },
+        true,
+    );
+    assert_eq!(json(&offline.text), json(&out));
+    // Against one node: a flow neither end of which is on it is refused, and says where
+    // they are.
+    let mut on_n2 = req("shop/web", "shop/db", 5432);
+    on_n2.node = "n2".into();
+    let err = remote::explain(&op, on_n2, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("neither end of the flow is on node n2")
+            && err.contains("shop/web is on node n1")
+            && err.contains("shop/db is on node n3"),
+        "{err}"
+    );
+    let mut on_n3 = req("shop/web", "shop/db", 5432);
+    on_n3.node = "n3".into();
+    let (out, _) = remote::explain(&op, on_n3, true).await.unwrap();
+    assert_eq!(json(&out)["egress"]["result"], "notChecked");
+    assert!(json(&out)["egress"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("shop/web is on node n1, not on n3"));
     let err = remote::explain(&op, req("shop/nope", "shop/db", 5432), true)
         .await
         .unwrap_err()

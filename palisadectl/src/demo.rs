@@ -118,7 +118,8 @@ pub fn run(json: bool) -> Result<String, Error> {
                 s.name, loaded.errors
             )));
         }
-        let view = ClusterView::new(&loaded.engine());
+        let engine = loaded.engine();
+        let view = ClusterView::new(&engine);
         let probes: Vec<Probe> = s
             .probes
             .iter()
@@ -140,7 +141,9 @@ pub fn run(json: bool) -> Result<String, Error> {
         for &(from, to, port, protocol) in s.flows {
             let src = evaluate::resolve(&view, from, "from")?;
             let dst = evaluate::resolve(&view, to, "to")?;
-            out.push_str(&evaluate::explain(&view, src, dst, Probe { port, protocol }, false).text);
+            out.push_str(
+                &evaluate::explain(&engine, &view, src, dst, Probe { port, protocol }, false).text,
+            );
         }
         out.push('\n');
     }

@@ -7,10 +7,12 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use crate::Error;
-use palisade_policy::cluster::{ClusterView, FlowExplanation, NodeCheck, PodInfo, Probe};
-use palisade_policy::eval::{DirVerdict, Flow};
-use palisade_policy::model::{Direction, ObjKey, Protocol};
-use palisade_policy::slice::{NodeSlice, PeerRef, Rule};
+use std::borrow::Cow;
+
+use palisade_policy::cluster::{ClusterView, Probe};
+use palisade_policy::eval::Flow;
+use palisade_policy::model::{ObjKey, Protocol};
+use palisade_policy::{report, Engine};
 use serde::Serialize;
 
 /// Parse `PORT/PROTOCOL` (protocol case-insensitive, TCP when omitted).
@@ -116,134 +118,15 @@ pub fn resolve(view: &ClusterView, s: &str, flag: &str) -> Result<Ipv4Addr, Erro
     )))
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RuleView {
-    policy: String,
-    direction: Direction,
-    index: u32,
-    peer: String,
-    ports: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CheckView {
-    node: String,
-    endpoint: String,
-    result: &'static str,
-    /// Policies isolating the endpoint in this direction (when isolated).
-    policies: Vec<String>,
-    /// Rules allowing the flow (when allowed by rules).
-    rules: Vec<RuleView>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SideView {
-    ip: Ipv4Addr,
-    pod: Option<String>,
-    node: Option<String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ExplainView {
-    from: SideView,
-    to: SideView,
-    protocol: String,
-    port: u16,
-    allowed: bool,
-    self_traffic: bool,
-    egress: Option<CheckView>,
-    ingress: Option<CheckView>,
-}
-
-fn describe_peer(slice: Option<&NodeSlice>, r: &Rule) -> String {
-    match r.peer {
-        PeerRef::Any => "any address".to_string(),
-        PeerRef::Set(id) => slice
-            .and_then(|s| s.sets.get(&id))
-            .map_or_else(|| format!("set {id}"), |s| s.def.to_string()),
-    }
-}
-
-fn check_view(view: &ClusterView, dir: Direction, c: &NodeCheck) -> CheckView {
-    let slice = view.slice(&c.node);
-    let rule_view = |r: &Rule| RuleView {
-        policy: r.policy.to_string(),
-        direction: dir,
-        index: r.index,
-        peer: describe_peer(slice, r),
-        ports: r.ports.to_string(),
-    };
-    let (endpoint, result, policies, rules) = match &c.verdict {
-        DirVerdict::NotIsolated { endpoint } => (endpoint, "notIsolated", vec![], vec![]),
-        DirVerdict::Allowed { endpoint, rules } => {
-            let isolating = slice
-                .and_then(|s| s.endpoints.values().find(|e| &e.pod == endpoint))
-                .and_then(|e| e.dir(dir))
-                .map(|d| d.policies.iter().map(|p| p.to_string()).collect())
-                .unwrap_or_default();
-            (
-                endpoint,
-                "allowed",
-                isolating,
-                rules.iter().map(rule_view).collect(),
-            )
-        }
-        DirVerdict::Denied { endpoint, policies } => (
-            endpoint,
-            "denied",
-            policies.iter().map(|p| p.to_string()).collect(),
-            vec![],
-        ),
-    };
-    CheckView {
-        node: c.node.to_string(),
-        endpoint: endpoint.to_string(),
-        result,
-        policies,
-        rules,
-    }
-}
-
-fn side(ip: Ipv4Addr, pod: &Option<PodInfo>) -> SideView {
-    SideView {
-        ip,
-        pod: pod.as_ref().map(|p| p.key.to_string()),
-        node: pod
-            .as_ref()
-            .and_then(|p| p.node.as_ref())
-            .map(|n| n.to_string()),
-    }
-}
-
-fn explain_view(view: &ClusterView, e: &FlowExplanation, protocol: Protocol) -> ExplainView {
-    ExplainView {
-        from: side(e.flow.src, &e.source),
-        to: side(e.flow.dst, &e.destination),
-        protocol: protocol.to_string(),
-        port: e.flow.port,
-        allowed: e.allowed,
-        self_traffic: e.self_traffic,
-        egress: e
-            .egress
-            .as_ref()
-            .map(|c| check_view(view, Direction::Egress, c)),
-        ingress: e
-            .ingress
-            .as_ref()
-            .map(|c| check_view(view, Direction::Ingress, c)),
-    }
-}
-
 pub struct Explained {
     pub text: String,
     pub allowed: bool,
 }
 
+/// One flow, explained ([`palisade_policy::report`]): as JSON, or as text
+/// ([`crate::explain::text`]), the same as `palisadectl explain` shows online.
 pub fn explain(
+    engine: &Engine,
     view: &ClusterView,
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -257,82 +140,16 @@ pub fn explain(
         port: probe.port,
     };
     let e = view.explain(&flow);
-    let v = explain_view(view, &e, probe.protocol);
+    let r = report::report(engine, &e, probe.protocol, None, |n| {
+        view.slice(n).map(Cow::Borrowed)
+    });
     let text = if json {
-        serde_json::to_string_pretty(&v).expect("serialisable") + "\n"
+        serde_json::to_string_pretty(&r).expect("serialisable") + "\n"
     } else {
-        explain_text(&v)
+        crate::explain::text(&r)
     };
     Explained {
         text,
         allowed: e.allowed,
     }
-}
-
-fn side_text(s: &SideView) -> String {
-    match (&s.pod, &s.node) {
-        (Some(p), Some(n)) => format!("{p} ({} on {n})", s.ip),
-        (Some(p), None) => format!("{p} ({}, not scheduled)", s.ip),
-        _ => format!("{} (not a pod)", s.ip),
-    }
-}
-
-fn explain_text(v: &ExplainView) -> String {
-    let mut out = String::new();
-    let verdict = if v.allowed { "ALLOWED" } else { "DENIED" };
-    let _ = writeln!(
-        out,
-        "{} -> {}  {}/{}: {verdict}",
-        side_text(&v.from),
-        side_text(&v.to),
-        v.protocol,
-        v.port
-    );
-    if v.self_traffic {
-        let _ = writeln!(out, "  traffic from a pod to itself is always allowed");
-        return out;
-    }
-    for (dir, check, nobody) in [
-        (
-            "egress",
-            &v.egress,
-            "the source is not a scheduled pod, so no node checks its egress",
-        ),
-        (
-            "ingress",
-            &v.ingress,
-            "the destination is not a scheduled pod, so no node checks its ingress",
-        ),
-    ] {
-        let Some(c) = check else {
-            let _ = writeln!(out, "  {dir:<7} (nowhere): {nobody}");
-            continue;
-        };
-        let head = format!("  {dir:<7} (on {})", c.node);
-        match c.result {
-            "notIsolated" => {
-                let _ = writeln!(out, "{head}: {} is not isolated for {dir} (no policy selects it for {dir}): allowed", c.endpoint);
-            }
-            "allowed" => {
-                let _ = writeln!(
-                    out,
-                    "{head}: {} is isolated for {dir} by {}; allowed by:",
-                    c.endpoint,
-                    c.policies.join(", ")
-                );
-                for r in &c.rules {
-                    let word = if dir == "egress" { "to" } else { "from" };
-                    let _ = writeln!(
-                        out,
-                        "      {} {dir}[{}]: {word} {}, {}",
-                        r.policy, r.index, r.peer, r.ports
-                    );
-                }
-            }
-            _ => {
-                let _ = writeln!(out, "{head}: {} is isolated for {dir} by {} and no rule of theirs allows this flow: DENIED", c.endpoint, c.policies.join(", "));
-            }
-        }
-    }
-    out
 }

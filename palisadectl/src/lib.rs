@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod demo;
 pub mod evaluate;
+pub mod explain;
 pub mod get;
 pub mod lint;
 pub mod load;

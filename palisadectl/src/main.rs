@@ -371,14 +371,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => {
             let loaded = load::load(&manifests.files, &manifests.default_namespace)?;
-            let view = ClusterView::new(&loaded.engine());
+            let engine = loaded.engine();
+            let view = ClusterView::new(&engine);
             let json = output.structured();
             let text;
             let mut denied = false;
             if let (Some(from), Some(to), Some(port)) = (from, to, port) {
                 let src = evaluate::resolve(&view, &from, "--from")?;
                 let dst = evaluate::resolve(&view, &to, "--to")?;
-                let e = evaluate::explain(&view, src, dst, Probe { port, protocol }, json);
+                let e = evaluate::explain(&engine, &view, src, dst, Probe { port, protocol }, json);
                 denied = !e.allowed;
                 text = e.text;
             } else if json {

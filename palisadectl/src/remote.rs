@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use palisade_policy::report::FlowReport;
 use palisade_proto::convert;
 use palisade_proto::endpoint::{self, ClientTls};
-use palisade_proto::v1::direction_check::Result as CheckResult;
 use palisade_proto::v1::introspection_client::IntrospectionClient;
 use palisade_proto::v1::{self as pb};
 use serde_json::{json, Value};
@@ -394,81 +394,22 @@ pub async fn explain(
     json_out: bool,
 ) -> Result<(String, bool), RemoteError> {
     let e = client(conn).await?.explain_flow(req).await?.into_inner();
-    let check_json = |c: &Option<pb::DirectionCheck>| {
-        c.as_ref().map(|c| {
-            json!({
-                "node": c.node,
-                "endpoint": c.endpoint,
-                "result": match CheckResult::try_from(c.result) {
-                    Ok(CheckResult::NotIsolated) => "notIsolated",
-                    Ok(CheckResult::Allowed) => "allowed",
-                    Ok(CheckResult::Denied) => "denied",
-                    _ => "unknown",
-                },
-                "policies": c.policies,
-                "rules": c.rules,
-            })
-        })
-    };
-    if json_out {
-        let v = json!({
-            "allowed": e.allowed,
-            "selfTraffic": e.self_traffic,
-            "source": {"ip": e.source_ip, "pod": e.source_pod},
-            "destination": {"ip": e.destination_ip, "pod": e.destination_pod},
-            "egress": check_json(&e.egress),
-            "ingress": check_json(&e.ingress),
-        });
-        return Ok((
-            serde_json::to_string_pretty(&v).expect("serialisable") + "\n",
-            e.allowed,
+    if e.report_json.is_empty() {
+        return Err(RemoteError::Usage(
+            "the controller sent no explanation in detail (it is older than this palisadectl): upgrade it".into(),
         ));
     }
-    let side = |ip: &str, pod: &str| {
-        if pod.is_empty() {
-            ip.to_string()
-        } else {
-            format!("{pod} ({ip})")
-        }
+    let r: FlowReport = serde_json::from_str(&e.report_json).map_err(|err| {
+        RemoteError::Usage(format!(
+            "the controller's explanation does not parse: {err}"
+        ))
+    })?;
+    let text = if json_out {
+        serde_json::to_string_pretty(&r).expect("serialisable") + "\n"
+    } else {
+        crate::explain::text(&r)
     };
-    let mut out = format!(
-        "{} -> {}: {}\n",
-        side(&e.source_ip, &e.source_pod),
-        side(&e.destination_ip, &e.destination_pod),
-        if e.allowed { "ALLOWED" } else { "DENIED" }
-    );
-    if e.self_traffic {
-        out.push_str("  traffic from a pod to itself is always allowed\n");
-    }
-    for (dir, c) in [("egress", &e.egress), ("ingress", &e.ingress)] {
-        let Some(c) = c else {
-            let _ = writeln!(
-                out,
-                "  {dir:<7}: not checked: not a scheduled pod, or not on the node asked about"
-            );
-            continue;
-        };
-        let what = match CheckResult::try_from(c.result) {
-            Ok(CheckResult::NotIsolated) => {
-                format!("{} is not isolated for {dir}: allowed", c.endpoint)
-            }
-            Ok(CheckResult::Allowed) => format!(
-                "{} is isolated for {dir} by {}; allowed by:",
-                c.endpoint,
-                c.policies.join(", ")
-            ),
-            _ => format!(
-                "{} is isolated for {dir} by {} and no rule allows this flow: DENIED",
-                c.endpoint,
-                c.policies.join(", ")
-            ),
-        };
-        let _ = writeln!(out, "  {dir:<7} (on {}): {what}", c.node);
-        for r in &c.rules {
-            let _ = writeln!(out, "      {r}");
-        }
-    }
-    Ok((out, e.allowed))
+    Ok((text, r.allowed))
 }
 
 /// What `rejected` found: the text, and how many objects were rejected and how many lint

@@ -80,16 +80,30 @@ fn explain_with<'a>(
 ) -> FlowExplanation {
     let egress = side(&source, Direction::Egress, flow, &slice);
     let ingress = side(&destination, Direction::Ingress, flow, &slice);
-    let self_traffic = flow.src == flow.dst;
-    let passes = |c: &Option<NodeCheck>| c.as_ref().is_none_or(|c| c.verdict.passes());
-    FlowExplanation {
-        flow: *flow,
-        allowed: self_traffic || (passes(&egress) && passes(&ingress)),
-        source,
-        destination,
-        self_traffic,
-        egress,
-        ingress,
+    FlowExplanation::new(*flow, source, destination, egress, ingress)
+}
+
+impl FlowExplanation {
+    /// The verdict of the checks made: allowed when every direction checked passes (and
+    /// always for traffic to itself).
+    pub fn new(
+        flow: Flow,
+        source: Option<PodInfo>,
+        destination: Option<PodInfo>,
+        egress: Option<NodeCheck>,
+        ingress: Option<NodeCheck>,
+    ) -> FlowExplanation {
+        let self_traffic = flow.src == flow.dst;
+        let passes = |c: &Option<NodeCheck>| c.as_ref().is_none_or(|c| c.verdict.passes());
+        FlowExplanation {
+            flow,
+            allowed: self_traffic || (passes(&egress) && passes(&ingress)),
+            source,
+            destination,
+            self_traffic,
+            egress,
+            ingress,
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod lower;
 pub mod manifest;
 pub mod model;
 pub mod net;
+pub mod report;
 pub mod slice;
 
 pub use delta::{apply, diff, SliceDelta};
