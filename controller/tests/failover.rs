@@ -159,7 +159,9 @@ impl Drop for Agents {
 /// Replica `id`'s answers for every node: (desired, acked, connected) — the same on every
 /// replica once acks have reached it.
 async fn rollout(r: &Replicas, id: u64) -> BTreeMap<String, (u64, u64, bool)> {
-    let text = palisadectl::remote::nodes(&r.conn(id), true).await.unwrap();
+    let text = palisadectl::remote::nodes(&r.conn(id), &Default::default(), true)
+        .await
+        .unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     v["nodes"]
         .as_array()

@@ -40,7 +40,7 @@ async fn shop() -> Cluster {
 async fn nodes_node_wait_explain_and_rejected() {
     let c = shop().await;
     let op = c.operator();
-    let nodes = json(&remote::nodes(&op, true).await.unwrap());
+    let nodes = json(&remote::nodes(&op, &Default::default(), true).await.unwrap());
     let names: Vec<&str> = nodes["nodes"]
         .as_array()
         .unwrap()
@@ -52,6 +52,33 @@ async fn nodes_node_wait_explain_and_rejected() {
     assert_eq!(n3["connected"], false);
     assert_eq!(n3["ackedVersion"], 0);
     assert!(n3["lagRevisions"].as_u64().unwrap() > 0);
+    // Filters for large clusters, and a summary line of every node.
+    let lagging = remote::NodeFilter {
+        lagging: true,
+        name: None,
+    };
+    let text = remote::nodes(&op, &lagging, false).await.unwrap();
+    assert!(
+        text.contains("3 nodes: 2 in sync, 1 lagging, 1 not connected"),
+        "{text}"
+    );
+    assert!(text.contains("\nn3 ") && !text.contains("\nn1 "), "{text}");
+    let named = remote::NodeFilter {
+        lagging: false,
+        name: Some("pool-*".into()),
+    };
+    let text = remote::nodes(&op, &named, false).await.unwrap();
+    assert!(text.contains("no node matches"), "{text}");
+    let named = remote::NodeFilter {
+        lagging: false,
+        name: Some("n?".into()),
+    };
+    let v = json(&remote::nodes(&op, &named, true).await.unwrap());
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    // The controller's version, as `palisadectl version` shows it.
+    let (version, replica) = remote::server_version(&op).await.unwrap();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(replica, 1);
 
     let n2 = json(&remote::node(&op, "n2", true, true).await.unwrap());
     assert_eq!(n2["connected"], true);
@@ -374,7 +401,9 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
     assert_eq!(n3["capacities"]["rules"], 0);
     let text = remote::node(&op, "n3", false, false).await.unwrap();
     assert!(text.contains("FAILED CLOSED   10.0.0.3"), "{text}");
-    let table = remote::nodes(&op, false).await.unwrap();
+    let table = remote::nodes(&op, &Default::default(), false)
+        .await
+        .unwrap();
     assert!(table.contains("FAILED-CLOSED"), "{table}");
     let page = c.http_get("/metrics").await;
     assert!(

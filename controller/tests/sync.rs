@@ -272,7 +272,7 @@ async fn another_nodes_certificate_is_refused() {
         server_name: None,
         insecure: false,
     };
-    let err = palisadectl::remote::nodes(&conn, true)
+    let err = palisadectl::remote::nodes(&conn, &Default::default(), true)
         .await
         .unwrap_err()
         .to_string();

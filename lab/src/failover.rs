@@ -88,7 +88,11 @@ fn leader(
 
 /// Whether every node's agent is connected (to a live replica) and holds its desired version.
 fn all_synced(lab: &Lab, rt: &tokio::runtime::Runtime) -> bool {
-    let Ok(text) = rt.block_on(palisadectl::remote::nodes(&lab.conn, true)) else {
+    let Ok(text) = rt.block_on(palisadectl::remote::nodes(
+        &lab.conn,
+        &Default::default(),
+        true,
+    )) else {
         return false;
     };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();

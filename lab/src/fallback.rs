@@ -108,7 +108,7 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let table = rt.block_on(remote::nodes(&conn, false))?;
+    let table = rt.block_on(remote::nodes(&conn, &Default::default(), false))?;
     println!(
         "A controller and {} agents (in-memory dataplane) on {addr}{}:\n\n$ palisadectl nodes --controller {addr} --insecure\n{table}",
         nodes.len(),

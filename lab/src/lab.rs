@@ -166,7 +166,7 @@ impl Lab {
         let revision = loop {
             let served = self
                 .runtime
-                .block_on(remote::nodes(&self.conn, true))
+                .block_on(remote::nodes(&self.conn, &Default::default(), true))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
             if let Some(v) = served {
@@ -396,7 +396,7 @@ impl Lab {
     pub fn revision(&self) -> Result<u64, LabError> {
         let text = self
             .runtime
-            .block_on(remote::nodes(&self.conn, true))
+            .block_on(remote::nodes(&self.conn, &Default::default(), true))
             .map_err(|e| LabError::Controller(e.to_string()))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| LabError::Controller(e.to_string()))?;

@@ -249,7 +249,11 @@ fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let nodes = rt.block_on(palisadectl::remote::nodes(&lab.conn, false))?;
+    let nodes = rt.block_on(palisadectl::remote::nodes(
+        &lab.conn,
+        &Default::default(),
+        false,
+    ))?;
     println!(
         "$ palisadectl nodes --controller {} --insecure\n{nodes}",
         lab.conn.controller

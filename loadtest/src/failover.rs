@@ -237,7 +237,9 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         let revision = |id: u64| {
             let conn = r.conn(id);
             async move {
-                let text = palisadectl::remote::nodes(&conn, true).await.ok()?;
+                let text = palisadectl::remote::nodes(&conn, &Default::default(), true)
+                    .await
+                    .ok()?;
                 serde_json::from_str::<serde_json::Value>(&text).ok()?["revision"].as_u64()
             }
         };

@@ -7,6 +7,7 @@
 //! sends objects to its replicated store (`apply`, `delete`) and lists its replicas.
 
 pub mod certs;
+pub mod config;
 pub mod demo;
 pub mod evaluate;
 pub mod explain;

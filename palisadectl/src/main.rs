@@ -209,8 +209,15 @@ Examples:
         output: Output,
     },
 
-    /// Every node the running controller knows: versions, acks, lag, connection.
+    /// Every node the running controller knows: versions, acks, lag, connection; a summary
+    /// line first (of every node, whatever is filtered).
     Nodes {
+        /// Only nodes that have not acked their desired version.
+        #[arg(long)]
+        lagging: bool,
+        /// Only nodes whose name matches this glob (`*`, `?`), e.g. 'pool-a-*'.
+        #[arg(long, value_name = "GLOB")]
+        name: Option<String>,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -289,6 +296,29 @@ Examples:
         output: Output,
     },
 
+    /// The client's version and the controller's (of the replica that answers). With
+    /// --client, no controller is asked. Exit status 1 when the controller cannot be reached
+    /// (the client's version is printed first).
+    Version {
+        /// Only the client's version.
+        #[arg(long)]
+        client: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+
+    /// A shell completion script on stdout.
+    #[command(after_help = "Examples:
+  source <(palisadectl completion bash)
+  palisadectl completion zsh > \"${fpath[1]}/_palisadectl\"
+  palisadectl completion fish > ~/.config/fish/completions/palisadectl.fish")]
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+
     /// Objects the running controller rejected as invalid (exit status 4 when there is any),
     /// then the lint findings over its replicated state (valid objects that are probably
     /// wrong, as `palisadectl lint` finds them; exit status 8 with --strict).
@@ -317,12 +347,18 @@ struct ChangeArgs {
     output: Output,
 }
 
-/// How to reach a running controller.
+/// How to reach a running controller: flags, their environment variables, then the context
+/// file (`~/.config/palisade/config`), field by field.
 #[derive(clap::Args)]
 struct ConnArgs {
-    /// The controller: HOST:PORT, or a URL with http:// (plaintext) or https://.
-    #[arg(long, env = "PALISADE_CONTROLLER", default_value = "127.0.0.1:7443")]
-    controller: String,
+    /// The context file (YAML: controller, ca, cert, key, serverName, insecure; relative
+    /// paths are relative to it). Default: ~/.config/palisade/config when it exists.
+    #[arg(long, env = "PALISADE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The controller: HOST:PORT, or a URL with http:// (plaintext) or https://
+    /// [default: the context's, else 127.0.0.1:7443].
+    #[arg(long, env = "PALISADE_CONTROLLER")]
+    controller: Option<String>,
     /// CA certificate (PEM) that signed the controller's certificate.
     #[arg(long, env = "PALISADE_CA")]
     ca: Option<PathBuf>,
@@ -341,15 +377,17 @@ struct ConnArgs {
 }
 
 impl ConnArgs {
-    fn conn(self) -> remote::Conn {
-        remote::Conn {
-            controller: self.controller,
-            ca: self.ca,
-            cert: self.cert,
-            key: self.key,
-            server_name: self.server_name,
-            insecure: self.insecure,
-        }
+    fn conn(self) -> Result<remote::Conn> {
+        let ctx = palisadectl::config::load(self.config.as_deref())?;
+        Ok(palisadectl::config::merge(
+            ctx,
+            self.controller,
+            self.ca,
+            self.cert,
+            self.key,
+            self.server_name,
+            self.insecure,
+        ))
     }
 }
 
@@ -481,17 +519,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!(
                 "{}",
                 output.render(
-                    runtime()?.block_on(store::replicas(&conn.conn(), output.structured()))?
+                    runtime()?.block_on(store::replicas(&conn.conn()?, output.structured()))?
                 )
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Nodes { conn, output } => {
-            print!(
-                "{}",
-                output
-                    .render(runtime()?.block_on(remote::nodes(&conn.conn(), output.structured()))?)
-            );
+        Cmd::Nodes {
+            lagging,
+            name,
+            conn,
+            output,
+        } => {
+            let filter = remote::NodeFilter { lagging, name };
+            let text =
+                runtime()?.block_on(remote::nodes(&conn.conn()?, &filter, output.structured()))?;
+            print!("{}", output.render(text));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Node {
@@ -503,7 +545,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!(
                 "{}",
                 output.render(runtime()?.block_on(remote::node(
-                    &conn.conn(),
+                    &conn.conn()?,
                     &name,
                     slice,
                     output.structured()
@@ -524,7 +566,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 })?),
             };
             let (text, realized) = runtime()?.block_on(remote::wait(
-                &conn.conn(),
+                &conn.conn()?,
                 revision,
                 timeout,
                 output.structured(),
@@ -549,7 +591,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 port: u32::from(port),
             };
             let (text, allowed) =
-                runtime()?.block_on(remote::explain(&conn.conn(), req, output.structured()))?;
+                runtime()?.block_on(remote::explain(&conn.conn()?, req, output.structured()))?;
             print!("{}", output.render(text));
             Ok(exit(false, !allowed))
         }
@@ -561,7 +603,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => {
             let got = runtime()?.block_on(get::get(
-                &conn.conn(),
+                &conn.conn()?,
                 &kind,
                 &names,
                 &namespace,
@@ -574,13 +616,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Version {
+            client,
+            conn,
+            output,
+        } => {
+            let mine = env!("CARGO_PKG_VERSION");
+            let server = if client {
+                None
+            } else {
+                Some(runtime()?.block_on(remote::server_version(&conn.conn()?)))
+            };
+            if output.structured() {
+                let mut v = serde_json::json!({"clientVersion": {"palisadectl": mine}});
+                if let Some(Ok((version, replica))) = &server {
+                    v["serverVersion"] =
+                        serde_json::json!({"palisadeController": version, "replica": replica});
+                }
+                let text = serde_json::to_string_pretty(&v).expect("serialisable") + "\n";
+                print!("{}", output.render(text));
+            } else {
+                println!("Client Version: palisadectl {mine}");
+                if let Some(Ok((version, replica))) = &server {
+                    println!("Server Version: palisade-controller {version} (replica {replica})");
+                }
+            }
+            match server {
+                Some(Err(e)) => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "palisadectl",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Rejected {
             strict,
             conn,
             output,
         } => {
             let report =
-                runtime()?.block_on(remote::rejected(&conn.conn(), output.structured()))?;
+                runtime()?.block_on(remote::rejected(&conn.conn()?, output.structured()))?;
             print!("{}", output.render(report.text));
             Ok(Outcome {
                 rejected: report.rejected > 0,
@@ -613,7 +695,7 @@ fn change(args: ChangeArgs, delete: bool) -> Result<ExitCode> {
     print!(
         "{}",
         output.render(runtime()?.block_on(store::apply(
-            &conn.conn(),
+            &conn.conn()?,
             change,
             output.structured()
         ))?)

@@ -155,17 +155,78 @@ fn connected_shown(n: &pb::NodeStatus) -> String {
     }
 }
 
-pub async fn nodes(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
-    let r = client(conn)
+/// Which nodes `nodes` shows.
+#[derive(Clone, Debug, Default)]
+pub struct NodeFilter {
+    /// Only nodes that have not acked their desired version.
+    pub lagging: bool,
+    /// Only nodes whose name matches this glob (`*` any run of characters, `?` one).
+    pub name: Option<String>,
+}
+
+/// `pattern` with `*` and `?` wildcards matches all of `name`.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+fn lagging(n: &pb::NodeStatus) -> bool {
+    n.acked_version < n.desired_version
+}
+
+/// `N nodes: X in sync, Y lagging (Z not connected), W failing endpoints closed`.
+fn summary(nodes: &[pb::NodeStatus]) -> String {
+    let lag = nodes.iter().filter(|n| lagging(n)).count();
+    let disconnected = nodes.iter().filter(|n| !n.connected).count();
+    let closed = nodes.iter().filter(|n| !n.failed_closed.is_empty()).count();
+    format!(
+        "{} node{}: {} in sync, {lag} lagging, {disconnected} not connected, {closed} failing endpoints closed",
+        nodes.len(),
+        if nodes.len() == 1 { "" } else { "s" },
+        nodes.len() - lag
+    )
+}
+
+pub async fn nodes(
+    conn: &Conn,
+    filter: &NodeFilter,
+    json_out: bool,
+) -> Result<String, RemoteError> {
+    let mut r = client(conn)
         .await?
         .list_nodes(pb::ListNodesRequest {})
         .await?
         .into_inner();
+    let all = summary(&r.nodes);
+    r.nodes.retain(|n| {
+        (!filter.lagging || lagging(n)) && filter.name.as_deref().is_none_or(|g| glob(g, &n.node))
+    });
     if json_out {
-        let v = json!({"revision": r.revision, "nodes": r.nodes.iter().map(status_json).collect::<Vec<_>>()});
+        let v = json!({"revision": r.revision, "summary": all, "nodes": r.nodes.iter().map(status_json).collect::<Vec<_>>()});
         return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
     }
-    let mut out = format!("revision {}\n", r.revision);
+    let mut out = format!("revision {}; {all}\n", r.revision);
+    if r.nodes.is_empty() {
+        out.push_str("no node matches\n");
+        return Ok(out);
+    }
     let width = r
         .nodes
         .iter()
@@ -479,4 +540,32 @@ pub async fn rejected(conn: &Conn, json_out: bool) -> Result<RejectedReport, Rem
         rejected: r.objects.len(),
         findings: r.findings.len(),
     })
+}
+
+/// The answering replica's version and id.
+pub async fn server_version(conn: &Conn) -> Result<(String, u64), RemoteError> {
+    let r = client(conn)
+        .await?
+        .list_replicas(pb::ListReplicasRequest {})
+        .await?
+        .into_inner();
+    let version = if r.version.is_empty() {
+        "unknown (older than 0.1.0)".to_string()
+    } else {
+        r.version
+    };
+    Ok((version, r.self_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("pool-a-*", "pool-a-17"));
+        assert!(!glob("pool-a-*", "pool-b-17"));
+        assert!(glob("n?", "n1") && !glob("n?", "n10"));
+        assert!(glob("*", "") && glob("*-1*", "x-10"));
+    }
 }

@@ -66,5 +66,6 @@ pub async fn list(group: &Group, hub: &crate::hub::Hub) -> ListReplicasResponse 
         leader: me.raft.leader,
         term: me.raft.term,
         replicas,
+        version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }

@@ -396,7 +396,7 @@ impl Replicas {
 
     /// Every node's (desired version, digest) as replica `id` serves them, and its revision.
     pub async fn digests(&self, id: u64) -> Option<(u64, BTreeMap<String, (u64, String)>)> {
-        let text = palisadectl::remote::nodes(&self.conn(id), true)
+        let text = palisadectl::remote::nodes(&self.conn(id), &Default::default(), true)
             .await
             .ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
