@@ -38,7 +38,10 @@ pub fn run(
         })
         .collect();
     println!("Predicted reachability (palisadectl evaluate):\n");
-    println!("{}", palisadectl::evaluate::matrix_table(&view, &probes));
+    println!(
+        "{}",
+        palisadectl::evaluate::matrix_table(&view, &probes, &Default::default())
+    );
 
     let dir = tempfile_dir()?;
     let manifests = dir.join("manifests");

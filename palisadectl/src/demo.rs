@@ -131,13 +131,13 @@ pub fn run(json: bool) -> Result<String, Error> {
                 out,
                 "{{\"name\": \"{}\", \"result\": {}}}{sep}",
                 s.name,
-                evaluate::matrix_json(&view, &probes)
+                evaluate::matrix_json(&view, &probes, &Default::default())
             );
             continue;
         }
         let _ = writeln!(out, "== {}: {}", s.name, s.title);
         let _ = writeln!(out, "   manifests: examples/{}/\n", s.name);
-        out.push_str(&evaluate::matrix_table(&view, &probes));
+        out.push_str(&evaluate::matrix_table(&view, &probes, &Default::default()));
         for &(from, to, port, protocol) in s.flows {
             let src = evaluate::resolve(&view, from, "from")?;
             let dst = evaluate::resolve(&view, to, "to")?;

@@ -75,6 +75,20 @@ enum Cmd {
         #[arg(long, value_name = "NS/POD|IP", requires = "from")]
         to: Option<String>,
 
+        /// Only pods of this namespace in the matrices (rows and columns). Repeatable.
+        #[arg(
+            short = 'n',
+            long = "namespace",
+            value_name = "NAMESPACE",
+            conflicts_with = "from"
+        )]
+        namespaces: Vec<String>,
+
+        /// One row and column a namespace: . when every pod pair is allowed, ~ some, X none
+        /// (JSON: allowed pairs of all pairs).
+        #[arg(long, value_name = "WHAT", value_parser = ["namespace"], conflicts_with = "from")]
+        group_by: Option<String>,
+
         /// Destination port of the flow to explain.
         #[arg(long, requires = "from", value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
@@ -406,10 +420,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             to,
             port,
             protocol,
+            namespaces,
+            group_by,
             output,
         } => {
             let loaded = load::load(&manifests.files, &manifests.default_namespace)?;
             let engine = loaded.engine();
+            let matrix = evaluate::MatrixOptions {
+                namespaces,
+                group_by_namespace: group_by.is_some(),
+            };
             let view = ClusterView::new(&engine);
             let json = output.structured();
             let text;
@@ -421,9 +441,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 denied = !e.allowed;
                 text = e.text;
             } else if json {
-                text = evaluate::matrix_json(&view, &probe) + "\n";
+                text = evaluate::matrix_json(&view, &probe, &matrix) + "\n";
             } else {
-                text = evaluate::matrix_table(&view, &probe);
+                text = evaluate::matrix_table(&view, &probe, &matrix);
             }
             print!("{}", output.render(text));
             for w in lint::warnings(&lint::findings(&loaded, &Default::default())) {

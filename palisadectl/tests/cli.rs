@@ -67,3 +67,94 @@ fn dotfiles_in_a_directory_are_not_read() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn matrices_by_namespace_and_filtered() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/namespace-isolation"
+    );
+    let grouped = run(&[
+        "evaluate",
+        "-f",
+        dir,
+        "--probe",
+        "80/TCP",
+        "--group-by",
+        "namespace",
+        "-o",
+        "json",
+    ]);
+    assert!(grouped.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&grouped.stdout).unwrap();
+    let m = &v["probes"][0]["matrix"];
+    // From `other`, nothing reaches `demo`; within `demo`, everything.
+    assert_eq!(m["other"]["demo"]["allowed"], 0);
+    assert_eq!(m["demo"]["demo"]["allowed"], m["demo"]["demo"]["pairs"]);
+    let table = run(&[
+        "evaluate",
+        "-f",
+        dir,
+        "--probe",
+        "80/TCP",
+        "--group-by",
+        "namespace",
+    ]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("3 other     X . ."), "{text}");
+    // -n keeps the pods of the namespaces named, as rows and columns.
+    let only = run(&[
+        "evaluate", "-f", dir, "--probe", "80/TCP", "-n", "other", "-o", "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&only.stdout).unwrap();
+    let rows: Vec<&String> = v["probes"][0]["matrix"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r.starts_with("other/")),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn version_and_completion() {
+    let v = run(&["version", "--client"]);
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout),
+        format!(
+            "Client Version: palisadectl {}\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let c = run(&["completion", shell]);
+        assert!(c.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&c.stdout);
+        assert!(
+            text.contains("palisadectl") && text.contains("lint"),
+            "{shell}"
+        );
+    }
+    // A context file that names a controller nobody serves: the client's version is printed,
+    // then the error, with status 1.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "controller: 127.0.0.1:1\ninsecure: true\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+        .args(["version"])
+        .env("PALISADE_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Client Version"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+}
