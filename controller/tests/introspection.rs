@@ -474,3 +474,39 @@ async fn metrics_follow_the_exposition_format_they_claim() {
     assert!(c.http_get("/readyz").await.contains("readyz check passed"));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_file_waits_for_the_revision_that_holds_it() {
+    let mut c = shop().await;
+    c.start_agent("n3", AgentOpts::default());
+    c.in_sync("n3").await;
+    let op = c.operator();
+    let before = c.revision();
+    let text = allow("shop", "web-in", "web", "api", 80);
+    c.write("web.yaml", &text);
+    let loaded = palisadectl::load::parse_sources(&[("web.yaml".into(), text)], "default");
+    let objects: Vec<_> = loaded.objects.values().map(|(_, o)| o).collect();
+    let revision = palisadectl::held::revision_holding(&op, &objects, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(revision > before, "{revision} after {before}");
+    let got = palisadectl::get::get(&op, "netpol", &["shop/web-in".into()], "default", false)
+        .await
+        .unwrap();
+    assert!(got.all_found);
+    let (_, realized) = remote::wait(&op, Some(revision), Duration::from_secs(20), false)
+        .await
+        .unwrap();
+    assert!(realized);
+    // The file as edited but never committed (not in the manifests directory): it cannot
+    // be held, and the wait says which object is not, instead of answering early.
+    let other = allow("shop", "never", "web", "api", 81);
+    let loaded = palisadectl::load::parse_sources(&[("x.yaml".into(), other)], "default");
+    let objects: Vec<_> = loaded.objects.values().map(|(_, o)| o).collect();
+    let err = palisadectl::held::revision_holding(&op, &objects, Duration::from_millis(300))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NetworkPolicy shop/never (not held)"), "{err}");
+    c.shutdown().await;
+}

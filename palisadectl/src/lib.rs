@@ -12,6 +12,7 @@ pub mod demo;
 pub mod evaluate;
 pub mod explain;
 pub mod get;
+pub mod held;
 pub mod lint;
 pub mod load;
 pub mod output;

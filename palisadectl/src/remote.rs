@@ -53,6 +53,9 @@ pub enum RemoteError {
     Status { code: tonic::Code, message: String },
     #[error("the controller sent a slice Palisade cannot read: {0}")]
     Decode(String),
+    /// What was waited for did not happen in time (a negative answer, exit status 3).
+    #[error("{0}")]
+    NotYet(String),
 }
 
 impl From<tonic::Status> for RemoteError {
