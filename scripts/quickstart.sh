@@ -8,5 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "quickstart: building (release; a few minutes the first time)" >&2
-cargo build --release --bins --quiet
+# Cargo's own progress: a bar on a terminal, one line a crate otherwise.
+cargo build --release --bins
 exec target/release/palisade-lab demo "$@"

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use palisade_controller::history::Limits;
 use palisade_controller::server::{self, Config, TlsFiles};
 use palisade_controller::source::Timing;
@@ -222,33 +222,13 @@ struct Cli {
     #[arg(long, default_value_t = 256 << 20)]
     max_message_bytes: usize,
 
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text", env = "PALISADE_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: palisade_telemetry::LogArgs,
 
     /// Testing only (palisade-loadtest's checker): do not apply the first committed entry
     /// holding commands at or after this index, so this replica diverges from its group.
     #[arg(long, hide = true, value_name = "INDEX")]
     fault_drop_entry: Option<u64>,
-}
-
-#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Cancel `token` on SIGTERM or SIGINT.
@@ -268,7 +248,7 @@ async fn signals(token: CancellationToken) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    cli.log.init();
     let tls = match (cli.tls_ca, cli.tls_cert, cli.tls_key) {
         (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
         _ => None,

@@ -595,7 +595,16 @@ fn open_replica(
     let store = SledStorage::open(dir, Create::IfMissing)?;
     let replica = Replica::open(rc.id, &rc.voters(), store.clone(), rc.options.clone())?;
     let machine = match replica.stored_snapshot()? {
-        Some((index, data)) => Machine::restore(&data).map_err(|why| {
+        Some((index, data)) => {
+            // The full compile of a large cluster takes seconds: say so before it starts.
+            info!(
+                index,
+                bytes = data.len(),
+                "restoring the state machine from the stored snapshot (a full compile)"
+            );
+            Machine::restore(&data)
+        }
+        .map_err(|why| {
             ServerError::State(std::io::Error::other(format!(
                 "the snapshot at {index} in {} cannot be restored: {why}",
                 dir.display()

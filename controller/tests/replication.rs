@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use palisade_proto::endpoint::{self, ClientTls};
 use palisade_proto::v1::raft_client::RaftClient;
 use palisade_proto::v1::RaftBatch;
-use replicas::{pod, Replicas, SHOP, WAIT};
+use replicas::{pod, Options, Replicas, SHOP, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_that_returned_a_revision_survive_a_killed_leader_on_every_replica() {
@@ -324,4 +324,50 @@ async fn a_follower_never_moves_an_agent_back_to_older_state() {
     let next = r.apply(leader, &pod(1), false).await.unwrap();
     assert!(next > at);
     parked.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_of_values_at_the_level_asked() {
+    let r = Replicas::start_with(
+        1,
+        Options {
+            args: vec![
+                "--log-format".into(),
+                "json".into(),
+                "--log-level".into(),
+                "debug".into(),
+            ],
+            ..Options::default()
+        },
+    );
+    let leader = r.leader().await;
+    let at = r.apply(leader, SHOP, false).await.unwrap();
+    r.converged(at).await;
+    hello(&r, leader, 0).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !r.log(leader).contains("agent connected") {
+        assert!(Instant::now() < deadline, "no agent connected line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = r.log(leader);
+    let mut levels = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        levels.insert(v["level"].as_str().unwrap().to_string());
+        // Values as people read them, not Rust's Debug (in Palisade's own lines: libraries'
+        // debug lines are theirs).
+        if !v["target"].as_str().unwrap_or("").starts_with("palisade") {
+            continue;
+        }
+        for debug in ["Some(", "None", "Holds(", "Duration {", "Ok(", "Err("] {
+            assert!(!line.contains(debug), "{debug} in: {line}");
+        }
+    }
+    assert!(levels.contains("DEBUG"), "--log-level debug: {levels:?}");
+    let connected = log.lines().find(|l| l.contains("agent connected")).unwrap();
+    assert!(
+        connected.contains("\"holds\":\"unknown") || connected.contains("\"holds\":\"version"),
+        "{connected}"
+    );
 }

@@ -405,8 +405,8 @@ impl<D: Dataplane> Agent<D> {
         let msg = received
             .map_err(|_| {
                 format!(
-                    "nothing from the controller for {:?}",
-                    self.config.silence_timeout
+                    "nothing from the controller for {}",
+                    humantime::format_duration(self.config.silence_timeout)
                 )
             })?
             .map_err(|s| format!("stream error: {} ({:?})", s.message(), s.code()))?
@@ -419,6 +419,12 @@ impl<D: Dataplane> Agent<D> {
             Msg::Update(_) => s.updates += 1,
             Msg::Keepalive(_) => s.keepalives += 1,
         });
+        let kind = match &msg {
+            Msg::Snapshot(_) => "snapshot",
+            Msg::Update(_) => "update",
+            Msg::Keepalive(_) => "keepalive",
+        };
+        let before = self.status.borrow().version;
         let mut holder = self.holder.take().expect("holder");
         let (holder, reply) = tokio::task::spawn_blocking(move || {
             let reply = holder.handle(msg);
@@ -437,7 +443,12 @@ impl<D: Dataplane> Agent<D> {
         let answer = match reply {
             Reply::Nothing => return Ok(()),
             Reply::Ack(version, digest, installed) => {
-                debug!(version, "ack");
+                // One line per version applied; an ack of what is already held is not news.
+                if version != before {
+                    info!(version, from = before, kind, %digest, "applied");
+                } else {
+                    debug!(version, kind, "ack");
+                }
                 self.status.send_modify(|s| {
                     s.acks += 1;
                     s.version = version;

@@ -98,21 +98,14 @@ struct Cli {
     #[arg(long, default_value = "35s", value_parser = humantime::parse_duration)]
     silence_timeout: Duration,
 
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text", env = "PALISADE_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: palisade_telemetry::LogArgs,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum DataplaneKind {
     Memory,
     Ebpf,
-}
-
-#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 fn read(p: &PathBuf) -> Result<Vec<u8>> {
@@ -122,16 +115,7 @@ fn read(p: &PathBuf) -> Result<Vec<u8>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => fmt.init(),
-        LogFormat::Json => fmt.json().init(),
-    }
+    cli.log.init();
     let tls = match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
         (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
             ca: read(ca)?,

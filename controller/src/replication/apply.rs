@@ -11,7 +11,7 @@ use std::time::Instant;
 use palisade_replica::{Batch, Machine};
 use palisade_storage::SledStorage;
 use tokio::sync::watch;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::driver::Input;
 use super::{Failure, GroupStatus, Reply};
@@ -77,19 +77,26 @@ impl Applier {
                     }
                     self.applied(applied);
                 }
-                Job::Install { index, data } => match Machine::restore(&data) {
-                    Ok(m) => {
-                        self.hub.install(m);
-                        self.applied(index);
+                Job::Install { index, data } => {
+                    info!(
+                        index,
+                        bytes = data.len(),
+                        "installing the leader's snapshot (a full compile)"
+                    );
+                    match Machine::restore(&data) {
+                        Ok(m) => {
+                            self.hub.install(m);
+                            self.applied(index);
+                        }
+                        Err(why) => {
+                            error!(index, "the leader's snapshot cannot be installed: {why}");
+                            self.failure.set(format!(
+                                "the snapshot at {index} cannot be installed: {why}"
+                            ));
+                            continue;
+                        }
                     }
-                    Err(why) => {
-                        error!(index, "the leader's snapshot cannot be installed: {why}");
-                        self.failure.set(format!(
-                            "the snapshot at {index} cannot be installed: {why}"
-                        ));
-                        continue;
-                    }
-                },
+                }
             }
             if let Some((index, data)) = self.hub.snapshot_if_due(self.snapshot_every) {
                 // Written here, not on Raft's thread: a large state takes a while to store.
