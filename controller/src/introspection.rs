@@ -233,7 +233,7 @@ impl Introspection for IntrospectionService {
                 .collect()
         };
         let hub = self.hub.clone();
-        let lint = tokio::task::spawn_blocking(move || hub.lint())
+        let lint = tokio::task::spawn_blocking(move || hub.lint(crate::lint::ASKED_AT_MOST_EVERY))
             .await
             .map_err(|e| Status::internal(format!("lint failed: {e}")))?;
         let findings = lint

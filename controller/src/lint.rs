@@ -12,32 +12,63 @@ use std::time::{Duration, Instant};
 
 use palisade_policy::lint::{self, Finding};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::hub::Hub;
 
 /// New findings logged one a line, at most, per lint.
 const LOGGED: usize = 20;
 
+/// Operators asking (`palisadectl rejected`) get findings at most this old when the state
+/// moved since: each lint holds the state lock, so asking in a loop must not stall the rest.
+pub const ASKED_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+
 /// The findings at one revision.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Findings {
     pub revision: u64,
     pub findings: Vec<Finding>,
+    /// When they were computed.
+    pub at: Instant,
 }
 
 impl Hub {
-    /// The findings at the latest applied revision (computed now unless already known).
-    pub fn lint(&self) -> Arc<Findings> {
+    /// The findings at the latest applied revision, computed now unless already known, or
+    /// unless the last were computed less than `fresh` ago.
+    pub fn lint(&self, fresh: Duration) -> Arc<Findings> {
         let st = self.lock();
         let revision = st.revision();
         let mut cache = self.lint_cache.lock().expect("lint cache lock poisoned");
-        if let Some(known) = cache.as_ref().filter(|f| f.revision == revision) {
+        if let Some(known) = cache
+            .as_ref()
+            .filter(|f| f.revision == revision || f.at.elapsed() < fresh)
+        {
             return known.clone();
         }
         let started = Instant::now();
-        let findings = lint::lint(st.engine(), &lint::Options::default());
+        // A bug in a diagnostic must not take the state (and every agent's sync) down with it:
+        // the panic stops here, before the state's lock could be poisoned.
+        let linted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lint::lint(st.engine(), &lint::Options::default())
+        }));
         drop(st);
+        let findings = match linted {
+            Ok(f) => f,
+            Err(_) => {
+                error!(
+                    revision,
+                    "the lint of the replicated state failed (a bug); the last findings are kept"
+                );
+                let kept = cache.get_or_insert_with(|| {
+                    Arc::new(Findings {
+                        revision: 0,
+                        findings: Vec::new(),
+                        at: started,
+                    })
+                });
+                return kept.clone();
+            }
+        };
         let took = started.elapsed();
         self.metrics.lint(revision, &findings, took);
         // Each finding is logged once, when it first appears (the list is sorted).
@@ -74,7 +105,11 @@ impl Hub {
                 "lint of the replicated state"
             );
         }
-        let out = Arc::new(Findings { revision, findings });
+        let out = Arc::new(Findings {
+            revision,
+            findings,
+            at: Instant::now(),
+        });
         *cache = Some(out.clone());
         out
     }
@@ -93,7 +128,7 @@ pub async fn run(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let hub = hub.clone();
-        if tokio::task::spawn_blocking(move || hub.lint())
+        if tokio::task::spawn_blocking(move || hub.lint(Duration::ZERO))
             .await
             .is_err()
         {

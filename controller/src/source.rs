@@ -311,10 +311,11 @@ impl ManifestDir {
         if let Some(at) = pending.read_at(hint, now, timing) {
             entry.waiting = Some(match hint {
                 Hint::Writing => "being written (waiting for its writer to close it)".into(),
+                // No elapsed time here: the line is logged when it first appears, and must read
+                // the same at every scan.
                 _ => format!(
-                    "changed {:?} ago; read once unchanged for {:?}",
-                    now.saturating_duration_since(pending.quiet_since),
-                    timing.settle
+                    "changed; read once unchanged for {}",
+                    humantime::format_duration(timing.settle)
                 ),
             });
             return Some(at);
@@ -367,12 +368,12 @@ impl ManifestDir {
                     .collect();
                 let more = removed.len().saturating_sub(5);
                 entry.waiting = Some(format!(
-                    "rewritten in place without {} object{} it held ({}{}); they stay in force until the file has stayed so for {:?}",
+                    "rewritten in place without {} object{} it held ({}{}); they stay in force until the file has stayed so for {}",
                     removed.len(),
                     if removed.len() == 1 { "" } else { "s" },
                     list.join(", "),
                     if more > 0 { format!(", and {more} more") } else { String::new() },
-                    timing.hold,
+                    humantime::format_duration(timing.hold),
                 ));
                 return Some(at);
             }

@@ -228,8 +228,9 @@ async fn nodes_node_wait_explain_and_rejected() {
     // A valid policy that is probably wrong: listed as a lint finding over the replicated
     // state, counted in the metrics.
     c.write("typo.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: shop}\nspec: {podSelector: {matchLabels: {app: wbe}}}\n");
+    // Findings asked for are at most 10 s old (a lint holds the state lock).
     let mut report = remote::rejected(&op, true).await.unwrap();
-    for _ in 0..100 {
+    for _ in 0..400 {
         if report.findings > 0 {
             break;
         }

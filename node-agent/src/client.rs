@@ -280,7 +280,7 @@ impl<D: Dataplane> Agent<D> {
                 let connected = tokio::select! {
                     _ = shutdown.cancelled() => return stop(),
                     c = tokio::time::timeout(limit, self.connect()) => c
-                        .unwrap_or_else(|_| Err(format!("no answer from {} within {limit:?}", self.controllers.current().0))),
+                        .unwrap_or_else(|_| Err(format!("no answer from {} within {}", self.controllers.current().0, humantime::format_duration(limit)))),
                 };
                 match connected {
                     Ok(session) => {

@@ -193,7 +193,7 @@ impl EbpfDataplane {
             if let Err(e) = self.maps.apply(op) {
                 for u in undo.iter().rev() {
                     if let Err(e) = self.maps.apply(u) {
-                        warn!(?u, "cannot undo a map write: {e}");
+                        warn!(undo = %u, "cannot undo a map write: {e}");
                     }
                 }
                 return Err((i, e));
@@ -249,7 +249,7 @@ impl Dataplane for EbpfDataplane {
         if let Err((at, e)) = self.write(&ops) {
             if !maps::is_full(&e) {
                 return Err(DataplaneError::Failed(format!(
-                    "map write {at} of {} ({:?}) failed: {e}",
+                    "map write {at} of {} ({}) failed: {e}",
                     ops.len(),
                     ops[at]
                 )));
@@ -261,7 +261,7 @@ impl Dataplane for EbpfDataplane {
             let ops = removals_first(&ops);
             self.write(&ops).map_err(|(at, e)| {
                 DataplaneError::Failed(format!(
-                    "map write {at} of {} ({:?}) failed: {e}",
+                    "map write {at} of {} ({}) failed: {e}",
                     ops.len(),
                     ops[at]
                 ))

@@ -91,6 +91,24 @@ fn ca(
     written: &mut Vec<PathBuf>,
 ) -> Result<Issuer<'static, KeyPair>, CertError> {
     let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    if cert_path.exists() != key_path.exists() {
+        // A new CA would not sign the certificates kept beside it: they would stop chaining.
+        let (here, missing) = if cert_path.exists() {
+            (&cert_path, &key_path)
+        } else {
+            (&key_path, &cert_path)
+        };
+        return Err(CertError::Io(
+            missing.clone(),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{} exists without it: restore it, or use a new --dir (a new CA would not sign the certificates already there)",
+                    here.display()
+                ),
+            ),
+        ));
+    }
     if cert_path.exists() && key_path.exists() {
         let read =
             |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| CertError::Io(p.clone(), e));

@@ -89,7 +89,7 @@ pub fn merge(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     server_name: Option<String>,
-    insecure: bool,
+    insecure: Option<bool>,
 ) -> Conn {
     Conn {
         controller: controller
@@ -99,7 +99,7 @@ pub fn merge(
         cert: cert.or(ctx.cert),
         key: key.or(ctx.key),
         server_name: server_name.or(ctx.server_name),
-        insecure: insecure || ctx.insecure.unwrap_or(false),
+        insecure: insecure.or(ctx.insecure).unwrap_or(false),
     }
 }
 
@@ -124,7 +124,7 @@ mod tests {
             None,
             Some("/flag/k.pem".into()),
             None,
-            false,
+            None,
         );
         assert_eq!(conn.controller, "c.example:7443");
         assert_eq!(conn.ca, Some(dir.path().join("certs/ca.pem")));
@@ -137,9 +137,31 @@ mod tests {
             None,
             None,
             None,
-            false,
+            None,
         );
         assert_eq!(conn.controller, "x:1");
+        // `insecure: true` in the file, `--insecure=false` on the command line.
+        std::fs::write(&path, "controller: c:1\ninsecure: true\n").unwrap();
+        let file_only = merge(
+            load(Some(&path)).unwrap(),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
+        assert!(file_only.insecure);
+        let flag = merge(
+            load(Some(&path)).unwrap(),
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(false),
+        );
+        assert!(!flag.insecure);
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub async fn revision_holding(
             // Each batch is held as written at its answer's revision, so all of them at the
             // latest of those (unless something changed them again in between).
             revision = revision.max(r.revision);
+            if r.objects.len() != chunk.len() {
+                return Err(RemoteError::Usage(format!(
+                    "the controller answered for {} of the {} objects asked about",
+                    r.objects.len(),
+                    chunk.len()
+                )));
+            }
             for ((key, want), held) in chunk.iter().zip(&r.objects) {
                 let same = held.found
                     && serde_json::from_str::<Value>(&held.json).is_ok_and(|v| v == *want);

@@ -71,6 +71,12 @@ pub fn text(found: &[Located], loaded: &Loaded) -> String {
         }
     }
     let (policies, pods) = (count(loaded, "NetworkPolicy"), count(loaded, "Pod"));
+    if pods == 0 && count(loaded, "Namespace") == 0 && policies > 0 {
+        let _ = writeln!(
+            out,
+            "Note: no Namespaces or Pods in the input, so only the checks of each policy alone ran; add the cluster's objects (e.g. kubectl get namespaces,pods -A -o yaml) to check selectors, namespaces, named ports and addresses."
+        );
+    }
     if found.is_empty() {
         let _ = writeln!(
             out,

@@ -16,7 +16,7 @@ use palisadectl::{certs, demo, evaluate, get, lint, load, remote, show, store};
 ///
 /// Exit status: 0 success; 1 error (nothing else is said); 2 bad command line. Otherwise the
 /// sum (bitwise OR) of what holds, so one never masks another: 3 a negative answer (a flow is
-/// denied, a waited-for revision is not realized, a pod is not on the node asked about);
+/// denied, a waited-for revision is not realized, an object asked for is not held);
 /// 4 some objects were invalid (rejected as the Kubernetes API server would reject them, and
 /// skipped; or `rejected` lists some); 8 lint findings under --strict. E.g. 7: denied, and
 /// some objects rejected.
@@ -308,7 +308,7 @@ Examples:
     /// Objects as the running controller's replicated state holds them: what Palisade
     /// understood of each (selectors, ports and defaults resolved) and the source that owns
     /// it (kubernetes, manifests or palisadectl), at the revision the replica has applied.
-    /// Exit status 1 when one is not held.
+    /// Exit status 3 when one is not held.
     Get {
         /// Namespace, Pod or NetworkPolicy (kubectl's names work too: ns, po, pods, netpol).
         kind: String,
@@ -400,9 +400,9 @@ struct ConnArgs {
     /// Name to verify the controller's certificate against (default: the address's host).
     #[arg(long, env = "PALISADE_TLS_SERVER_NAME")]
     server_name: Option<String>,
-    /// Plaintext (a controller run with --insecure).
-    #[arg(long, env = "PALISADE_INSECURE")]
-    insecure: bool,
+    /// Plaintext (a controller run with --insecure); --insecure=false overrides the context.
+    #[arg(long, env = "PALISADE_INSECURE", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    insecure: Option<bool>,
 }
 
 impl ConnArgs {
@@ -673,11 +673,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 output.structured(),
             ))?;
             print!("{}", output.render(got.text));
-            Ok(if got.all_found {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit(false, !got.all_found))
         }
         Cmd::Version {
             client,
@@ -802,14 +798,18 @@ fn exit(rejected: bool, negative: bool) -> ExitCode {
 
 /// A validity: humantime's durations (`90d`, `8760h`), and years (`1y`, `2y`).
 fn parse_validity(s: &str) -> Result<std::time::Duration, String> {
+    const YEAR: u64 = 365 * 24 * 3600;
     let d = match s.strip_suffix('y').map(str::parse::<u64>) {
-        Some(Ok(years)) => std::time::Duration::from_secs(years * 365 * 24 * 3600),
+        Some(Ok(years)) => std::time::Duration::from_secs(years.saturating_mul(YEAR)),
         _ => humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (e.g. 90d, 1y)"))?,
     };
     if d < std::time::Duration::from_secs(3600) {
         return Err(format!(
             "'{s}': a certificate must be valid for an hour at least"
         ));
+    }
+    if d > std::time::Duration::from_secs(100 * YEAR) {
+        return Err(format!("'{s}': at most 100 years"));
     }
     Ok(d)
 }

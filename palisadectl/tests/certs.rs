@@ -116,3 +116,25 @@ fn a_validity_too_short_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("an hour at least"));
 }
+
+#[test]
+fn half_a_ca_and_endless_validity_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), &["--node", "n1"]);
+    std::fs::remove_file(dir.path().join("ca-key.pem")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+        .args(["certs", "--node", "n2", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ca-key.pem"));
+    assert!(!dir.path().join("node-n2.pem").exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+        .args(["certs", "--valid-for", "10000y", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 100 years"));
+}

@@ -182,9 +182,17 @@ impl<'a> Cluster<'a> {
 }
 
 /// Every finding over what `engine` holds, sorted by object and field.
+///
+/// Without any Namespace or Pod (policies alone, e.g. a repository of policies linted in CI),
+/// nothing can be said about what selectors select or which namespaces exist: no finding
+/// comes from here; the checks of each policy alone still run where it is parsed
+/// ([`unused_rules`]).
 pub fn lint(engine: &Engine, options: &Options) -> Vec<Finding> {
     let cluster = Cluster::new(engine, options);
     let mut out = Vec::new();
+    if cluster.pods.is_empty() && cluster.namespaces.is_empty() {
+        return out;
+    }
     for policy in &cluster.policies {
         let before = out.len();
         selectors::policy(&cluster, policy, &mut out);

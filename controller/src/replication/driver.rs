@@ -277,7 +277,10 @@ impl Driver {
                         term,
                     } => {
                         if *role != Some(now) {
-                            info!(?now, leader, term, "Raft role");
+                            info!(
+                                role = crate::replication::role_name(now),
+                                leader, term, "Raft role"
+                            );
                             if now == Role::Leader || *role == Some(Role::Leader) {
                                 self.metrics.leader_change();
                             }

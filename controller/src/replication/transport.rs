@@ -116,7 +116,10 @@ impl Transport {
         match tokio::time::timeout(timeout, client.status(RaftStatusRequest {})).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(s.message().to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )),
         }
     }
 

@@ -309,7 +309,7 @@ where
                 let result = tokio::select! {
                     _ = evict.cancelled() => Err(("evicted", "dropped to make room for a newer connection".to_string())),
                     r = tokio::time::timeout(timeout, handshake(tcp)) => match r {
-                        Err(_) => Err(("timeout", format!("no complete TLS handshake within {timeout:?}"))),
+                        Err(_) => Err(("timeout", format!("no complete TLS handshake within {}", humantime::format_duration(timeout)))),
                         Ok(Err(e)) => Err(("handshake", e.to_string())),
                         Ok(Ok(s)) => Ok(s),
                     },

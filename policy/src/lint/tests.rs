@@ -345,3 +345,15 @@ fn check_names_round_trip() {
         assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
     }
 }
+
+#[test]
+fn policies_alone_are_not_all_in_missing_namespaces() {
+    // A repository of policies without the cluster's objects: only each policy's own checks.
+    let found = findings(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: x}}\n  policyTypes: [Ingress]\n  egress: [{to: [{podSelector: {}}]}]\n",
+    );
+    assert_eq!(
+        checks(&found),
+        vec![(Check::UnusedRules, "shop/a", "spec.egress")]
+    );
+}

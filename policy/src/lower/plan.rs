@@ -33,6 +33,20 @@ pub enum MapOp {
     DeleteRule(RuleKey),
 }
 
+/// For logs and errors: what the write does, in words.
+impl std::fmt::Display for MapOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MapOp::AddRule(_) => f.write_str("add a rule entry"),
+            MapOp::SetIdentity(p, id) => write!(f, "set the identity of {p} to {id}"),
+            MapOp::SetEndpoint(ip, _) => write!(f, "set endpoint {ip}"),
+            MapOp::DeleteEndpoint(ip) => write!(f, "delete endpoint {ip}"),
+            MapOp::DeleteIdentity(p) => write!(f, "delete the identity of {p}"),
+            MapOp::DeleteRule(_) => f.write_str("delete a rule entry"),
+        }
+    }
+}
+
 impl MapOp {
     /// The operation that undoes this one, given the image it was applied to.
     pub fn undo(&self, before: &MapImage) -> Option<MapOp> {

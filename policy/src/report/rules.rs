@@ -187,8 +187,11 @@ impl<'a> Flow<'a> {
                     None => {}
                     Some(sel) => {
                         let empty = Labels::new();
-                        let all = self.engine.namespaces();
-                        let labels = all.get(ns).unwrap_or(&empty);
+                        let labels = self
+                            .engine
+                            .namespace_labels()
+                            .find(|(n, _)| *n == ns)
+                            .map_or(&empty, |(_, l)| l);
                         if !sel.matches(labels) {
                             return (
                                 false,

@@ -157,3 +157,42 @@ fn every_denied_rule_has_a_part_that_does_not_match() {
         }
     }
 }
+
+#[test]
+fn egress_named_ports_resolve_on_the_destination() {
+    let text = format!(
+        "{CLUSTER}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web-out, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{namespaceSelector: {{matchLabels: {{team: retail}}}}, podSelector: {{matchLabels: {{app: api}}}}}}]\n    ports: [{{port: http}}]\n"
+    );
+    let parsed = manifest::parse("t.yaml", &text, "default");
+    let mut commands: Vec<_> = parsed
+        .objects
+        .into_iter()
+        .map(|(_, o)| o.upsert())
+        .collect();
+    commands.sort_by_key(|c| !matches!(c, crate::Command::UpsertNamespace(_)));
+    let e = Engine::load(1, commands);
+    // web -> api:8080 is allowed by egress (http is 8080 on api, the destination).
+    let r = explain(&e, [10, 0, 0, 1], [10, 0, 0, 2], 8080);
+    assert_eq!(r.egress.result, Outcome::Allowed, "{r:?}");
+    assert!(
+        r.egress.allowed_by[0].ports.contains("= 8080 on shop/api"),
+        "{r:?}"
+    );
+    // web -> stranger (other namespace, team=else): the namespaceSelector does not match.
+    let r = explain(&e, [10, 0, 0, 1], [10, 0, 0, 3], 8080);
+    assert_eq!(r.egress.result, Outcome::Denied);
+    let m = &r.egress.not_matched[0];
+    assert!(
+        m.peers
+            .why
+            .contains("namespace other has team=else, not team=retail"),
+        "{m:?}"
+    );
+    // The named port does not resolve on stranger, which names no ports.
+    assert!(
+        m.ports
+            .why
+            .contains("other/stranger defines no TCP port named 'http'"),
+        "{m:?}"
+    );
+}
