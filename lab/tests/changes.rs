@@ -59,6 +59,17 @@ fn a_policy_change_applies_to_open_and_new_connections_at_their_next_packet() {
     assert!(probe(&web.netns, api.spec.ip, 8080, Tcp));
     let mut again = Connection::open(&web.netns, api.spec.ip, 8080).unwrap();
     assert!(again.echoes());
+
+    // The agent says each version it applies once: the first slice and both changes.
+    let log = lab.logs(&format!("agent-{}", api.spec.node));
+    let versions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" applied"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("version=")))
+        .collect();
+    assert!(versions.len() >= 3, "{log}");
+    let unique: std::collections::BTreeSet<&&str> = versions.iter().collect();
+    assert_eq!(unique.len(), versions.len(), "one line per version: {log}");
 }
 
 #[test]

@@ -142,6 +142,7 @@ fn extra_policy(ns: &str, n: usize) -> NetworkPolicy {
             }]),
         }]),
         egress: None,
+        ignored: Default::default(),
     }
 }
 

@@ -8,6 +8,9 @@ use palisade_loadtest::{
 #[derive(Parser)]
 #[command(name = "palisade-loadtest", version)]
 struct Cli {
+    /// The log level and format of the controllers and agents the load test runs.
+    #[command(flatten)]
+    log: palisade_telemetry::LogArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -296,7 +299,9 @@ fn print<R: serde::Serialize>(output: Output, report: &R, table: fn(&R) -> Strin
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    cli.log.pass_to_children();
+    match cli.command {
         Cmd::Raft {
             replicas,
             singles,

@@ -132,12 +132,14 @@ pub fn policies(i: usize, count: usize) -> Vec<NetworkPolicy> {
             pod_selector: Selector::everything(),
             ingress: Some(vec![]),
             egress: Some(vec![]),
+            ignored: Default::default(),
         },
         NetworkPolicy {
             key: key("allow-same-namespace"),
             pod_selector: Selector::everything(),
             ingress: Some(vec![rule(Some(vec![pods(Selector::everything())]), None)]),
             egress: None,
+            ignored: Default::default(),
         },
         NetworkPolicy {
             key: key("allow-from-ingress"),
@@ -150,6 +152,7 @@ pub fn policies(i: usize, count: usize) -> Vec<NetworkPolicy> {
                 Some(vec![tcp(80), tcp(443)]),
             )]),
             egress: None,
+            ignored: Default::default(),
         },
         NetworkPolicy {
             key: key("api-from-web"),
@@ -162,6 +165,7 @@ pub fn policies(i: usize, count: usize) -> Vec<NetworkPolicy> {
                 Some(vec![pods(sel(&[("tier", "db")]))]),
                 Some(vec![tcp(5432)]),
             )]),
+            ignored: Default::default(),
         },
         NetworkPolicy {
             key: key("allow-dns"),
@@ -180,6 +184,7 @@ pub fn policies(i: usize, count: usize) -> Vec<NetworkPolicy> {
                     tcp(53),
                 ]),
             )]),
+            ignored: Default::default(),
         },
         NetworkPolicy {
             key: key("egress-external"),
@@ -195,6 +200,7 @@ pub fn policies(i: usize, count: usize) -> Vec<NetworkPolicy> {
                 }]),
                 Some(vec![tcp(443)]),
             )]),
+            ignored: Default::default(),
         },
         NetworkPolicy {
             key: key("metrics-named-port"),
@@ -210,6 +216,7 @@ pub fn policies(i: usize, count: usize) -> Vec<NetworkPolicy> {
                 }]),
             )]),
             egress: None,
+            ignored: Default::default(),
         },
         NetworkPolicy {
             key: key("tenant-web"),
@@ -231,6 +238,7 @@ pub fn policies(i: usize, count: usize) -> Vec<NetworkPolicy> {
                 }]),
             )]),
             egress: None,
+            ignored: Default::default(),
         },
     ];
     mix.into_iter()

@@ -19,15 +19,11 @@ pub struct Located {
     pub source: Option<String>,
 }
 
-/// Every finding over what was loaded: those about one object alone (found while parsing)
-/// and those that need the others.
+/// Every finding over what was loaded.
 pub fn findings(loaded: &Loaded, options: &Options) -> Vec<Located> {
     let engine = loaded.engine();
-    let mut all: Vec<Finding> = loaded.findings.clone();
-    all.extend(lint::lint(&engine, options));
-    all.sort();
-    all.dedup();
-    all.into_iter()
+    lint::lint(&engine, options)
+        .into_iter()
         .map(|finding| {
             let key = (finding.kind.clone(), finding.object.clone());
             let source = loaded.objects.get(&key).map(|(loc, _)| loc.to_string());

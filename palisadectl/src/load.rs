@@ -9,7 +9,6 @@ use crate::Error;
 type Result<T> = std::result::Result<T, Error>;
 use palisade_files::read::{self, Require};
 use palisade_files::walk;
-use palisade_policy::lint::Finding;
 use palisade_policy::manifest::{self, Limits, Location, Object};
 use palisade_policy::model::Command;
 use palisade_policy::Engine;
@@ -23,8 +22,6 @@ pub struct Loaded {
     pub errors: Vec<String>,
     /// Things worth knowing that do not invalidate anything.
     pub warnings: Vec<String>,
-    /// Lint findings about one object alone, found while parsing (see [`crate::lint`]).
-    pub findings: Vec<Finding>,
 }
 
 impl Loaded {
@@ -152,9 +149,6 @@ pub fn parse_sources(sources: &[(String, String)], default_ns: &str) -> Loaded {
         loaded
             .errors
             .extend(parsed.errors.iter().map(|e| e.to_string()));
-        loaded
-            .findings
-            .extend(parsed.findings.into_iter().map(|(_, f)| f));
         for (loc, obj) in parsed.objects {
             if let Some(w) = obj.warning() {
                 loaded.warnings.push(format!("{loc}: {w}"));

@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
 use crate::model::{
-    Labels, Name, NamedPort, Namespace, NetworkPolicy, ObjKey, Peer, Pod, PolicyRule, PortRef,
-    PortSpec, Protocol, NAMESPACE_NAME_LABEL,
+    IgnoredRules, Labels, Name, NamedPort, Namespace, NetworkPolicy, ObjKey, Peer, Pod, PolicyRule,
+    PortRef, PortSpec, Protocol, NAMESPACE_NAME_LABEL,
 };
 use crate::net::Cidr;
 
@@ -288,11 +288,16 @@ pub fn network_policy(
         .collect();
 
     let (has_ingress, has_egress) = policy_types(spec, &mut errs);
+    let ignored = IgnoredRules {
+        ingress: if has_ingress { 0 } else { ingress_rules.len() },
+        egress: if has_egress { 0 } else { egress_rules.len() },
+    };
     let policy = NetworkPolicy {
         key,
         pod_selector,
         ingress: has_ingress.then_some(ingress_rules),
         egress: has_egress.then_some(egress_rules),
+        ignored,
     };
     errs.finish(Kind::NetworkPolicy, policy.key.to_string(), policy)
 }

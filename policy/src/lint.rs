@@ -20,8 +20,6 @@ use crate::engine::Engine;
 use crate::model::{Direction, Labels, Name, NetworkPolicy, Peer, Pod, PolicyRule, Selector};
 use crate::net::Prefix;
 
-pub use types::unused_rules;
-
 /// What a finding is about. The names (kebab-case) are stable: scripts and metrics use them.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -184,13 +182,17 @@ impl<'a> Cluster<'a> {
 /// Every finding over what `engine` holds, sorted by object and field.
 ///
 /// Without any Namespace or Pod (policies alone, e.g. a repository of policies linted in CI),
-/// nothing can be said about what selectors select or which namespaces exist: no finding
-/// comes from here; the checks of each policy alone still run where it is parsed
-/// ([`unused_rules`]).
+/// nothing can be said about what selectors select or which namespaces exist, so only the
+/// checks of each policy alone run (rules `policyTypes` leaves unused).
 pub fn lint(engine: &Engine, options: &Options) -> Vec<Finding> {
     let cluster = Cluster::new(engine, options);
     let mut out = Vec::new();
+    for policy in &cluster.policies {
+        // What the policy says alone holds without any cluster.
+        types::policy(policy, &mut out);
+    }
     if cluster.pods.is_empty() && cluster.namespaces.is_empty() {
+        out.sort();
         return out;
     }
     for policy in &cluster.policies {

@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::k8s::{self, FieldError, Kind, Rejection};
-use crate::lint;
 use crate::model::{Command, Namespace, NetworkPolicy, Pod};
 use identify::Identity;
 
@@ -183,9 +182,6 @@ pub struct Parsed {
     pub errors: Vec<ManifestError>,
     /// Objects of kinds Palisade does not use: (where, `Kind name`).
     pub ignored: Vec<(Location, String)>,
-    /// What the linter finds in a valid object itself ([`lint::unused_rules`]); the findings
-    /// that need the other objects come from [`lint::lint`].
-    pub findings: Vec<(Location, lint::Finding)>,
 }
 
 /// Bounds on what one source may cost to parse.
@@ -286,13 +282,7 @@ fn read_value(value: &Value, location: Location, default_ns: &str, out: &mut Par
             .and_then(|o| k8s::pod(&o, default_ns).map_err(Problem::Rejected))
             .map(Object::Pod),
         Identity::Ours(Kind::NetworkPolicy) => typed::<net::NetworkPolicy>(value, kind, default_ns)
-            .and_then(|o| {
-                let policy = k8s::network_policy(&o, default_ns).map_err(Problem::Rejected)?;
-                let found = lint::unused_rules(&o, &policy.key);
-                out.findings
-                    .extend(found.into_iter().map(|f| (location.clone(), f)));
-                Ok(policy)
-            })
+            .and_then(|o| k8s::network_policy(&o, default_ns).map_err(Problem::Rejected))
             .map(Object::NetworkPolicy),
     };
     match result {

@@ -216,6 +216,33 @@ pub struct NetworkPolicy {
     /// `Some(rules)`: selected pods are isolated for ingress; `rules` allow (may be empty).
     pub ingress: Option<Vec<PolicyRule>>,
     pub egress: Option<Vec<PolicyRule>>,
+    /// Rules the object has in a direction its `policyTypes` leaves out: never enforced, kept
+    /// only so the linter can say so (absent from the encoding when there are none, so older
+    /// log entries and snapshots read the same).
+    #[serde(default, skip_serializing_if = "IgnoredRules::is_empty")]
+    pub ignored: IgnoredRules,
+}
+
+/// How many rules of each direction `policyTypes` leaves unused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IgnoredRules {
+    #[serde(default)]
+    pub ingress: usize,
+    #[serde(default)]
+    pub egress: usize,
+}
+
+impl IgnoredRules {
+    pub fn is_empty(&self) -> bool {
+        self.ingress == 0 && self.egress == 0
+    }
+
+    pub fn of(&self, dir: Direction) -> usize {
+        match dir {
+            Direction::Ingress => self.ingress,
+            Direction::Egress => self.egress,
+        }
+    }
 }
 
 impl NetworkPolicy {

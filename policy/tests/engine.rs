@@ -50,6 +50,7 @@ fn allow_from(ns: &str, name: &str, target: &str, from: &str, port: u16) -> Netw
             }]),
         }]),
         egress: None,
+        ignored: Default::default(),
     }
 }
 
@@ -236,6 +237,7 @@ fn egress_named_ports_resolve_per_destination_pod() {
                 port: PortRef::Named("http".into()),
             }]),
         }]),
+        ignored: Default::default(),
     };
     let e = Engine::load(
         1,
@@ -267,6 +269,7 @@ fn deny_all_isolates_without_sets() {
         pod_selector: Selector::everything(),
         ingress: Some(vec![]),
         egress: Some(vec![]),
+        ignored: Default::default(),
     };
     let mut e = chain();
     let updates = e.apply(2, Command::UpsertPolicy(deny));

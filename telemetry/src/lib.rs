@@ -1,5 +1,6 @@
 //! How Palisade's long-running binaries (the controller, the node agent) log: flags in, a
-//! `tracing` subscriber out. `--log-level` (or `PALISADE_LOG_LEVEL`; else `RUST_LOG`; else
+//! `tracing` subscriber out; the lab and the load test take the same flags and pass them to
+//! the controllers and agents they run. `--log-level` (or `PALISADE_LOG_LEVEL`; else `RUST_LOG`; else
 //! `info`) takes a level or `tracing` directives (`info,palisade_controller::sync=debug`);
 //! `--log-format text|json` (or `PALISADE_LOG_FORMAT`). Logs go to stderr, coloured only on a
 //! terminal. Fields are values as people read them: the binaries log with `%` (Display),
@@ -42,6 +43,20 @@ impl LogArgs {
             Some(l) => EnvFilter::new(l),
             None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         }
+    }
+
+    /// For a binary that logs nothing itself but runs controllers and agents (the lab, the
+    /// load test): the same flags, passed to every process it starts, through
+    /// `PALISADE_LOG_LEVEL` and `PALISADE_LOG_FORMAT`. Call before any thread starts.
+    pub fn pass_to_children(&self) {
+        if let Some(level) = &self.log_level {
+            std::env::set_var("PALISADE_LOG_LEVEL", level);
+        }
+        let format = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        std::env::set_var("PALISADE_LOG_FORMAT", format);
     }
 
     /// Install the subscriber for this process.

@@ -107,9 +107,6 @@ pub fn parse(name: &str, text: &str, limits: &Limits, default_ns: &str) -> Conte
             .any(|e| matches!(e.problem, Problem::Syntax(_))),
         ..Content::default()
     };
-    content
-        .warnings
-        .extend(parsed.findings.iter().map(|(loc, f)| format!("{loc}: {f}")));
     let mut first: BTreeMap<Key, Location> = BTreeMap::new();
     for (loc, o) in parsed.objects {
         if let Some(w) = o.warning() {

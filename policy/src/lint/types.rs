@@ -1,46 +1,30 @@
-//! Rules that `policyTypes` leaves unused. The model keeps only the directions a policy
-//! isolates, so this reads the Kubernetes object itself, where it is parsed.
+//! Rules that `policyTypes` leaves unused: the object has them, nothing enforces them (the
+//! model counts them in [`NetworkPolicy::ignored`]).
 
-use k8s_openapi::api::networking::v1 as net;
+use super::{count, finding, Check, Finding};
+use crate::model::{Direction, NetworkPolicy};
 
-use super::{Check, Finding};
-use crate::model::ObjKey;
-
-/// Ingress (egress) rules of a policy whose explicit `policyTypes` lacks Ingress (Egress):
-/// the API server keeps them, and nothing enforces them.
-pub fn unused_rules(obj: &net::NetworkPolicy, key: &ObjKey) -> Vec<Finding> {
-    let Some(spec) = &obj.spec else {
-        return Vec::new();
-    };
-    let types = spec.policy_types.as_deref().unwrap_or_default();
-    if types.is_empty() {
-        return Vec::new();
+pub(super) fn policy(policy: &NetworkPolicy, out: &mut Vec<Finding>) {
+    for dir in Direction::BOTH {
+        let n = policy.ignored.of(dir);
+        if n == 0 {
+            continue;
+        }
+        let ty = match dir {
+            Direction::Ingress => "Ingress",
+            Direction::Egress => "Egress",
+        };
+        out.push(finding(
+            policy,
+            format!("spec.{dir}"),
+            Check::UnusedRules,
+            format!(
+                "{} unused: spec.policyTypes does not list {ty}",
+                count(n, &format!("{dir} rule"))
+            ),
+            format!(
+                "add {ty} to spec.policyTypes to enforce them (isolating the selected pods for {dir}), or delete them"
+            ),
+        ));
     }
-    let listed = |t: &str| types.iter().any(|x| x == t);
-    let rules = [
-        (
-            "Ingress",
-            "ingress",
-            spec.ingress.as_ref().map_or(0, Vec::len),
-        ),
-        ("Egress", "egress", spec.egress.as_ref().map_or(0, Vec::len)),
-    ];
-    rules
-        .into_iter()
-        .filter(|(ty, _, n)| *n > 0 && !listed(ty))
-        .map(|(ty, field, n)| Finding {
-            kind: "NetworkPolicy".into(),
-            object: key.to_string(),
-            field: format!("spec.{field}"),
-            check: Check::UnusedRules,
-            message: format!(
-                "{} unused: spec.policyTypes is [{}], without {ty}",
-                super::count(n, &format!("{field} rule")),
-                types.join(", ")
-            ),
-            suggestion: format!(
-                "add {ty} to spec.policyTypes to enforce them (isolating the selected pods for {field}), or delete them"
-            ),
-        })
-        .collect()
 }

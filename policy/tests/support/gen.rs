@@ -203,6 +203,7 @@ pub fn policy() -> impl Strategy<Value = NetworkPolicy> {
             pod_selector: sel,
             ingress,
             egress,
+            ignored: Default::default(),
         })
 }
 
