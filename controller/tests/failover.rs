@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_agent::{Agent, AgentConfig, ClientTls, MemoryDataplane, Phase, StateStore, Status};
+use palisadectl::output::Output;
 use replicas::{Netns, Options, Replicas, SHOP, WAIT};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -159,7 +160,7 @@ impl Drop for Agents {
 /// Replica `id`'s answers for every node: (desired, acked, connected) — the same on every
 /// replica once acks have reached it.
 async fn rollout(r: &Replicas, id: u64) -> BTreeMap<String, (u64, u64, bool)> {
-    let text = palisadectl::remote::nodes(&r.conn(id), &Default::default(), true)
+    let text = palisadectl::remote::nodes(&r.conn(id), &Default::default(), Output::Json)
         .await
         .unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
@@ -299,7 +300,7 @@ async fn agents_follow_a_killed_leader_to_live_replicas_and_resume_with_deltas()
     let mut nodes_and_flows = Vec::new();
     for id in r.alive() {
         let conn = r.conn(id);
-        let node = palisadectl::remote::node(&conn, "n3", true, true)
+        let node = palisadectl::remote::node(&conn, "n3", Some(Default::default()), true)
             .await
             .unwrap();
         let mut node: Value = serde_json::from_str(&node).unwrap();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cluster::{allow, pod, AgentOpts, Cluster};
 use palisade_agent::Capacities;
+use palisadectl::output::Output;
 use palisadectl::{get, remote};
 use serde_json::Value;
 
@@ -40,7 +41,11 @@ async fn shop() -> Cluster {
 async fn nodes_node_wait_explain_and_rejected() {
     let c = shop().await;
     let op = c.operator();
-    let nodes = json(&remote::nodes(&op, &Default::default(), true).await.unwrap());
+    let nodes = json(
+        &remote::nodes(&op, &Default::default(), Output::Json)
+            .await
+            .unwrap(),
+    );
     let names: Vec<&str> = nodes["nodes"]
         .as_array()
         .unwrap()
@@ -57,7 +62,7 @@ async fn nodes_node_wait_explain_and_rejected() {
         lagging: true,
         name: None,
     };
-    let text = remote::nodes(&op, &lagging, false).await.unwrap();
+    let text = remote::nodes(&op, &lagging, Output::Table).await.unwrap();
     assert!(
         text.contains("3 nodes: 2 in sync, 1 lagging, 1 not connected"),
         "{text}"
@@ -67,29 +72,72 @@ async fn nodes_node_wait_explain_and_rejected() {
         lagging: false,
         name: Some("pool-*".into()),
     };
-    let text = remote::nodes(&op, &named, false).await.unwrap();
+    let text = remote::nodes(&op, &named, Output::Table).await.unwrap();
     assert!(text.contains("no node matches"), "{text}");
     let named = remote::NodeFilter {
         lagging: false,
         name: Some("n?".into()),
     };
-    let v = json(&remote::nodes(&op, &named, true).await.unwrap());
+    let v = json(&remote::nodes(&op, &named, Output::Json).await.unwrap());
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
     // The controller's version, as `palisadectl version` shows it.
     let (version, replica) = remote::server_version(&op).await.unwrap();
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert_eq!(replica, 1);
 
-    let n2 = json(&remote::node(&op, "n2", true, true).await.unwrap());
+    let n2 = json(
+        &remote::node(&op, "n2", Some(Default::default()), true)
+            .await
+            .unwrap(),
+    );
     assert_eq!(n2["connected"], true);
     assert_eq!(n2["desiredVersion"], n2["ackedVersion"]);
     assert_eq!(n2["slice"]["endpoints"]["10.0.0.2"]["pod"]["name"], "api");
-    let text = remote::node(&op, "n2", true, false).await.unwrap();
+    let text = remote::node(&op, "n2", Some(Default::default()), false)
+        .await
+        .unwrap();
     assert!(
         text.contains("ENDPOINTS") && text.contains("shop/api"),
         "{text}"
     );
-    let err = remote::node(&op, "nope", false, false)
+    // -n: only that namespace's endpoints (and the sets they use); the figures of the whole
+    // slice stay.
+    let only = |ns| {
+        Some(remote::SliceView {
+            namespace: Some(ns),
+        })
+    };
+    let text = remote::node(&op, "n2", only("other"), false).await.unwrap();
+    assert!(
+        text.contains("namespace other: 0 endpoints, 0 address sets")
+            && text.contains("no pod of namespace other on this node")
+            && text.contains("1 endpoints")
+            && !text.contains("shop/api"),
+        "{text}"
+    );
+    let v = json(&remote::node(&op, "n2", only("shop"), true).await.unwrap());
+    assert_eq!(v["slice"]["namespace"], "shop");
+    assert_eq!(v["slice"]["endpoints"]["10.0.0.2"]["pod"]["name"], "api");
+    assert_eq!(v["slice"]["digest"], n2["slice"]["digest"]);
+    // -o wide: more columns, the same rows.
+    let wide = remote::nodes(&op, &Default::default(), Output::Wide)
+        .await
+        .unwrap();
+    let header = wide.lines().nth(1).unwrap();
+    assert!(
+        header.contains("LAG-S") && header.contains("AGENT") && header.contains("ACKED-DIGEST"),
+        "{wide}"
+    );
+    let n2_row = wide.lines().find(|l| l.starts_with("n2 ")).unwrap();
+    assert!(
+        n2_row.contains(&n2["ackedDigest"].as_str().unwrap()[..16]),
+        "{wide}"
+    );
+    let narrow = remote::nodes(&op, &Default::default(), Output::Table)
+        .await
+        .unwrap();
+    assert!(!narrow.contains("ACKED-DIGEST"), "{narrow}");
+    let err = remote::node(&op, "nope", None, false)
         .await
         .unwrap_err()
         .to_string();
@@ -198,7 +246,7 @@ async fn nodes_node_wait_explain_and_rejected() {
         .to_string();
     assert!(err.contains("no pod shop/nope"), "{err}");
 
-    let report = remote::rejected(&op, false).await.unwrap();
+    let report = remote::rejected(&op, None, false).await.unwrap();
     assert_eq!(
         (report.rejected, report.findings),
         (0, 0),
@@ -213,7 +261,7 @@ async fn nodes_node_wait_explain_and_rejected() {
     c.write("bad.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}\n");
     let mut rejected = Value::Null;
     for _ in 0..100 {
-        rejected = json(&remote::rejected(&op, true).await.unwrap().text);
+        rejected = json(&remote::rejected(&op, None, true).await.unwrap().text);
         if !rejected["objects"].as_array().unwrap().is_empty() {
             break;
         }
@@ -227,33 +275,62 @@ async fn nodes_node_wait_explain_and_rejected() {
 
     // A valid policy that is probably wrong: listed as a lint finding over the replicated
     // state, counted in the metrics.
-    c.write("typo.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: shop}\nspec: {podSelector: {matchLabels: {app: wbe}}}\n");
+    c.write("typo.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: shop}\nspec: {podSelector: {matchLabels: {app: wbe}}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: types, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Ingress], egress: [{to: [{podSelector: {}}]}]}\n");
     // Findings asked for are at most 10 s old (a lint holds the state lock).
-    let mut report = remote::rejected(&op, true).await.unwrap();
+    let mut report = remote::rejected(&op, None, true).await.unwrap();
     for _ in 0..400 {
-        if report.findings > 0 {
+        if report.findings > 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        report = remote::rejected(&op, true).await.unwrap();
+        report = remote::rejected(&op, None, true).await.unwrap();
     }
     let found = json(&report.text);
-    assert_eq!(found["findings"][0]["object"], "shop/typo", "{found}");
-    assert_eq!(found["findings"][0]["check"], "selector-matches-nothing");
-    assert_eq!(found["findings"][0]["field"], "spec.podSelector");
+    // Sorted by object: shop/types, then shop/typo.
+    let types = &found["findings"][0];
+    let typo = &found["findings"][1];
+    assert_eq!(typo["object"], "shop/typo", "{found}");
+    assert_eq!(typo["check"], "selector-matches-nothing");
+    assert_eq!(typo["field"], "spec.podSelector");
     assert!(
-        found["findings"][0]["suggestion"]
+        typo["suggestion"]
             .as_str()
             .unwrap()
             .contains("did you mean 'app=web'?"),
         "{found}"
     );
+    // Rules policyTypes leaves out are known to every replica, whatever the source.
+    assert_eq!(types["object"], "shop/types", "{found}");
+    assert_eq!(types["check"], "unused-rules");
+    assert_eq!(types["field"], "spec.egress");
     let metrics = c.http_get("/metrics").await;
     assert!(
         metrics.contains("palisade_lint_findings{check=\"selector-matches-nothing\"} 1"),
         "{metrics}"
     );
+    assert!(metrics.contains("palisade_lint_findings{check=\"unused-rules\"} 1"));
     assert!(metrics.contains("palisade_lint_findings{check=\"shared-pod-ip\"} 0"));
+
+    // -n filters what is shown, and says what it leaves out; the counts behind the exit
+    // status are those shown.
+    let other = remote::rejected(&op, Some("other"), false).await.unwrap();
+    assert_eq!((other.rejected, other.findings), (0, 0), "{}", other.text);
+    assert!(
+        other.text.contains(&format!(
+            "in namespace other (1 rejected and {} findings elsewhere)",
+            report.findings
+        )),
+        "{}",
+        other.text
+    );
+    let shop = remote::rejected(&op, Some("shop"), true).await.unwrap();
+    assert_eq!(
+        (shop.rejected, shop.findings),
+        (1, report.findings),
+        "{}",
+        shop.text
+    );
+    assert_eq!(json(&shop.text)["namespace"], "shop");
     c.shutdown().await;
 }
 
@@ -267,7 +344,7 @@ async fn get_shows_objects_as_held_with_their_owner() {
         "po",
         &names(&["shop/web", "api", "gone"]),
         "shop",
-        true,
+        Output::Json,
     )
     .await
     .unwrap();
@@ -286,9 +363,15 @@ async fn get_shows_objects_as_held_with_their_owner() {
     );
     assert_eq!(objects[2]["found"], false);
 
-    let got = get::get(&op, "netpol", &names(&["shop/db"]), "default", false)
-        .await
-        .unwrap();
+    let got = get::get(
+        &op,
+        "netpol",
+        &names(&["shop/db"]),
+        "default",
+        Output::Table,
+    )
+    .await
+    .unwrap();
     assert!(got.all_found);
     assert!(
         got.text.contains("NetworkPolicy") && got.text.contains("shop/db  manifests"),
@@ -296,7 +379,32 @@ async fn get_shows_objects_as_held_with_their_owner() {
         got.text
     );
 
-    let err = get::get(&op, "Service", &names(&["x"]), "default", false)
+    // -o wide: what Palisade uses of each object.
+    let got = get::get(&op, "po", &names(&["shop/web"]), "default", Output::Wide)
+        .await
+        .unwrap();
+    let row = got.text.lines().find(|l| l.starts_with("Pod")).unwrap();
+    assert!(
+        row.contains("10.0.0.1") && row.contains("n1") && row.contains("app=web"),
+        "{}",
+        got.text
+    );
+    let got = get::get(&op, "netpol", &names(&["shop/db"]), "default", Output::Wide)
+        .await
+        .unwrap();
+    assert!(got.text.contains("POD-SELECTOR"), "{}", got.text);
+    let row = got
+        .text
+        .lines()
+        .find(|l| l.starts_with("NetworkPolicy"))
+        .unwrap();
+    assert!(
+        row.contains("app=db") && row.contains("1 rules") && row.ends_with("-"),
+        "{}",
+        got.text
+    );
+
+    let err = get::get(&op, "Service", &names(&["x"]), "default", Output::Table)
         .await
         .err()
         .unwrap()
@@ -390,7 +498,7 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
     c.in_sync("n3").await;
     c.realized(c.revision()).await;
     let op = c.operator();
-    let n3 = json(&remote::node(&op, "n3", false, true).await.unwrap());
+    let n3 = json(&remote::node(&op, "n3", None, true).await.unwrap());
     assert_eq!(n3["failedClosed"], serde_json::json!(["10.0.0.3"]));
     assert!(
         n3["capacityWarning"]
@@ -400,9 +508,9 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
         "{n3}"
     );
     assert_eq!(n3["capacities"]["rules"], 0);
-    let text = remote::node(&op, "n3", false, false).await.unwrap();
+    let text = remote::node(&op, "n3", None, false).await.unwrap();
     assert!(text.contains("FAILED CLOSED   10.0.0.3"), "{text}");
-    let table = remote::nodes(&op, &Default::default(), false)
+    let table = remote::nodes(&op, &Default::default(), Output::Table)
         .await
         .unwrap();
     assert!(table.contains("FAILED-CLOSED"), "{table}");
@@ -419,7 +527,7 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
     c.write("more.yaml", &allow("shop", "db2", "db", "web", 5432));
     let r = c.next_revision(c.revision()).await;
     c.realized(r).await;
-    let n3 = json(&remote::node(&op, "n3", false, true).await.unwrap());
+    let n3 = json(&remote::node(&op, "n3", None, true).await.unwrap());
     assert_eq!(n3["failedClosed"], serde_json::json!([]), "{n3}");
     let page = c.http_get("/metrics").await;
     assert!(page.contains("palisade_nodes_degraded 0\n"), "{page}");
@@ -491,9 +599,15 @@ async fn wait_for_file_waits_for_the_revision_that_holds_it() {
         .await
         .unwrap();
     assert!(revision > before, "{revision} after {before}");
-    let got = palisadectl::get::get(&op, "netpol", &["shop/web-in".into()], "default", false)
-        .await
-        .unwrap();
+    let got = palisadectl::get::get(
+        &op,
+        "netpol",
+        &["shop/web-in".into()],
+        "default",
+        Output::Table,
+    )
+    .await
+    .unwrap();
     assert!(got.all_found);
     let (_, realized) = remote::wait(&op, Some(revision), Duration::from_secs(20), false)
         .await

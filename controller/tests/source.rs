@@ -122,7 +122,7 @@ async fn a_misspelled_kind_keeps_the_policy_and_is_reported() {
     let conn = c.operator();
     let deadline = tokio::time::Instant::now() + WAIT;
     let report = loop {
-        let r = palisadectl::remote::rejected(&conn, false)
+        let r = palisadectl::remote::rejected(&conn, None, false)
             .await
             .unwrap()
             .text;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use cluster::{allow, pod, AgentOpts, Cluster};
 use palisade_agent::{Capacities, Phase, StateStore};
+use palisadectl::output::Output;
 
 const NODES: [&str; 8] = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"];
 
@@ -272,7 +273,7 @@ async fn another_nodes_certificate_is_refused() {
         server_name: None,
         insecure: false,
     };
-    let err = palisadectl::remote::nodes(&conn, &Default::default(), true)
+    let err = palisadectl::remote::nodes(&conn, &Default::default(), Output::Json)
         .await
         .unwrap_err()
         .to_string();

@@ -14,6 +14,7 @@ use palisade_policy::model::Protocol;
 
 use crate::probe::{self, Flow, Servers};
 use crate::{Lab, LabError};
+use palisadectl::output::Output;
 
 /// What the failover showed.
 pub struct Failover {
@@ -72,7 +73,7 @@ fn leader(
 ) -> Option<u64> {
     let until = Instant::now() + bound;
     while Instant::now() < until {
-        if let Ok(text) = rt.block_on(palisadectl::store::replicas(&lab.conn, true)) {
+        if let Ok(text) = rt.block_on(palisadectl::store::replicas(&lab.conn, Output::Json)) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             if let Some(l) = v["leader"]
                 .as_u64()
@@ -91,7 +92,7 @@ fn all_synced(lab: &Lab, rt: &tokio::runtime::Runtime) -> bool {
     let Ok(text) = rt.block_on(palisadectl::remote::nodes(
         &lab.conn,
         &Default::default(),
-        true,
+        Output::Json,
     )) else {
         return false;
     };
@@ -215,7 +216,7 @@ pub fn run(lab: &mut Lab, allowed: &Flow, denied: &Flow) -> Result<Failover, Lab
          {current} already current, {snapshot} with a snapshot (palisade_sync_resumes_total; \
          an agent of a node without pods holds nothing to resume from).\n"
     );
-    if let Ok(table) = rt.block_on(palisadectl::store::replicas(&lab.conn, false)) {
+    if let Ok(table) = rt.block_on(palisadectl::store::replicas(&lab.conn, Output::Table)) {
         let _ = writeln!(
             out,
             "$ palisadectl replicas --controller {} --insecure\n{table}",

@@ -11,6 +11,7 @@ use palisade_policy::model::Protocol;
 use palisadectl::remote::{self, Conn};
 
 use crate::LabOptions;
+use palisadectl::output::Output;
 
 struct Children(Vec<Child>);
 
@@ -111,7 +112,7 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let table = rt.block_on(remote::nodes(&conn, &Default::default(), false))?;
+    let table = rt.block_on(remote::nodes(&conn, &Default::default(), Output::Table))?;
     println!(
         "A controller and {} agents (in-memory dataplane) on {addr}{}:\n\n$ palisadectl nodes --controller {addr} --insecure\n{table}",
         nodes.len(),

@@ -17,6 +17,7 @@ use palisadectl::remote::{self, Conn};
 use crate::probe::{self, Flow};
 use crate::topology::{PodSpec, Topology};
 use crate::LabError;
+use palisadectl::output::Output;
 
 /// Where each agent serves its metrics, inside its node's network namespace.
 pub const AGENT_METRICS: &str = "127.0.0.1:9464";
@@ -166,7 +167,7 @@ impl Lab {
         let revision = loop {
             let served = self
                 .runtime
-                .block_on(remote::nodes(&self.conn, &Default::default(), true))
+                .block_on(remote::nodes(&self.conn, &Default::default(), Output::Json))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
             if let Some(v) = served {
@@ -396,7 +397,7 @@ impl Lab {
     pub fn revision(&self) -> Result<u64, LabError> {
         let text = self
             .runtime
-            .block_on(remote::nodes(&self.conn, &Default::default(), true))
+            .block_on(remote::nodes(&self.conn, &Default::default(), Output::Json))
             .map_err(|e| LabError::Controller(e.to_string()))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| LabError::Controller(e.to_string()))?;
@@ -407,7 +408,7 @@ impl Lab {
     pub fn node_status(&self, node: &str) -> Result<serde_json::Value, LabError> {
         let text = self
             .runtime
-            .block_on(remote::node(&self.conn, node, false, true))
+            .block_on(remote::node(&self.conn, node, None, true))
             .map_err(|e| LabError::Controller(e.to_string()))?;
         serde_json::from_str(&text).map_err(|e| LabError::Controller(e.to_string()))
     }

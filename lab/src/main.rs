@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use palisade_lab::demo::{self, MICROSERVICES, MICROSERVICES_PROBES};
 use palisade_lab::{Lab, LabOptions};
+use palisadectl::output::Output;
 
 /// Palisade on real packets on one machine: nodes and pods in network namespaces wired like a
 /// routed CNI, controller replicas (three by default), and a Palisade agent with the eBPF
@@ -15,6 +16,9 @@ use palisade_lab::{Lab, LabOptions};
 #[derive(Parser)]
 #[command(name = "palisade-lab", version)]
 struct Cli {
+    /// The log level and format of the controllers and agents the lab runs.
+    #[command(flatten)]
+    log: palisade_telemetry::LogArgs,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -111,6 +115,7 @@ fn parse_probe(s: &str) -> Result<(u16, palisade_policy::model::Protocol)> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    cli.log.pass_to_children();
     match cli.command.unwrap_or(Cmd::Demo {
         manifests: None,
         probes: Vec::new(),
@@ -252,7 +257,7 @@ fn run(
     let nodes = rt.block_on(palisadectl::remote::nodes(
         &lab.conn,
         &Default::default(),
-        false,
+        Output::Table,
     ))?;
     println!(
         "$ palisadectl nodes --controller {} --insecure\n{nodes}",

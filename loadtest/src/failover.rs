@@ -22,6 +22,7 @@ use crate::fleet;
 use crate::raft::ms;
 use crate::replicas::{self, sum, until, GroupOptions, Replicas};
 use crate::synth::{self, Shape};
+use palisadectl::output::Output;
 
 pub struct FailoverOptions {
     pub shape: Shape,
@@ -237,7 +238,7 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         let revision = |id: u64| {
             let conn = r.conn(id);
             async move {
-                let text = palisadectl::remote::nodes(&conn, &Default::default(), true)
+                let text = palisadectl::remote::nodes(&conn, &Default::default(), Output::Json)
                     .await
                     .ok()?;
                 serde_json::from_str::<serde_json::Value>(&text).ok()?["revision"].as_u64()

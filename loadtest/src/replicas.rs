@@ -15,6 +15,7 @@ use palisadectl::remote::Conn;
 
 use crate::compile::peak_rss_of;
 use crate::proxy::Proxy;
+use palisadectl::output::Output;
 
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -361,7 +362,7 @@ impl Handle {
 
     /// The leader replica `ask` knows, if any.
     pub async fn leader_known_to(&self, ask: u64) -> Option<u64> {
-        let text = palisadectl::store::replicas(&self.conn(ask), true)
+        let text = palisadectl::store::replicas(&self.conn(ask), Output::Json)
             .await
             .ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use palisade_policy::cluster::{ClusterView, Probe};
-use palisadectl::output::Output;
+use palisadectl::output::{in_namespace, Output};
 use palisadectl::{certs, demo, evaluate, get, lint, load, remote, show, store};
 
 /// Palisade's command line: evaluate Kubernetes NetworkPolicy manifests exactly as Palisade
@@ -145,6 +145,11 @@ enum Cmd {
         #[arg(long)]
         node: String,
 
+        /// Only the endpoints of this namespace (and the address sets their rules use); the
+        /// digest and figures stay those of the whole slice.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+
         /// Output format.
         #[arg(short, long, value_enum, default_value = "json")]
         output: Output,
@@ -245,6 +250,10 @@ Examples:
         /// Show the node's slice too.
         #[arg(long)]
         slice: bool,
+        /// With --slice: only the endpoints of this namespace (and the address sets their
+        /// rules use).
+        #[arg(short = 'n', long, requires = "slice")]
+        namespace: Option<String>,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -355,6 +364,10 @@ Examples:
         /// Exit with status 8 (added to 4) when there is any lint finding.
         #[arg(long)]
         strict: bool,
+        /// Only objects and findings of this namespace (its namespaced objects and the
+        /// Namespace itself); the exit status counts only what is shown.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -477,7 +490,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let options = palisade_policy::lint::Options { pod_cidrs };
             let mut found = lint::findings(&loaded, &options);
             if let Some(ns) = &namespace {
-                found.retain(|f| f.finding.object.split('/').next() == Some(ns.as_str()));
+                found.retain(|f| in_namespace(&f.finding.object, ns));
             }
             let text = if output.structured() {
                 lint::json(&found, &loaded)
@@ -495,6 +508,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Slice {
             manifests,
             node,
+            namespace,
             output,
         } => {
             let loaded = load::load(&manifests.files, &manifests.default_namespace)?;
@@ -511,9 +525,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!(
                 "{}",
                 output.render(if output.structured() {
-                    show::json(&slice)
+                    show::json(&slice, namespace.as_deref())
                 } else {
-                    show::table(&slice)
+                    show::table(&slice, namespace.as_deref())
                 })
             );
             Ok(exit(loaded.report(), false))
@@ -553,9 +567,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Replicas { conn, output } => {
             print!(
                 "{}",
-                output.render(
-                    runtime()?.block_on(store::replicas(&conn.conn()?, output.structured()))?
-                )
+                output.render(runtime()?.block_on(store::replicas(&conn.conn()?, output))?)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -566,17 +578,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
         } => {
             let filter = remote::NodeFilter { lagging, name };
-            let text =
-                runtime()?.block_on(remote::nodes(&conn.conn()?, &filter, output.structured()))?;
+            let text = runtime()?.block_on(remote::nodes(&conn.conn()?, &filter, output))?;
             print!("{}", output.render(text));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Node {
             name,
             slice,
+            namespace,
             conn,
             output,
         } => {
+            let slice = slice.then_some(remote::SliceView {
+                namespace: namespace.as_deref(),
+            });
             print!(
                 "{}",
                 output.render(runtime()?.block_on(remote::node(
@@ -665,13 +680,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             conn,
             output,
         } => {
-            let got = runtime()?.block_on(get::get(
-                &conn.conn()?,
-                &kind,
-                &names,
-                &namespace,
-                output.structured(),
-            ))?;
+            let got =
+                runtime()?.block_on(get::get(&conn.conn()?, &kind, &names, &namespace, output))?;
             print!("{}", output.render(got.text));
             Ok(exit(false, !got.all_found))
         }
@@ -717,11 +727,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Rejected {
             strict,
+            namespace,
             conn,
             output,
         } => {
-            let report =
-                runtime()?.block_on(remote::rejected(&conn.conn()?, output.structured()))?;
+            let report = runtime()?.block_on(remote::rejected(
+                &conn.conn()?,
+                namespace.as_deref(),
+                output.structured(),
+            ))?;
             print!("{}", output.render(report.text));
             Ok(Outcome {
                 rejected: report.rejected > 0,

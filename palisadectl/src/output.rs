@@ -1,15 +1,19 @@
-//! Output formats, as kubectl names them: `table` (the default), `wide` (a table with every
-//! column), `json` and `yaml`. Commands render JSON for the structured formats; YAML is the
+//! Output formats, as kubectl names them: `table` (the default), `wide` (the table with more
+//! columns where a command has more to show), `json` and `yaml`. Commands render JSON for the structured formats; YAML is the
 //! same document converted, so the two never disagree.
 
 use clap::ValueEnum;
 
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// A table or list for people.
     #[default]
     Table,
+    /// The table with more columns (`nodes`, `replicas`, `get`); elsewhere the same as table.
     Wide,
+    /// JSON, for programs.
     Json,
+    /// The JSON document as YAML.
     Yaml,
 }
 
@@ -37,6 +41,13 @@ impl Output {
     }
 }
 
+/// Whether an object named as Palisade names objects (`NAMESPACE/NAME`, or a Namespace's own
+/// name) is in `namespace` as `-n/--namespace` filters: a namespaced object of it, or the
+/// Namespace itself.
+pub fn in_namespace(object: &str, namespace: &str) -> bool {
+    object.split('/').next() == Some(namespace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +58,13 @@ mod tests {
         let back: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(back, serde_json::json!({"a": [1, {"b": "x"}], "c": null}));
         assert_eq!(Output::Json.render("{}".into()), "{}");
+    }
+
+    #[test]
+    fn namespace_filter() {
+        assert!(in_namespace("shop/web", "shop"));
+        assert!(in_namespace("shop", "shop"));
+        assert!(!in_namespace("shopping/web", "shop"));
+        assert!(!in_namespace("other/shop", "shop"));
     }
 }

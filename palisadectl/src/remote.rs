@@ -12,6 +12,7 @@ use palisade_proto::v1::{self as pb};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use crate::output::{in_namespace, Output};
 use crate::show;
 
 /// How to reach the controller.
@@ -207,10 +208,12 @@ fn summary(nodes: &[pb::NodeStatus]) -> String {
     )
 }
 
+/// The nodes `filter` keeps, after a summary of every node; `-o wide` adds the lag in
+/// seconds, the agent's version and the acked digest.
 pub async fn nodes(
     conn: &Conn,
     filter: &NodeFilter,
-    json_out: bool,
+    output: Output,
 ) -> Result<String, RemoteError> {
     let mut r = client(conn)
         .await?
@@ -221,7 +224,7 @@ pub async fn nodes(
     r.nodes.retain(|n| {
         (!filter.lagging || lagging(n)) && filter.name.as_deref().is_none_or(|g| glob(g, &n.node))
     });
-    if json_out {
+    if output.structured() {
         let v = json!({"revision": r.revision, "summary": all, "nodes": r.nodes.iter().map(status_json).collect::<Vec<_>>()});
         return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
     }
@@ -237,9 +240,16 @@ pub async fn nodes(
         .max()
         .unwrap_or(4)
         .max(4);
+    let wide = |lag: &str, agent: &str, digest: &str| {
+        if output.wide() {
+            format!("{lag:>7}  {agent:<10}  {digest:<16}  ")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  NACK",
+        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  {}NACK",
         "NODE",
         "DESIRED",
         "ACKED",
@@ -249,12 +259,13 @@ pub async fn nodes(
         "PODS",
         "ENDPOINTS",
         "SETS",
-        "FAILED-CLOSED"
+        "FAILED-CLOSED",
+        wide("LAG-S", "AGENT", "ACKED-DIGEST"),
     );
     for n in &r.nodes {
         let _ = writeln!(
             out,
-            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  {}",
+            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  {}{}",
             n.node,
             n.desired_version,
             n.acked_version,
@@ -265,23 +276,41 @@ pub async fn nodes(
             n.endpoints,
             n.sets,
             n.failed_closed.len(),
+            wide(
+                &format!("{:.1}", n.lag_seconds),
+                if n.agent_version.is_empty() {
+                    "-"
+                } else {
+                    &n.agent_version
+                },
+                short(&n.acked_digest)
+            ),
             n.nack_error
         );
     }
     Ok(out)
 }
 
+/// How `node` shows the node's slice.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SliceView<'a> {
+    /// Only the endpoints of this namespace.
+    pub namespace: Option<&'a str>,
+}
+
+/// One node's status, and its slice when `slice` says how to show it.
 pub async fn node(
     conn: &Conn,
     name: &str,
-    with_slice: bool,
+    slice: Option<SliceView<'_>>,
     json_out: bool,
 ) -> Result<String, RemoteError> {
+    let view = slice.unwrap_or_default();
     let n = client(conn)
         .await?
         .get_node(pb::GetNodeRequest {
             node: name.to_string(),
-            include_slice: with_slice,
+            include_slice: slice.is_some(),
         })
         .await?
         .into_inner();
@@ -296,7 +325,7 @@ pub async fn node(
     if json_out {
         let mut v = status_json(&n);
         if let Some(s) = &slice {
-            v["slice"] = serde_json::from_str(&show::json(s)).expect("valid JSON");
+            v["slice"] = serde_json::from_str(&show::json(s, view.namespace)).expect("valid JSON");
         }
         return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
     }
@@ -349,7 +378,7 @@ pub async fn node(
     }
     if let Some(s) = &slice {
         out.push('\n');
-        out.push_str(&show::table(s));
+        out.push_str(&show::table(s, view.namespace));
     }
     Ok(out)
 }
@@ -485,12 +514,30 @@ pub struct RejectedReport {
 }
 
 /// Objects the controller rejected, then lint findings over its replicated state.
-pub async fn rejected(conn: &Conn, json_out: bool) -> Result<RejectedReport, RemoteError> {
-    let r = client(conn)
+/// Only those of `namespace` when given (`-n`).
+pub async fn rejected(
+    conn: &Conn,
+    namespace: Option<&str>,
+    json_out: bool,
+) -> Result<RejectedReport, RemoteError> {
+    let mut r = client(conn)
         .await?
         .list_rejected(pb::ListRejectedRequest {})
         .await?
         .into_inner();
+    let (all_objects, all_findings) = (r.objects.len(), r.findings.len());
+    if let Some(ns) = namespace {
+        r.objects.retain(|o| in_namespace(&o.object, ns));
+        r.findings.retain(|f| in_namespace(&f.object, ns));
+    }
+    let elsewhere = match namespace {
+        Some(ns) => format!(
+            " in namespace {ns} ({} rejected and {} findings elsewhere)",
+            all_objects - r.objects.len(),
+            all_findings - r.findings.len()
+        ),
+        None => String::new(),
+    };
     let finding = |f: &pb::LintFinding| {
         json!({"kind": f.kind, "object": f.object, "field": f.field, "check": f.check,
                "message": f.message, "suggestion": f.suggestion})
@@ -503,7 +550,7 @@ pub async fn rejected(conn: &Conn, json_out: bool) -> Result<RejectedReport, Rem
             .collect();
         let f: Vec<Value> = r.findings.iter().map(finding).collect();
         serde_json::to_string_pretty(
-            &json!({"objects": v, "findings": f, "lintRevision": r.lint_revision}),
+            &json!({"objects": v, "findings": f, "lintRevision": r.lint_revision, "namespace": namespace}),
         )
         .expect("serialisable")
             + "\n"
@@ -530,7 +577,7 @@ pub async fn rejected(conn: &Conn, json_out: bool) -> Result<RejectedReport, Rem
         }
         let _ = writeln!(
             out,
-            "{} rejected, {} lint finding{} at revision {}.",
+            "{} rejected, {} lint finding{} at revision {}{elsewhere}.",
             r.objects.len(),
             r.findings.len(),
             if r.findings.len() == 1 { "" } else { "s" },

@@ -9,6 +9,7 @@ use palisade_proto::v1::admin_client::AdminClient;
 use palisade_proto::v1::{self as pb};
 use serde_json::{json, Value};
 
+use crate::output::Output;
 use crate::remote::{self, Conn, RemoteError};
 
 /// What to send.
@@ -76,14 +77,15 @@ pub async fn apply(conn: &Conn, change: Change, json_out: bool) -> Result<String
     Ok(out)
 }
 
-/// The replicas of the group, as the one asked sees them.
-pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError> {
+/// The replicas of the group, as the one asked sees them; `-o wide` adds the asked replica's
+/// last snapshot index and, when it leads, the index it knows each peer's log holds.
+pub async fn replicas(conn: &Conn, output: Output) -> Result<String, RemoteError> {
     let r = remote::client(conn)
         .await?
         .list_replicas(pb::ListReplicasRequest {})
         .await?
         .into_inner();
-    if json_out {
+    if output.structured() {
         let list: Vec<Value> = r
             .replicas
             .iter()
@@ -119,10 +121,25 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
         return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
     }
     let mut out = String::new();
+    let wide = |snapshot: &str, matched: &str| {
+        if output.wide() {
+            format!("{snapshot:>9} {matched:>9} ")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7}  NOTE",
-        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST-CONTACT", "AGENTS"
+        "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7} {} NOTE",
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "COMMIT",
+        "APPLIED",
+        "LAST-CONTACT",
+        "AGENTS",
+        wide("SNAPSHOT", "MATCHED"),
     );
     for s in &r.replicas {
         let contact = match (s.id == r.self_id, s.last_contact_ms) {
@@ -139,7 +156,7 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
         }
         let _ = writeln!(
             out,
-            "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7}  {}",
+            "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7} {} {}",
             s.id,
             if s.address.is_empty() {
                 "-"
@@ -152,6 +169,7 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
             s.applied,
             contact,
             s.agents,
+            wide(&dash(s.snapshot), &dash(s.matched)),
             note
         );
     }
@@ -167,6 +185,15 @@ pub async fn replicas(conn: &Conn, json_out: bool) -> Result<String, RemoteError
         out.push_str(&watches_table(&s.watches));
     }
     Ok(out)
+}
+
+/// An index, or `-` when not known (0).
+fn dash(index: u64) -> String {
+    if index == 0 {
+        "-".into()
+    } else {
+        index.to_string()
+    }
 }
 
 /// The Kubernetes source's watches as a table: state and for how long, objects, last event.

@@ -126,6 +126,32 @@ fn matrices_by_namespace_and_filtered() {
 }
 
 #[test]
+fn slice_of_one_namespace() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/namespace-isolation"
+    );
+    let whole = run(&["slice", "-f", dir, "--node", "node-1"]);
+    let whole: serde_json::Value = serde_json::from_slice(&whole.stdout).unwrap();
+    let demo = run(&["slice", "-f", dir, "--node", "node-1", "-n", "demo"]);
+    let demo: serde_json::Value = serde_json::from_slice(&demo.stdout).unwrap();
+    // The whole slice's digest, the namespace's endpoints.
+    assert_eq!(demo["digest"], whole["digest"]);
+    assert_eq!(demo["namespace"], "demo");
+    assert_eq!(demo["endpoints"], whole["endpoints"]);
+    let other = run(&[
+        "slice", "-f", dir, "--node", "node-1", "-n", "frontend", "-o", "table",
+    ]);
+    assert!(other.status.success());
+    let text = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        text.contains("namespace frontend: 0 endpoints, 0 address sets")
+            && !text.contains("demo/api"),
+        "{text}"
+    );
+}
+
+#[test]
 fn version_and_completion() {
     let v = run(&["version", "--client"]);
     assert_eq!(

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use palisadectl::output::Output;
 use palisadectl::remote::Conn;
 use palisadectl::store;
 use serde_json::Value;
@@ -332,7 +333,7 @@ impl Replicas {
 
     /// `palisadectl replicas -o json` against `id`.
     pub async fn replicas(&self, id: u64) -> Option<Value> {
-        let text = store::replicas(&self.conn(id), true).await.ok()?;
+        let text = store::replicas(&self.conn(id), Output::Json).await.ok()?;
         serde_json::from_str(&text).ok()
     }
 
@@ -396,7 +397,7 @@ impl Replicas {
 
     /// Every node's (desired version, digest) as replica `id` serves them, and its revision.
     pub async fn digests(&self, id: u64) -> Option<(u64, BTreeMap<String, (u64, String)>)> {
-        let text = palisadectl::remote::nodes(&self.conn(id), &Default::default(), true)
+        let text = palisadectl::remote::nodes(&self.conn(id), &Default::default(), Output::Json)
             .await
             .ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
