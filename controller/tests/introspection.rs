@@ -331,6 +331,22 @@ async fn nodes_node_wait_explain_and_rejected() {
         shop.text
     );
     assert_eq!(json(&shop.text)["namespace"], "shop");
+    // A problem that names no object (a file that does not parse) may hide any namespace's
+    // objects: -n shows it whatever the namespace.
+    c.write("broken.yaml", "kind: [\n");
+    let mut all = remote::rejected(&op, None, true).await.unwrap();
+    for _ in 0..200 {
+        if all.rejected > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        all = remote::rejected(&op, None, true).await.unwrap();
+    }
+    let other = remote::rejected(&op, Some("other"), true).await.unwrap();
+    assert_eq!(other.rejected, 1, "{}", other.text);
+    let v = json(&other.text);
+    assert_eq!(v["objects"][0]["object"], "", "{v}");
+    assert_eq!(v["leftOut"]["rejected"], 1, "{v}");
     c.shutdown().await;
 }
 

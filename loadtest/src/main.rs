@@ -8,7 +8,8 @@ use palisade_loadtest::{
 #[derive(Parser)]
 #[command(name = "palisade-loadtest", version)]
 struct Cli {
-    /// The log level and format of the controllers and agents the load test runs.
+    /// The log level and format of the controller processes the load test starts (its
+    /// simulated agents run in its own process, which logs only its progress and results).
     #[command(flatten)]
     log: palisade_telemetry::LogArgs,
     #[command(subcommand)]

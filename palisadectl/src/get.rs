@@ -62,59 +62,70 @@ pub async fn get(
             all_found,
         });
     }
-    let width = r
-        .objects
-        .iter()
-        .map(|o| o.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let mut text = format!("revision {}\n", r.revision);
-    let (owner_width, extra) = if output.wide() {
-        (13, wide_header(kind))
-    } else {
-        (0, "")
-    };
-    let _ = writeln!(
-        text,
-        "{:<13}  {:width$}  {:owner_width$}{}",
-        "KIND",
-        "NAME",
-        "OWNER",
-        extra.trim_end()
-    );
+    let mut rows: Vec<Vec<String>> = vec![["KIND", "NAME", "OWNER"]
+        .into_iter()
+        .chain(
+            if output.wide() {
+                wide_header(kind)
+            } else {
+                &[]
+            }
+            .iter()
+            .copied(),
+        )
+        .map(String::from)
+        .collect()];
     for o in &r.objects {
         let owner = if o.found {
             o.owner.as_str()
         } else {
             "(not found)"
         };
-        let extra = if output.wide() && o.found {
-            format!("  {}", wide_columns(kind, &o.json))
-        } else {
-            String::new()
-        };
-        let line = format!(
-            "{:<13}  {:width$}  {owner:owner_width$}{extra}",
-            o.kind, o.name
-        );
-        let _ = writeln!(text, "{}", line.trim_end());
+        let mut row = vec![o.kind.clone(), o.name.clone(), owner.to_string()];
+        if output.wide() && o.found {
+            row.extend(wide_columns(kind, &o.json));
+        }
+        rows.push(row);
     }
+    let text = format!("revision {}\n{}", r.revision, columns(&rows));
     Ok(Got { text, all_found })
 }
 
+/// Rows as columns two spaces apart, each as wide as its widest cell (the last unpadded).
+fn columns(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let w = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(max) => *max = (*max).max(w),
+                None => widths.push(w),
+            }
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:width$}  ");
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
 /// The columns `-o wide` adds for `kind`.
-fn wide_header(kind: Kind) -> &'static str {
+fn wide_header(kind: Kind) -> &'static [&'static str] {
     match kind {
-        Kind::Pod => "  IP               NODE                  LABELS",
-        Kind::Namespace => "  LABELS",
-        Kind::NetworkPolicy => "  POD-SELECTOR          INGRESS   EGRESS",
+        Kind::Pod => &["IP", "NODE", "LABELS"],
+        Kind::Namespace => &["LABELS"],
+        Kind::NetworkPolicy => &["POD-SELECTOR", "INGRESS", "EGRESS"],
     }
 }
 
 /// `-o wide`'s columns for one object, from the model JSON the controller sent; `?` when it
 /// does not read as that kind (a controller of another version).
-fn wide_columns(kind: Kind, json: &str) -> String {
+fn wide_columns(kind: Kind, json: &str) -> Vec<String> {
     let labels = |l: &Labels| {
         let all: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if all.is_empty() {
@@ -123,19 +134,19 @@ fn wide_columns(kind: Kind, json: &str) -> String {
             all.join(",")
         }
     };
+    let unread = || vec!["?".to_string()];
     match kind {
         Kind::Pod => match serde_json::from_str::<model::Pod>(json) {
-            Ok(p) => format!(
-                "{:<15}  {:<20}  {}",
+            Ok(p) => vec![
                 p.ip.map_or("<none>".to_string(), |ip| ip.to_string()),
-                p.node.as_deref().unwrap_or("<none>"),
-                labels(&p.labels)
-            ),
-            Err(_) => "?".into(),
+                p.node.as_deref().unwrap_or("<none>").to_string(),
+                labels(&p.labels),
+            ],
+            Err(_) => unread(),
         },
         Kind::Namespace => match serde_json::from_str::<model::Namespace>(json) {
-            Ok(n) => labels(&n.labels),
-            Err(_) => "?".into(),
+            Ok(n) => vec![labels(&n.labels)],
+            Err(_) => unread(),
         },
         Kind::NetworkPolicy => match serde_json::from_str::<model::NetworkPolicy>(json) {
             Ok(p) => {
@@ -143,14 +154,13 @@ fn wide_columns(kind: Kind, json: &str) -> String {
                     None => "-".to_string(),
                     Some(r) => format!("{} rules", r.len()),
                 };
-                format!(
-                    "{:<20}  {:<8}  {}",
+                vec![
                     p.pod_selector.to_string(),
                     rules(Direction::Ingress),
-                    rules(Direction::Egress)
-                )
+                    rules(Direction::Egress),
+                ]
             }
-            Err(_) => "?".into(),
+            Err(_) => unread(),
         },
     }
 }
@@ -174,12 +184,19 @@ mod tests {
             named_ports: vec![],
         };
         let pod = serde_json::to_string(&pod).unwrap();
-        let shown = wide_columns(Kind::Pod, &pod);
-        assert!(shown.starts_with("10.0.0.5"), "{shown}");
-        assert!(
-            shown.contains("node-1") && shown.ends_with("app=web"),
-            "{shown}"
+        assert_eq!(
+            wide_columns(Kind::Pod, &pod),
+            vec!["10.0.0.5", "node-1", "app=web"]
         );
-        assert_eq!(wide_columns(Kind::Pod, "{}"), "?");
+        assert_eq!(wide_columns(Kind::Pod, "{}"), vec!["?"]);
+        // Columns as wide as their widest cell, the header included.
+        let rows = [
+            vec!["KIND".to_string(), "NAME".into(), "IP".into()],
+            vec!["Pod".into(), "a-very-long-name".into(), "10.0.0.5".into()],
+        ];
+        assert_eq!(
+            columns(&rows),
+            "KIND  NAME              IP\nPod   a-very-long-name  10.0.0.5\n"
+        );
     }
 }

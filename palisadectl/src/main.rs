@@ -365,7 +365,8 @@ Examples:
         #[arg(long)]
         strict: bool,
         /// Only objects and findings of this namespace (its namespaced objects and the
-        /// Namespace itself); the exit status counts only what is shown.
+        /// Namespace itself), and problems that name no object (a file that does not parse
+        /// may hold any namespace's); the exit status counts only what is shown.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
         #[command(flatten)]

@@ -240,9 +240,16 @@ pub async fn nodes(
         .max()
         .unwrap_or(4)
         .max(4);
+    let agent_width = r
+        .nodes
+        .iter()
+        .map(|n| n.agent_version.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     let wide = |lag: &str, agent: &str, digest: &str| {
         if output.wide() {
-            format!("{lag:>7}  {agent:<10}  {digest:<16}  ")
+            format!("{lag:>7}  {agent:<agent_width$}  {digest:<16}  ")
         } else {
             String::new()
         }
@@ -387,7 +394,7 @@ fn short(digest: &str) -> &str {
     if digest.is_empty() {
         "-"
     } else {
-        &digest[..digest.len().min(16)]
+        digest.get(..16).unwrap_or(digest)
     }
 }
 
@@ -527,14 +534,20 @@ pub async fn rejected(
         .into_inner();
     let (all_objects, all_findings) = (r.objects.len(), r.findings.len());
     if let Some(ns) = namespace {
-        r.objects.retain(|o| in_namespace(&o.object, ns));
+        // A problem that names no object (a file that does not parse, a document that cannot
+        // be identified) may hide this namespace's objects: always shown.
+        r.objects
+            .retain(|o| o.object.is_empty() || in_namespace(&o.object, ns));
         r.findings.retain(|f| in_namespace(&f.object, ns));
     }
+    let left_out = (
+        all_objects - r.objects.len(),
+        all_findings - r.findings.len(),
+    );
     let elsewhere = match namespace {
         Some(ns) => format!(
             " in namespace {ns} ({} rejected and {} findings elsewhere)",
-            all_objects - r.objects.len(),
-            all_findings - r.findings.len()
+            left_out.0, left_out.1
         ),
         None => String::new(),
     };
@@ -550,14 +563,20 @@ pub async fn rejected(
             .collect();
         let f: Vec<Value> = r.findings.iter().map(finding).collect();
         serde_json::to_string_pretty(
-            &json!({"objects": v, "findings": f, "lintRevision": r.lint_revision, "namespace": namespace}),
+            &json!({"objects": v, "findings": f, "lintRevision": r.lint_revision, "namespace": namespace,
+                    "leftOut": {"rejected": left_out.0, "findings": left_out.1}}),
         )
         .expect("serialisable")
             + "\n"
     } else {
         let mut out = String::new();
         if r.objects.is_empty() {
-            out.push_str("No rejected objects.\n");
+            match namespace {
+                Some(ns) => {
+                    let _ = writeln!(out, "No rejected objects in namespace {ns}.");
+                }
+                None => out.push_str("No rejected objects.\n"),
+            }
         }
         for o in &r.objects {
             let _ = writeln!(out, "{}: {} {}", o.source, o.kind, o.object);
