@@ -16,6 +16,21 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).expect("JSON output")
 }
 
+/// `rejected` (JSON, every namespace) once `done` holds of it; the last answer after 20 s.
+async fn rejected_when(
+    op: &remote::Conn,
+    done: impl Fn(&remote::RejectedReport) -> bool,
+) -> remote::RejectedReport {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = remote::rejected(op, None, true).await.unwrap();
+        if done(&report) || std::time::Instant::now() > deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn shop() -> Cluster {
     let manifests = vec![(
         "app.yaml",
@@ -259,14 +274,7 @@ async fn nodes_node_wait_explain_and_rejected() {
         report.text
     );
     c.write("bad.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}\n");
-    let mut rejected = Value::Null;
-    for _ in 0..100 {
-        rejected = json(&remote::rejected(&op, None, true).await.unwrap().text);
-        if !rejected["objects"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rejected = json(&rejected_when(&op, |r| r.rejected > 0).await.text);
     assert_eq!(rejected["objects"][0]["object"], "shop/bad");
     assert!(rejected["objects"][0]["errors"][0]
         .as_str()
@@ -277,14 +285,7 @@ async fn nodes_node_wait_explain_and_rejected() {
     // state, counted in the metrics.
     c.write("typo.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: shop}\nspec: {podSelector: {matchLabels: {app: wbe}}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: types, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Ingress], egress: [{to: [{podSelector: {}}]}]}\n");
     // Findings asked for are at most 10 s old (a lint holds the state lock).
-    let mut report = remote::rejected(&op, None, true).await.unwrap();
-    for _ in 0..400 {
-        if report.findings > 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        report = remote::rejected(&op, None, true).await.unwrap();
-    }
+    let report = rejected_when(&op, |r| r.findings > 1).await;
     let found = json(&report.text);
     // Sorted by object: shop/types, then shop/typo.
     let types = &found["findings"][0];
@@ -334,14 +335,7 @@ async fn nodes_node_wait_explain_and_rejected() {
     // A problem that names no object (a file that does not parse) may hide any namespace's
     // objects: -n shows it whatever the namespace.
     c.write("broken.yaml", "kind: [\n");
-    let mut all = remote::rejected(&op, None, true).await.unwrap();
-    for _ in 0..200 {
-        if all.rejected > 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        all = remote::rejected(&op, None, true).await.unwrap();
-    }
+    rejected_when(&op, |r| r.rejected > 1).await;
     let other = remote::rejected(&op, Some("other"), true).await.unwrap();
     assert_eq!(other.rejected, 1, "{}", other.text);
     let v = json(&other.text);
