@@ -10,14 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_policy::manifest::{Key, Limits, Object};
+use palisade_proto::v1::admin_client::AdminClient;
 use palisade_proto::v1::admin_server::Admin;
-use palisade_proto::v1::{ApplyRequest, ApplyResponse, ObjectChange};
+use palisade_proto::v1::{
+    ApplyRequest, ApplyResponse, ObjectChange, ReplicaChangeRequest, ReplicaChangeResponse,
+};
+use palisade_replica::membership::{Kind, Refused};
+use palisade_replica::Change;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::auth::{self, Identity};
 use crate::hub::Hub;
-use crate::replication::{Group, ProposeFailed};
+use crate::replication::{ChangeFailed, Group, ProposeFailed};
 use crate::source::file;
 use crate::source::watch::rejection_line;
 
@@ -98,26 +104,156 @@ impl AdminService {
         Ok((objects, warnings))
     }
 
+    /// The admin client of `leader`, to forward a call that went through `hops` replicas
+    /// (at most `max_hops`) already; or why there is none.
+    fn leader_client(
+        &self,
+        leader: u64,
+        hops: u32,
+        max_hops: u32,
+    ) -> Result<AdminClient<Channel>, Status> {
+        if hops > max_hops || leader == 0 || leader == self.group.id() {
+            return Err(Status::unavailable(
+                "no leader is elected right now (the group may be electing one, or lack a quorum); retry shortly",
+            ));
+        }
+        self.group
+            .transport
+            .admin(leader)
+            .ok_or_else(|| Status::unavailable(format!("the leader {leader} is not a known peer")))
+    }
+
     async fn forward(
         &self,
         mut req: ApplyRequest,
         leader: u64,
     ) -> Result<Response<ApplyResponse>, Status> {
-        if req.hops > 0 || leader == 0 || leader == self.group.id() {
-            return Err(Status::unavailable(
-                "no leader is elected right now (the group may be electing one, or lack a quorum); retry shortly",
-            ));
-        }
-        let mut client = self.group.transport.admin(leader).ok_or_else(|| {
-            Status::unavailable(format!("the leader {leader} is not a known peer"))
-        })?;
+        let mut client = self.leader_client(leader, req.hops, 0)?;
         req.hops += 1;
         client.apply(req).await
     }
+
+    /// Wait (a few seconds at most) for a leader other than this replica, after handing
+    /// leadership over.
+    async fn new_leader(&self) -> u64 {
+        let mut w = self.group.watch();
+        let me = self.group.id();
+        let found = tokio::time::timeout(
+            Duration::from_secs(10),
+            w.wait_for(|s| s.raft.leader != 0 && s.raft.leader != me),
+        )
+        .await;
+        match found {
+            Ok(Ok(s)) => s.raft.leader,
+            _ => 0,
+        }
+    }
+}
+
+/// Membership changes are an operator's (or a replica forwarding one's).
+fn authorize_change(req: &Request<ReplicaChangeRequest>, insecure: bool) -> Result<(), Status> {
+    let ids = auth::caller(req, insecure)?;
+    let forwarded = req.get_ref().hops > 0;
+    if ids.iter().any(|i| match i {
+        Identity::Operator(_) | Identity::Anonymous => true,
+        Identity::Replica(_) => forwarded,
+        _ => false,
+    }) {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "changing the group's membership needs an operator certificate (a URI SAN {}NAME)",
+        palisade_proto::identity::OPERATOR
+    )))
+}
+
+/// The change an operator's request asks for, or what is wrong with it.
+fn requested_change(req: &ReplicaChangeRequest) -> Result<Change, Status> {
+    let kind = match req.action.as_str() {
+        "add" => Kind::AddLearner,
+        "remove" => Kind::Remove,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown membership action {other:?}: \"add\" or \"remove\""
+            )))
+        }
+    };
+    if req.id == 0 {
+        return Err(Status::invalid_argument("a replica id is a number from 1"));
+    }
+    if kind == Kind::AddLearner {
+        crate::replication::parse_peers(&format!("{}={}", req.id, req.address), req.id)
+            .map_err(|e| Status::invalid_argument(e.to_string().replace("--peers: ", "")))?;
+    }
+    Ok(Change {
+        kind,
+        id: req.id,
+        address: req.address.trim().to_string(),
+        request: 0,
+    })
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn change_replicas(
+        &self,
+        req: Request<ReplicaChangeRequest>,
+    ) -> Result<Response<ReplicaChangeResponse>, Status> {
+        authorize_change(&req, self.insecure)?;
+        let mut req = req.into_inner();
+        let change = requested_change(&req)?;
+        let mut leader = self.group.status().raft.leader;
+        if self.group.status().is_leader() {
+            // A change still being committed (or a new leader's first entry, before which
+            // raft-rs takes none) clears within moments: wait a little for it. So does a
+            // quorum that looks short because a replica just came back (it answers within an
+            // election timeout or two): looked at again for a few seconds before refusing.
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            let quorum_until = std::time::Instant::now() + Duration::from_secs(3);
+            let answer = loop {
+                // Removals applied here, and those handed out and not applied yet.
+                let mut retired = self.hub.lock().machine.retired().clone();
+                retired.extend(self.group.transport.retired());
+                match self.group.change(change.clone(), retired).await {
+                    Err(ChangeFailed::Refused(Refused::Pending))
+                        if std::time::Instant::now() < until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(ChangeFailed::Refused(Refused::NoQuorum { .. }))
+                        if std::time::Instant::now() < quorum_until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    other => break other,
+                }
+            };
+            match answer {
+                Ok((index, members)) => {
+                    info!(index, replica = change.id, kind = ?change.kind, "membership changed by an operator");
+                    return Ok(Response::new(ReplicaChangeResponse {
+                        index,
+                        voters: members.voters.into_iter().collect(),
+                        learners: members.learners.into_iter().collect(),
+                        leader: self.group.id(),
+                    }));
+                }
+                Err(ChangeFailed::Handing { .. }) => leader = self.new_leader().await,
+                Err(e @ ChangeFailed::Refused(_)) => {
+                    return Err(Status::failed_precondition(e.to_string()))
+                }
+                Err(e @ ChangeFailed::Propose(ProposeFailed::NotLeader { .. })) => {
+                    return Err(Status::unavailable(e.to_string()))
+                }
+                Err(e) => return Err(Status::unavailable(e.to_string())),
+            }
+        }
+        // Twice at most: a follower to the leader, which may hand leadership over once.
+        let mut client = self.leader_client(leader, req.hops, 1)?;
+        req.hops += 1;
+        client.change_replicas(req).await
+    }
+
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         authorize(&req, self.insecure)?;
         let received = std::time::Instant::now();

@@ -235,6 +235,21 @@ impl Hub {
         last
     }
 
+    /// Apply the membership change committed at `index`: a revision that changes no slice;
+    /// the machine keeps the addresses of replicas added and the ids of those removed.
+    pub fn apply_change(&self, index: u64, change: Option<&palisade_replica::Change>) -> u64 {
+        let mut st = self.lock();
+        let st = &mut *st;
+        st.machine.apply_change(index, change);
+        st.rollout.committed(index, Instant::now());
+        if let Some(c) = change {
+            info!(revision = index, replica = c.id, kind = ?c.kind, address = %c.address, "membership changed");
+        }
+        let last = st.revision();
+        self.published(last);
+        last
+    }
+
     /// A snapshot of the state machine when `every` entries were applied since the last one:
     /// `(index, bytes)`, to store in the log (which is then compacted behind it).
     pub fn snapshot_if_due(&self, every: u64) -> Option<(u64, Vec<u8>)> {
@@ -446,8 +461,10 @@ impl Hub {
     pub fn set_rejected(&self, source: &'static str, rejected: Vec<Rejected>) {
         let mut st = self.lock();
         st.rejected.insert(source, rejected);
-        self.metrics
-            .rejected(st.rejected.values().map(Vec::len).sum());
+        let all = st.rejected.values().map(Vec::len).sum::<usize>();
+        let narrowed = st.rejected.values().flatten().filter(|r| r.applied).count();
+        self.metrics.rejected(all - narrowed);
+        self.metrics.narrowed(narrowed);
     }
 }
 

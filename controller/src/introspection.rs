@@ -229,6 +229,7 @@ impl Introspection for IntrospectionService {
                     kind: r.kind.clone(),
                     object: r.object.clone(),
                     errors: r.errors.clone(),
+                    applied: r.applied,
                 })
                 .collect()
         };

@@ -43,6 +43,9 @@ use watch::{Backoff, Incoming};
 
 pub use status::Board;
 
+/// The `User-Agent` of every request to the API server.
+pub const USER_AGENT: &str = concat!("palisade-controller/", env!("CARGO_PKG_VERSION"));
+
 /// The owner of objects from the Kubernetes API.
 pub const OWNER: &str = "kubernetes";
 
@@ -71,7 +74,9 @@ impl Default for Options {
             batch_delay: Duration::from_millis(20),
             watch_timeout: Duration::from_secs(290),
             backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            // Current again within about 4 s of an API server that answers again (a 410
+            // after it lists at once).
+            backoff_max: Duration::from_secs(4),
             emit_events: false,
             default_ns: "default".into(),
         }
@@ -102,6 +107,12 @@ pub async fn client(options: &Options) -> Result<kube::Client, KubeError> {
             .await
             .map_err(|e| KubeError::Infer(e.to_string()))?,
     };
+    let mut config = config;
+    // The API server's audit log and priority-and-fairness name the caller by it.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(USER_AGENT),
+    ));
     info!(server = %config.cluster_url, "the Kubernetes source reads from this API server");
     kube::Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))
 }
@@ -402,40 +413,47 @@ impl Lead<'_> {
     /// Publish the rejected objects and those another source holds (introspection, metrics)
     /// and log the new ones.
     fn show_rejected(&self, mirror: &Mirror) {
-        let rejected = mirror.rejected().map(|(k, why)| Rejected {
+        let entry = |k: &Key, errors: Vec<String>, applied: bool| Rejected {
+            applied,
             source: OWNER.into(),
             kind: k.0.to_string(),
             object: k.1.clone(),
-            errors: why
-                .errors
+            errors,
+        };
+        let lines = |errors: &[palisade_policy::k8s::FieldError]| {
+            errors
                 .iter()
                 .map(|e| format!("{}: {}", e.field, e.reason))
-                .collect(),
+                .collect()
+        };
+        let rejected = mirror
+            .rejected()
+            .map(|(k, why)| entry(k, lines(&why.errors), false));
+        let parked = mirror.parked().iter().map(|(k, owner)| {
+            let why = format!("managed by {owner}: the Kubernetes API's version is not applied");
+            entry(k, vec![why], false)
         });
-        let parked = mirror.parked().iter().map(|(k, owner)| Rejected {
-            source: OWNER.into(),
-            kind: k.0.to_string(),
-            object: k.1.clone(),
-            errors: vec![format!(
-                "managed by {owner}: the Kubernetes API's version is not applied"
-            )],
-        });
-        let list: Vec<Rejected> = rejected.chain(parked).collect();
-        let before: BTreeSet<(String, String)> = self
+        let narrowed = mirror
+            .unknown()
+            .map(|(k, fields)| entry(k, lines(fields), true));
+        let list: Vec<Rejected> = rejected.chain(parked).chain(narrowed).collect();
+        let before: BTreeSet<(String, String, bool)> = self
             .hub
             .lock()
             .rejected
             .get(OWNER)
             .into_iter()
             .flatten()
-            .map(|r| (r.kind.clone(), r.object.clone()))
+            .map(|r| (r.kind.clone(), r.object.clone(), r.applied))
             .collect();
         for r in &list {
-            if !before.contains(&(r.kind.clone(), r.object.clone())) {
-                warn!(
-                    "rejected: {}: what was in force stays",
-                    crate::source::watch::rejection_line(r)
-                );
+            if !before.contains(&(r.kind.clone(), r.object.clone(), r.applied)) {
+                let line = crate::source::watch::rejection_line(r);
+                if r.applied {
+                    warn!("fields Palisade's schema lacks: {line}");
+                } else {
+                    warn!("rejected: {line}: what was in force stays");
+                }
             }
         }
         self.hub.set_rejected(OWNER, list);

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, Parser};
 use palisade_controller::history::Limits;
 use palisade_controller::server::{self, Config, TlsFiles};
 use palisade_controller::source::Timing;
@@ -38,10 +39,22 @@ struct Cli {
     #[arg(long, env = "PALISADE_ORDINAL", conflicts_with = "id")]
     ordinal: Option<u64>,
 
+    /// A file holding this replica's id: when it exists, it wins over --ordinal (a
+    /// StatefulSet pod whose volume was lost runs a replica under a new id in its place; see
+    /// deploy/replace-replica.sh). That replica's address is the pod's own entry (ordinal + 1)
+    /// in --peers. A file that does not exist is not an error.
+    #[arg(
+        long,
+        env = "PALISADE_ID_FILE",
+        value_name = "PATH",
+        requires = "ordinal"
+    )]
+    id_file: Option<PathBuf>,
+
     /// Read Namespaces, Pods and NetworkPolicies from the Kubernetes API server (on the
     /// leader only): from --kubeconfig, else $KUBECONFIG or ~/.kube/config, else the
     /// in-cluster service account. Needs get/list/watch on those three kinds.
-    #[arg(long, env = "PALISADE_KUBERNETES")]
+    #[arg(long, env = "PALISADE_KUBERNETES", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
     kubernetes: bool,
 
     /// The kubeconfig to reach the API server with (implies --kubernetes; its current context).
@@ -51,7 +64,7 @@ struct Cli {
     /// Also report objects the API server accepted but Palisade rejects as Kubernetes Events
     /// (type Warning, reason Rejected) on the object. Needs create and patch on
     /// events.k8s.io events.
-    #[arg(long, env = "PALISADE_EMIT_EVENTS")]
+    #[arg(long, env = "PALISADE_EMIT_EVENTS", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
     emit_events: bool,
 
     /// Changes from the API server within this long of the first are committed together as
@@ -70,6 +83,16 @@ struct Cli {
     /// Without it, a group of one.
     #[arg(long, env = "PALISADE_PEERS", value_name = "ID=HOST:PORT,...")]
     peers: Option<String>,
+
+    /// Create a new group: with a blank --state-dir and --peers, this replica takes part
+    /// only if every replica of the group starts with a blank directory too (the one with
+    /// the lowest id creates the group once all have said so; the others take its identity
+    /// from it). Without it, a blank directory with peers is refused: it may be a replica
+    /// that lost its state, which must never vote or acknowledge again under its old id. A
+    /// replica whose directory holds its group ignores it, so it may stay set in a
+    /// StatefulSet: a replica that took part once and lost its directory is still refused.
+    #[arg(long, env = "PALISADE_BOOTSTRAP", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    bootstrap: bool,
 
     /// One tick of Raft's clock: a leader heartbeats every 3 ticks; followers start an
     /// election after 10 to 20 ticks without one.
@@ -140,21 +163,30 @@ struct Cli {
     state_dir: PathBuf,
 
     /// CA certificate (PEM) that signs agent, operator and replica certificates.
-    #[arg(long, env = "PALISADE_TLS_CA", required_unless_present = "insecure")]
+    #[arg(long, env = "PALISADE_TLS_CA")]
     tls_ca: Option<PathBuf>,
 
     /// The controller's certificate (PEM); in a group of several, its replica certificate
     /// (`palisadectl certs --replica N`), also presented to peers.
-    #[arg(long, env = "PALISADE_TLS_CERT", required_unless_present = "insecure")]
+    #[arg(long, env = "PALISADE_TLS_CERT")]
     tls_cert: Option<PathBuf>,
 
     /// The controller's private key (PEM).
-    #[arg(long, env = "PALISADE_TLS_KEY", required_unless_present = "insecure")]
+    #[arg(long, env = "PALISADE_TLS_KEY")]
     tls_key: Option<PathBuf>,
 
-    /// Plaintext, no client certificates, no authorization: for development only.
-    #[arg(long, env = "PALISADE_INSECURE", conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    /// Plaintext, no client certificates, no authorization: anyone who reaches the port
+    /// may apply policies. For development only, and only on loopback addresses (see
+    /// --insecure-allow-remote). Without it, --tls-ca, --tls-cert and --tls-key are required.
+    /// The variable takes `true` or `false`; anything else is an error.
+    #[arg(long, env = "PALISADE_INSECURE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
     insecure: bool,
+
+    /// With --insecure, also serve plaintext on addresses other than loopback (every
+    /// listener, and Raft toward peers): anyone on the network may then apply policies.
+    /// For test networks in namespaces only.
+    #[arg(long, env = "PALISADE_INSECURE_ALLOW_REMOTE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    insecure_allow_remote: bool,
 
     /// Namespace of objects whose manifests name none.
     #[arg(long, default_value = "default")]
@@ -175,9 +207,11 @@ struct Cli {
     settle: Duration,
 
     /// A manifest rewritten in place that no longer holds some of its objects (emptied,
-    /// truncated, shrunk) keeps them in force until it has stayed so this long; a file its
-    /// writer still holds open waits at most this long for the close. Deleting a file, or
-    /// renaming a new version over it, applies at once.
+    /// truncated, shrunk), or whose change could allow more than the version in force (a
+    /// new rule, a rule losing its peers or ports, lost isolation, changed pods: possibly a
+    /// writer's half, however it opens and closes the file), keeps the version in force until
+    /// it has stayed so this long. Deleting a file, or renaming a new version over it,
+    /// applies at once; a file a process holds open for writing is not read at all.
     #[arg(long, env = "PALISADE_HOLD_REMOVALS", default_value = "10s", value_parser = humantime::parse_duration)]
     hold_removals: Duration,
 
@@ -185,6 +219,24 @@ struct Cli {
     /// it held.
     #[arg(long, env = "PALISADE_MAX_FILE_BYTES", default_value_t = 16 << 20)]
     max_file_bytes: usize,
+
+    /// A directory outside the manifests directory that symbolic links in it may lead to
+    /// (repeat, or separate with commas). Other links leading out of it (to `/`, to `/etc`)
+    /// are reported and not followed: a link cannot make the controller enforce manifests
+    /// found anywhere on the machine. Links within the directory (a ConfigMap volume's) are
+    /// always followed.
+    #[arg(
+        long = "manifests-follow-links-to",
+        env = "PALISADE_MANIFESTS_FOLLOW_LINKS_TO",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    manifest_link_roots: Vec<PathBuf>,
+
+    /// A manifest file taking longer than this to read and parse is reported as slow. Files
+    /// are parsed off the scan thread: a slow one never holds up changes to the others.
+    #[arg(long, env = "PALISADE_PARSE_BUDGET", default_value = "2s", value_parser = humantime::parse_duration)]
+    parse_budget: Duration,
 
     /// Deepest nesting of mappings and lists read in a manifest; deeper documents are
     /// reported (Kubernetes objects need about 12).
@@ -201,13 +253,31 @@ struct Cli {
 
     /// Most connections open at once on the gRPC listener (lowered to what the open-file
     /// limit allows). At the limit, the oldest connection still in its TLS handshake is
-    /// dropped to make room; only when none is, a new one is refused.
+    /// dropped to make room, else the one idle the longest (no request or stream in flight
+    /// for 2 s at least; never an operator's); only when neither exists is a new one refused,
+    /// and even then 64 more slots are kept for operator certificates.
     #[arg(long, env = "PALISADE_MAX_CONNECTIONS", default_value_t = 16_384)]
     max_connections: usize,
 
-    /// Most connections open at once from one address (same eviction as --max-connections).
+    /// Most connections open at once from one address (same eviction as --max-connections;
+    /// 8 more slots per address are kept for operator certificates).
     #[arg(long, env = "PALISADE_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
     max_connections_per_ip: usize,
+
+    /// Most connections one certificate identity (a node, an operator, a replica) holds at
+    /// once, from all addresses. At the limit its connection idle the longest is closed to
+    /// make room, else its new one is refused: one certificate cannot take every slot.
+    #[arg(
+        long,
+        env = "PALISADE_MAX_CONNECTIONS_PER_IDENTITY",
+        default_value_t = 64
+    )]
+    max_connections_per_identity: usize,
+
+    /// A connection without a request or stream in flight this long is closed (agents hold
+    /// a stream; `palisadectl` opens one connection per command).
+    #[arg(long, env = "PALISADE_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
 
     /// A connection must complete its TLS handshake within this long, or it is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -249,20 +319,46 @@ async fn signals(token: CancellationToken) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     cli.log.init();
-    let tls = match (cli.tls_ca, cli.tls_cert, cli.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
-        _ => None,
-    };
+    // Authentication is decided here, from values the user gave, never from a default.
+    let tls = palisade_telemetry::security::tls_choice(
+        palisade_telemetry::security::TlsFlags {
+            insecure: cli.insecure,
+            allow_remote: cli.insecure_allow_remote,
+            ca: cli.tls_ca,
+            cert: cli.tls_cert,
+            key: cli.tls_key,
+        },
+        // Plaintext would carry the gRPC services and Raft toward the peers. (The health
+        // listener serves health only, the metrics listener metrics only: plaintext always.)
+        std::iter::once(cli.listen.to_string()).chain(
+            cli.peers
+                .iter()
+                .flat_map(|p| p.split(','))
+                .filter_map(|p| p.split_once('=').map(|(_, a)| a.trim().to_string())),
+        ),
+    )
+    .unwrap_or_else(|e| Cli::command().error(ErrorKind::ArgumentConflict, e).exit())
+    .map(|(ca, cert, key)| TlsFiles { ca, cert, key });
     let kubernetes = cli.kubernetes || cli.kubeconfig.is_some();
     if cli.emit_events && !kubernetes {
         anyhow::bail!("--emit-events reports objects from the Kubernetes API: it needs --kubernetes or --kubeconfig");
     }
-    let id = match cli.ordinal {
-        Some(o) => o.checked_add(1).context("--ordinal is too large")?,
-        None => cli.id,
+    let slot = cli
+        .ordinal
+        .map(|o| o.checked_add(1).context("--ordinal is too large"))
+        .transpose()?;
+    let id = match cli
+        .id_file
+        .as_deref()
+        .map(read_id_file)
+        .transpose()?
+        .flatten()
+    {
+        Some(id) => id,
+        None => slot.unwrap_or(cli.id),
     };
     let peers = match &cli.peers {
-        Some(p) => palisade_controller::replication::parse_peers(p, id)?,
+        Some(p) => palisade_controller::replication::peers::parse_peers_in_slot(p, id, slot)?,
         None => Default::default(),
     };
     let replication = palisade_controller::replication::Config {
@@ -274,6 +370,7 @@ async fn main() -> Result<()> {
             ..palisade_replica::Options::default()
         },
         fault_drop_entry: cli.fault_drop_entry,
+        bootstrap: cli.bootstrap,
         ..Default::default()
     };
     let config = Config {
@@ -292,6 +389,8 @@ async fn main() -> Result<()> {
             max_bytes: cli.max_file_bytes,
             max_depth: cli.max_depth.max(1),
         },
+        manifest_link_roots: cli.manifest_link_roots,
+        parse_budget: cli.parse_budget,
         history: Limits {
             entries: cli.history_updates.max(1),
             bytes: cli.history_bytes,
@@ -299,8 +398,11 @@ async fn main() -> Result<()> {
         connections: server::listen::Limits {
             max_connections: cli.max_connections.max(1),
             max_per_ip: cli.max_connections_per_ip.max(1),
+            max_per_identity: cli.max_connections_per_identity.max(1),
+            idle_timeout: cli.idle_timeout.max(Duration::from_secs(1)),
             handshake_timeout: cli.tls_handshake_timeout,
             tcp_keepalive: Some(cli.keepalive),
+            ..server::listen::Limits::default()
         },
         max_streams_per_connection: cli.max_streams_per_connection.max(1),
         max_message_bytes: cli.max_message_bytes,
@@ -333,4 +435,20 @@ async fn main() -> Result<()> {
     let running = server::start(config, grpc, Some(metrics), shutdown).await?;
     running.wait().await?;
     Ok(())
+}
+
+/// The id in `--id-file` (`None`: no such file), or what is wrong with it.
+fn read_id_file(path: &std::path::Path) -> Result<Option<u64>> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("--id-file {}: {e}", path.display())),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(id) if id > 0 => Ok(Some(id)),
+            _ => anyhow::bail!(
+                "--id-file {}: {:?} is not a replica id (a number from 1)",
+                path.display(),
+                text.trim()
+            ),
+        },
+    }
 }

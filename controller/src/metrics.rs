@@ -46,15 +46,19 @@ struct Inner {
     lagging: Gauge,
     nodes: Gauge,
     rejected: Gauge,
+    narrowed: Gauge,
     history: Gauge,
     failed_closed: Gauge,
     degraded: Gauge,
     source_healthy: Gauge,
     source_failures: Counter,
+    files_parsed: Counter,
     source_waiting: Gauge,
     connections: Gauge,
+    insecure: Gauge,
     connections_evicted: Counter,
     connections_refused: Counter,
+    connections_idle_closed: Counter,
     handshake_failures: Family<ReasonLabel, Counter>,
     raft: raft::Raft,
     failover: failover::Failover,
@@ -109,15 +113,19 @@ impl Metrics {
             lagging: Gauge::default(),
             nodes: Gauge::default(),
             rejected: Gauge::default(),
+            narrowed: Gauge::default(),
             history: Gauge::default(),
             failed_closed: Gauge::default(),
             degraded: Gauge::default(),
             source_healthy: Gauge::default(),
             source_failures: Counter::default(),
+            files_parsed: Counter::default(),
             source_waiting: Gauge::default(),
             connections: Gauge::default(),
+            insecure: Gauge::default(),
             connections_evicted: Counter::default(),
             connections_refused: Counter::default(),
+            connections_idle_closed: Counter::default(),
             handshake_failures: Family::default(),
             raft: raft::Raft::register(&mut registry),
             failover: failover::Failover::register(&mut registry),
@@ -153,6 +161,11 @@ impl Metrics {
             inner.connections_refused.clone(),
         );
         registry.register(
+            "connections_idle_closed",
+            "Connections closed after --idle-timeout without a request or stream in flight",
+            inner.connections_idle_closed.clone(),
+        );
+        registry.register(
             "connection_failures",
             "Connections dropped before serving, by reason (timeout, evicted, handshake, refused, accept)",
             inner.handshake_failures.clone(),
@@ -167,6 +180,11 @@ impl Metrics {
             "source_failures",
             "Times the manifest source could not record or apply changes",
             inner.source_failures.clone(),
+        );
+        registry.register(
+            "manifest_files_parsed",
+            "Manifest files read and parsed (content whose bytes were parsed last time is not parsed again)",
+            inner.files_parsed.clone(),
         );
         registry.register(
             "source_waiting_files",
@@ -225,6 +243,11 @@ impl Metrics {
             inner.revision.clone(),
         );
         registry.register(
+            "insecure",
+            "1 while this controller serves plaintext without authentication (--insecure): anyone reaching its port may apply policies",
+            inner.insecure.clone(),
+        );
+        registry.register(
             "realized_revision",
             "Every revision up to this one is realized",
             inner.realized.clone(),
@@ -243,6 +266,12 @@ impl Metrics {
             "rejected_objects",
             "Objects rejected as invalid",
             inner.rejected.clone(),
+        );
+        registry.register(
+            "narrowed_objects",
+            "Objects in force that hold fields Palisade's schema lacks (a newer Kubernetes'), \
+             narrowed or ignored as `palisadectl rejected` shows",
+            inner.narrowed.clone(),
         );
         registry.register(
             "history_updates",
@@ -268,6 +297,11 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
             .expect("writing to a String");
         out
+    }
+
+    /// Say whether authentication is off (`--insecure`).
+    pub fn set_insecure(&self, insecure: bool) {
+        self.0.insecure.set(i64::from(insecure));
     }
 
     pub fn stream_opened(&self) {
@@ -338,6 +372,10 @@ impl Metrics {
         self.0.rejected.set(n as i64);
     }
 
+    pub fn narrowed(&self, n: usize) {
+        self.0.narrowed.set(n as i64);
+    }
+
     pub fn failed_closed(&self, endpoints: usize, nodes: usize) {
         self.0.failed_closed.set(endpoints as i64);
         self.0.degraded.set(nodes as i64);
@@ -355,6 +393,10 @@ impl Metrics {
         self.0.connections_refused.inc();
     }
 
+    pub fn connection_idle_closed(&self) {
+        self.0.connections_idle_closed.inc();
+    }
+
     pub fn tls_failure(&self, reason: &'static str) {
         self.0
             .handshake_failures
@@ -364,6 +406,12 @@ impl Metrics {
 
     pub fn source_healthy(&self, healthy: bool) {
         self.0.source_healthy.set(i64::from(healthy));
+    }
+
+    /// Manifest files parsed since the last call said (a file whose bytes did not change
+    /// is not parsed again).
+    pub fn files_parsed(&self, n: u64) {
+        self.0.files_parsed.inc_by(n);
     }
 
     pub fn source_failure(&self) {

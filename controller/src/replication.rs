@@ -17,7 +17,9 @@
 //! reconcile against what was applied, never against what they proposed).
 
 pub mod apply;
+pub mod bootstrap;
 pub mod driver;
+pub mod identity;
 pub mod peers;
 pub mod report;
 pub mod standing;
@@ -50,6 +52,9 @@ pub struct Config {
     /// first committed entry holding commands at or after this index (this replica's state
     /// then differs from its group's). Never set outside that test.
     pub fault_drop_entry: Option<u64>,
+    /// With a blank directory and peers: create the group with them (a new group), instead
+    /// of refusing to start (the directory may have lost its state).
+    pub bootstrap: bool,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             options: Options::default(),
             entry_bytes: 1 << 20,
             fault_drop_entry: None,
+            bootstrap: false,
         }
     }
 }
@@ -87,6 +93,23 @@ pub enum ProposeFailed {
     Stopped(String),
 }
 
+/// Why a membership change was not made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeFailed {
+    #[error("{0}")]
+    Propose(#[from] ProposeFailed),
+    #[error("{0}")]
+    Refused(#[from] palisade_replica::membership::Refused),
+    /// The leader is the replica to remove: leadership goes to `to` first; ask it again.
+    #[error("replica {from} leads the group; leadership is being handed to replica {to} before it is removed")]
+    Handing { from: u64, to: u64 },
+    #[error("the replica has stopped")]
+    Stopped,
+}
+
+/// A membership change's answer.
+pub type ChangeReply = oneshot::Sender<Result<(u64, palisade_replica::Members), ChangeFailed>>;
+
 /// A proposal's answer: the index it was applied at.
 pub type Reply = oneshot::Sender<Result<u64, ProposeFailed>>;
 
@@ -97,8 +120,10 @@ pub struct GroupStatus {
     pub raft: Status,
     /// Applied to the state machine here (the latest revision served).
     pub applied: u64,
-    /// On the leader: each voter's matched index and whether it was heard from recently.
+    /// On the leader: each member's matched index and whether it was heard from recently.
     pub progress: Vec<(u64, u64, bool)>,
+    /// Who votes and who only learns, as this replica's configuration says.
+    pub members: palisade_replica::Members,
     /// Why this replica stopped taking part (its log or state machine failed).
     pub failure: Option<String>,
 }
@@ -125,7 +150,6 @@ pub struct Group {
     pub(crate) id: u64,
     pub(crate) inbox: std::sync::mpsc::Sender<driver::Input>,
     pub(crate) status: watch::Receiver<GroupStatus>,
-    pub(crate) peers: BTreeMap<u64, String>,
     /// The address this replica is reached at (from --peers, or its listener).
     pub(crate) address: String,
     pub(crate) transport: Arc<transport::Transport>,
@@ -152,9 +176,32 @@ impl Group {
         &self.address
     }
 
-    /// Every replica's address by id.
-    pub fn peers(&self) -> &BTreeMap<u64, String> {
-        &self.peers
+    /// Every replica's address by id, this one's included (membership changes add and
+    /// remove them).
+    pub fn peers(&self) -> BTreeMap<u64, String> {
+        let mut all = self.transport.addresses();
+        all.insert(self.id, self.address.clone());
+        all
+    }
+
+    /// Change the group's membership (any replica takes it: a follower forwards it through
+    /// the admin API, see [`crate::admin`]); answers once the change is applied here, with
+    /// its index and the configuration then.
+    /// `retired`: the ids removed before (the state machine's), never used again.
+    pub async fn change(
+        &self,
+        change: palisade_replica::Change,
+        retired: std::collections::BTreeSet<u64>,
+    ) -> Result<(u64, palisade_replica::Members), ChangeFailed> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(driver::Input::Change {
+                change,
+                retired,
+                reply,
+            })
+            .map_err(|_| ChangeFailed::Stopped)?;
+        answer.await.unwrap_or(Err(ChangeFailed::Stopped))
     }
 
     /// Propose `commands` from `owner`; answers with the revision once applied here. A large

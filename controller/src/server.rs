@@ -23,6 +23,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+pub mod activity;
+pub mod conns;
 mod http;
 pub mod listen;
 
@@ -37,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::replication::apply::Applier;
 use crate::replication::driver::Driver;
 use crate::replication::transport::{RaftService, Transport, TransportError};
-use crate::replication::{self, standing, Failure, Group, GroupStatus};
+use crate::replication::{self, bootstrap, standing, Failure, Group, GroupStatus};
 use crate::source::watch::{Pace, Reported};
 use crate::source::{self, Health, ManifestDir, Timing};
 use crate::sync::{SyncConfig, SyncService};
@@ -73,6 +75,10 @@ pub struct Config {
     pub timing: Timing,
     /// Bounds on each manifest file (bytes, nesting depth).
     pub limits: palisade_policy::manifest::Limits,
+    /// Directories outside the manifests directory its links may lead to.
+    pub manifest_link_roots: Vec<PathBuf>,
+    /// A manifest taking longer to read and parse is reported; others are read beside it.
+    pub parse_budget: Duration,
     pub history: Limits,
     /// Bounds on connections (total, per address, TLS handshake time).
     pub connections: listen::Limits,
@@ -123,6 +129,8 @@ impl Config {
                 hold: Duration::from_secs(10),
             },
             limits: palisade_policy::manifest::Limits::default(),
+            manifest_link_roots: Vec::new(),
+            parse_budget: Duration::from_secs(2),
             history: Limits::default(),
             connections: listen::Limits::default(),
             max_streams_per_connection: 64,
@@ -152,6 +160,8 @@ pub enum ServerError {
     Log(#[from] StorageError),
     #[error("the replica: {0}")]
     Replica(#[from] ReplicaError),
+    #[error("this replica's identity: {0}")]
+    Identity(#[from] bootstrap::IdentityError),
     #[error("peers: {0}")]
     Peers(#[from] TransportError),
     #[error("TLS: {0}")]
@@ -220,7 +230,9 @@ pub async fn start(
 ) -> Result<Running, ServerError> {
     let insecure = config.tls.is_none();
     if insecure {
-        warn!("running in plaintext without authentication (--insecure): for development only");
+        warn!(
+            "AUTHENTICATION IS OFF (--insecure): plaintext, no client certificates, anyone who reaches this replica's port may apply policies and read every node's slice; for development only (metric palisade_insecure)"
+        );
     }
     let tls_config = config.tls.as_ref().map(tls).transpose()?;
     let client_tls = config.tls.as_ref().map(client_tls).transpose()?;
@@ -232,22 +244,73 @@ pub async fn start(
         }
     };
     let metrics = Metrics::new();
+    metrics.set_insecure(insecure);
     let rc = config.replication.clone();
-    // Opening the log reads and checks all of it, and restoring a snapshot compiles: off
-    // the async workers.
-    let (replica, machine, store) = {
+    // Opening the log reads and checks all of it: off the async workers.
+    let store = {
+        let dir = state_dir.join("raft");
+        tokio::task::spawn_blocking(move || SledStorage::open(&dir, Create::IfMissing))
+            .await
+            .expect("opening the Raft log")?
+    };
+    let transport = Arc::new(Transport::new(rc.id, &rc.peers, client_tls.as_ref())?);
+    // Who this replica is, settled before it takes any part in its group.
+    let membership = {
+        let voters = rc.voters();
+        let waiting = match bootstrap::needs_protocol(&store, &voters, rc.bootstrap)? {
+            true => Some(serve_waiting(
+                &grpc,
+                &store,
+                &rc,
+                tls_config.clone(),
+                metrics.clone(),
+                &shutdown,
+            )?),
+            false => None,
+        };
+        let settled =
+            bootstrap::settle(&store, rc.id, &voters, rc.bootstrap, &transport, &shutdown).await;
+        if let Some(w) = waiting {
+            w.cancel();
+        }
+        let identity = settled?;
+        bootstrap::check_membership(&store, &identity, &voters)?;
+        Arc::new(bootstrap::Membership::new(store.clone(), identity, voters))
+    };
+    // Restoring a snapshot compiles: off the async workers.
+    let (replica, machine) = {
         let dir = state_dir.join("raft");
         let rc = rc.clone();
-        tokio::task::spawn_blocking(move || open_replica(&dir, &rc))
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || open_replica(&dir, store, &rc))
             .await
             .expect("opening the replica")?
     };
     let applied = machine.applied();
+    if machine.retired().contains(&rc.id) {
+        return Err(bootstrap::IdentityError::Refused(format!(
+            "replica {} was removed from its group (the state machine at revision {applied} says so): it never takes part again under this id; add a replica under a new id instead",
+            rc.id
+        ))
+        .into());
+    }
+    // Replicas added by membership changes are reached at the address the change gave,
+    // unless --peers names them (the operator's word now); removed ones are not reached.
+    for id in machine.retired() {
+        transport.retire(*id);
+    }
+    for (id, address) in machine.addresses() {
+        transport.learn(*id, address)?;
+    }
     let hub = Arc::new(Hub::new(rc.id, machine, config.history, metrics.clone()));
 
-    let transport = Arc::new(Transport::new(rc.id, &rc.peers, client_tls.as_ref())?);
     let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
-    let outbox = transport.start(rc.id, metrics.clone(), inbox_tx.clone(), shutdown.clone());
+    let outbox = transport.start(
+        membership.group_text().to_string(),
+        metrics.clone(),
+        inbox_tx.clone(),
+        shutdown.clone(),
+    );
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
     let (status_tx, status_rx) = tokio::sync::watch::channel(GroupStatus {
         raft: palisade_replica::Status {
@@ -272,7 +335,6 @@ pub async fn start(
         address: advertised.clone(),
         inbox: inbox_tx.clone(),
         status: status_rx.clone(),
-        peers: rc.peers.clone(),
         transport: transport.clone(),
     };
     let mut threads = Vec::new();
@@ -321,6 +383,7 @@ pub async fn start(
         status: status_tx.clone(),
         failure: failure.clone(),
         drop_entry: rc.fault_drop_entry,
+        transport: transport.clone(),
     };
     threads.push(spawn("apply", Box::new(move || applier.run()))?);
 
@@ -432,8 +495,9 @@ pub async fn start(
         IntrospectionServer::new(IntrospectionService::new(hub.clone(), group.clone())),
         RequireOperator { insecure },
     );
-    crate::acks::exchange::start(hub.clone(), rc.id, transport.channels(), shutdown.clone());
+    crate::acks::exchange::start(hub.clone(), rc.id, transport.clone(), shutdown.clone());
     let raft = RaftService {
+        membership,
         hub: hub.clone(),
         refusing: refusing.clone(),
         id: rc.id,
@@ -455,7 +519,9 @@ pub async fn start(
         tcp_keepalive: Some(config.keepalive),
         ..config.connections
     };
+    let table: Arc<std::sync::Mutex<conns::Table>> = Arc::default();
     let router = Server::builder()
+        .layer(activity::Activity::new(table.clone()))
         .http2_keepalive_interval(Some(config.keepalive))
         .http2_keepalive_timeout(Some(config.keepalive * 2))
         .max_concurrent_streams(Some(config.max_streams_per_connection))
@@ -483,6 +549,7 @@ pub async fn start(
             listen::incoming(
                 grpc,
                 listen::tls(tls),
+                table,
                 limits,
                 metrics_for_listener,
                 shutdown.clone(),
@@ -494,6 +561,7 @@ pub async fn start(
             listen::incoming(
                 grpc,
                 listen::plain(),
+                table,
                 limits,
                 metrics_for_listener,
                 shutdown.clone(),
@@ -512,15 +580,21 @@ pub async fn start(
 
     let reach = {
         let group = group.clone();
-        let voters = config.replication.voters().len();
         let window = config.shed_agents_after;
-        move || standing::Reach {
-            voters,
-            heard: group
-                .contacts()
-                .values()
-                .filter(|t| t.elapsed() < window)
-                .count(),
+        // The voters as the configuration says now (membership changes), and only voters
+        // heard from count: a learner or a removed replica is no quorum.
+        move || {
+            let voters = group.status().members.voters;
+            standing::Reach {
+                voters: voters.len().max(1),
+                heard: group
+                    .contacts()
+                    .iter()
+                    .filter(|(id, t)| {
+                        **id != group.id() && voters.contains(id) && t.elapsed() < window
+                    })
+                    .count(),
+            }
         }
     };
     tokio::spawn(standing::watch(
@@ -567,7 +641,9 @@ pub async fn start(
 
 /// Serve `router` on `incoming` connections (TLS or plaintext) until `shutdown`.
 fn serve<S>(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<
+        tower_layer::Stack<activity::Activity, tower_layer::Identity>,
+    >,
     incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<listen::Counted<S>>>,
     shutdown: CancellationToken,
 ) -> JoinHandle<Result<(), tonic::transport::Error>>
@@ -575,6 +651,7 @@ where
     S: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
         + tonic::transport::server::Connected
+        + listen::Peer
         + Unpin
         + Send
         + 'static,
@@ -590,9 +667,9 @@ where
 /// machine from the log's snapshot.
 fn open_replica(
     dir: &std::path::Path,
+    store: SledStorage,
     rc: &replication::Config,
-) -> Result<(Replica<SledStorage>, Machine, SledStorage), ServerError> {
-    let store = SledStorage::open(dir, Create::IfMissing)?;
+) -> Result<(Replica<SledStorage>, Machine), ServerError> {
     let replica = Replica::open(rc.id, &rc.voters(), store.clone(), rc.options.clone())?;
     let machine = match replica.stored_snapshot()? {
         Some((index, data)) => {
@@ -619,7 +696,57 @@ fn open_replica(
         dir = %dir.display(),
         "Raft log opened"
     );
-    Ok((replica, machine, store))
+    Ok((replica, machine))
+}
+
+/// Serve the Raft service of a replica still settling its identity (it answers peers who
+/// it is) on a duplicate of `grpc`, until the returned token is cancelled.
+fn serve_waiting(
+    grpc: &TcpListener,
+    store: &SledStorage,
+    rc: &replication::Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Metrics,
+    shutdown: &CancellationToken,
+) -> Result<CancellationToken, ServerError> {
+    use std::os::fd::AsFd;
+    let dup = grpc
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(ServerError::State)?;
+    let dup = std::net::TcpListener::from(dup);
+    dup.set_nonblocking(true).map_err(ServerError::State)?;
+    let dup = TcpListener::from_std(dup).map_err(ServerError::State)?;
+    let stop = shutdown.child_token();
+    let waiting = bootstrap::Waiting {
+        membership: Arc::new(bootstrap::Membership::new(
+            store.clone(),
+            palisade_storage::Identity {
+                id: rc.id,
+                ..Default::default()
+            },
+            rc.voters(),
+        )),
+        insecure: tls.is_none(),
+    };
+    let table: Arc<std::sync::Mutex<conns::Table>> = Arc::default();
+    let router = Server::builder()
+        .layer(activity::Activity::new(table.clone()))
+        .add_service(RaftServer::new(waiting));
+    let limits = listen::Limits::default();
+    match tls {
+        Some(tls) => drop(serve(
+            router,
+            listen::incoming(dup, listen::tls(tls), table, limits, metrics, stop.clone()),
+            stop.clone(),
+        )),
+        None => drop(serve(
+            router,
+            listen::incoming(dup, listen::plain(), table, limits, metrics, stop.clone()),
+            stop.clone(),
+        )),
+    }
+    Ok(stop)
 }
 
 /// The client side of mTLS toward peers: this replica's own certificate.
@@ -643,6 +770,9 @@ fn open_source(dir: &std::path::Path, config: &Config) -> Result<ManifestDir, Se
         timing: config.timing,
         limits: config.limits.clone(),
         state_dir: config.state_dir.clone(),
+        link_roots: config.manifest_link_roots.clone(),
+        parse_budget: config.parse_budget,
+        patience: source::PATIENCE,
     };
     let source = ManifestDir::open(dir, options)?;
     if let Err(e) = palisade_files::walk::manifests(source.root()) {

@@ -1,8 +1,10 @@
 //! A directory of manifests as the source of commands (until the Kubernetes watch exists).
 //!
 //! Every scan walks the directory ([`palisade_files::walk`]: regular `.yaml`, `.yml`, `.json`
-//! files, no link cycles, each bad path reported alone) and stats every file; only files
-//! whose content changed are read, and only the objects they held or now hold are compared,
+//! files, no link cycles, no link out of the directory unless allowed, each bad path reported
+//! alone) and stats every file; only files whose content changed are read, off the scan
+//! thread ([`reader`]: a large file never holds up the others; content whose hash is the one
+//! last parsed is not parsed again), and only the objects they held or now hold are compared,
 //! so an edit costs what it touches. Fail closed at every step:
 //! * a change is read only when complete ([`settle`]): closed by its writer or renamed into
 //!   place, or quiet for `settle`; a file that would lose objects by an in-place rewrite
@@ -18,6 +20,7 @@
 //!   applied only once the caller has persisted and applied them: a failure is retried.
 
 pub mod file;
+mod reader;
 mod records;
 pub mod settle;
 pub mod watch;
@@ -45,6 +48,9 @@ pub struct Rejected {
     pub kind: String,
     pub object: String,
     pub errors: Vec<String>,
+    /// True: the object is in force, narrowed as `errors` says (it holds fields Palisade's
+    /// schema lacks); false: rejected, its last valid version stays.
+    pub applied: bool,
 }
 
 /// The objects `commands` name that a source other than `owner` holds, with that source:
@@ -70,6 +76,23 @@ pub struct Options {
     pub limits: Limits,
     /// Where what each file holds is recorded (`None`: nowhere).
     pub state_dir: Option<PathBuf>,
+    /// Directories outside the manifests directory that links in it may lead to (others are
+    /// reported and not followed).
+    pub link_roots: Vec<PathBuf>,
+    /// A file taking longer to read and parse is reported, and no longer counts against the
+    /// readers running at once (others start beside it).
+    pub parse_budget: Duration,
+    /// How long a scan waits for the files it reads ([`PATIENCE`]).
+    pub patience: Duration,
+}
+
+/// How long a scan waits for the files it reads before going on without those not parsed
+/// yet (they apply when done, at a scan of their own).
+pub const PATIENCE: Duration = Duration::from_millis(500);
+
+/// Files read and parsed at once, within their budget.
+fn readers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
 }
 
 impl Options {
@@ -83,6 +106,9 @@ impl Options {
             },
             limits: Limits::default(),
             state_dir: None,
+            link_roots: Vec::new(),
+            parse_budget: Duration::from_secs(2),
+            patience: PATIENCE,
         }
     }
 }
@@ -121,6 +147,17 @@ struct Entry {
     kept: Vec<Key>,
     /// After I/O errors: failures so far, and not before when to read again.
     retry: Option<(u32, Instant)>,
+    /// The last content parsed, with the hash of its bytes (the same bytes are not parsed
+    /// again: a file waiting for its hold time is not parsed at every scan).
+    last: Option<(u128, file::Content)>,
+}
+
+/// What a look at one file decided.
+enum Look {
+    /// Nothing to read now; look again then (if ever).
+    Wait(Option<Instant>),
+    /// Read it.
+    Read(reader::Job),
 }
 
 pub struct ManifestDir {
@@ -138,6 +175,13 @@ pub struct ManifestDir {
     /// Files whose record must be written again (or removed).
     unsaved: BTreeSet<PathBuf>,
     conflicts_unsaved: bool,
+    /// The winners of conflicts as the records hold them.
+    winners_saved: BTreeMap<Key, PathBuf>,
+    /// Whether the first load is over (a scan with nothing waiting, or the hold time after the
+    /// first scan): files first seen after it are new while running.
+    scanned: bool,
+    /// When the first scan ran.
+    first_scan: Option<Instant>,
     records: records::Records,
     /// Paths the last walk skipped, and a failure to list the root.
     skipped: Vec<Rejected>,
@@ -146,10 +190,12 @@ pub struct ManifestDir {
     /// Objects whose proposed change was not applied (another source owns them): compared
     /// again at the next scan.
     retry: BTreeSet<Key>,
+    reader: reader::Reader,
 }
 
 fn rejected_path(path: &str, reason: String) -> Rejected {
     Rejected {
+        applied: false,
         source: path.to_string(),
         kind: String::new(),
         object: String::new(),
@@ -168,11 +214,21 @@ impl ManifestDir {
         let root: PathBuf = root.into();
         let root = std::fs::canonicalize(&root).unwrap_or(root);
         let (records, saved) = records::Records::open(options.state_dir.as_deref())?;
+        let reader = reader::Reader::new(
+            options.limits.clone(),
+            options.default_ns.clone(),
+            readers(),
+            options.parse_budget,
+        );
         let mut dir = ManifestDir {
+            reader,
             root,
             options,
             files: BTreeMap::new(),
             defined_in: BTreeMap::new(),
+            winners_saved: saved.winners.clone(),
+            scanned: false,
+            first_scan: None,
             chosen: saved.winners,
             current: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -217,10 +273,24 @@ impl ManifestDir {
             return;
         };
         if let Some(e) = self.files.get_mut(rel) {
-            e.hint = Some((hint, SystemTime::now()));
+            // A close after a rename into place changes nothing: it stays a whole version.
+            if !(hint == Hint::Closed && matches!(e.hint, Some((Hint::Renamed, _)))) {
+                e.hint = Some((hint, SystemTime::now()));
+            }
         } else if walk::is_manifest(&rel.file_name().unwrap_or_default().to_string_lossy()) {
             self.files.entry(rel.to_path_buf()).or_default().hint = Some((hint, SystemTime::now()));
         }
+    }
+
+    /// What to call when a file finishes parsing after a scan stopped waiting for it (the
+    /// loop scans again).
+    pub fn set_waker(&self, waker: impl Fn() + Send + 'static) {
+        self.reader.set_waker(Box::new(waker));
+    }
+
+    /// Files parsed since the last call.
+    pub fn take_parsed(&self) -> u64 {
+        self.reader.take_parsed()
     }
 
     /// inotify lost events: what it said before says nothing now (changes fall back to the
@@ -234,9 +304,16 @@ impl ManifestDir {
     /// Walk the directory, read what is complete, and propose the commands that bring the
     /// engine to it. Nothing is taken as applied until [`ManifestDir::commit`].
     pub fn scan(&mut self, now: Instant) -> Scan {
+        if self
+            .first_scan
+            .is_some_and(|f| now >= f + self.options.timing.hold)
+        {
+            self.scanned = true;
+        }
         let mut next: Option<Instant> = None;
         let mut later = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        match walk::manifests(&self.root) {
+        self.reader.start_readers();
+        match walk::manifests_following(&self.root, &self.options.link_roots) {
             Err(e) => {
                 // Nothing can be told about any file: everything stays as it is.
                 self.skipped = vec![rejected_path(
@@ -262,17 +339,43 @@ impl ManifestDir {
                         format!("{}; what it held stays in force", s.reason),
                     ));
                 }
+                let mut jobs = Vec::new();
+                let mut seen = BTreeMap::new();
                 for found in &w.files {
                     let rel = self.relative(&found.path);
                     present.insert(rel.clone());
-                    if let Some(t) = self.observe(&rel, &found.meta, now) {
-                        later(t);
+                    match self.observe(&rel, &found.meta, now) {
+                        Look::Wait(t) => t.into_iter().for_each(&mut later),
+                        Look::Read(job) => jobs.push(job),
                     }
+                    seen.insert(rel, Stamp::of(&found.meta));
                 }
                 self.forget_gone(&present);
+                // Read off this thread; what is not parsed within the patience applies at a
+                // later scan (the reader wakes the loop).
+                let submitted: Vec<PathBuf> = jobs.iter().map(|j| j.rel.clone()).collect();
+                self.reader.read_all(jobs, self.options.patience);
+                self.take_reads(&seen, now).into_iter().for_each(&mut later);
+                // Still being parsed: waiting (shown, counted); the reader wakes the loop
+                // when done.
+                for rel in submitted {
+                    if self.reader.busy(&rel).is_some() {
+                        if let Some(e) = self.files.get_mut(&rel) {
+                            e.waiting = Some("being read and parsed (other files go on)".into());
+                        }
+                    }
+                }
             }
         }
+        // A read past its budget lets another reader start: looked at again then.
+        if let Some(t) = self.reader.next_over_budget() {
+            later(t);
+        }
+        let first = *self.first_scan.get_or_insert(now);
         let (waiting, rejected, warnings) = self.report();
+        if waiting == 0 || now >= first + self.options.timing.hold {
+            self.scanned = true;
+        }
         let commands = self.propose();
         Scan {
             commands,
@@ -287,21 +390,20 @@ impl ManifestDir {
         path.strip_prefix(&self.root).unwrap_or(path).to_path_buf()
     }
 
-    /// Look at one file; read and take its content when complete. Returns when to look again
-    /// if it is waiting.
-    fn observe(&mut self, rel: &Path, meta: &std::fs::Metadata, now: Instant) -> Option<Instant> {
+    /// Look at one file: whether to read it now, or when to look again if it is waiting.
+    fn observe(&mut self, rel: &Path, meta: &std::fs::Metadata, now: Instant) -> Look {
         let stamp = Stamp::of(meta);
         let timing = self.options.timing;
         let entry = self.files.entry(rel.to_path_buf()).or_default();
         if entry.stamp == Some(stamp) {
             entry.pending = None;
             entry.waiting = None;
-            return None;
+            return Look::Wait(None);
         }
         let pending = Pending::observe(entry.pending, stamp, now, settle::age(meta));
         entry.pending = Some(pending);
         if let Some((_, at)) = entry.retry.filter(|(_, at)| now < *at) {
-            return Some(at);
+            return Look::Wait(Some(at));
         }
         // A hint seen before the file's last modification says nothing about that content.
         let hint = match entry.hint {
@@ -318,16 +420,88 @@ impl ManifestDir {
                     humantime::format_duration(timing.settle)
                 ),
             });
-            return Some(at);
+            return Look::Wait(Some(at));
         }
-        let name = rel.display().to_string();
-        let content = file::read(
-            &self.root.join(rel),
-            &name,
-            &self.options.limits,
-            &self.options.default_ns,
-        );
-        let entry = self.files.get_mut(rel).expect("entry");
+        // Whatever inotify said (or, after a restart, could not say): a file some process
+        // still holds open for writing may be a half, so it waits for the close. The kernel
+        // tells, for any process (a read lease cannot be taken on a file open for writing).
+        if hint != Hint::Renamed
+            && palisade_files::read::open_for_writing(&self.root.join(rel)) == Some(true)
+        {
+            let entry = self.files.get_mut(rel).expect("entry");
+            entry.waiting = Some(
+                "held open for writing by a process (waiting for its writer to close it)".into(),
+            );
+            return Look::Wait(Some(now + timing.settle.max(Duration::from_secs(1))));
+        }
+        if let Some(since) = self.reader.busy(rel) {
+            let budget = self.reader.budget;
+            let over = since.is_some_and(|t| now.saturating_duration_since(t) >= budget);
+            let entry = self.files.get_mut(rel).expect("entry");
+            entry.waiting = Some(if over {
+                format!(
+                    "being parsed for longer than its budget ({}); other files go on, and its change applies once parsed",
+                    humantime::format_duration(budget)
+                )
+            } else {
+                "being read and parsed (other files go on)".into()
+            });
+            // The reader wakes the loop when it is done.
+            return Look::Wait(None);
+        }
+        let entry = &self.files[rel];
+        Look::Read(reader::Job {
+            rel: rel.to_path_buf(),
+            path: self.root.join(rel),
+            name: rel.display().to_string(),
+            stamp,
+            hint,
+            known: entry.last.as_ref().map(|(h, _)| *h),
+        })
+    }
+
+    /// Take what the reader finished (for files still present as `seen`); when to look again
+    /// at files waiting.
+    fn take_reads(&mut self, seen: &BTreeMap<PathBuf, Stamp>, now: Instant) -> Vec<Instant> {
+        let mut again = Vec::new();
+        for (rel, done) in self.reader.take_all() {
+            match seen.get(&rel) {
+                // Gone since: nothing to take.
+                None => {}
+                // Changed since it was read: read again.
+                Some(stamp) if *stamp != done.job.stamp => again.push(now),
+                Some(_) => again.extend(self.take_read(&rel, done, now)),
+            }
+        }
+        again
+    }
+
+    /// Take one file's content, read for the change `done.job.stamp`. Returns when to look
+    /// again if it is waiting.
+    fn take_read(&mut self, rel: &Path, done: reader::Done, now: Instant) -> Option<Instant> {
+        let timing = self.options.timing;
+        let (stamp, hint) = (done.job.stamp, done.job.hint);
+        let entry = self.files.get_mut(rel)?;
+        let Some(pending) = entry.pending.filter(|p| p.stamp == stamp) else {
+            // Looked at again since (another change): the next scan reads it.
+            return Some(now);
+        };
+        let content = match (done.content, done.meta, entry.last.take()) {
+            // The same bytes as last parsed: that content, as read now.
+            (None, meta, Some((hash, mut last))) => {
+                last.read_as = meta;
+                entry.last = Some((hash, last.clone()));
+                last
+            }
+            (None, _, None) => return Some(now),
+            (Some(content), _, _) => {
+                if let Some(hash) = done.hash {
+                    entry.last = Some((hash, content.clone()));
+                }
+                content
+            }
+        };
+
         if let Some(after) = &content.read_as {
             let read = Stamp::of(after);
             if read != stamp {
@@ -345,6 +519,14 @@ impl ManifestDir {
         }
         entry.problems = content.problems.clone();
         entry.warnings = content.warnings.clone();
+        if done.took >= self.reader.budget {
+            entry.warnings.push(format!(
+                "{}: took {} to read and parse, longer than its budget ({}); other files went on meanwhile",
+                rel.display(),
+                humantime::format_duration(Duration::from_millis(done.took.as_millis() as u64)),
+                humantime::format_duration(self.reader.budget)
+            ));
+        }
         if content.io_error {
             let failures = entry.retry.map_or(0, |(n, _)| n) + 1;
             let at = now + backoff(failures);
@@ -359,20 +541,58 @@ impl ManifestDir {
             .keys()
             .filter(|k| !held.contains_key(*k))
             .collect();
-        if !removed.is_empty() {
+        // A change that may allow more than the version in force (the policy core tells:
+        // new rules or peers, lost isolation, changed pods) may be a writer's half: it too
+        // waits until the file has stayed so for the hold time, however its writer opens and
+        // closes it. Renamed into place, it is a whole new version and applies at once.
+        // Compared with the version in force (the replicated state's, so a new leader holds
+        // what its predecessor held). Only an object new everywhere, in a file first seen at
+        // this source's first scan (a first start; a file written while no leader ran), is
+        // taken as written: a file its writer holds open waits above.
+        let known = entry.stamp.is_some() || !entry.held.is_empty() || self.scanned;
+        let current = &self.current;
+        let widened: Vec<&Key> = held
+            .iter()
+            .filter(|(k, o)| {
+                (known || current.contains_key(*k))
+                    && !palisade_policy::narrow::only_narrows(current.get(*k), o)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !removed.is_empty() || !widened.is_empty() {
             if let Some(at) = pending.removals_at(hint, now, timing) {
-                let list: Vec<String> = removed
-                    .iter()
-                    .take(5)
-                    .map(|(kind, name)| format!("{kind} {name}"))
-                    .collect();
-                let more = removed.len().saturating_sub(5);
+                let list = |keys: &[&Key]| {
+                    let shown: Vec<String> = keys
+                        .iter()
+                        .take(5)
+                        .map(|(kind, name)| format!("{kind} {name}"))
+                        .collect();
+                    let more = keys.len().saturating_sub(5);
+                    format!(
+                        "{}{}",
+                        shown.join(", "),
+                        if more > 0 {
+                            format!(", and {more} more")
+                        } else {
+                            String::new()
+                        }
+                    )
+                };
+                let mut what = Vec::new();
+                if !removed.is_empty() {
+                    what.push(format!(
+                        "without {} object{} it held ({})",
+                        removed.len(),
+                        if removed.len() == 1 { "" } else { "s" },
+                        list(&removed)
+                    ));
+                }
+                if !widened.is_empty() {
+                    what.push(format!("allowing more through {}", list(&widened)));
+                }
                 entry.waiting = Some(format!(
-                    "rewritten in place without {} object{} it held ({}{}); they stay in force until the file has stayed so for {}",
-                    removed.len(),
-                    if removed.len() == 1 { "" } else { "s" },
-                    list.join(", "),
-                    if more > 0 { format!(", and {more} more") } else { String::new() },
+                    "rewritten in place {}; the version in force stays until the file has stayed so for {} (rename a complete file into place to apply at once)",
+                    what.join(" and "),
                     humantime::format_duration(timing.hold),
                 ));
                 return Some(at);
@@ -448,6 +668,10 @@ impl ManifestDir {
     /// The version in force of each dirty object, compared with what the engine holds.
     fn propose(&mut self) -> Vec<Command> {
         self.proposed.clear();
+        let holding = self
+            .files
+            .iter()
+            .any(|(rel, e)| e.stamp.is_none() && self.reader.busy(rel).is_some());
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         for k in &self.dirty {
@@ -461,8 +685,13 @@ impl ManifestDir {
                     let keep = self.chosen.get(k).filter(|p| paths.contains(*p)).cloned();
                     let path = keep.unwrap_or_else(|| paths.first().expect("non-empty").clone());
                     if self.chosen.get(k) != Some(&path) {
-                        self.conflicts_unsaved |= paths.len() > 1;
                         self.chosen.insert(k.clone(), path.clone());
+                    }
+                    // The winner of a conflict is recorded (a restart must keep it, not take
+                    // the first file by path); an ended conflict's record goes.
+                    let recorded = self.winners_saved.get(k) == Some(&path);
+                    if (paths.len() > 1) != recorded {
+                        self.conflicts_unsaved = true;
                     }
                     self.files[&path].held.get(k).cloned()
                 }
@@ -472,6 +701,11 @@ impl ManifestDir {
                 (Some(new), _) => {
                     self.proposed.push((k.clone(), Some(new.clone())));
                     upserts.push(new);
+                }
+                // While a file not read yet in this run is being parsed, nothing is deleted:
+                // it may define the object (a new leader's first load, a file renamed).
+                (None, Some(_)) if holding => {
+                    self.retry.insert(k.clone());
                 }
                 (None, Some(old)) => {
                     self.proposed.push((k.clone(), None));
@@ -522,6 +756,7 @@ impl ManifestDir {
                 .filter(|p| paths.contains(*p))
                 .unwrap_or_else(|| paths.first().expect("non-empty"));
             rejected.push(Rejected {
+                applied: false,
                 source: list.join(", "),
                 kind: k.0.to_string(),
                 object: k.1.clone(),
@@ -560,6 +795,9 @@ impl ManifestDir {
         self.records
             .save(&changed, self.conflicts_unsaved.then_some(&conflicts))?;
         self.unsaved.clear();
+        if self.conflicts_unsaved {
+            self.winners_saved = conflicts;
+        }
         self.conflicts_unsaved = false;
         Ok(())
     }

@@ -76,14 +76,7 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 
 /// The value of one metric line (`name{labels} value`), 0 when absent.
 fn metric(c: &Cluster, line_start: &str) -> f64 {
-    c.hub()
-        .metrics
-        .render()
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    c.metric(line_start)
 }
 
 fn pod_ip(c: &Cluster, key: &str) -> Option<String> {
@@ -192,6 +185,7 @@ async fn a_relist_after_410_deletes_what_vanished_and_nothing_else() {
     e.delete(Resource::Pods, "bank/db");
     e.compact();
     e.come_up().await.unwrap();
+    let back = std::time::Instant::now();
     until("every kind listed again", || {
         ["Namespace", "Pod", "NetworkPolicy"]
             .iter()
@@ -202,6 +196,12 @@ async fn a_relist_after_410_deletes_what_vanished_and_nothing_else() {
         pod_ip(&c, "bank/db").is_none()
     })
     .await;
+    // The issue's target is 5 s (back-off capped at 4 s, a 410 relists at once); printed,
+    // not asserted: a timing assertion would fail on a loaded machine.
+    eprintln!(
+        "current again {:?} after the API server came back without its history",
+        back.elapsed()
+    );
     let mut expected = before;
     expected.remove(&(Kind::Pod, "bank/db".to_string()));
     assert_eq!(owned(&c), expected, "nothing else changed");
@@ -347,17 +347,33 @@ async fn the_api_server_unreachable_changes_nothing_enforced() {
     let revision = c.revision();
     let before = owned(&c);
     e.go_down();
-    // Several failed attempts, each backed off, and the status says so.
-    until("three errors per kind", || {
+    let errors = |at_least: f64| {
         ["Namespace", "Pod", "NetworkPolicy"].iter().all(|k| {
             metric(
                 &c,
                 &format!("palisade_kube_watch_errors_total{{kind=\"{k}\"}}"),
-            ) >= 3.0
+            ) >= at_least
         })
+    };
+    until("every kind's watch failed once", || errors(1.0)).await;
+    // Several more failed attempts, each backed off. A back-off that ends while the API
+    // server is still down never shows "watching": the watch says it is reconnecting (for
+    // as long as the next attempt takes to fail) until the server answers. Checked at every
+    // look, over at least two back-offs per kind.
+    until("three errors per kind, none watching meanwhile", || {
+        let watches = c.hub().kube.to_pb();
+        assert!(
+            watches.iter().all(|w| w.state != "watching"),
+            "nothing watches while the API server is down: {watches:?}"
+        );
+        errors(3.0)
     })
     .await;
     let watches = c.hub().kube.to_pb();
+    assert!(
+        watches.iter().all(|w| w.state != "watching"),
+        "nothing watches while the API server is down: {watches:?}"
+    );
     assert_eq!(watches.len(), 3);
     assert!(
         watches.iter().all(|w| !w.error.is_empty()),
@@ -419,6 +435,45 @@ async fn a_rejected_update_keeps_the_last_valid_version_and_becomes_an_event() {
         })
     })
     .await;
+    // A relist delivers the same version again: it is not reported again. Another rejected
+    // version is reported on its own.
+    let relists = metric(&c, "palisade_kube_relists_total{kind=\"NetworkPolicy\"}");
+    e.go_down();
+    // A change while down, then the history compacted: resuming gets 410 Gone.
+    e.apply(Resource::Namespaces, namespace("ops", "c"));
+    e.compact();
+    e.come_up().await.unwrap();
+    until("the policies listed again", || {
+        metric(&c, "palisade_kube_relists_total{kind=\"NetworkPolicy\"}") > relists
+    })
+    .await;
+    let mut worse = allow("shop", "web", "web", "client", 8080);
+    worse["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "10.0.0.0/34"}}]);
+    let second = e.apply(Resource::NetworkPolicies, worse).to_string();
+    let regarding_web =
+        |ev: &serde_json::Value| ev["reason"] == "Rejected" && ev["regarding"]["name"] == "web";
+    until("an event for the second rejected version", || {
+        e.events()
+            .iter()
+            .any(|ev| regarding_web(ev) && ev["regarding"]["resourceVersion"] == second.as_str())
+    })
+    .await;
+    let events: Vec<serde_json::Value> = e.events().into_iter().filter(regarding_web).collect();
+    assert_eq!(
+        events.len(),
+        2,
+        "one event per rejected version: {events:#?}"
+    );
+    assert!(
+        events.iter().all(|ev| ev["series"].is_null()),
+        "no version reported twice: {events:#?}"
+    );
+    // The API server is told who asks.
+    let agents = e.user_agents();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|a| a.starts_with("palisade-controller/")),
+        "{agents:?}"
+    );
     // Fixed: taken, and no longer rejected.
     e.apply(
         Resource::NetworkPolicies,
@@ -433,5 +488,94 @@ async fn a_rejected_update_keeps_the_last_valid_version_and_becomes_an_event() {
     })
     .await;
     until("the fix committed", || c.revision() > revision).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_palisades_schema_lacks_only_narrow_and_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, kubeconfig) = emulator(dir.path()).await;
+    seed(&e);
+    // A newer Kubernetes' fields (the API server validated them): a condition on a peer, a
+    // new kind of peer beside a known one, and a pod status field.
+    let mut conditioned = allow("shop", "web", "web", "client", 8080);
+    conditioned["spec"]["ingress"][0]["from"][0]["serviceAccountName"] = json!("frontend");
+    e.apply(Resource::NetworkPolicies, conditioned);
+    let mut new_peer = allow("bank", "db", "db", "api", 5432);
+    new_peer["spec"]["ingress"][0]["from"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"serviceAccountSelector": {"matchLabels": {"sa": "batch"}}}));
+    e.apply(Resource::NetworkPolicies, new_peer);
+    let mut pod_with = pod("shop", "web", "web", "n1", "10.1.0.1");
+    pod_with["status"]["resizeStatus"] = json!({"cpu": "InProgress"});
+    e.apply(Resource::Pods, pod_with);
+    let c = cluster(kubeconfig, false).await;
+    until("the initial sync", || owned(&c).len() == 8).await;
+
+    let policy = |key: &str| match owned(&c).get(&(Kind::NetworkPolicy, key.to_string())) {
+        Some(Object::NetworkPolicy(p)) => p.clone(),
+        other => panic!("{key}: {other:?}"),
+    };
+    // The peer holding an unknown field matches nothing; its rule, left with no peer, goes:
+    // web is isolated and nothing is allowed in (read without the field: the client pods).
+    assert_eq!(policy("shop/web").ingress, Some(vec![]));
+    // The new peer matches nothing; the known one stays (once, the whole policy was
+    // rejected: "must specify a peer").
+    let db = policy("bank/db").ingress.unwrap();
+    assert_eq!(db.len(), 1);
+    assert_eq!(db[0].peers.as_ref().map(Vec::len), Some(1));
+    assert_eq!(pod_ip(&c, "shop/web").as_deref(), Some("10.1.0.1"));
+
+    let reported = |object: &str| {
+        c.hub()
+            .lock()
+            .rejected
+            .get(OWNER)
+            .into_iter()
+            .flatten()
+            .find(|r| r.object == object)
+            .cloned()
+    };
+    until("the three objects reported", || {
+        ["shop/web", "bank/db"]
+            .iter()
+            .all(|o| reported(o).is_some())
+    })
+    .await;
+    let web = c.hub().lock().rejected[OWNER]
+        .iter()
+        .filter(|r| r.object == "shop/web")
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(web.len(), 2, "the policy and the pod: {web:?}");
+    assert!(web.iter().all(|r| r.applied), "in force, not rejected");
+    let policy_report = web.iter().find(|r| r.kind == "NetworkPolicy").unwrap();
+    assert_eq!(
+        policy_report.errors,
+        [
+            "spec.ingress[0].from[0].serviceAccountName: not in the Kubernetes 1.37 schema \
+          Palisade reads objects with: this peer matches nothing (and its rule, when no \
+          other peer is left)"
+        ]
+    );
+    let db = reported("bank/db").unwrap();
+    assert!(db.errors[0].starts_with("spec.ingress[0].from[1].serviceAccountSelector: "));
+    assert_eq!(metric(&c, "palisade_narrowed_objects"), 3.0);
+    assert_eq!(metric(&c, "palisade_rejected_objects"), 0.0);
+
+    // The field gone, the policy is read in full and no longer reported.
+    e.apply(
+        Resource::NetworkPolicies,
+        allow("shop", "web", "web", "client", 8080),
+    );
+    until("the client allowed again", || {
+        policy("shop/web").ingress.is_some_and(|r| r.len() == 1)
+    })
+    .await;
+    until("the policy's report gone", || {
+        metric(&c, "palisade_narrowed_objects") == 2.0
+    })
+    .await;
     c.shutdown().await;
 }

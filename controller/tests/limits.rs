@@ -287,3 +287,79 @@ async fn an_agent_that_cannot_save_does_not_ack_and_retries() {
     c.in_sync("n2").await;
     c.shutdown().await;
 }
+
+/// Open up to `n` HTTP/2 connections with `node`'s certificate and send nothing on them; the
+/// channels that connected (the controller may drop the others after their handshake).
+async fn idle_connections(c: &Cluster, node: &str, n: usize) -> Vec<tonic::transport::Channel> {
+    let tls = c.tls_of(node);
+    let options = palisade_proto::endpoint::Options {
+        connect_timeout: Duration::from_secs(5),
+        keepalive: None,
+    };
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let endpoint =
+            palisade_proto::endpoint::endpoint(&c.addr.to_string(), Some(&tls), options).unwrap();
+        if let Ok(ch) = endpoint.connect().await {
+            held.push(ch);
+        }
+    }
+    held
+}
+
+/// 1,100 idle connections with a valid certificate once took every slot of an address, and
+/// `palisadectl nodes` from it was refused. Now one identity holds at most its limit, the last
+/// slots of an address are kept for operators, a connection idle for 2 s makes room for a
+/// new one, and idle connections are closed after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_never_keep_an_operator_or_an_agent_out() {
+    let mut c = Cluster::start_with(&shop(), &["n1", "n2"], |config| {
+        config.connections.max_per_ip = 40;
+        config.connections.max_per_identity = 25;
+        config.connections.idle_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let before = metric(&c, "palisade_connections ").await;
+    let mut held = idle_connections(&c, "n1", 60).await;
+    held.extend(idle_connections(&c, "n2", 60).await);
+    // Once the last handshakes are decided (one in a slot kept for operators is dropped).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let open = metric(&c, "palisade_connections ").await;
+        if open - before <= 40.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections open ({before} before): more than the address's limit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let turned_away = metric(&c, "palisade_connections_refused_total").await
+        + metric(&c, "palisade_connections_evicted_total").await;
+    assert!(
+        turned_away >= 60.0,
+        "n1's past its identity's limit, and n2's past the address's, turned away: {turned_away}"
+    );
+    // The address is full of idle connections: the operator takes a slot kept for it.
+    let nodes = palisadectl::remote::nodes(
+        &c.operator(),
+        &Default::default(),
+        palisadectl::output::Output::Json,
+    )
+    .await
+    .expect("palisadectl nodes gets in");
+    assert!(nodes.contains("n1"));
+    // An agent gets in too, in place of a connection idle for long enough.
+    c.start_agent("n2", AgentOpts::default());
+    c.in_sync("n2").await;
+    // After the idle timeout, the idle connections are closed; the agent's stream stays.
+    let deadline = Instant::now() + WAIT;
+    while metric(&c, "palisade_connections_idle_closed_total").await < 30.0 {
+        assert!(Instant::now() < deadline, "idle connections are closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.in_sync("n2").await;
+    drop(held);
+    c.shutdown().await;
+}

@@ -24,24 +24,26 @@ async fn group() -> (Vec<Running>, CancellationToken, tempfile::TempDir) {
         .map(|(id, l)| (*id, l.local_addr().unwrap().to_string()))
         .collect();
     let shutdown = CancellationToken::new();
-    let mut running = Vec::new();
-    for (id, l) in listeners {
+    // Together: the first replica of a new group starts once every other answers.
+    let starts = listeners.into_iter().map(|(id, l)| {
         let config = Config {
             state_dir: Some(dir.path().join(format!("r{id}"))),
             replication: replication::Config {
                 id,
                 peers: peers.clone(),
                 tick: Duration::from_millis(50),
+                bootstrap: true,
                 ..replication::Config::default()
             },
             ..Config::standalone()
         };
-        running.push(
-            server::start(config, l, None, shutdown.clone())
-                .await
-                .unwrap(),
-        );
-    }
+        server::start(config, l, None, shutdown.clone())
+    });
+    let running: Vec<_> = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     (running, shutdown, dir)
 }
 

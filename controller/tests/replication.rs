@@ -116,7 +116,8 @@ async fn only_replica_certificates_speak_raft_and_only_as_themselves() {
     let target = if leader == 1 { 2 } else { 1 };
     let certs = r.path("certs");
     let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
-    let step_as = |cert: &str, key: &str, from: u64| {
+    let step_as = |cert: &str, key: &str, from: u64, group: &str| {
+        let group = group.to_string();
         let tls = ClientTls {
             ca: read("ca.pem"),
             cert: read(cert),
@@ -139,6 +140,7 @@ async fn only_replica_certificates_speak_raft_and_only_as_themselves() {
                 from,
                 to: target,
                 messages: vec![],
+                group,
             })
             .await
         }
@@ -147,7 +149,7 @@ async fn only_replica_certificates_speak_raft_and_only_as_themselves() {
         ("node-n1.pem", "node-n1-key.pem"),
         ("operator-admin.pem", "operator-admin-key.pem"),
     ] {
-        let err = step_as(cert, key, 3).await.unwrap_err();
+        let err = step_as(cert, key, 3, "").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{cert}: {err}");
     }
     // A replica cannot speak for another.
@@ -156,16 +158,30 @@ async fn only_replica_certificates_speak_raft_and_only_as_themselves() {
         &format!("replica-{other}.pem"),
         &format!("replica-{other}-key.pem"),
         3,
+        "",
     )
     .await
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     assert!(err.message().contains("replica 3"), "{err}");
+    // As itself but from another group (a directory of elsewhere, or a group bootstrapped
+    // again), it is refused.
+    let err = step_as(
+        &format!("replica-{other}.pem"),
+        &format!("replica-{other}-key.pem"),
+        other,
+        "0123456789abcdef0123456789abcdef",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("another group"), "{err}");
     // And as itself it is heard.
     step_as(
         &format!("replica-{other}.pem"),
         &format!("replica-{other}-key.pem"),
         other,
+        "",
     )
     .await
     .unwrap();

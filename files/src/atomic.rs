@@ -40,7 +40,6 @@ fn write_files(files: &[(PathBuf, Vec<u8>)], mode: u32) -> std::io::Result<()> {
     let tmps: Vec<PathBuf> = files.iter().map(|(p, _)| temporary(p)).collect();
     let each = files.len() <= FSYNC_EACH_UP_TO;
     let result = (|| {
-        let mut last = None;
         for ((_, data), tmp) in files.iter().zip(&tmps) {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -51,12 +50,21 @@ fn write_files(files: &[(PathBuf, Vec<u8>)], mode: u32) -> std::io::Result<()> {
             if each {
                 f.sync_all()?;
             }
-            last = Some(f);
+            // Closed before the rename: a watcher sees the new version renamed into place
+            // last, never a close after it (nor a file still open for writing).
+            drop(f);
         }
-        let f = last.expect("at least one file");
-        // SAFETY: syncfs takes a file descriptor we own and open for its whole call.
-        if !each && unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
-            return Err(std::io::Error::last_os_error());
+        if !each {
+            let dir = std::fs::File::open(
+                tmps[0]
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )?;
+            // SAFETY: syncfs takes a file descriptor we own and open for its whole call.
+            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         for ((path, _), tmp) in files.iter().zip(&tmps) {
             std::fs::rename(tmp, path)?;
@@ -86,6 +94,34 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Remove the temporary files [`write`] left in `dir` when a process writing there died
+/// (SIGKILL, power loss) between creating and renaming them. Call it when opening a directory
+/// only this process writes to, before writing there (in a container every run may be pid 1,
+/// so the pid in a name cannot tell this run's files from a dead one's). Returns what it
+/// removed.
+pub fn remove_stale(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `.{name}.{pid}.{n}.tmp`
+        let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+            continue;
+        };
+        let mut parts = inner.rsplitn(3, '.');
+        let (Some(n), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !numeric(n) || !numeric(pid) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        std::fs::remove_file(entry.path())?;
+        removed.push(entry.path());
+    }
+    Ok(removed)
+}
+
 /// A name beside `path`, unique within this process, hidden from directory walks.
 fn temporary(path: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -100,6 +136,31 @@ fn temporary(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let keep = [
+            "slice.pb".to_string(),
+            ".hidden".to_string(),
+            ".x.tmp".to_string(),
+            ".x.abc.1.tmp".to_string(),
+        ];
+        let own = format!(".slice.pb.{}.3.tmp", std::process::id());
+        let stale = [".slice.pb.4242424.0.tmp", ".a.b.c.17.9.tmp", own.as_str()];
+        for n in keep.iter().map(String::as_str).chain(stale) {
+            std::fs::write(d.join(n), b"x").unwrap();
+        }
+        let mut removed = remove_stale(d).unwrap();
+        removed.sort();
+        let mut want: Vec<PathBuf> = stale.iter().map(|n| d.join(n)).collect();
+        want.sort();
+        assert_eq!(removed, want);
+        for n in &keep {
+            assert!(d.join(n).exists(), "{n}");
+        }
+    }
 
     #[test]
     fn replaces_content_and_leaves_nothing_behind() {

@@ -46,6 +46,42 @@ pub fn kind(t: std::fs::FileType) -> &'static str {
     }
 }
 
+/// Whether some process holds `path` open for writing, as the kernel knows it (any process,
+/// any container): a read lease cannot be taken on a file open for writing. `None` when it
+/// cannot be told (leases disabled, a file system without them, not the file's owner and
+/// without CAP_LEASE). Never blocks: the file is opened without waiting and the lease is
+/// given back at once.
+pub fn open_for_writing(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    // A lease holder is sent SIGIO when someone opens the file for writing, whose default
+    // action ends the process: this process never wants it (nothing here uses SIGIO).
+    static IGNORE_SIGIO: std::sync::Once = std::sync::Once::new();
+    // SAFETY: setting a signal's disposition to SIG_IGN.
+    IGNORE_SIGIO.call_once(|| unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+    });
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function owns; F_SETLEASE takes an int argument.
+    let taken = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if taken == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(true),
+        _ => None,
+    }
+}
+
 /// Read `path` (following symbolic links), at most `limit` bytes.
 pub fn file(path: &Path, limit: u64, require: Require) -> Result<Vec<u8>, ReadError> {
     file_and_metadata(path, limit, require).map(|(bytes, _)| bytes)
@@ -85,6 +121,25 @@ pub fn file_and_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writer_holding_a_file_open_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, "a: 1\n").unwrap();
+        assert_eq!(open_for_writing(&path), Some(false));
+        let writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(open_for_writing(&path), Some(true));
+        drop(writer);
+        assert_eq!(open_for_writing(&path), Some(false));
+        let reader = std::fs::File::open(&path).unwrap();
+        assert_eq!(open_for_writing(&path), Some(false));
+        drop(reader);
+        assert_eq!(open_for_writing(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn limits_and_special_files() {

@@ -6,6 +6,9 @@
 //!   (`name~`, `#name#`) are not manifests.
 //! * Symbolic links are followed (a ConfigMap volume is made of them), but each directory is
 //!   read once: a link back to a directory already read (a loop) is reported and skipped.
+//!   A link leading out of the tree (to `/`, to `/etc`) is reported and not followed, unless
+//!   its target lies under a root the caller allows: a link cannot make the walk read the
+//!   whole filesystem, nor enforce manifests found anywhere on the machine.
 //! * Only regular files are listed; a FIFO, socket or device with a manifest's name is
 //!   reported and skipped, so nothing can block or stream forever.
 //! * A path that cannot be read (an unreadable directory, a dangling link) is reported on its
@@ -57,8 +60,39 @@ fn hidden(name: &str) -> bool {
     name.starts_with('.')
 }
 
-/// The manifest files under `root`. Fails only when `root` itself cannot be listed.
+/// The manifest files under `root`, following no link out of it. Fails only when `root`
+/// itself cannot be listed.
 pub fn manifests(root: &Path) -> std::io::Result<Walk> {
+    manifests_following(root, &[])
+}
+
+/// Where links may lead: under the root, or under one of the roots allowed.
+struct Bounds {
+    inside: Vec<PathBuf>,
+}
+
+impl Bounds {
+    /// Why the link at `path` is not followed, if it is not.
+    fn refuses(&self, path: &Path) -> Option<String> {
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            return None;
+        }
+        let target = std::fs::canonicalize(path).ok()?;
+        if self.inside.iter().any(|r| target.starts_with(r)) {
+            return None;
+        }
+        Some(format!(
+            "symbolic link leading out of the manifests directory (to {}): not followed; \
+             allow its target's directory explicitly to follow it",
+            target.display()
+        ))
+    }
+}
+
+/// The manifest files under `root`, following links out of it only to targets under one of
+/// `allowed` (directories). Fails only when `root` itself cannot be listed.
+pub fn manifests_following(root: &Path, allowed: &[PathBuf]) -> std::io::Result<Walk> {
     let meta = std::fs::metadata(root)?;
     if !meta.is_dir() {
         return Err(std::io::Error::new(
@@ -69,7 +103,11 @@ pub fn manifests(root: &Path) -> std::io::Result<Walk> {
     let entries = list(root)?;
     let mut walk = Walk::default();
     let mut seen = BTreeSet::from([(meta.dev(), meta.ino())]);
-    visit(entries, 1, &mut seen, &mut walk);
+    let inside = std::iter::once(root)
+        .chain(allowed.iter().map(PathBuf::as_path))
+        .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.to_path_buf()))
+        .collect();
+    visit(entries, 1, &Bounds { inside }, &mut seen, &mut walk);
     Ok(walk)
 }
 
@@ -82,7 +120,13 @@ fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-fn visit(entries: Vec<PathBuf>, depth: usize, seen: &mut BTreeSet<(u64, u64)>, walk: &mut Walk) {
+fn visit(
+    entries: Vec<PathBuf>,
+    depth: usize,
+    bounds: &Bounds,
+    seen: &mut BTreeSet<(u64, u64)>,
+    walk: &mut Walk,
+) {
     let mut skip = |path: &Path, reason: String| {
         walk.skipped.push(Skipped {
             path: path.to_path_buf(),
@@ -115,6 +159,12 @@ fn visit(entries: Vec<PathBuf>, depth: usize, seen: &mut BTreeSet<(u64, u64)>, w
                 continue;
             }
         };
+        if meta.is_dir() || is_manifest(&name) {
+            if let Some(why) = bounds.refuses(&path) {
+                skip(&path, why);
+                continue;
+            }
+        }
         if meta.is_dir() {
             dirs.push((path, meta));
         } else if is_manifest(&name) {
@@ -149,7 +199,7 @@ fn visit(entries: Vec<PathBuf>, depth: usize, seen: &mut BTreeSet<(u64, u64)>, w
             continue;
         }
         match list(&path) {
-            Ok(entries) => visit(entries, depth + 1, seen, walk),
+            Ok(entries) => visit(entries, depth + 1, bounds, seen, walk),
             Err(e) => walk.skipped.push(Skipped {
                 path,
                 reason: format!("cannot list this directory: {e}"),
@@ -215,9 +265,46 @@ mod tests {
         let why = |p: &str| skipped.iter().find(|(q, _)| q == p).map(|(_, r)| *r);
         assert!(why("dangling.yaml").unwrap().contains("cannot be followed"));
         assert!(why("p.yaml").unwrap().contains("FIFO"));
-        assert!(why("zero.yaml").unwrap().contains("character device"));
+        assert!(why("zero.yaml")
+            .unwrap()
+            .contains("out of the manifests directory"));
         assert!(why("loop1").unwrap().contains("already read"));
         assert!(why("sub/loop2").unwrap().contains("already read"));
+    }
+
+    #[test]
+    fn links_out_of_the_tree_are_followed_only_to_roots_allowed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("manifests");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(root.join("sub/a.yaml"), "x").unwrap();
+        std::fs::write(elsewhere.join("b.yaml"), "x").unwrap();
+        // Inside: followed (a ConfigMap volume's layout).
+        symlink("sub", root.join("..data")).unwrap();
+        symlink("..data/a.yaml", root.join("a.yaml")).unwrap();
+        // Out of the tree: the whole filesystem, a directory, a file.
+        symlink("/", root.join("everything")).unwrap();
+        symlink(&elsewhere, root.join("other")).unwrap();
+        symlink(elsewhere.join("b.yaml"), root.join("b.yaml")).unwrap();
+
+        let walk = manifests(&root).unwrap();
+        assert_eq!(names(&walk, &root), vec!["a.yaml", "sub/a.yaml"]);
+        let refused: Vec<String> = walk
+            .skipped
+            .iter()
+            .filter(|s| s.reason.contains("leading out of the manifests directory"))
+            .map(|s| s.path.strip_prefix(&root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(refused, vec!["b.yaml", "everything", "other"]);
+
+        let walk = manifests_following(&root, std::slice::from_ref(&elsewhere)).unwrap();
+        assert_eq!(
+            names(&walk, &root),
+            vec!["a.yaml", "b.yaml", "other/b.yaml", "sub/a.yaml"]
+        );
+        assert_eq!(walk.skipped.len(), 1, "{:?}", walk.skipped);
     }
 
     #[test]

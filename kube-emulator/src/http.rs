@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
@@ -29,7 +29,7 @@ pub fn router(inner: Arc<Inner>) -> Router {
     for r in Resource::ALL {
         app = app.route(
             r.path(),
-            get(move |s: State<Arc<Inner>>, q: Params| collection(s, q, r)),
+            get(move |s: State<Arc<Inner>>, h: HeaderMap, q: Params| collection(s, h, q, r)),
         );
     }
     app.route(
@@ -62,7 +62,29 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     (code, Json(status_object(code, reason, message))).into_response()
 }
 
-async fn collection(State(inner): State<Arc<Inner>>, Query(q): Params, r: Resource) -> Response {
+async fn collection(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Query(q): Params,
+    r: Resource,
+) -> Response {
+    if !inner.serving.load(Ordering::SeqCst) {
+        // Gone down; this connection is about to be dropped.
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "going down",
+        );
+    }
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    inner
+        .user_agents
+        .lock()
+        .expect("user agents lock")
+        .push(agent.to_string());
     let query: Vec<String> = {
         let mut q: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
         q.sort();
@@ -201,7 +223,9 @@ impl Stream {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        self.tx.send(Ok(line)).await.is_ok()
+        // Checked after the line was made: a line made before `go_down` may still go out,
+        // nothing made after it does.
+        self.inner.serving.load(Ordering::SeqCst) && self.tx.send(Ok(line)).await.is_ok()
     }
 
     /// End the response mid-stream with an error (the client sees the connection break).

@@ -16,7 +16,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,10 @@ use store::Store;
 /// State shared by the HTTP handlers and the test's handle.
 pub(crate) struct Inner {
     pub(crate) store: Mutex<Store>,
+    /// False from `go_down` until `come_up`: set before the connections are cancelled (which
+    /// happens on other tasks, later), so nothing changed after `go_down` returned reaches a
+    /// client through a connection not yet closed.
+    pub(crate) serving: AtomicBool,
     /// Delay before each line of a watch (a slow stream), in milliseconds.
     pub(crate) delay_ms: AtomicU64,
     /// Bookmarks are sent this often on watches that ask for them, in milliseconds.
@@ -42,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) bookmarks: [AtomicU64; 3],
     /// Requests received, as `GET path?sorted&query`.
     pub(crate) requests: Mutex<Vec<String>>,
+    /// The `User-Agent` of each list and watch request ("" when none), in order.
+    pub(crate) user_agents: Mutex<Vec<String>>,
     /// Events posted by clients.
     pub(crate) events: Mutex<Vec<Value>>,
 }
@@ -113,12 +119,14 @@ impl Emulator {
     pub async fn start(options: Options) -> std::io::Result<Emulator> {
         let inner = Arc::new(Inner {
             store: Mutex::new(Store::new(options.history)),
+            serving: AtomicBool::new(true),
             delay_ms: AtomicU64::new(0),
             bookmark_ms: AtomicU64::new(options.bookmark_every.as_millis() as u64),
             drops: tokio::sync::watch::channel(0).0,
             watches: AtomicU64::new(0),
             bookmarks: Default::default(),
             requests: Mutex::new(Vec::new()),
+            user_agents: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
         });
         let l = listener(SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -134,6 +142,7 @@ impl Emulator {
 
     fn serve_on(&self, l: TcpListener) {
         let token = CancellationToken::new();
+        self.inner.serving.store(true, Ordering::SeqCst);
         tokio::spawn(serve(l, http::router(self.inner.clone()), token.clone()));
         *self.up.lock().expect("up lock") = Some(token);
     }
@@ -230,6 +239,15 @@ impl Emulator {
         self.inner.requests.lock().expect("requests lock").clone()
     }
 
+    /// The `User-Agent` each list and watch request carried ("" when none), in order.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.inner
+            .user_agents
+            .lock()
+            .expect("user agents lock")
+            .clone()
+    }
+
     /// Events clients posted (events.k8s.io/v1), with their later patches merged.
     pub fn events(&self) -> Vec<Value> {
         self.inner.events.lock().expect("events lock").clone()
@@ -237,6 +255,7 @@ impl Emulator {
 
     /// Refuse connections: the listener closes and every open connection drops.
     pub fn go_down(&self) {
+        self.inner.serving.store(false, Ordering::SeqCst);
         if let Some(token) = self.up.lock().expect("up lock").take() {
             token.cancel();
         }

@@ -224,24 +224,31 @@ impl Lab {
 
     fn start_controller(&mut self, replica: u64) -> Result<(), LabError> {
         let mut cmd = Command::new(self.opts.bin_dir.join("palisade-controller"));
-        cmd.args(["--insecure", "--rescan", "1s", "--manifests"])
-            .arg(&self.manifests)
-            .arg("--listen")
-            .arg(format!(
-                "{}:{}",
-                self.topology.gateway,
-                self.port_of(replica)
-            ))
-            .arg("--metrics-listen")
-            .arg(format!(
-                "{}:{}",
-                self.topology.gateway,
-                self.port_of(replica) + 1000
-            ))
-            .arg("--state-dir")
-            .arg(self.dir.join(self.controller_log(replica)))
-            .stdout(Stdio::null())
-            .stderr(self.log(&self.controller_log(replica))?);
+        // Plaintext on the lab's own network (namespaces on this machine), said explicitly.
+        cmd.args([
+            "--insecure",
+            "--insecure-allow-remote",
+            "--rescan",
+            "1s",
+            "--manifests",
+        ])
+        .arg(&self.manifests)
+        .arg("--listen")
+        .arg(format!(
+            "{}:{}",
+            self.topology.gateway,
+            self.port_of(replica)
+        ))
+        .arg("--metrics-listen")
+        .arg(format!(
+            "{}:{}",
+            self.topology.gateway,
+            self.port_of(replica) + 1000
+        ))
+        .arg("--state-dir")
+        .arg(self.dir.join(self.controller_log(replica)))
+        .stdout(Stdio::null())
+        .stderr(self.log(&self.controller_log(replica))?);
         if self.opts.replicas > 1 {
             let peers: Vec<String> = (1..=self.opts.replicas)
                 .map(|r| format!("{r}={}:{}", self.topology.gateway, self.port_of(r)))
@@ -249,7 +256,9 @@ impl Lab {
             cmd.arg("--id")
                 .arg(replica.to_string())
                 .arg("--peers")
-                .arg(peers.join(","));
+                .arg(peers.join(","))
+                // A new group on first start; ignored once a directory holds it.
+                .arg("--bootstrap");
         }
         let child = cmd
             .spawn()
@@ -300,7 +309,8 @@ impl Lab {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &n.netns])
             .arg(self.opts.bin_dir.join("palisade-agent"))
-            .args(["--insecure", "--dataplane", "ebpf", "--node", node])
+            .args(["--insecure", "--insecure-allow-remote"])
+            .args(["--dataplane", "ebpf", "--node", node])
             .args(["--metrics-listen", AGENT_METRICS])
             .arg("--controller")
             .arg(

@@ -114,8 +114,18 @@ impl Group {
             insecure,
             up: BTreeMap::new(),
         };
-        for (id, l) in listeners {
-            g.spawn(id, l).await?;
+        // Together: the first replica of a new group starts once every other answers.
+        let starts = listeners.into_iter().map(|(id, l)| {
+            let config = g.config(id);
+            async move {
+                let shutdown = CancellationToken::new();
+                let running = server::start(config, l, None, shutdown.clone()).await?;
+                anyhow::Ok((id, Replica { running, shutdown }))
+            }
+        });
+        for started in futures::future::join_all(starts).await {
+            let (id, r) = started?;
+            g.up.insert(id, r);
         }
         Ok(g)
     }
@@ -125,8 +135,16 @@ impl Group {
     }
 
     async fn spawn(&mut self, id: u64, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let config = self.config(id);
+        let shutdown = CancellationToken::new();
+        let running = server::start(config, listener, None, shutdown.clone()).await?;
+        self.up.insert(id, Replica { running, shutdown });
+        Ok(())
+    }
+
+    fn config(&self, id: u64) -> Config {
         let certs = self.dir.path().join("certs");
-        let config = Config {
+        Config {
             state_dir: Some(self.state_dir(id)),
             tls: (!self.insecure).then(|| TlsFiles {
                 ca: certs.join("ca.pem"),
@@ -142,14 +160,11 @@ impl Group {
                     .collect(),
                 tick: Duration::from_millis(100),
                 options: self.options.clone(),
+                bootstrap: true,
                 ..replication::Config::default()
             },
             ..Config::standalone()
-        };
-        let shutdown = CancellationToken::new();
-        let running = server::start(config, listener, None, shutdown.clone()).await?;
-        self.up.insert(id, Replica { running, shutdown });
-        Ok(())
+        }
     }
 
     async fn stop(&mut self, id: u64) -> anyhow::Result<()> {

@@ -200,6 +200,8 @@ impl Replicas {
         let p = &self.procs[&id];
         let child = Command::new(self.o.bin.join("palisade-controller"))
             .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
+            // A new group on first start; ignored once a directory holds it.
+            .arg("--bootstrap")
             .args(["--listen", &format!("127.0.0.1:{}", p.port)])
             .args(["--metrics-listen", &format!("127.0.0.1:{}", p.metrics)])
             .arg("--state-dir")

@@ -2,7 +2,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
 use palisade_agent::{
     Agent, AgentConfig, Capacities, ClientTls, Dataplane, EbpfConfig, EbpfDataplane,
     MemoryDataplane, StateStore,
@@ -59,15 +60,15 @@ struct Cli {
     max_connections: u32,
 
     /// CA certificate (PEM) that signed the controller's certificate.
-    #[arg(long, env = "PALISADE_TLS_CA", required_unless_present = "insecure")]
+    #[arg(long, env = "PALISADE_TLS_CA")]
     tls_ca: Option<PathBuf>,
 
     /// This agent's certificate (PEM); it must name the node (URI SAN palisade://node/NAME).
-    #[arg(long, env = "PALISADE_TLS_CERT", required_unless_present = "insecure")]
+    #[arg(long, env = "PALISADE_TLS_CERT")]
     tls_cert: Option<PathBuf>,
 
     /// This agent's private key (PEM).
-    #[arg(long, env = "PALISADE_TLS_KEY", required_unless_present = "insecure")]
+    #[arg(long, env = "PALISADE_TLS_KEY")]
     tls_key: Option<PathBuf>,
 
     /// Name to verify the controller's certificate against (default: the address's host).
@@ -75,9 +76,17 @@ struct Cli {
     tls_server_name: Option<String>,
 
     /// Plaintext, no certificates: for development only (the controller must run with
-    /// --insecure too).
-    #[arg(long, env = "PALISADE_INSECURE", conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    /// --insecure too), and only toward controllers on loopback addresses (see
+    /// --insecure-allow-remote). Without it, --tls-ca, --tls-cert and --tls-key are required.
+    /// The variable takes `true` or `false`; anything else is an error.
+    #[arg(long, env = "PALISADE_INSECURE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
     insecure: bool,
+
+    /// With --insecure, also speak plaintext to controllers at addresses other than
+    /// loopback: anyone on the network could then feed this node a policy. For test networks
+    /// in namespaces only.
+    #[arg(long, env = "PALISADE_INSECURE_ALLOW_REMOTE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    insecure_allow_remote: bool,
 
     /// Most endpoint entries the dataplane holds (default: unlimited for memory, 4096 for
     /// eBPF). A slice with more endpoints is refused (nacked).
@@ -116,14 +125,31 @@ fn read(p: &PathBuf) -> Result<Vec<u8>> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     cli.log.init();
-    let tls = match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
-            ca: read(ca)?,
-            cert: read(cert)?,
-            key: read(key)?,
+    // Authentication is decided here, from values the user gave, never from a default.
+    let tls = match palisade_telemetry::security::tls_choice(
+        palisade_telemetry::security::TlsFlags {
+            insecure: cli.insecure,
+            allow_remote: cli.insecure_allow_remote,
+            ca: cli.tls_ca.clone(),
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+        },
+        cli.controller.split(',').map(str::trim),
+    )
+    .unwrap_or_else(|e| Cli::command().error(ErrorKind::ArgumentConflict, e).exit())
+    {
+        Some((ca, cert, key)) => Some(ClientTls {
+            ca: read(&ca)?,
+            cert: read(&cert)?,
+            key: read(&key)?,
             domain: cli.tls_server_name.clone(),
         }),
-        _ => None,
+        None => {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--insecure): plaintext toward the controller, which is not verified; for development only"
+            );
+            None
+        }
     };
     let config = AgentConfig {
         tls,

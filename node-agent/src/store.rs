@@ -10,6 +10,11 @@ use prost::Message;
 
 const FILE: &str = "slice.pb";
 
+/// The largest saved slice read back: the controller's largest message by default (a
+/// snapshot of a big node). A larger file, a link to a device or a FIFO is refused, never
+/// read without bound or waited on.
+pub const MAX_SAVED_BYTES: u64 = 256 << 20;
+
 pub struct StateStore {
     dir: PathBuf,
 }
@@ -23,9 +28,15 @@ pub enum StoreError {
 }
 
 impl StateStore {
-    /// The store in `dir`, created if missing.
+    /// The store in `dir`, created if missing; temporary files a killed agent left there
+    /// are removed.
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.to_path_buf(), e))?;
+        for stale in palisade_files::atomic::remove_stale(dir)
+            .map_err(|e| StoreError::Io(dir.to_path_buf(), e))?
+        {
+            tracing::info!(file = %stale.display(), "removed a temporary file an earlier run left");
+        }
         Ok(StateStore {
             dir: dir.to_path_buf(),
         })
@@ -38,12 +49,14 @@ impl StateStore {
     /// The saved slice, if any; checked against its recorded digest.
     pub fn load(&self) -> Result<Option<NodeSlice>, StoreError> {
         let path = self.path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::Io(path, e)),
-        };
+        use palisade_files::read::{self, ReadError, Require};
         let corrupt = |why: String| StoreError::Corrupt(path.clone(), why);
+        let bytes = match read::file(&path, MAX_SAVED_BYTES, Require::Regular) {
+            Ok(b) => b,
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(ReadError::Io(e)) => return Err(StoreError::Io(path, e)),
+            Err(e) => return Err(corrupt(e.to_string())),
+        };
         let wire = pb::NodeSlice::decode(&bytes[..]).map_err(|e| corrupt(e.to_string()))?;
         let (slice, digest) = convert::slice_from_pb(&wire).map_err(|e| corrupt(e.to_string()))?;
         if slice.digest() != digest {

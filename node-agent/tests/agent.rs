@@ -124,7 +124,7 @@ fn bad_flags_are_explained() {
         )
     };
     let (code, err) = run(&["--node", "n1", "--state-dir", "/tmp/x"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("--tls-ca"),
         "TLS is required unless --insecure: {err}"
@@ -146,6 +146,7 @@ fn bad_flags_are_explained() {
         "--state-dir",
         "/tmp/x",
         "--insecure",
+        "--insecure-allow-remote",
         "--controller",
         "ftp://x",
     ]);
@@ -269,4 +270,167 @@ fn metrics_and_probes_with_the_memory_dataplane() {
         families.contains("palisade_agent_acks counter"),
         "{families}"
     );
+}
+
+/// Run the agent binary with `env` (and none of the test's own PALISADE_ variables) until it
+/// exits or logs `until` (then it is killed): (exit code if it exited, standard error).
+fn agent_run(args: &[&str], env: &[(&str, &str)], until: Option<&str>) -> (Option<i32>, String) {
+    use std::io::BufRead;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade-agent"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PALISADE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut log = String::new();
+    loop {
+        match line_rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                let seen = until.is_some_and(|u| line.contains(u));
+                log.push_str(&line);
+                log.push('\n');
+                if seen {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return (None, log);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                return (status.code(), log);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("palisade-agent {args:?} {env:?}: neither exited nor logged {until:?}: {log}");
+        }
+    }
+}
+
+/// `PALISADE_INSECURE=false` once turned authentication off (the variable counted as present
+/// whatever its value): booleans now take `true` or `false`, and plaintext needs both
+/// --insecure and a loopback controller (or a second flag).
+#[test]
+fn boolean_variables_parse_strictly_and_plaintext_stays_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    let base = [
+        "--node",
+        "n1",
+        "--dataplane",
+        "memory",
+        "--state-dir",
+        state,
+        "--controller",
+        "127.0.0.1:1",
+    ];
+    let (code, err) = agent_run(&base, &[("PALISADE_INSECURE", "false")], None);
+    assert_eq!(code, Some(2), "PALISADE_INSECURE=false: {err}");
+    assert!(err.contains("authentication is on"), "{err}");
+    for var in ["PALISADE_INSECURE", "PALISADE_INSECURE_ALLOW_REMOTE"] {
+        let mut args = base.to_vec();
+        if var != "PALISADE_INSECURE" {
+            args.push("--insecure");
+        }
+        for value in ["yes", "1", "", "no", "FALSE"] {
+            let (code, err) = agent_run(&args, &[(var, value)], None);
+            assert_eq!(code, Some(2), "{var}={value:?}: {err}");
+            assert!(
+                err.contains("invalid value") || err.contains("a value is required"),
+                "{var}={value:?}: {err}"
+            );
+        }
+    }
+    // `true` is plaintext toward a loopback controller: it runs, and tries to connect.
+    let (code, err) = agent_run(
+        &base,
+        &[("PALISADE_INSECURE", "true")],
+        Some("Connection refused"),
+    );
+    assert_eq!(code, None, "{err}");
+    assert!(err.contains("AUTHENTICATION IS OFF"), "{err}");
+    // Toward another address, only with the second flag.
+    let mut remote = base[..6].to_vec();
+    remote.extend(["--controller", "http://10.9.9.9:7443"]);
+    let (code, err) = agent_run(&remote, &[("PALISADE_INSECURE", "true")], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("10.9.9.9") && err.contains("loopback"),
+        "{err}"
+    );
+    let (code, err) = agent_run(
+        &remote,
+        &[
+            ("PALISADE_INSECURE", "true"),
+            ("PALISADE_INSECURE_ALLOW_REMOTE", "true"),
+        ],
+        Some("AUTHENTICATION IS OFF"),
+    );
+    assert_eq!(code, None, "{err}");
+}
+
+/// The saved slice is read with the bounded reader: a link to /dev/zero or a FIFO in its
+/// place is refused at once (it once took 4.9 GB in 5 s, or blocked start-up forever), and
+/// temporary files a killed agent left are removed.
+#[test]
+fn the_saved_slice_is_read_within_bounds_and_stale_temporaries_go() {
+    for kind in ["zero", "fifo"] {
+        let dir = tempfile::tempdir().unwrap();
+        let slice = dir.path().join("slice.pb");
+        match kind {
+            "zero" => std::os::unix::fs::symlink("/dev/zero", &slice).unwrap(),
+            _ => {
+                let status = Command::new("mkfifo").arg(&slice).status().unwrap();
+                assert!(status.success());
+            }
+        }
+        let stale = dir.path().join(".slice.pb.4242424.0.tmp");
+        std::fs::write(&stale, b"half a slice").unwrap();
+        let (code, log) = agent_run(
+            &[
+                "--node",
+                "n1",
+                "--insecure",
+                "--dataplane",
+                "memory",
+                "--controller",
+                "127.0.0.1:1",
+                "--state-dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+            Some("Connection refused"),
+        );
+        assert_eq!(code, None, "{kind}: {log}");
+        assert!(
+            log.contains("not a regular file") && log.contains("starting empty"),
+            "{kind}: {log}"
+        );
+        assert!(
+            !stale.exists(),
+            "{kind}: the stale temporary file is removed"
+        );
+        assert!(log.contains("removed a temporary file"), "{kind}: {log}");
+    }
 }

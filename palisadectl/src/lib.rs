@@ -15,6 +15,7 @@ pub mod get;
 pub mod held;
 pub mod lint;
 pub mod load;
+pub mod members;
 pub mod output;
 pub mod remote;
 pub mod show;

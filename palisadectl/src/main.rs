@@ -220,8 +220,16 @@ Examples:
     Delete(ChangeArgs),
 
     /// The controller replicas: id, address, role, term, commit and applied index, last
-    /// contact, as the replica asked sees them.
+    /// contact, as the replica asked sees them; `add`, `remove` and `replace` change the
+    /// group's membership.
+    #[command(after_help = "Examples:
+  palisadectl replicas
+  palisadectl replicas add 4=10.0.0.4:7443      # joins as a learner; promoted once caught up
+  palisadectl replicas remove 3                 # id 3 is never used again
+  palisadectl replicas replace 3 4=10.0.0.4:7443  # a replica whose disk was lost")]
     Replicas {
+        #[command(subcommand)]
+        action: Option<ReplicasAction>,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -358,8 +366,11 @@ Examples:
     },
 
     /// Objects the running controller rejected as invalid (exit status 4 when there is any),
-    /// then the lint findings over its replicated state (valid objects that are probably
-    /// wrong, as `palisadectl lint` finds them; exit status 8 with --strict).
+    /// then objects from the Kubernetes API in force with fields Palisade's schema lacks (a
+    /// newer Kubernetes'), each field with what was done about it (a rule, peer or port
+    /// holding one matches nothing), then the lint findings over its replicated state (valid
+    /// objects that are probably wrong, as `palisadectl lint` finds them; exit status 8 with
+    /// --strict).
     Rejected {
         /// Exit with status 8 (added to 4) when there is any lint finding.
         #[arg(long)]
@@ -388,6 +399,38 @@ struct ChangeArgs {
     conn: ConnArgs,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+}
+
+/// `palisadectl replicas …`: membership changes.
+#[derive(Subcommand)]
+enum ReplicasAction {
+    /// Add a new replica (ID=HOST:PORT, an id never used in this group) as a learner. Start
+    /// it afterwards with a blank state directory; the leader promotes it to voter once it
+    /// has caught up.
+    Add {
+        #[arg(value_name = "ID=HOST:PORT")]
+        new: palisadectl::members::NewReplica,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Remove a replica for good (its id is never used again). The leader hands leadership
+    /// over first when it is the one removed.
+    Remove {
+        #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+        id: u64,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Replace a replica (its disk lost, say): remove OLD, then add the new one under a new
+    /// id. Safe to run again after a failure.
+    Replace {
+        #[arg(value_name = "OLD", value_parser = clap::value_parser!(u64).range(1..))]
+        old: u64,
+        #[arg(value_name = "ID=HOST:PORT")]
+        new: palisadectl::members::NewReplica,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 /// How to reach a running controller: flags, their environment variables, then the context
@@ -565,7 +608,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Apply(args) => change(args, false),
         Cmd::Delete(args) => change(args, true),
-        Cmd::Replicas { conn, output } => {
+        Cmd::Replicas {
+            action: Some(action),
+            ..
+        } => {
+            use palisadectl::members;
+            let out = match action {
+                ReplicasAction::Add { new, conn } => {
+                    runtime()?.block_on(members::add(&conn.conn()?, &new))?
+                }
+                ReplicasAction::Remove { id, conn } => {
+                    runtime()?.block_on(members::remove(&conn.conn()?, id))?
+                }
+                ReplicasAction::Replace { old, new, conn } => {
+                    runtime()?.block_on(members::replace(&conn.conn()?, old, &new))?
+                }
+            };
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replicas {
+            action: None,
+            conn,
+            output,
+        } => {
             print!(
                 "{}",
                 output.render(runtime()?.block_on(store::replicas(&conn.conn()?, output))?)

@@ -512,11 +512,12 @@ pub async fn explain(
     Ok((text, r.allowed))
 }
 
-/// What `rejected` found: the text, and how many objects were rejected and how many lint
-/// findings there are.
+/// What `rejected` found: the text, and how many objects were rejected, how many are in force
+/// narrowed (fields Palisade's schema lacks) and how many lint findings there are.
 pub struct RejectedReport {
     pub text: String,
     pub rejected: usize,
+    pub narrowed: usize,
     pub findings: usize,
 }
 
@@ -559,7 +560,10 @@ pub async fn rejected(
         let v: Vec<Value> = r
             .objects
             .iter()
-            .map(|o| json!({"source": o.source, "kind": o.kind, "object": o.object, "errors": o.errors}))
+            .map(|o| {
+                json!({"source": o.source, "kind": o.kind, "object": o.object, "errors": o.errors,
+                             "applied": o.applied})
+            })
             .collect();
         let f: Vec<Value> = r.findings.iter().map(finding).collect();
         serde_json::to_string_pretty(
@@ -570,7 +574,7 @@ pub async fn rejected(
             + "\n"
     } else {
         let mut out = String::new();
-        if r.objects.is_empty() {
+        if !r.objects.iter().any(|o| !o.applied) {
             match namespace {
                 Some(ns) => {
                     let _ = writeln!(out, "No rejected objects in namespace {ns}.");
@@ -578,8 +582,18 @@ pub async fn rejected(
                 None => out.push_str("No rejected objects.\n"),
             }
         }
-        for o in &r.objects {
+        for o in r.objects.iter().filter(|o| !o.applied) {
             let _ = writeln!(out, "{}: {} {}", o.source, o.kind, o.object);
+            for e in &o.errors {
+                let _ = writeln!(out, "    {e}");
+            }
+        }
+        for o in r.objects.iter().filter(|o| o.applied) {
+            let _ = writeln!(
+                out,
+                "{}: {} {}: in force, with fields Palisade does not know:",
+                o.source, o.kind, o.object
+            );
             for e in &o.errors {
                 let _ = writeln!(out, "    {e}");
             }
@@ -596,8 +610,9 @@ pub async fn rejected(
         }
         let _ = writeln!(
             out,
-            "{} rejected, {} lint finding{} at revision {}{elsewhere}.",
-            r.objects.len(),
+            "{} rejected, {} with unknown fields, {} lint finding{} at revision {}{elsewhere}.",
+            r.objects.iter().filter(|o| !o.applied).count(),
+            r.objects.iter().filter(|o| o.applied).count(),
             r.findings.len(),
             if r.findings.len() == 1 { "" } else { "s" },
             r.lint_revision
@@ -606,7 +621,8 @@ pub async fn rejected(
     };
     Ok(RejectedReport {
         text,
-        rejected: r.objects.len(),
+        rejected: r.objects.iter().filter(|o| !o.applied).count(),
+        narrowed: r.objects.iter().filter(|o| o.applied).count(),
         findings: r.findings.len(),
     })
 }

@@ -5,6 +5,7 @@
 //! object and each offending field, and nothing else is affected. Defaults are applied the way
 //! the API server applies them (`policyTypes`, `protocol: TCP`, the namespace name label).
 
+pub mod unknown;
 pub mod validate;
 
 use std::fmt;

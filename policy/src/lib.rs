@@ -22,6 +22,7 @@ pub mod lint;
 pub mod lower;
 pub mod manifest;
 pub mod model;
+pub mod narrow;
 pub mod net;
 pub mod report;
 pub mod slice;

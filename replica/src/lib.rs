@@ -15,10 +15,12 @@
 pub mod entry;
 mod log;
 pub mod machine;
+pub mod membership;
 mod node;
 
 pub use entry::{Batch, ProposalId};
 pub use machine::Machine;
+pub use membership::{Change, Members};
 pub use node::{
     decode_message, encode_message, Event, LogStore, Options, Output, ProposeError, Replica,
     ReplicaError, Role, Status,

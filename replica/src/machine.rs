@@ -5,7 +5,7 @@
 //! controller's apply thread, the test harness), not by the [`Replica`](crate::Replica),
 //! so compiling never delays Raft's heartbeats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use palisade_policy::engine::{Engine, NodeUpdate};
 use palisade_policy::k8s::Kind;
@@ -15,6 +15,7 @@ use palisade_policy::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::entry::Batch;
+use crate::membership::{self, Change};
 
 #[derive(Default)]
 pub struct Machine {
@@ -24,6 +25,10 @@ pub struct Machine {
     owners: BTreeMap<Key, String>,
     /// The index of the last snapshot taken or restored.
     last_snapshot: u64,
+    /// Replicas added through membership changes: where each is reached.
+    addresses: BTreeMap<u64, String>,
+    /// Replicas removed: their ids are never used again.
+    retired: BTreeSet<u64>,
 }
 
 /// A snapshot's content: the objects, their owners and each node's version, at an index.
@@ -34,6 +39,12 @@ struct Snapshot {
     objects: Vec<Command>,
     owners: Vec<(Key, String)>,
     versions: BTreeMap<Name, u64>,
+    /// Absent until the membership first changes (snapshots of groups that never changed
+    /// keep their bytes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    addresses: BTreeMap<u64, String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    retired: BTreeSet<u64>,
 }
 
 const VERSION: u32 = 2;
@@ -85,6 +96,37 @@ impl Machine {
             return Vec::new();
         }
         self.engine.apply_batch(index, commands)
+    }
+
+    /// Apply the membership change committed at `index` (Raft applied it to the
+    /// configuration already): the machine keeps the addresses of replicas added and the ids
+    /// of those removed, so every replica knows them, also from a snapshot.
+    pub fn apply_change(&mut self, index: u64, change: Option<&Change>) {
+        if index <= self.applied {
+            return;
+        }
+        self.applied = index;
+        let Some(c) = change else { return };
+        match c.kind {
+            membership::Kind::AddLearner => {
+                self.addresses.insert(c.id, c.address.clone());
+            }
+            membership::Kind::Promote => {}
+            membership::Kind::Remove => {
+                self.addresses.remove(&c.id);
+                self.retired.insert(c.id);
+            }
+        }
+    }
+
+    /// Where each replica added through a membership change is reached.
+    pub fn addresses(&self) -> &BTreeMap<u64, String> {
+        &self.addresses
+    }
+
+    /// The ids of replicas removed from the group.
+    pub fn retired(&self) -> &BTreeSet<u64> {
+        &self.retired
     }
 
     /// The object `key` names, as applied.
@@ -140,6 +182,8 @@ impl Machine {
                 .map(|(k, o)| (k.clone(), o.clone()))
                 .collect(),
             versions: self.engine.node_versions(),
+            addresses: self.addresses.clone(),
+            retired: self.retired.clone(),
         })
         .expect("the policy model serialises")
     }
@@ -160,6 +204,8 @@ impl Machine {
             applied: s.index,
             owners: s.owners.into_iter().collect(),
             last_snapshot: s.index,
+            addresses: s.addresses,
+            retired: s.retired,
         })
     }
 
@@ -251,5 +297,41 @@ mod tests {
         );
         assert_eq!(m.owner(&key), None);
         assert!(m.owned_by("apply").is_empty());
+    }
+
+    #[test]
+    fn membership_changes_are_kept_and_survive_a_snapshot() {
+        let mut m = Machine::new();
+        let plain = m.encode();
+        assert!(
+            !String::from_utf8_lossy(&plain).contains("addresses"),
+            "a group that never changed keeps its snapshot's bytes"
+        );
+        let add = Change {
+            kind: membership::Kind::AddLearner,
+            id: 4,
+            address: "10.0.0.4:7443".into(),
+            request: 1,
+        };
+        m.apply_change(1, Some(&add));
+        m.apply_change(1, None);
+        assert_eq!(m.applied(), 1);
+        let remove = |id| Change {
+            kind: membership::Kind::Remove,
+            id,
+            address: String::new(),
+            request: 0,
+        };
+        m.apply_change(2, Some(&remove(2)));
+        let restored = Machine::restore(&m.snapshot()).unwrap();
+        assert_eq!(
+            restored.addresses().get(&4).map(String::as_str),
+            Some("10.0.0.4:7443")
+        );
+        assert!(restored.retired().contains(&2));
+        assert_eq!(restored.applied(), 2);
+        m.apply_change(3, Some(&remove(4)));
+        assert!(m.addresses().is_empty());
+        assert_eq!(m.retired().len(), 2);
     }
 }

@@ -9,20 +9,26 @@
 use palisade_policy::model::Command;
 use palisade_storage::{SledStorage, StorageError, Write};
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole, Storage};
 
 use crate::entry::{Batch, ProposalId};
+use crate::membership::{Change, Members};
 
 /// Where the log lives: raft-rs reads it through `raft::Storage`; the replica writes each
 /// `Ready` through `write`, which must be durable when it returns.
 pub trait LogStore: Storage {
     fn write(&self, w: Write) -> Result<(), StorageError>;
+    /// The index of the entry whose configuration change the stored configuration holds.
+    fn conf_index(&self) -> u64;
 }
 
 impl LogStore for SledStorage {
     fn write(&self, w: Write) -> Result<(), StorageError> {
         SledStorage::write(self, w)
+    }
+    fn conf_index(&self) -> u64 {
+        SledStorage::conf_index(self)
     }
 }
 
@@ -87,6 +93,14 @@ pub enum Event {
     Install { index: u64, data: Vec<u8> },
     /// This replica's view of the group changed.
     Role { role: Role, leader: u64, term: u64 },
+    /// The membership change at `index` committed and is in force here (`change`: what it
+    /// did, `None` for an entry raft-rs made itself); `members` is the configuration now.
+    /// The entry counts as applied like any other (its index is a revision).
+    Membership {
+        index: u64,
+        change: Option<Change>,
+        members: Members,
+    },
 }
 
 /// What one call to [`Replica::ready`] hands out.
@@ -105,6 +119,8 @@ pub enum ReplicaError {
     Raft(#[from] raft::Error),
     #[error("the entry at {index} cannot be decoded: {why}")]
     Entry { index: u64, why: String },
+    #[error("the membership change at {index} cannot be applied: {why}")]
+    Membership { index: u64, why: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -140,6 +156,9 @@ pub struct Replica<S: LogStore> {
     handed: u64,
     /// The index of the latest snapshot in the store.
     last_snapshot: u64,
+    /// The configuration in force from each index on, since the latest snapshot (the first
+    /// is the one in force at it): a snapshot records the configuration at its own index.
+    confs: Vec<(u64, ConfState)>,
 }
 
 /// A raft message as the bytes the transport carries (raft-rs's own encoding).
@@ -163,14 +182,21 @@ impl<S: LogStore> Replica<S> {
             let mut voters = peers.to_vec();
             voters.sort_unstable();
             voters.dedup();
-            let mut cs = raft::eraftpb::ConfState::default();
+            let mut cs = ConfState::default();
             cs.set_voters(voters);
             store.write(Write {
-                conf_state: Some(cs),
+                conf_state: Some(cs.clone()),
+                initial_conf: Some(cs),
                 ..Write::default()
             })?;
         }
-        let snapshot_index = store.snapshot(0, id).map_or(0, |s| s.get_metadata().index);
+        let state = store.initial_state()?;
+        let snapshot_index = match store.snapshot(0, 0) {
+            Ok(s) => s.get_metadata().index,
+            // None stored yet.
+            Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)) => 0,
+            Err(e) => return Err(e.into()),
+        };
         let config = Config {
             id,
             election_tick: options.election_tick,
@@ -184,9 +210,11 @@ impl<S: LogStore> Replica<S> {
         };
         config.validate()?;
         let raw = RawNode::new(&config, store, &crate::log::logger())?;
+        let confs = vec![(raw.store().conf_index(), state.conf_state)];
         Ok(Replica {
             id,
             raw,
+            confs,
             last_snapshot: snapshot_index,
             handed: snapshot_index,
             options,
@@ -200,7 +228,7 @@ impl<S: LogStore> Replica<S> {
         if self.last_snapshot == 0 {
             return Ok(None);
         }
-        let s = self.raw.store().snapshot(0, self.id)?;
+        let s = self.raw.store().snapshot(0, 0)?;
         Ok(Some((s.get_metadata().index, s.get_data().to_vec())))
     }
 
@@ -250,6 +278,41 @@ impl<S: LogStore> Replica<S> {
 
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The configuration in force here: who votes, who only learns.
+    pub fn members(&self) -> Members {
+        Members::from_conf(&self.raw.raft.prs().conf().to_conf_state())
+    }
+
+    /// Whether a membership change was proposed and is not applied yet (raft-rs drops a
+    /// second one meanwhile). May say so a little longer than true.
+    pub fn has_pending_change(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// Propose a membership change (the leader only). Checking that it makes sense is the
+    /// caller's ([`crate::membership::check`]).
+    pub fn propose_change(&mut self, change: &Change) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            let leader = self.raw.raft.leader_id;
+            return Err(ProposeError::NotLeader {
+                leader: (leader != 0).then_some(leader),
+            });
+        }
+        if self.has_pending_change() {
+            return Err(ProposeError::Dropped(
+                "another membership change is still being committed".into(),
+            ));
+        }
+        self.raw
+            .propose_conf_change(change.encode(), change.to_conf_change())
+            .map_err(|e| ProposeError::Dropped(e.to_string()))
+    }
+
+    /// Hand leadership to voter `to` (the leader only; it stops taking proposals meanwhile).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to);
     }
 
     /// One tick of the logical clock; true when there is something to do (call `ready`).
@@ -350,6 +413,7 @@ impl<S: LogStore> Replica<S> {
         }
         if let Some(mut s) = snapshot {
             let index = s.get_metadata().index;
+            self.confs = vec![(index, s.get_metadata().get_conf_state().clone())];
             self.last_snapshot = index;
             self.handed = index;
             out.events.push(Event::Install {
@@ -379,6 +443,13 @@ impl<S: LogStore> Replica<S> {
     fn hand_out(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
         for e in entries {
             let index = e.index;
+            if matches!(
+                e.get_entry_type(),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            ) {
+                self.membership(&e, out)?;
+                continue;
+            }
             let batch = if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 Some(Batch::decode(&e.data).map_err(|why| ReplicaError::Entry { index, why })?)
             } else {
@@ -391,6 +462,53 @@ impl<S: LogStore> Replica<S> {
                 batch,
             });
         }
+        Ok(())
+    }
+
+    /// A committed membership change: in force from its index. Applied to the configuration
+    /// once only: after a restart, the entries up to the stored configuration's are handed
+    /// out again, and applying one twice could undo a later change (a learner added again
+    /// after its promotion would be demoted).
+    fn membership(&mut self, e: &Entry, out: &mut Output) -> Result<(), ReplicaError> {
+        let index = e.index;
+        let bad = |why: String| ReplicaError::Membership { index, why };
+        let cc: ConfChangeV2 = match e.get_entry_type() {
+            EntryType::EntryConfChange => {
+                let mut v1 =
+                    ConfChange::parse_from_bytes(&e.data).map_err(|x| bad(x.to_string()))?;
+                let mut single = raft::eraftpb::ConfChangeSingle {
+                    node_id: v1.node_id,
+                    ..Default::default()
+                };
+                single.set_change_type(v1.get_change_type());
+                let mut v2 = ConfChangeV2::default();
+                v2.set_changes(vec![single].into());
+                v2.set_context(v1.take_context());
+                v2
+            }
+            _ => ConfChangeV2::parse_from_bytes(&e.data).map_err(|x| bad(x.to_string()))?,
+        };
+        let change = Change::decode(cc.get_context()).map_err(bad)?;
+        // Durability is decided here: the configuration and the index it holds are written
+        // in one durable batch before anything else happens under the new configuration.
+        if index > self.raw.store().conf_index() {
+            let cs = self
+                .raw
+                .apply_conf_change(&cc)
+                .map_err(|x| bad(x.to_string()))?;
+            self.raw.store().write(Write {
+                conf_state: Some(cs.clone()),
+                conf_index: Some(index),
+                ..Write::default()
+            })?;
+            self.confs.push((index, cs));
+        }
+        self.handed = index;
+        out.events.push(Event::Membership {
+            index,
+            change,
+            members: self.members(),
+        });
         Ok(())
     }
 
@@ -411,7 +529,12 @@ impl<S: LogStore> Replica<S> {
         if index <= self.last_snapshot || index > self.handed {
             return Ok(false);
         }
-        let conf_state = self.raw.store().initial_state()?.conf_state;
+        // The configuration in force at the snapshot's index, not a later one: a replica that
+        // installs it applies the changes after it itself.
+        let Some(at) = self.confs.iter().rposition(|(i, _)| *i <= index) else {
+            return Ok(false);
+        };
+        let conf_state = self.confs[at].1.clone();
         let compact_to = index.saturating_sub(self.options.keep_entries) + 1;
         self.raw.store().write(Write {
             own_snapshot: Some((index, conf_state, data)),
@@ -419,6 +542,7 @@ impl<S: LogStore> Replica<S> {
             ..Write::default()
         })?;
         self.last_snapshot = index;
+        self.confs.drain(..at);
         Ok(true)
     }
 }

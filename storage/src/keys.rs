@@ -12,6 +12,14 @@ pub enum Key {
     ConfState,
     /// The metadata of the latest snapshot (received from a leader or taken locally).
     SnapshotMeta,
+    /// Whose directory this is: the group and the replica ([`crate::Identity`]).
+    Identity,
+    /// The index of the entry whose configuration change [`Key::ConfState`] holds (8 bytes,
+    /// big-endian; absent: none was applied, the configuration is the initial one).
+    ConfIndex,
+    /// The configuration the log starts from (before its first entry): what the group was
+    /// created with, or what a replica that joined was told it was created with.
+    InitialConf,
     /// The log entry at an index.
     Entry(u64),
 }
@@ -21,6 +29,9 @@ const HARD_STATE: u8 = 1;
 const CONF_STATE: u8 = 2;
 const SNAPSHOT_META: u8 = 3;
 // 4: reserved (snapshot data lived in the tree in format 1).
+const IDENTITY: u8 = 5;
+const CONF_INDEX: u8 = 6;
+const INITIAL_CONF: u8 = 7;
 const ENTRY: u8 = 16;
 
 /// The value under [`Key::Format`]: what wrote this store, and the layout version.
@@ -33,6 +44,9 @@ impl Key {
             Key::HardState => vec![HARD_STATE],
             Key::ConfState => vec![CONF_STATE],
             Key::SnapshotMeta => vec![SNAPSHOT_META],
+            Key::Identity => vec![IDENTITY],
+            Key::ConfIndex => vec![CONF_INDEX],
+            Key::InitialConf => vec![INITIAL_CONF],
             Key::Entry(i) => {
                 let mut k = Vec::with_capacity(9);
                 k.push(ENTRY);
@@ -49,6 +63,9 @@ impl Key {
             [HARD_STATE] => Some(Key::HardState),
             [CONF_STATE] => Some(Key::ConfState),
             [SNAPSHOT_META] => Some(Key::SnapshotMeta),
+            [IDENTITY] => Some(Key::Identity),
+            [CONF_INDEX] => Some(Key::ConfIndex),
+            [INITIAL_CONF] => Some(Key::InitialConf),
             [ENTRY, rest @ ..] => Some(Key::Entry(u64::from_be_bytes(rest.try_into().ok()?))),
             _ => None,
         }
@@ -71,6 +88,9 @@ mod tests {
             Key::HardState,
             Key::ConfState,
             Key::SnapshotMeta,
+            Key::Identity,
+            Key::ConfIndex,
+            Key::InitialConf,
             Key::Entry(0),
             Key::Entry(258),
             Key::Entry(u64::MAX),

@@ -6,9 +6,13 @@
 //! state-machine snapshots the replica takes) and goes back to raft-rs (entries, terms,
 //! indexes, snapshots it asks for) and, at startup, to the replica (what was durable when the
 //! process stopped). Keys are typed and big-endian ([`keys`]), so the log is ordered by index
-//! on disk; a format marker tells a Palisade Raft directory from anything else.
+//! on disk; a format marker tells a Palisade Raft directory from anything else, and an
+//! identity record ([`Identity`]) says which group and replica the directory belongs to.
 
+mod identity;
 pub mod keys;
 mod store;
 
+pub use identity::{GroupId, Identity};
+pub use raft::eraftpb::ConfState;
 pub use store::{Create, SledStorage, StorageError, Write};

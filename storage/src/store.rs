@@ -8,6 +8,7 @@ use protobuf::Message;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
+use crate::identity::Identity;
 use crate::keys::{Key, FORMAT_VALUE};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,11 @@ pub struct Write {
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
     pub conf_state: Option<ConfState>,
+    /// The index of the entry whose change `conf_state` holds (written with it): entries
+    /// at or below it are not applied to the configuration again after a restart.
+    pub conf_index: Option<u64>,
+    /// The configuration the log starts from (written once, with the first configuration).
+    pub initial_conf: Option<ConfState>,
     /// A snapshot of the state machine taken by this replica: (applied index, configuration
     /// at that index, data; `None`: written already with [`SledStorage::stage_snapshot`]).
     /// The index must be in the log.
@@ -56,6 +62,9 @@ struct Cache {
     last: u64,
     hard_state: HardState,
     conf_state: ConfState,
+    conf_index: u64,
+    /// `None` when not stored (a directory of an earlier version).
+    initial_conf: Option<ConfState>,
     snapshot_meta: SnapshotMetadata,
 }
 
@@ -156,7 +165,23 @@ impl SledStorage {
             }
             None => return Err(foreign("a sled database without Palisade's format marker")),
         }
-        let cache = Self::load(&db).map_err(corrupt)?;
+        let mut cache = Self::load(&db).map_err(corrupt)?;
+        // A directory of an earlier version never applied a membership change: its
+        // configuration is the one its log starts from. Recorded now, before any change can
+        // apply, so it can be handed to a replica that joins later.
+        if cache.initial_conf.is_none()
+            && cache.conf_index == 0
+            && !cache.conf_state.voters.is_empty()
+        {
+            let bytes = cache
+                .conf_state
+                .write_to_bytes()
+                .map_err(|e| corrupt(e.to_string()))?;
+            db.insert(Key::InitialConf.to_bytes(), bytes)
+                .and_then(|_| db.flush())
+                .map_err(|e| io(e.to_string()))?;
+            cache.initial_conf = Some(cache.conf_state.clone());
+        }
         Self::tidy_snapshots(path, cache.snapshot_meta.index).map_err(corrupt)?;
         Ok(SledStorage {
             path: path.to_path_buf(),
@@ -176,6 +201,26 @@ impl SledStorage {
         let hard_state: HardState = decode(db, Key::HardState)?;
         let conf_state: ConfState = decode(db, Key::ConfState)?;
         let snapshot_meta: SnapshotMetadata = decode(db, Key::SnapshotMeta)?;
+        let conf_index = match db
+            .get(Key::ConfIndex.to_bytes())
+            .map_err(|e| e.to_string())?
+        {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| format!("ConfIndex: {} bytes, not 8", v.len()))?,
+            ),
+            None => 0,
+        };
+        let initial_conf = match db
+            .get(Key::InitialConf.to_bytes())
+            .map_err(|e| e.to_string())?
+        {
+            Some(v) => {
+                Some(ConfState::parse_from_bytes(&v).map_err(|e| format!("InitialConf: {e}"))?)
+            }
+            None => None,
+        };
         let (mut first, mut last) = (None, None);
         for kv in db.range(Key::entries_from(0)) {
             let (k, v) = kv.map_err(|e| e.to_string())?;
@@ -207,6 +252,8 @@ impl SledStorage {
             last,
             hard_state,
             conf_state,
+            conf_index,
+            initial_conf,
             snapshot_meta,
         })
     }
@@ -269,6 +316,66 @@ impl SledStorage {
         self.cache().snapshot_meta.clone()
     }
 
+    /// Whose directory this is (`None`: nobody's yet, or written before identities existed).
+    pub fn identity(&self) -> Result<Option<Identity>, StorageError> {
+        let corrupt = |why: String| StorageError::Corrupt {
+            path: self.path.clone(),
+            why,
+        };
+        match self
+            .db
+            .get(Key::Identity.to_bytes())
+            .map_err(|e| corrupt(e.to_string()))?
+        {
+            Some(v) => Identity::from_bytes(&v).map(Some).map_err(corrupt),
+            None => Ok(None),
+        }
+    }
+
+    /// Record whose directory this is, durably: once this returns, a crash cannot lose it.
+    /// (Durability is decided here: the record is flushed before the replica takes part.)
+    pub fn set_identity(&self, identity: &Identity) -> Result<(), StorageError> {
+        let io = |e: sled::Error| StorageError::Io {
+            path: self.path.clone(),
+            why: e.to_string(),
+        };
+        self.db
+            .insert(Key::Identity.to_bytes(), identity.to_bytes())
+            .map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// Whether the directory holds no Raft state at all (no entry, vote, term or snapshot).
+    pub fn is_blank(&self) -> bool {
+        let c = self.cache();
+        c.last == 0
+            && c.hard_state.term == 0
+            && c.hard_state.vote == 0
+            && c.snapshot_meta.index == 0
+    }
+
+    /// The configuration the directory holds (voters and learners).
+    pub fn conf_state(&self) -> ConfState {
+        self.cache().conf_state.clone()
+    }
+
+    /// The index of the entry whose configuration change [`SledStorage::conf_state`] holds
+    /// (0: the initial configuration).
+    pub fn conf_index(&self) -> u64 {
+        self.cache().conf_index
+    }
+
+    /// The configuration the log starts from (before its first entry), when known: stored
+    /// with the first configuration; in a directory of an earlier version, where no change
+    /// was ever applied, the configuration itself.
+    pub fn initial_conf(&self) -> Option<ConfState> {
+        let c = self.cache();
+        c.initial_conf.clone().or_else(|| {
+            (c.conf_index == 0 && !c.conf_state.voters.is_empty()).then(|| c.conf_state.clone())
+        })
+    }
+
     /// Bytes the store takes on disk (sled's own estimate).
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
         self.db.size_on_disk().map_err(|e| StorageError::Io {
@@ -300,6 +407,7 @@ impl SledStorage {
             next.hard_state.term = next.hard_state.term.max(meta.term);
             next.hard_state.commit = meta.index;
             next.conf_state = meta.get_conf_state().clone();
+            next.conf_index = next.conf_index.max(meta.index);
             next.snapshot_meta = meta.clone();
             next.first = meta.index + 1;
             next.last = meta.index;
@@ -307,6 +415,10 @@ impl SledStorage {
             batch.insert(Key::SnapshotMeta.to_bytes(), encode(meta)?);
             batch.insert(Key::HardState.to_bytes(), encode(&next.hard_state)?);
             batch.insert(Key::ConfState.to_bytes(), encode(&next.conf_state)?);
+            batch.insert(
+                Key::ConfIndex.to_bytes(),
+                next.conf_index.to_be_bytes().to_vec(),
+            );
         }
         if let Some(first_new) = w.entries.first().map(|e| e.index) {
             if first_new < next.first {
@@ -344,6 +456,14 @@ impl SledStorage {
         if let Some(cs) = w.conf_state {
             batch.insert(Key::ConfState.to_bytes(), encode(&cs)?);
             next.conf_state = cs;
+        }
+        if let Some(cs) = w.initial_conf {
+            batch.insert(Key::InitialConf.to_bytes(), encode(&cs)?);
+            next.initial_conf = Some(cs);
+        }
+        if let Some(index) = w.conf_index {
+            batch.insert(Key::ConfIndex.to_bytes(), index.to_be_bytes().to_vec());
+            next.conf_index = index;
         }
         if let Some((index, conf_state, data)) = w.own_snapshot {
             if index < next.snapshot_meta.index || index > next.last || index < next.first - 1 {
@@ -513,9 +633,16 @@ impl raft::Storage for SledStorage {
 
     /// The latest snapshot, if it reaches `request_index`; otherwise the replica is asked to
     /// take a newer one ([`raft::StorageError::SnapshotTemporarilyUnavailable`]).
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let meta = self.cache().snapshot_meta.clone();
-        if meta.index < request_index || meta.index == 0 {
+        let cs = meta.get_conf_state();
+        // A replica added after the snapshot would refuse it (it is not in its
+        // configuration): the leader takes a new one when it adds a replica, and sends that.
+        // `to` 0: the replica's own read of its latest snapshot (always answered).
+        let holds = |id: u64| {
+            id == 0 || cs.voters.is_empty() || cs.voters.contains(&id) || cs.learners.contains(&id)
+        };
+        if meta.index < request_index || meta.index == 0 || !holds(to) {
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));

@@ -259,3 +259,28 @@ fn a_snapshot_staged_beside_the_log_becomes_current_only_when_adopted() {
         .to_string();
     assert!(err.contains("no snapshot data was staged"), "{err}");
 }
+
+/// A snapshot whose configuration does not hold the replica it is for (added after it was
+/// taken) is not sent: that replica would refuse it. raft-rs is told to wait for a newer one.
+#[test]
+fn a_snapshot_is_not_sent_to_a_replica_it_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SledStorage::open(&dir.path().join("raft"), Create::IfMissing).unwrap();
+    s.append(&[entry(1, 1, 0), entry(2, 1, 0)]).unwrap();
+    let mut cs = raft::eraftpb::ConfState::default();
+    cs.set_voters(vec![1, 2, 3]);
+    cs.set_learners(vec![4]);
+    s.write(Write {
+        own_snapshot: Some((2, cs, Some(b"state at 2".to_vec()))),
+        ..Write::default()
+    })
+    .unwrap();
+    assert_eq!(s.snapshot(0, 4).unwrap().get_metadata().index, 2);
+    assert_eq!(s.snapshot(0, 3).unwrap().get_metadata().index, 2);
+    assert_eq!(
+        s.snapshot(0, 5),
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable
+        ))
+    );
+}

@@ -4,7 +4,10 @@
 //! `info`) takes a level or `tracing` directives (`info,palisade_controller::sync=debug`);
 //! `--log-format text|json` (or `PALISADE_LOG_FORMAT`). Logs go to stderr, coloured only on a
 //! terminal. Fields are values as people read them: the binaries log with `%` (Display),
-//! never Rust's `Debug`.
+//! never Rust's `Debug`. [`security`] decides, from the flags given, whether a binary speaks
+//! mTLS or (asked for explicitly, on loopback) plaintext.
+
+pub mod security;
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;

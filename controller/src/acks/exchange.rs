@@ -4,6 +4,7 @@
 //! longer counts as having agents connected (they move to other replicas); what it reported
 //! before stays (an ack stays true: agents never go back).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info};
 
 use crate::hub::Hub;
+use crate::replication::transport::Transport;
 
 /// How long a replica holds an ask with nothing new before answering empty.
 pub const WAIT: Duration = Duration::from_secs(2);
@@ -22,12 +24,39 @@ pub const STALE: Duration = Duration::from_secs(3);
 /// Largest table accepted from a peer.
 const MAX_TABLE_BYTES: usize = 256 << 20;
 
-/// Ask each peer (`peers`: id and channel) for its table until `shutdown`.
-pub fn start(hub: Arc<Hub>, id: u64, peers: Vec<(u64, Channel)>, shutdown: CancellationToken) {
-    for (peer, channel) in peers {
-        let client = RaftClient::new(channel).max_decoding_message_size(MAX_TABLE_BYTES);
-        tokio::spawn(pull(hub.clone(), id, peer, client, shutdown.clone()));
-    }
+/// Ask each peer of `transport` for its table until `shutdown`; peers added or removed by
+/// membership changes are asked, or no longer, within a second.
+pub fn start(hub: Arc<Hub>, id: u64, transport: Arc<Transport>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut asking: BTreeMap<u64, (String, CancellationToken)> = BTreeMap::new();
+        loop {
+            let addresses = transport.addresses();
+            asking.retain(|peer, (address, stop)| {
+                // A peer gone, or reached at another address now: its task stops.
+                let keep = addresses.get(peer) == Some(address);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for (peer, channel) in transport.channels() {
+                let Some(address) = addresses.get(&peer) else {
+                    continue;
+                };
+                if asking.contains_key(&peer) {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                let client = RaftClient::new(channel).max_decoding_message_size(MAX_TABLE_BYTES);
+                tokio::spawn(pull(hub.clone(), id, peer, client, stop.clone()));
+                asking.insert(peer, (address.clone(), stop));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
 }
 
 async fn pull(

@@ -11,20 +11,43 @@
 //!   API server unreachable, access denied) keeps everything as it was;
 //! * an object the API server accepted but Palisade rejects keeps its last valid version in
 //!   force, and is reported;
+//! * an object holding fields Palisade's schema lacks arrives narrowed (see
+//!   `palisade_policy::k8s::unknown`), and is reported with what was done about each;
 //! * an update that changes nothing Palisade uses (a pod's status conditions, annotations,
 //!   managed fields) proposes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use palisade_policy::k8s::{Kind, Rejection};
+use palisade_policy::k8s::{FieldError, Kind, Rejection};
 use palisade_policy::manifest::{Key, Object};
 use palisade_policy::model::{Command, ObjKey};
 
 /// The kinds the source watches, in the order an upsert batch lists them.
 pub const KINDS: [Kind; 3] = [Kind::Namespace, Kind::NetworkPolicy, Kind::Pod];
 
-/// One object as received: projected, or why Palisade rejects it.
-pub type Received = Result<Object, Rejection>;
+/// One object as received: projected, or why Palisade rejects it; with what was done about
+/// each field it holds that Palisade's schema lacks.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub object: Result<Object, Rejection>,
+    pub unknown: Vec<FieldError>,
+}
+
+impl From<Result<Object, Rejection>> for Received {
+    fn from(object: Result<Object, Rejection>) -> Received {
+        Received {
+            object,
+            unknown: Vec::new(),
+        }
+    }
+}
+
+impl Received {
+    /// The projected object (tests).
+    pub fn unwrap(self) -> Object {
+        self.object.expect("a valid object")
+    }
+}
 
 /// What a change did to the mirror.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -74,10 +97,14 @@ pub struct Mirror {
     objects: BTreeMap<Key, Object>,
     /// Objects Palisade rejects, with why.
     rejected: BTreeMap<Key, Rejection>,
+    /// Objects in force holding fields Palisade's schema lacks, with what was done about each
+    /// (for a rejected object: its last valid version's).
+    unknown: BTreeMap<Key, Vec<FieldError>>,
     /// Objects another source holds, with that source: not taken from the API server while
     /// it does (the caller looks again, and starts over once one is free).
     parked: BTreeMap<Key, String>,
-    /// Bumped at every change to `rejected` or `parked` (so what is shown can follow).
+    /// Bumped at every change to `rejected`, `unknown` or `parked` (so what is shown can
+    /// follow).
     generation: u64,
     /// Objects of each kind in `seen`.
     counts: BTreeMap<Kind, usize>,
@@ -133,10 +160,12 @@ impl Mirror {
                 deleted += 1;
             }
         }
-        let rejected = self.rejected.len();
+        let shown = self.rejected.len() + self.unknown.len();
         self.rejected
             .retain(|k, _| k.0 != kind || list.contains_key(&k.1));
-        if self.rejected.len() != rejected {
+        self.unknown
+            .retain(|k, _| k.0 != kind || list.contains_key(&k.1));
+        if self.rejected.len() + self.unknown.len() != shown {
             self.generation += 1;
         }
         for (name, object) in list {
@@ -152,11 +181,20 @@ impl Mirror {
         self.receive((kind, name), object)
     }
 
-    fn receive(&mut self, key: Key, object: Received) -> Effect {
-        match object {
+    fn receive(&mut self, key: Key, received: Received) -> Effect {
+        match received.object {
             Ok(o) => {
                 if self.rejected.remove(&key).is_some() {
                     self.generation += 1;
+                }
+                let unknown = received.unknown;
+                if self.unknown.get(&key).map_or(&[][..], Vec::as_slice) != unknown.as_slice() {
+                    self.generation += 1;
+                    if unknown.is_empty() {
+                        self.unknown.remove(&key);
+                    } else {
+                        self.unknown.insert(key.clone(), unknown);
+                    }
                 }
                 let p = print(&o);
                 if self.seen.get(&key) == Some(&p) {
@@ -182,6 +220,9 @@ impl Mirror {
     }
 
     fn forget(&mut self, key: Key) {
+        if self.unknown.remove(&key).is_some() {
+            self.generation += 1;
+        }
         self.objects.remove(&key);
         if self.seen.remove(&key).is_some() {
             if let Some(n) = self.counts.get_mut(&key.0) {
@@ -312,7 +353,7 @@ impl Mirror {
         &self.parked
     }
 
-    /// Changes whenever the rejected or parked objects change.
+    /// Changes whenever the rejected, narrowed or parked objects change.
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -325,6 +366,11 @@ impl Mirror {
     /// Objects Palisade rejects now.
     pub fn rejected(&self) -> impl Iterator<Item = (&Key, &Rejection)> {
         self.rejected.iter()
+    }
+
+    /// Objects in force holding fields Palisade's schema lacks, with what was done about each.
+    pub fn unknown(&self) -> impl Iterator<Item = (&Key, &Vec<FieldError>)> {
+        self.unknown.iter()
     }
 }
 

@@ -15,7 +15,11 @@ use crate::metrics::Metrics;
 pub enum State {
     Listing,
     Watching,
-    BackingOff { until: Instant },
+    BackingOff {
+        until: Instant,
+    },
+    /// A back-off ended and the watch resumes; the API server has not answered yet.
+    Reconnecting,
 }
 
 impl State {
@@ -24,6 +28,7 @@ impl State {
             State::Listing => "listing",
             State::Watching => "watching",
             State::BackingOff { .. } => "backing-off",
+            State::Reconnecting => "reconnecting",
         }
     }
 
@@ -32,6 +37,7 @@ impl State {
             State::Listing => "listing",
             State::Watching => "watching",
             State::BackingOff { .. } => "backing_off",
+            State::Reconnecting => "reconnecting",
         }
     }
 }
@@ -78,6 +84,21 @@ impl Board {
                 w.error = error;
             }
         });
+    }
+
+    /// The API server answered for `kind`: a watch reconnecting is watching (whether it was).
+    pub fn answered(&self, metrics: &Metrics, kind: Kind) -> bool {
+        // Looked at and changed under one lock: a watch that failed again meanwhile stays
+        // backing off.
+        let mut b = self.0.lock().expect("watch board lock");
+        let Some(w) = b.get_mut(&kind).filter(|w| w.state == State::Reconnecting) else {
+            return false;
+        };
+        w.state = State::Watching;
+        w.since = Instant::now();
+        w.error = None;
+        metrics.kube_state(kind, State::Watching.metric());
+        true
     }
 
     /// Something of `kind` arrived.

@@ -27,7 +27,13 @@ struct EventLabel {
 }
 
 /// The states a watch can be in (one of them is 1 per kind).
-pub const STATES: [&str; 4] = ["listing", "watching", "backing_off", "stopped"];
+pub const STATES: [&str; 5] = [
+    "listing",
+    "watching",
+    "backing_off",
+    "reconnecting",
+    "stopped",
+];
 
 pub struct Kube {
     state: Family<StateLabel, Gauge>,
@@ -57,7 +63,7 @@ impl Kube {
         };
         registry.register(
             "kube_watch_state",
-            "1 for the state each Kubernetes watch is in (listing, watching, backing_off, stopped: this replica does not lead)",
+            "1 for the state each Kubernetes watch is in (listing, watching, backing_off, reconnecting: a back-off ended and the API server has not answered yet, stopped: this replica does not lead)",
             k.state.clone(),
         );
         registry.register(

@@ -25,6 +25,11 @@ pub enum Job {
     },
     /// The leader's snapshot at `index`: it replaces the state machine.
     Install { index: u64, data: Vec<u8> },
+    /// The membership change committed at `index` (Raft's configuration holds it already).
+    Membership {
+        index: u64,
+        change: Option<palisade_replica::Change>,
+    },
 }
 
 pub struct Applier {
@@ -38,6 +43,9 @@ pub struct Applier {
     pub failure: Failure,
     /// The planted fault ([`super::Config::fault_drop_entry`]), until it has fired.
     pub drop_entry: Option<u64>,
+    /// Told the members' addresses and the removed ids a leader's snapshot holds (the
+    /// changes behind it are not in the log this replica receives).
+    pub transport: Arc<super::transport::Transport>,
 }
 
 impl Applier {
@@ -77,6 +85,19 @@ impl Applier {
                     }
                     self.applied(applied);
                 }
+                Job::Membership { index, change } => {
+                    let added = change
+                        .as_ref()
+                        .is_some_and(|c| c.kind == palisade_replica::membership::Kind::AddLearner);
+                    let applied = self.hub.apply_change(index, change.as_ref());
+                    self.applied(applied);
+                    if added {
+                        // A snapshot holding the new replica in its configuration, for the
+                        // leader to send it (it refuses one without itself).
+                        self.snapshot(1);
+                        continue;
+                    }
+                }
                 Job::Install { index, data } => {
                     info!(
                         index,
@@ -85,6 +106,17 @@ impl Applier {
                     );
                     match Machine::restore(&data) {
                         Ok(m) => {
+                            for id in m.retired() {
+                                self.transport.retire(*id);
+                            }
+                            for (id, address) in m.addresses() {
+                                if let Err(e) = self.transport.learn(*id, address) {
+                                    warn!(
+                                        replica = id,
+                                        "cannot reach a member at the address the group gives: {e}"
+                                    );
+                                }
+                            }
                             self.hub.install(m);
                             self.applied(index);
                         }
@@ -98,18 +130,23 @@ impl Applier {
                     }
                 }
             }
-            if let Some((index, data)) = self.hub.snapshot_if_due(self.snapshot_every) {
-                // Written here, not on Raft's thread: a large state takes a while to store.
-                let bytes = data.len();
-                match self.store.stage_snapshot(index, data) {
-                    Ok(()) => {
-                        let _ = self.inbox.send(Input::Snapshot { index, bytes });
-                    }
-                    Err(e) => warn!(
-                        index,
-                        "cannot store a snapshot (the log keeps growing until one is stored): {e}"
-                    ),
+            self.snapshot(self.snapshot_every);
+        }
+    }
+
+    /// Take a snapshot if `every` entries were applied since the last one.
+    fn snapshot(&self, every: u64) {
+        if let Some((index, data)) = self.hub.snapshot_if_due(every) {
+            // Written here, not on Raft's thread: a large state takes a while to store.
+            let bytes = data.len();
+            match self.store.stage_snapshot(index, data) {
+                Ok(()) => {
+                    let _ = self.inbox.send(Input::Snapshot { index, bytes });
                 }
+                Err(e) => warn!(
+                    index,
+                    "cannot store a snapshot (the log keeps growing until one is stored): {e}"
+                ),
             }
         }
     }

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use palisade_policy::model::Command;
 use palisade_replica::entry::split;
-use palisade_replica::{Batch, Event, Message, ProposalId, ProposeError, Replica, Role};
+use palisade_replica::membership::{self, Kind};
+use palisade_replica::{Batch, Change, Event, Message, ProposalId, ProposeError, Replica, Role};
 use palisade_storage::SledStorage;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::apply::Job;
 use super::transport::Outbox;
-use super::{Config, Failure, GroupStatus, ProposeFailed, Reply};
+use super::{ChangeFailed, ChangeReply, Config, Failure, GroupStatus, ProposeFailed, Reply};
 use crate::metrics::Metrics;
 
 pub enum Input {
@@ -34,6 +35,17 @@ pub enum Input {
     Snapshot {
         index: u64,
         bytes: usize,
+    },
+    /// A membership change an operator asked for; `retired`: the ids removed before (the
+    /// state machine keeps them), which are never used again.
+    Change {
+        change: Change,
+        retired: std::collections::BTreeSet<u64>,
+        reply: ChangeReply,
+    },
+    /// Replica `by` refuses this one's messages: this one was removed from the group.
+    Removed {
+        by: u64,
     },
     /// What became of messages sent to replica `to`: not delivered (and whether a snapshot
     /// was among them), or a snapshot delivered.
@@ -81,6 +93,8 @@ struct Flow {
     /// Proposals with a part in the log already.
     started: HashSet<u64>,
     next: u64,
+    /// Membership changes proposed here, by request number, waiting to be applied.
+    changes: HashMap<u64, ChangeReply>,
 }
 
 impl Driver {
@@ -138,6 +152,7 @@ impl Driver {
             }
             // Room freed by what just committed.
             self.feed(&mut flow, &mut pending);
+            self.promote();
             self.publish(role, None);
         }
         fail_all(&mut pending, ProposeFailed::Stopped("shutting down".into()));
@@ -171,6 +186,25 @@ impl Driver {
                     self.replica.status().commit,
                 );
             }
+            Input::Change {
+                change,
+                retired,
+                reply,
+            } => {
+                match self.change(change, &retired) {
+                    // Answered when the entry is applied (see `ready`).
+                    Ok(request) => {
+                        flow.changes.insert(request, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Input::Removed { by } => self.failure.set(format!(
+                "replica {} was removed from the group (replica {by} refuses its messages); its id is retired and it takes no further part",
+                self.config.id
+            )),
             Input::Delivery {
                 to,
                 delivered,
@@ -191,6 +225,135 @@ impl Driver {
                 Ok(false) => {}
                 Err(e) => warn!("cannot store the snapshot at {index}: {e}"),
             },
+        }
+    }
+
+    /// Propose an operator's membership change, or say why not. A leader asked to remove
+    /// itself hands leadership to the voter furthest along first (the operator asks again).
+    fn change(
+        &mut self,
+        mut change: Change,
+        retired: &std::collections::BTreeSet<u64>,
+    ) -> Result<u64, ChangeFailed> {
+        if !self.replica.is_leader() {
+            let leader = self.replica.status().leader;
+            return Err(ProposeFailed::NotLeader {
+                leader: (leader != 0).then_some(leader),
+            }
+            .into());
+        }
+        let members = self.replica.members();
+        // Answering: heard from within two election timeouts (raft-rs's own `recent_active`
+        // is cleared at every check-quorum round, so a live peer can look idle for a moment).
+        let window = self.config.tick * (2 * self.config.options.election_tick as u32);
+        let mut active: std::collections::BTreeSet<u64> = self
+            .outbox
+            .transport()
+            .contacts()
+            .into_iter()
+            .filter(|(_, at)| at.elapsed() < window)
+            .map(|(id, _)| id)
+            .collect();
+        active.extend(
+            self.replica
+                .progress()
+                .into_iter()
+                .filter(|(_, _, active)| *active)
+                .map(|(id, _, _)| id),
+        );
+        active.insert(self.config.id);
+        membership::check(
+            &change,
+            &members,
+            retired,
+            &active,
+            self.replica.has_pending_change(),
+        )?;
+        if change.kind == Kind::Remove && change.id == self.config.id {
+            let to = self
+                .replica
+                .progress()
+                .into_iter()
+                .filter(|(id, _, _)| {
+                    *id != self.config.id && active.contains(id) && members.voters.contains(id)
+                })
+                .max_by_key(|(_, matched, _)| *matched)
+                .map(|(id, _, _)| id)
+                .ok_or(ChangeFailed::Propose(ProposeFailed::Stopped(
+                    "no other voter is reachable to hand leadership to".into(),
+                )))?;
+            info!(to, "handing leadership over before this replica is removed");
+            self.replica.transfer_leader(to);
+            return Err(ChangeFailed::Handing {
+                from: self.config.id,
+                to,
+            });
+        }
+        change.request = fastrand::u64(1..);
+        match self.replica.propose_change(&change) {
+            Ok(()) => {
+                info!(replica = change.id, kind = ?change.kind, address = %change.address, "membership change proposed");
+                Ok(change.request)
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                Err(ProposeFailed::NotLeader { leader }.into())
+            }
+            Err(ProposeError::Dropped(why)) => Err(ProposeFailed::Stopped(why).into()),
+        }
+    }
+
+    /// On the leader: promote a learner to voter once it holds everything committed and
+    /// answers (one change at a time).
+    fn promote(&mut self) {
+        if !self.replica.is_leader() || self.replica.has_pending_change() {
+            return;
+        }
+        let members = self.replica.members();
+        if members.learners.is_empty() {
+            return;
+        }
+        let commit = self.replica.status().commit;
+        let ready = self
+            .replica
+            .progress()
+            .into_iter()
+            .find(|(id, matched, active)| {
+                members.learners.contains(id) && *active && *matched >= commit
+            });
+        if let Some((id, matched, _)) = ready {
+            let change = Change {
+                kind: Kind::Promote,
+                id,
+                address: String::new(),
+                request: 0,
+            };
+            match self.replica.propose_change(&change) {
+                Ok(()) => info!(
+                    replica = id,
+                    matched, "learner caught up: promoting it to voter"
+                ),
+                Err(e) => tracing::debug!(replica = id, "cannot promote the learner yet: {e}"),
+            }
+        }
+    }
+
+    /// A membership change committed: reach (or stop reaching) the replica it names; a
+    /// replica removed itself takes no further part.
+    fn membership_applied(&self, index: u64, change: Option<&Change>) {
+        let Some(c) = change else { return };
+        let transport = self.outbox.transport();
+        match c.kind {
+            Kind::AddLearner => {
+                if let Err(e) = transport.learn(c.id, &c.address) {
+                    error!(replica = c.id, "cannot reach the replica added: {e}");
+                }
+            }
+            Kind::Promote => {}
+            Kind::Remove if c.id == self.config.id => self.failure.set(format!(
+                "replica {} was removed from the group at index {index}; its id is retired and it takes no further part",
+                c.id
+            )),
+            Kind::Remove => transport.retire(c.id),
         }
     }
 
@@ -267,6 +430,21 @@ impl Driver {
                         }
                         entries.push((index, batch));
                     }
+                    Event::Membership {
+                        index,
+                        change,
+                        members,
+                    } => {
+                        self.flush(&mut entries, &mut replies);
+                        self.membership_applied(index, change.as_ref());
+                        let waiting = change
+                            .as_ref()
+                            .and_then(|c| flow.changes.remove(&c.request));
+                        let _ = self.jobs.send(Job::Membership { index, change });
+                        if let Some(reply) = waiting {
+                            let _ = reply.send(Ok((index, members)));
+                        }
+                    }
                     Event::Install { index, data } => {
                         self.flush(&mut entries, &mut replies);
                         let _ = self.jobs.send(Job::Install { index, data });
@@ -318,6 +496,7 @@ impl Driver {
             raft,
             applied: 0,
             progress: self.replica.progress(),
+            members: self.replica.members(),
             failure,
         };
         self.metrics.raft(new.raft.term, new.raft.commit);
@@ -373,6 +552,12 @@ impl Flow {
         }
         self.in_flight.clear();
         self.started.clear();
+        for (_, reply) in self.changes.drain() {
+            let _ = reply.send(Err(ChangeFailed::Propose(match &why {
+                ProposeFailed::NotLeader { .. } => ProposeFailed::Lost,
+                other => other.clone(),
+            })));
+        }
     }
 }
 

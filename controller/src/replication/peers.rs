@@ -40,9 +40,50 @@ pub fn parse_peers(text: &str, id: u64) -> Result<BTreeMap<u64, String>, PeersEr
     Ok(out)
 }
 
+/// Parse `--peers` for replica `id` running in StatefulSet slot `slot` (its ordinal + 1):
+/// when `--peers` does not name `id` (a replica under a new id in a pod whose volume was
+/// lost), it is reached at the slot's address, which no longer names the slot's old id.
+pub fn parse_peers_in_slot(
+    text: &str,
+    id: u64,
+    slot: Option<u64>,
+) -> Result<BTreeMap<u64, String>, PeersError> {
+    let Some(slot) = slot.filter(|s| *s != id) else {
+        return parse_peers(text, id);
+    };
+    let mut peers = parse_peers(text, slot)?;
+    if !peers.contains_key(&id) {
+        let address = peers.remove(&slot).expect("parse_peers checked it");
+        peers.insert(id, address);
+    }
+    Ok(peers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_under_a_new_id_takes_its_slots_address() {
+        let p = parse_peers_in_slot("1=a:1,2=b:2,3=c:3", 4, Some(2)).unwrap();
+        assert_eq!(p.get(&4).map(String::as_str), Some("b:2"));
+        assert!(!p.contains_key(&2));
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            parse_peers_in_slot("1=a:1,2=b:2", 2, Some(2))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            parse_peers_in_slot("1=a:1,2=b:2", 4, None),
+            Err(PeersError::Missing(4))
+        );
+        assert_eq!(
+            parse_peers_in_slot("1=a:1,2=b:2", 4, Some(3)),
+            Err(PeersError::Missing(3))
+        );
+    }
 
     #[test]
     fn peers_parse_and_bad_lists_say_what_is_wrong() {

@@ -22,9 +22,8 @@ pub async fn list(group: &Group, hub: &crate::hub::Hub) -> ListReplicasResponse 
     let mut replicas = vec![own_status(&me, group.address(), hub, refusing.as_deref())];
     let peers: Vec<(u64, String)> = group
         .peers()
-        .iter()
-        .filter(|(id, _)| **id != group.id())
-        .map(|(id, a)| (*id, a.clone()))
+        .into_iter()
+        .filter(|(id, _)| *id != group.id())
         .collect();
     let asked = join_all(
         peers

@@ -67,7 +67,9 @@ pub async fn watch(
     let mut leaderless_since: Option<tokio::time::Instant> = None;
     loop {
         let (mut why, leaderless) = {
-            let s = status.borrow_and_update();
+            // A copy: `reach` may read the status too, and a read lock taken twice while the
+            // Raft driver waits to write deadlocks (parking_lot lets the writer go first).
+            let s = status.borrow_and_update().clone();
             (
                 cut_off(&s, reach()),
                 s.raft.leader == 0 && s.failure.is_none(),

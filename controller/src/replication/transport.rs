@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use palisade_proto::endpoint::{self, ClientTls};
@@ -15,14 +15,15 @@ use palisade_proto::v1::admin_client::AdminClient;
 use palisade_proto::v1::raft_client::RaftClient;
 use palisade_proto::v1::raft_server::Raft;
 use palisade_proto::v1::{
-    AckTable, AcksRequest, RaftAck, RaftBatch, RaftStatusRequest, ReplicaStatus,
+    AckTable, AcksRequest, AdoptRequest, AdoptResponse, IdentifyRequest, IdentifyResponse, RaftAck,
+    RaftBatch, RaftStatusRequest, ReplicaStatus,
 };
 use palisade_replica::{decode_message, encode_message, Message, MessageType};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::driver::Input;
 use super::{role_name, GroupStatus};
@@ -45,10 +46,65 @@ pub enum TransportError {
     },
 }
 
-/// The connections to every peer, and when each was last heard from.
+/// The connections to every peer, and when each was last heard from. Peers come and go
+/// with membership changes ([`Transport::set_peer`], [`Transport::remove_peer`]).
 pub struct Transport {
-    channels: BTreeMap<u64, Channel>,
+    id: u64,
+    tls: Option<ClientTls>,
+    peers: RwLock<BTreeMap<u64, Peer>>,
     contacts: Mutex<BTreeMap<u64, Instant>>,
+    /// Once started: what each peer's sending task needs, and each one's queue.
+    links: Mutex<Option<Links>>,
+    /// The runtime connections run on (peers are added from the Raft driver's thread).
+    runtime: Option<tokio::runtime::Handle>,
+    /// Replicas removed from the group: their messages are refused with a reason that tells
+    /// them (a replica removed may not learn of it otherwise: the leader stops sending to it).
+    retired: RwLock<std::collections::BTreeSet<u64>>,
+    /// The ids `--peers` names: their addresses are the operator's word, never replaced by
+    /// one learned from the group.
+    configured: std::collections::BTreeSet<u64>,
+}
+
+/// What a replica answers one that was removed (and that one looks for).
+pub const RETIRED: &str = "was removed from the group; its id is retired";
+
+struct Peer {
+    address: String,
+    channel: Channel,
+}
+
+/// What sending tasks share, and the queue and stop token of each.
+struct Links {
+    group: String,
+    metrics: Metrics,
+    inbox: Sender<Input>,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+    queues: BTreeMap<u64, (mpsc::Sender<Message>, CancellationToken)>,
+}
+
+impl Links {
+    /// Start (or restart) the sending task of `peer` over `channel`.
+    fn open(&mut self, from: u64, peer: u64, channel: Channel) {
+        if let Some((_, stop)) = self.queues.remove(&peer) {
+            stop.cancel();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stop = self.shutdown.child_token();
+        self.queues.insert(peer, (tx, stop.clone()));
+        self.runtime.spawn(pump(
+            Link {
+                from,
+                to: peer,
+                group: self.group.clone(),
+                client: RaftClient::new(channel),
+                inbox: self.inbox.clone(),
+            },
+            rx,
+            self.metrics.clone(),
+            stop,
+        ));
+    }
 }
 
 impl Transport {
@@ -58,27 +114,107 @@ impl Transport {
         peers: &BTreeMap<u64, String>,
         tls: Option<&ClientTls>,
     ) -> Result<Transport, TransportError> {
-        let mut channels = BTreeMap::new();
-        for (peer, address) in peers.iter().filter(|(p, _)| **p != id) {
-            let ep = endpoint::endpoint(
-                address,
-                tls,
-                endpoint::Options {
-                    connect_timeout: Duration::from_secs(2),
-                    keepalive: Some(Duration::from_secs(5)),
-                },
-            )
-            .map_err(|e| TransportError::Peer {
-                id: *peer,
-                address: address.clone(),
-                reason: e.to_string(),
-            })?;
-            channels.insert(*peer, ep.connect_lazy());
-        }
-        Ok(Transport {
-            channels,
+        let t = Transport {
+            id,
+            tls: tls.cloned(),
+            peers: RwLock::new(BTreeMap::new()),
             contacts: Mutex::new(BTreeMap::new()),
-        })
+            links: Mutex::new(None),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            retired: RwLock::new(Default::default()),
+            configured: peers.keys().copied().collect(),
+        };
+        for (peer, address) in peers {
+            t.set_peer(*peer, address)?;
+        }
+        Ok(t)
+    }
+
+    /// Reach replica `id` at `address` from now on (a new member, or a new address); this
+    /// replica's own id is ignored.
+    pub fn set_peer(&self, id: u64, address: &str) -> Result<(), TransportError> {
+        if id == self.id {
+            return Ok(());
+        }
+        if self
+            .peers
+            .read()
+            .expect("peers lock")
+            .get(&id)
+            .is_some_and(|p| p.address == address)
+        {
+            return Ok(());
+        }
+        let _runtime = self.runtime.as_ref().map(|h| h.enter());
+        let channel = endpoint::endpoint(
+            address,
+            self.tls.as_ref(),
+            endpoint::Options {
+                connect_timeout: Duration::from_secs(2),
+                keepalive: Some(Duration::from_secs(5)),
+            },
+        )
+        .map_err(|e| TransportError::Peer {
+            id,
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_lazy();
+        self.peers.write().expect("peers lock").insert(
+            id,
+            Peer {
+                address: address.to_string(),
+                channel: channel.clone(),
+            },
+        );
+        if let Some(links) = self.links.lock().expect("links lock").as_mut() {
+            links.open(self.id, id, channel);
+        }
+        Ok(())
+    }
+
+    /// Replica `id` is reached at `address`, as the group says (a membership change, a
+    /// snapshot, a member's answer): taken unless `--peers` names `id`.
+    pub fn learn(&self, id: u64, address: &str) -> Result<(), TransportError> {
+        if self.configured.contains(&id) || self.is_retired(id) {
+            return Ok(());
+        }
+        self.set_peer(id, address)
+    }
+
+    /// The ids removed from the group, as far as this replica knows.
+    pub fn retired(&self) -> std::collections::BTreeSet<u64> {
+        self.retired.read().expect("retired lock").clone()
+    }
+
+    /// Replica `id` was removed from the group: stop talking to it, and refuse its messages.
+    pub fn retire(&self, id: u64) {
+        self.retired.write().expect("retired lock").insert(id);
+        self.remove_peer(id);
+    }
+
+    fn is_retired(&self, id: u64) -> bool {
+        self.retired.read().expect("retired lock").contains(&id)
+    }
+
+    /// Stop talking to replica `id` (it left the group).
+    pub fn remove_peer(&self, id: u64) {
+        self.peers.write().expect("peers lock").remove(&id);
+        if let Some(links) = self.links.lock().expect("links lock").as_mut() {
+            if let Some((_, stop)) = links.queues.remove(&id) {
+                stop.cancel();
+            }
+        }
+    }
+
+    /// Every peer's address by id (this replica's not included).
+    pub fn addresses(&self) -> BTreeMap<u64, String> {
+        self.peers
+            .read()
+            .expect("peers lock")
+            .iter()
+            .map(|(id, p)| (*id, p.address.clone()))
+            .collect()
     }
 
     pub fn contacts(&self) -> BTreeMap<u64, Instant> {
@@ -94,25 +230,22 @@ impl Transport {
 
     /// Every peer's id and channel.
     pub fn channels(&self) -> Vec<(u64, Channel)> {
-        self.channels
+        self.peers
+            .read()
+            .expect("peers lock")
             .iter()
-            .map(|(id, c)| (*id, c.clone()))
+            .map(|(id, p)| (*id, p.channel.clone()))
             .collect()
     }
 
     /// The admin client of peer `id` (to forward an operator's call to the leader).
     pub fn admin(&self, id: u64) -> Option<AdminClient<Channel>> {
-        self.channels.get(&id).cloned().map(AdminClient::new)
+        self.channel(id).ok().map(AdminClient::new)
     }
 
     /// Peer `id`'s own status, asked over Raft's service (bounded by `timeout`).
     pub async fn peer_status(&self, id: u64, timeout: Duration) -> Result<ReplicaStatus, String> {
-        let channel = self
-            .channels
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| format!("replica {id} is not a peer"))?;
-        let mut client = RaftClient::new(channel);
+        let mut client = RaftClient::new(self.channel(id)?);
         match tokio::time::timeout(timeout, client.status(RaftStatusRequest {})).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(s.message().to_string()),
@@ -123,53 +256,100 @@ impl Transport {
         }
     }
 
-    /// Start one sending task per peer; the returned outbox routes messages to them.
-    /// What could not be delivered (and snapshots that were) is reported to `inbox`.
+    /// Peer `id`'s answer to `Identify` (bounded by `timeout`), or why there is none.
+    pub async fn identify(&self, id: u64, timeout: Duration) -> Result<IdentifyResponse, String> {
+        let mut client = RaftClient::new(self.channel(id)?);
+        let me = self.id;
+        match tokio::time::timeout(timeout, client.identify(IdentifyRequest { from: me })).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Err(_) => Err("no answer".into()),
+        }
+    }
+
+    /// Ask peer `id` (the group's creator) for the group's identity.
+    pub async fn adopt(
+        &self,
+        id: u64,
+        req: AdoptRequest,
+        timeout: Duration,
+    ) -> Result<AdoptResponse, Status> {
+        let mut client = RaftClient::new(self.channel(id).map_err(Status::unavailable)?);
+        match tokio::time::timeout(timeout, client.adopt(req)).await {
+            Ok(r) => r.map(Response::into_inner),
+            Err(_) => Err(Status::unavailable("no answer")),
+        }
+    }
+
+    fn channel(&self, id: u64) -> Result<Channel, String> {
+        self.peers
+            .read()
+            .expect("peers lock")
+            .get(&id)
+            .map(|p| p.channel.clone())
+            .ok_or_else(|| format!("replica {id} is not a peer"))
+    }
+
+    /// Start one sending task per peer (and per peer added later); the returned outbox
+    /// routes messages to them. What could not be delivered (and snapshots that were) is
+    /// reported to `inbox`. Called on the runtime the tasks run on.
     pub fn start(
         self: &Arc<Self>,
-        id: u64,
+        group: String,
         metrics: Metrics,
         inbox: Sender<Input>,
         shutdown: CancellationToken,
     ) -> Outbox {
-        let mut queues = BTreeMap::new();
-        for (peer, channel) in &self.channels {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            queues.insert(*peer, tx);
-            tokio::spawn(pump(
-                Link {
-                    from: id,
-                    to: *peer,
-                    client: RaftClient::new(channel.clone()),
-                    inbox: inbox.clone(),
-                },
-                rx,
-                metrics.clone(),
-                shutdown.clone(),
-            ));
+        let mut links = Links {
+            group,
+            metrics: metrics.clone(),
+            inbox,
+            shutdown,
+            runtime: tokio::runtime::Handle::current(),
+            queues: BTreeMap::new(),
+        };
+        for (peer, channel) in self.channels() {
+            links.open(self.id, peer, channel);
         }
-        Outbox { queues, metrics }
+        *self.links.lock().expect("links lock") = Some(links);
+        Outbox {
+            transport: self.clone(),
+            metrics,
+        }
     }
 }
 
 /// Where the driver hands messages to send.
 pub struct Outbox {
-    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    transport: Arc<Transport>,
     metrics: Metrics,
 }
 
 impl Outbox {
     pub fn send(&self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let links = self.transport.links.lock().expect("links lock");
+        let Some(links) = links.as_ref() else { return };
         for m in messages {
-            match self.queues.get(&m.to) {
-                Some(q) => {
+            match links.queues.get(&m.to) {
+                Some((q, _)) => {
                     if q.try_send(m).is_err() {
                         self.metrics.raft_dropped();
                     }
                 }
-                None => debug!(to = m.to, "a Raft message for an unknown replica"),
+                None => debug!(
+                    to = m.to,
+                    "a Raft message for a replica whose address is unknown"
+                ),
             }
         }
+    }
+
+    /// The transport the outbox sends through (membership changes add and remove peers).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
     }
 }
 
@@ -177,6 +357,8 @@ impl Outbox {
 struct Link {
     from: u64,
     to: u64,
+    /// The group this replica belongs to, carried by every batch.
+    group: String,
     client: RaftClient<Channel>,
     /// The driver's inbox, told what could not be delivered.
     inbox: Sender<Input>,
@@ -192,6 +374,7 @@ async fn pump(
     let Link {
         from,
         to,
+        group,
         mut client,
         inbox,
     } = link;
@@ -216,7 +399,12 @@ async fn pump(
             }
         }
         let n = messages.len();
-        let call = client.step(RaftBatch { from, to, messages });
+        let call = client.step(RaftBatch {
+            from,
+            to,
+            messages,
+            group: group.clone(),
+        });
         // A snapshot of a large state takes longer than heartbeats (1 s per 16 MiB on top).
         let bound = Duration::from_secs(2) + Duration::from_millis((bytes >> 14) as u64);
         match tokio::time::timeout(bound, call).await {
@@ -246,7 +434,15 @@ async fn pump(
                     snapshot,
                 });
                 failures += 1;
-                if failures == 1 || failures.is_power_of_two() {
+                if why.contains(RETIRED) {
+                    let _ = inbox.send(Input::Removed { by: to });
+                } else if why.contains("of another group") {
+                    // Not a network fault: one of the two directories is not of this group.
+                    error!(
+                        to,
+                        failures, "replica {to} refuses this replica's messages: {why}"
+                    );
+                } else if failures == 1 || failures.is_power_of_two() {
                     warn!(to, failures, "cannot send to replica {to}: {why}");
                 }
                 // Back off a little; messages queued meanwhile are still sent (or dropped).
@@ -271,6 +467,8 @@ pub struct RaftService {
     pub hub: Arc<crate::hub::Hub>,
     /// Why this replica refuses agents, when it does.
     pub refusing: watch::Receiver<Option<String>>,
+    /// Who this replica is (its group), answered to peers and checked on their messages.
+    pub membership: Arc<super::bootstrap::Membership>,
 }
 
 impl RaftService {
@@ -300,10 +498,22 @@ impl Raft for RaftService {
         let from = req.get_ref().from;
         self.authorize(&req, Some(from))?;
         let batch = req.into_inner();
+        let own = self.membership.group_text();
+        if !batch.group.is_empty() && batch.group != own {
+            return Err(Status::failed_precondition(format!(
+                "replica {from} is of another group ({}) than replica {} ({own}): its directory is not this group's",
+                batch.group, self.id
+            )));
+        }
         if batch.to != self.id {
             return Err(Status::failed_precondition(format!(
                 "this is replica {}, not {}: check --peers",
                 self.id, batch.to
+            )));
+        }
+        if self.transport.is_retired(from) {
+            return Err(Status::failed_precondition(format!(
+                "replica {from} {RETIRED}"
             )));
         }
         let mut decoded = Vec::with_capacity(batch.messages.len());
@@ -352,6 +562,50 @@ impl Raft for RaftService {
             crate::acks::exchange::answer(&self.hub, req.get_ref()).await,
         ))
     }
+
+    async fn identify(
+        &self,
+        req: Request<IdentifyRequest>,
+    ) -> Result<Response<IdentifyResponse>, Status> {
+        super::bootstrap::require_replica(&req, self.insecure)?;
+        let (applied, leader) = {
+            let s = self.status.borrow();
+            (s.applied, s.raft.leader)
+        };
+        Ok(Response::new(self.membership.answer(applied, leader)))
+    }
+
+    async fn adopt(&self, req: Request<AdoptRequest>) -> Result<Response<AdoptResponse>, Status> {
+        let ids = super::bootstrap::require_replica(&req, self.insecure)?;
+        let id = req.get_ref().id;
+        let status = self.status.borrow().clone();
+        if status.members.learners.contains(&id) {
+            // Only the leader hands a learner the group's identity, and only while it has
+            // sent it nothing: a learner it sent entries to and that asks again lost its
+            // directory (the leader would send it a commit index beyond its empty log).
+            if !status.is_leader() {
+                return Err(Status::unavailable(format!(
+                    "a learner takes the group's identity from the leader (replica {})",
+                    status.raft.leader
+                )));
+            }
+            let matched = status
+                .progress
+                .iter()
+                .find(|(p, _, _)| *p == id)
+                .map_or(0, |(_, m, _)| *m);
+            if matched > 0 {
+                return Err(Status::failed_precondition(format!(
+                    "learner {id} received the log up to {matched} already, and its directory no longer holds it: remove it (palisadectl replicas remove {id}) and add the replica under a new id"
+                )));
+            }
+        }
+        let mut answer = self.membership.adopt(&ids, req.get_ref())?;
+        answer.addresses = self.transport.addresses().into_iter().collect();
+        answer.addresses.insert(self.id, self.address.clone());
+        answer.retired = self.transport.retired().into_iter().collect();
+        Ok(Response::new(answer))
+    }
 }
 
 /// This replica's status as introspection shows it.
@@ -365,7 +619,11 @@ pub fn own_status(
     ReplicaStatus {
         id: s.raft.id,
         address: address.to_string(),
-        role: role_name(s.raft.role).to_string(),
+        role: if s.members.learners.contains(&s.raft.id) {
+            "learner".to_string()
+        } else {
+            role_name(s.raft.role).to_string()
+        },
         term: s.raft.term,
         commit: s.raft.commit,
         applied: s.applied,

@@ -1,13 +1,10 @@
 //! Accepting connections without letting anyone exhaust them (DESIGN.md contract 10, bounded
-//! resources): every connection holds one of `max_connections` slots (and one of
-//! `max_per_ip` of its source address); a TLS handshake must finish within
-//! `handshake_timeout`; when a limit is reached, the oldest connection still handshaking (of
-//! that address, for the per-address limit) is dropped to make room, and only when none is
-//! handshaking is the new one refused. So idle sockets and stalled handshakes cannot keep a
-//! legitimate agent out, and the accept loop never spins on `EMFILE`. Handshake failures are
-//! logged with their reason (rate-limited) and counted.
+//! resources): the table's decisions are in [`super::conns`] (slots per address, per
+//! certificate identity and overall; handshakes and idle connections dropped to make room;
+//! slots kept for operators; idle connections closed); this is the async shell. A TLS
+//! handshake must finish within `handshake_timeout`; the accept loop never spins on `EMFILE`.
+//! Handshake failures and refusals are logged with their reason (rate-limited) and counted.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -25,26 +22,8 @@ use tracing::warn;
 
 use crate::metrics::Metrics;
 
-/// Bounds on connections.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_per_ip: usize,
-    pub handshake_timeout: Duration,
-    /// TCP keepalive on accepted connections.
-    pub tcp_keepalive: Option<Duration>,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_connections: 16_384,
-            max_per_ip: 1024,
-            handshake_timeout: Duration::from_secs(10),
-            tcp_keepalive: Some(Duration::from_secs(10)),
-        }
-    }
-}
+pub use super::conns::Limits;
+use super::conns::{Refusal, Table, Who};
 
 /// Raise this process's open-file limit to its hard limit, and return the connection limit it
 /// allows: `wanted`, or fewer, leaving room for everything else the controller opens.
@@ -72,10 +51,18 @@ pub fn fit_to_file_limit(wanted: usize) -> usize {
     wanted.min(room)
 }
 
-/// A connection that holds its slots until it is dropped.
+/// A connection that holds its slots until it is dropped, and ends (as if its peer had
+/// closed it) when the table closes it.
 pub struct Counted<S> {
     inner: S,
     _slot: Slot,
+    closed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<S> Counted<S> {
+    fn is_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        std::future::Future::poll(self.closed.as_mut(), cx).is_ready()
+    }
 }
 
 impl<S: Connected> Connected for Counted<S> {
@@ -91,6 +78,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.is_closed(cx) {
+            // End of stream: the server drops the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -101,9 +92,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -114,6 +111,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.is_closed(cx) {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -121,19 +121,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// Open connections, per address, and those still handshaking (oldest first).
-#[derive(Default)]
-struct Table {
-    open: usize,
-    per_ip: HashMap<IpAddr, usize>,
-    /// id -> (address, how to drop it)
-    handshaking: BTreeMap<u64, (IpAddr, CancellationToken)>,
-    next: u64,
-}
-
 /// One connection's place in the table, given back when dropped.
 struct Slot {
     table: Arc<Mutex<Table>>,
+    id: u64,
     ip: IpAddr,
     metrics: Metrics,
 }
@@ -141,14 +132,30 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut t = self.table.lock().expect("connection table");
-        t.open -= 1;
-        if let Some(n) = t.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.per_ip.remove(&self.ip);
-            }
-        }
+        t.release(self.id, self.ip);
         self.metrics.connections(t.open);
+    }
+}
+
+/// Who a connection's peer is, once its handshake is done.
+pub trait Peer {
+    fn who(&self) -> Who;
+}
+
+impl Peer for tokio_rustls::server::TlsStream<TcpStream> {
+    fn who(&self) -> Who {
+        let leaf = self.get_ref().1.peer_certificates()?.first()?;
+        crate::auth::identities(leaf.as_ref())
+            .ok()?
+            .into_iter()
+            .next()
+    }
+}
+
+/// Plaintext (development only): nobody is identified, everyone is allowed.
+impl Peer for TcpStream {
+    fn who(&self) -> Who {
+        Some(crate::auth::Identity::Anonymous)
     }
 }
 
@@ -189,50 +196,43 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    /// Take a slot for a connection from `ip`, making room by dropping the oldest handshake
-    /// when a limit is reached. `None`: no room (the connection is refused).
-    fn admit(&self, ip: IpAddr) -> Option<(Slot, u64, CancellationToken)> {
-        let mut t = self.table.lock().expect("connection table");
-        let over_ip = t.per_ip.get(&ip).copied().unwrap_or(0) >= self.limits.max_per_ip;
-        let over_all = t.open >= self.limits.max_connections;
-        if over_ip || over_all {
-            let victim = t
-                .handshaking
-                .iter()
-                .find(|(_, (vip, _))| !over_ip || *vip == ip)
-                .map(|(id, _)| *id)?;
-            let (_, token) = t.handshaking.remove(&victim).expect("found");
-            // Its task ends at once and gives its slot back; until then the count is one over.
-            token.cancel();
+    fn count_evictions(&self, t: &mut Table) {
+        for _ in 0..std::mem::take(&mut t.evicted) {
             self.metrics.connection_evicted();
         }
-        t.open += 1;
-        *t.per_ip.entry(ip).or_default() += 1;
-        t.next += 1;
-        let id = t.next;
-        let token = CancellationToken::new();
-        t.handshaking.insert(id, (ip, token.clone()));
         self.metrics.connections(t.open);
-        Some((
+    }
+
+    /// Take a slot for a connection from `ip` (making room if a limit is reached).
+    fn admit(&self, ip: IpAddr) -> Result<(Slot, u64, CancellationToken), Refusal> {
+        let mut t = self.table.lock().expect("connection table");
+        let admitted = t.admit(ip, &self.limits, Instant::now());
+        self.count_evictions(&mut t);
+        let a = admitted?;
+        Ok((
             Slot {
                 table: self.table.clone(),
+                id: a.id,
                 ip,
                 metrics: self.metrics.clone(),
             },
-            id,
-            token,
+            a.id,
+            a.evict,
         ))
     }
 
-    /// The handshake of `id` ended; false when the connection was evicted meanwhile (it
-    /// must then be dropped: its place was given to another).
-    fn established(&self, id: u64) -> bool {
-        self.table
-            .lock()
-            .expect("connection table")
-            .handshaking
-            .remove(&id)
-            .is_some()
+    /// The handshake of `id` ended: the connection as the table keeps it, or why it is
+    /// dropped.
+    fn established(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        who: Who,
+    ) -> Result<Arc<super::conns::Conn>, Refusal> {
+        let mut t = self.table.lock().expect("connection table");
+        let r = t.established(id, peer, who, &self.limits, Instant::now());
+        self.count_evictions(&mut t);
+        r
     }
 
     fn failed(&self, peer: SocketAddr, reason: &'static str, detail: &str) {
@@ -252,19 +252,39 @@ impl Acceptor {
 pub fn incoming<S>(
     listener: TcpListener,
     handshake: impl Fn(TcpStream) -> Handshake<S> + Send + Sync + 'static,
+    table: Arc<Mutex<Table>>,
     limits: Limits,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> ReceiverStream<std::io::Result<Counted<S>>>
 where
-    S: Send + 'static,
+    S: Peer + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(256);
     let acceptor = Arc::new(Acceptor {
-        table: Arc::default(),
+        table,
         limits,
         metrics,
         log: Arc::new(RateLimited::new(10)),
+    });
+    // Idle connections (no request or stream in flight) are closed after the timeout.
+    let reaper = acceptor.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let every = (reaper.limits.idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut t = reaper.table.lock().expect("connection table");
+            let closed = t.close_idle(&reaper.limits, Instant::now());
+            for _ in 0..closed {
+                reaper.metrics.connection_idle_closed();
+            }
+        }
     });
     tokio::spawn(async move {
         let handshake = Arc::new(handshake);
@@ -291,15 +311,14 @@ where
                 let keepalive = socket2::TcpKeepalive::new().with_time(k).with_interval(k);
                 let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
             }
-            let Some((slot, id, evict)) = acceptor.admit(peer.ip()) else {
-                acceptor.metrics.connection_refused();
-                acceptor.failed(
-                    peer,
-                    "refused",
-                    "connection limit reached and no handshake to evict",
-                );
-                drop(tcp);
-                continue;
+            let (slot, id, evict) = match acceptor.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    acceptor.metrics.connection_refused();
+                    acceptor.failed(peer, why.reason(), why.detail());
+                    drop(tcp);
+                    continue;
+                }
             };
             let acceptor = acceptor.clone();
             let handshake = handshake.clone();
@@ -307,24 +326,32 @@ where
             let timeout = acceptor.limits.handshake_timeout;
             tokio::spawn(async move {
                 let result = tokio::select! {
-                    _ = evict.cancelled() => Err(("evicted", "dropped to make room for a newer connection".to_string())),
+                    _ = evict.cancelled() => Err((Refusal::Evicted.reason(), Refusal::Evicted.detail().to_string())),
                     r = tokio::time::timeout(timeout, handshake(tcp)) => match r {
                         Err(_) => Err(("timeout", format!("no complete TLS handshake within {}", humantime::format_duration(timeout)))),
                         Ok(Err(e)) => Err(("handshake", e.to_string())),
                         Ok(Ok(s)) => Ok(s),
                     },
                 };
-                let kept = acceptor.established(id);
-                let result = match result {
-                    Ok(_) if !kept => Err((
-                        "evicted",
-                        "dropped to make room for a newer connection".to_string(),
-                    )),
-                    other => other,
-                };
+                let result = result.and_then(|s| match acceptor.established(id, peer, s.who()) {
+                    Ok(conn) => Ok((s, conn)),
+                    Err(why) => {
+                        if why != Refusal::Evicted {
+                            acceptor.metrics.connection_refused();
+                        }
+                        Err((why.reason(), why.detail().to_string()))
+                    }
+                });
                 match result {
-                    Ok(inner) => {
-                        let _ = tx.send(Ok(Counted { inner, _slot: slot })).await;
+                    Ok((inner, conn)) => {
+                        let closed = Box::pin(conn.close.clone().cancelled_owned());
+                        let _ = tx
+                            .send(Ok(Counted {
+                                inner,
+                                _slot: slot,
+                                closed,
+                            }))
+                            .await;
                     }
                     Err((reason, detail)) => acceptor.failed(peer, reason, &detail),
                 }
@@ -395,51 +422,6 @@ pub fn server_config(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<rustls::Serve
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn acceptor(max_connections: usize, max_per_ip: usize) -> Acceptor {
-        Acceptor {
-            table: Arc::default(),
-            limits: Limits {
-                max_connections,
-                max_per_ip,
-                ..Limits::default()
-            },
-            metrics: Metrics::new(),
-            log: Arc::new(RateLimited::new(10)),
-        }
-    }
-
-    #[test]
-    fn limits_evict_the_oldest_handshake_of_the_right_address() {
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        // Per address: a third connection from a evicts a's oldest handshake, not b's.
-        let acc = acceptor(100, 2);
-        let (_s1, _, t1) = acc.admit(a).unwrap();
-        let (_s2, _, t2) = acc.admit(b).unwrap();
-        let (_s3, _, t3) = acc.admit(a).unwrap();
-        let (_s4, _, _) = acc.admit(a).unwrap();
-        assert!(t1.is_cancelled() && !t2.is_cancelled() && !t3.is_cancelled());
-        // Overall: the oldest handshake of any address goes.
-        let acc = acceptor(2, 100);
-        let (_s1, id1, t1) = acc.admit(a).unwrap();
-        let (_s2, _, t2) = acc.admit(b).unwrap();
-        let (_s3, _, _) = acc.admit(b).unwrap();
-        assert!(t1.is_cancelled() && !t2.is_cancelled());
-        assert!(
-            !acc.established(id1),
-            "an evicted connection is dropped, never served"
-        );
-        // Established connections are never evicted: with no handshake left, refused.
-        let acc = acceptor(1, 100);
-        let (slot, id, _) = acc.admit(a).unwrap();
-        assert!(acc.established(id));
-        assert!(acc.admit(b).is_none());
-        drop(slot);
-        assert!(
-            acc.admit(b).is_some(),
-            "a closed connection gives its slot back"
-        );
-    }
 
     #[test]
     fn the_rate_limiter_counts_what_it_suppresses() {

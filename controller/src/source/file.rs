@@ -16,7 +16,7 @@ pub fn key(o: &Object) -> Key {
 }
 
 /// A file's content as read now.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Content {
     /// Valid objects; within one file the first definition of an object is used.
     pub objects: BTreeMap<Key, Object>,
@@ -33,6 +33,7 @@ pub struct Content {
 
 fn problem(source: &str, kind: &str, object: &str, error: String) -> Rejected {
     Rejected {
+        applied: false,
         source: source.to_string(),
         kind: kind.to_string(),
         object: object.to_string(),
@@ -63,6 +64,7 @@ fn rejected(e: &manifest::ManifestError) -> Rejected {
         other => (String::new(), String::new(), vec![other.to_string()]),
     };
     Rejected {
+        applied: false,
         source: e.location.to_string(),
         kind,
         object,
@@ -72,22 +74,47 @@ fn rejected(e: &manifest::ManifestError) -> Rejected {
 
 /// Read and parse `path`, named `name` in reports.
 pub fn read(path: &Path, name: &str, limits: &Limits, default_ns: &str) -> Content {
-    let broken = |why: String, io_error: bool| Content {
+    match read_bytes(path, name, limits) {
+        Ok((bytes, meta)) => parse_bytes(name, bytes, meta, limits, default_ns),
+        Err(content) => *content,
+    }
+}
+
+pub fn broken(name: &str, why: String, io_error: bool) -> Content {
+    Content {
         problems: vec![problem(name, "", "", why)],
         broken: true,
         io_error,
         ..Content::default()
-    };
-    let (bytes, meta) =
-        match read::file_and_metadata(path, limits.max_bytes as u64, Require::Regular) {
-            Ok(r) => r,
-            Err(e @ ReadError::Io(_)) => return broken(format!("cannot read: {e}"), true),
-            Err(e) => return broken(e.to_string(), false),
-        };
+    }
+}
+
+/// The bytes of `path` (a regular file, within the size limit) and its metadata once read;
+/// or, when it cannot be read, the content saying why.
+pub fn read_bytes(
+    path: &Path,
+    name: &str,
+    limits: &Limits,
+) -> Result<(Vec<u8>, std::fs::Metadata), Box<Content>> {
+    match read::file_and_metadata(path, limits.max_bytes as u64, Require::Regular) {
+        Ok(r) => Ok(r),
+        Err(e @ ReadError::Io(_)) => Err(Box::new(broken(name, format!("cannot read: {e}"), true))),
+        Err(e) => Err(Box::new(broken(name, e.to_string(), false))),
+    }
+}
+
+/// Parse the bytes read from the file named `name`, `meta` its metadata once read.
+pub fn parse_bytes(
+    name: &str,
+    bytes: Vec<u8>,
+    meta: std::fs::Metadata,
+    limits: &Limits,
+    default_ns: &str,
+) -> Content {
     let Ok(text) = String::from_utf8(bytes) else {
         return Content {
             read_as: Some(meta),
-            ..broken("not UTF-8 text".into(), false)
+            ..broken(name, "not UTF-8 text".into(), false)
         };
     };
     Content {

@@ -83,6 +83,13 @@ impl Records {
         let dir = state_dir.join("source");
         let files_dir = dir.join("files");
         std::fs::create_dir_all(&files_dir).map_err(|e| RecordError::Io(files_dir.clone(), e))?;
+        for d in [&dir, &files_dir] {
+            let stale = palisade_files::atomic::remove_stale(d)
+                .map_err(|e| RecordError::Io(d.to_path_buf(), e))?;
+            for f in stale {
+                tracing::info!(file = %f.display(), "removed a temporary file an earlier run left");
+            }
+        }
         let mut saved = Saved::default();
         let entries =
             std::fs::read_dir(&files_dir).map_err(|e| RecordError::Io(files_dir.clone(), e))?;
@@ -94,7 +101,10 @@ impl Records {
             if name.starts_with('.') || !name.ends_with(".json") {
                 continue; // a temporary file of an interrupted write
             }
-            let bytes = std::fs::read(&path).map_err(|e| RecordError::Io(path.clone(), e))?;
+            // Bounded and regular files only: a record is never a device or a FIFO.
+            let bytes =
+                palisade_files::read::file(&path, 1 << 30, palisade_files::read::Require::Regular)
+                    .map_err(|e| RecordError::Corrupt(path.clone(), e.to_string()))?;
             let record: FileRecord = serde_json::from_slice(&bytes)
                 .map_err(|e| RecordError::Corrupt(path.clone(), e.to_string()))?;
             let objects = record.objects.into_iter().map(|o| (key(&o), o)).collect();

@@ -257,10 +257,20 @@ fn a_file_still_being_written_waits_for_its_writer() {
             s.warnings
         );
     }
-    // The writer finishes and closes it.
+    // The writer finishes and closes it. Port 8080 was not allowed before: a change that
+    // allows more, made in place, applies once the file has stayed so for the hold time.
     std::fs::write(&path, POLICY.replace("port: 80", "port: 8080")).unwrap();
     src.hint(&src.root().join("pol.yaml"), Hint::Closed);
     let s = apply(&mut src, t0 + Duration::from_secs(601));
+    assert!(s.commands.is_empty());
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("allowing more through")),
+        "{:?}",
+        s.warnings
+    );
+    let s = apply(&mut src, t0 + Duration::from_secs(601) + TIMING.hold);
     assert_eq!(
         ingress_port(&s.commands[0]),
         palisade_policy::model::PortRef::Range(8080, 8080)
@@ -313,6 +323,44 @@ fn an_object_in_two_files_is_a_conflict_and_the_version_in_force_stays() {
     let s = apply(&mut src, now);
     assert_eq!(kinds(&s.commands), vec!["upsert-policy"]);
     assert!(s.rejected.is_empty());
+}
+
+/// While running, the version in force stays when a second file defines the same object;
+/// after a restart the first file by path once won instead (the winner was never recorded
+/// when the conflict began without a change of winner).
+#[test]
+fn the_winner_of_a_conflict_stays_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let t0 = Instant::now();
+    std::fs::write(dir.join("b.yaml"), POLICY).unwrap();
+    let mut src = timed(dir, Some(state.path()));
+    apply(&mut src, t0);
+    assert_eq!(apply(&mut src, t0 + TIMING.settle).commands.len(), 1);
+    let open = POLICY.replace("ingress: [{ports: [{port: 80}]}]", "ingress: [{}]");
+    std::fs::write(dir.join("a.yaml"), &open).unwrap();
+    // (A new file in place: read once quiet for the hold time.)
+    let t1 = t0 + Duration::from_secs(5);
+    apply(&mut src, t1);
+    let s = apply(&mut src, t1 + TIMING.hold);
+    assert!(s.commands.is_empty(), "{:?}", s.commands);
+    assert_eq!(s.rejected.len(), 1, "the conflict is reported");
+    drop(src);
+
+    let mut src = timed(dir, Some(state.path()));
+    let t2 = t1 + Duration::from_secs(15);
+    // (No engine here: the restarted source proposes the version in force again.)
+    for t in [t2, t2 + TIMING.settle, t2 + TIMING.hold] {
+        let s = apply(&mut src, t);
+        for c in &s.commands {
+            assert_eq!(
+                ingress_port(c),
+                palisade_policy::model::PortRef::Range(80, 80),
+                "b.yaml's version stays after the restart: {c:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -482,4 +530,57 @@ fn files_under_a_directory_that_cannot_be_listed_keep_their_objects() {
     );
     drop(src);
     std::fs::set_permissions(dir.join("team"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A new leader's first load, with the file defining a replicated policy still being parsed
+/// when the scan stops waiting: the policy is never deleted meanwhile (a file not read yet in
+/// this run may define it), and once parsed, it stays as it was.
+#[test]
+fn nothing_is_deleted_while_a_file_not_read_yet_is_being_parsed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The policy, then a pod whose environment makes the file slow to parse.
+    let mut text = format!(
+        "{POLICY}---\n{}",
+        POD.replace(
+            "containers: [{name: c, image: i}]",
+            "containers: [{name: c, image: i, env: [ENV]}]"
+        )
+    );
+    let env: Vec<String> = (0..40_000)
+        .map(|i| format!("{{name: E{i}, value: v}}"))
+        .collect();
+    text = text.replace("ENV", &env.join(", "));
+    std::fs::write(dir.join("all.yaml"), &text).unwrap();
+    let policy = file::parse("all.yaml", &text, &Limits::default(), "default")
+        .objects
+        .into_iter()
+        .find(|(k, _)| k.0 == palisade_policy::k8s::Kind::NetworkPolicy)
+        .expect("the policy");
+    let options = Options {
+        patience: Duration::ZERO,
+        ..Options::immediate()
+    };
+    let mut src = ManifestDir::open(dir, options).unwrap();
+    src.reconcile(BTreeMap::from([policy]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut waited = false;
+    loop {
+        let scan = apply(&mut src, Instant::now());
+        assert!(
+            !kinds(&scan.commands).contains(&"delete-policy"),
+            "{:?}",
+            kinds(&scan.commands)
+        );
+        if kinds(&scan.commands).contains(&"upsert-pod") {
+            break;
+        }
+        waited |= scan.waiting == 1;
+        assert!(Instant::now() < deadline, "the file is never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        waited,
+        "the file was still being parsed after the first scan, and said so"
+    );
 }

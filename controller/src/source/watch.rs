@@ -88,10 +88,12 @@ impl Reported {
 fn classify(event: &notify::Event) -> (Vec<(PathBuf, Hint)>, bool) {
     let all = |h: Hint| event.paths.iter().map(|p| (p.clone(), h)).collect();
     match event.kind {
-        // Reads, ours included, and metadata changes say nothing about content.
+        // Reads, ours included, say nothing.
         EventKind::Access(AccessKind::Open(_))
-        | EventKind::Access(AccessKind::Close(AccessMode::Read))
-        | EventKind::Modify(ModifyKind::Metadata(_)) => (vec![], false),
+        | EventKind::Access(AccessKind::Close(AccessMode::Read)) => (vec![], false),
+        // A metadata change says nothing about content, but may make a path unreadable (a
+        // chmod): looked at now, not at the next rescan; no hint.
+        EventKind::Modify(ModifyKind::Metadata(_)) => (vec![], true),
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => (all(Hint::Closed), true),
         EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => (all(Hint::Writing), true),
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => (all(Hint::Renamed), true),
@@ -119,6 +121,7 @@ fn apply(
         .into_iter()
         .map(|(k, owner)| {
             scan.rejected.push(Rejected {
+                applied: false,
                 source: source.root().display().to_string(),
                 kind: k.0.to_string(),
                 object: k.1.clone(),
@@ -219,6 +222,14 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
         s.is_leader() && s.raft.term == term
     };
     let (tx, rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
+    // A file parsed after a scan stopped waiting for it: scan again (an event of no path).
+    let wake = std::sync::Mutex::new(tx.clone());
+    source.set_waker(move || {
+        let _ = wake
+            .lock()
+            .expect("waker lock")
+            .send(Ok(notify::Event::new(EventKind::Other)));
+    });
     let watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
     })
@@ -285,6 +296,7 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
         let waiting = scan.waiting;
         let next = scan.next;
         hub.metrics.source_waiting(waiting);
+        hub.metrics.files_parsed(source.take_parsed());
         let result = apply(hub, group, source, scan);
         if reconciling {
             match &result {
@@ -340,5 +352,22 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
             .flatten()
             .min()
             .expect("a rescan is always due");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::MetadataKind;
+
+    #[test]
+    fn a_permission_change_is_looked_at_now_and_a_read_is_not() {
+        let event = |kind| notify::Event::new(kind).add_path("/m/sub".into());
+        let chmod = event(EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::Permissions,
+        )));
+        assert_eq!(classify(&chmod), (vec![], true));
+        let read = event(EventKind::Access(AccessKind::Close(AccessMode::Read)));
+        assert_eq!(classify(&read), (vec![], false));
     }
 }

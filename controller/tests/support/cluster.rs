@@ -167,6 +167,19 @@ impl Cluster {
             .hub
     }
 
+    /// The value of one metric line (`name{labels} value`) of the running controller, 0 when
+    /// absent.
+    pub fn metric(&self, line_start: &str) -> f64 {
+        self.hub()
+            .metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The manifest source's health, as /readyz reports it.
     pub fn source_health(&self) -> palisade_controller::source::Health {
         self.controller

@@ -258,6 +258,16 @@ impl Replicas {
     }
 
     fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, true)
+    }
+
+    fn spawn_with(&mut self, id: u64, bootstrap: bool) {
+        self.spawn_as(id, bootstrap, None)
+    }
+
+    /// Start replica `id`; in `slot`, it runs in the place of replica `slot` (its address and
+    /// `--peers` entry), as a StatefulSet pod does under a new id: `--ordinal` and `--id-file`.
+    fn spawn_as(&mut self, id: u64, bootstrap: bool, slot: Option<u64>) {
         let peers: Vec<String> = self
             .ports
             .keys()
@@ -278,12 +288,22 @@ impl Replicas {
             }
             None => Command::new(bin),
         };
-        cmd.arg("--id")
-            .arg(id.to_string())
-            .arg("--peers")
+        match slot {
+            Some(s) => {
+                let file = self.path(&format!("id-in-slot-{s}"));
+                std::fs::write(&file, format!("{id}\n")).unwrap();
+                cmd.arg("--ordinal")
+                    .arg((s - 1).to_string())
+                    .arg("--id-file")
+                    .arg(file)
+            }
+            None => cmd.arg("--id").arg(id.to_string()),
+        };
+        cmd.arg("--peers")
             .arg(peers.join(","))
+            .arg(format!("--bootstrap={bootstrap}"))
             .arg("--listen")
-            .arg(self.addr(id))
+            .arg(self.addr(slot.unwrap_or(id)))
             .arg("--metrics-listen")
             .arg("127.0.0.1:0")
             .arg("--state-dir")
@@ -322,6 +342,87 @@ impl Replicas {
         self.spawn(id);
     }
 
+    /// Restart replica `id` without `--bootstrap` (as an operator who never asked for a new
+    /// group would).
+    pub fn restart_without_bootstrap(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "replica {id} runs");
+        self.spawn_with(id, false);
+    }
+
+    /// A port and a certificate for a replica `id` new to the group (`palisadectl certs
+    /// --replica ID` reuses the CA); its address. Loopback only.
+    pub fn reserve(&mut self, id: u64) -> String {
+        assert!(self.opts.netns.is_none(), "new replicas on loopback only");
+        self.mint(id);
+        self.ports.insert(id, free_port());
+        self.addr(id)
+    }
+
+    /// Start replica `id` (reserved) with a blank directory and without `--bootstrap`, as an
+    /// operator starts a replica added with `palisadectl replicas add`.
+    pub fn join(&mut self, id: u64) {
+        self.spawn_with(id, false);
+    }
+
+    /// A certificate for replica `id` (the CA is reused), to run it in another's place.
+    pub fn mint(&self, id: u64) {
+        palisadectl::certs::mint(&palisadectl::certs::Request {
+            dir: &self.path("certs"),
+            hosts: &["127.0.0.1".to_string()],
+            nodes: &[],
+            operators: &[],
+            replicas: &[id],
+            valid_for: palisadectl::certs::DEFAULT_VALIDITY,
+            renew: false,
+        })
+        .unwrap();
+    }
+
+    /// Start replica `id` in the place of replica `slot` (its address, its `--peers` entry
+    /// naming `slot`), with `--bootstrap` as the StatefulSet always passes it, and a blank
+    /// directory: a pod whose volume was lost, running a replica under a new id.
+    pub fn join_in_slot(&mut self, id: u64, slot: u64) {
+        self.spawn_as(id, true, Some(slot));
+        // Reached where the slot's replica was.
+        self.ports.insert(id, self.ports[&slot]);
+    }
+
+    /// Stop naming replica `id` in `--peers` of replicas started from now on (removed).
+    pub fn forget(&mut self, id: u64) {
+        self.ports.remove(&id);
+    }
+
+    /// Delete replica `id`'s state directory (a lost disk); it must not run.
+    pub fn wipe(&self, id: u64) {
+        assert!(!self.children.contains_key(&id), "replica {id} runs");
+        std::fs::remove_dir_all(self.path(&format!("state-{id}"))).unwrap();
+    }
+
+    /// Wait until replica `id`'s process exits by itself (`WAIT` at most): its status.
+    pub async fn exited(&mut self, id: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let c = self.children.get_mut(&id).expect("replica runs");
+            if let Some(s) = c.try_wait().unwrap() {
+                self.children.remove(&id);
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {id} still runs: {}",
+                self.log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether replica `id`'s process still runs.
+    pub fn running(&mut self, id: u64) -> bool {
+        self.children
+            .get_mut(&id)
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     pub fn alive(&self) -> Vec<u64> {
         self.children.keys().copied().collect()
     }
@@ -358,6 +459,19 @@ impl Replicas {
                 }
             }
             assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Apply `text` through the leader, retrying while one is being elected: the revision.
+    pub async fn apply_to_leader(&self, text: &str) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = self.leader().await;
+            match self.apply(leader, text, false).await {
+                Ok(rev) => return rev,
+                Err(e) => assert!(Instant::now() < deadline, "no apply goes through: {e}"),
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

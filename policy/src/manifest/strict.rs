@@ -7,22 +7,7 @@ use serde_json::Value;
 
 /// A field path as the API server writes it: `spec.ingress[0].from[1].podSelecter`.
 fn path(p: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match p {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", path(parent)),
-        Path::Map { parent, key } => {
-            let parent = path(parent);
-            if parent.is_empty() {
-                key.clone()
-            } else {
-                format!("{parent}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => path(parent),
-    }
+    crate::k8s::unknown::field_path(p).to_string()
 }
 
 /// What went wrong decoding one object.

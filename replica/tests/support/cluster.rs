@@ -13,11 +13,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use palisade_policy::model::{Command, Name};
 use palisade_policy::Digest;
-use palisade_replica::{Event, Machine, Message, Options, ProposalId, ProposeError, Replica};
+use palisade_replica::membership::Kind;
+use palisade_replica::{
+    Change, Event, Machine, Message, Options, ProposalId, ProposeError, Replica,
+};
 use palisade_storage::{Create, SledStorage};
 
 pub struct Cluster {
     pub ids: Vec<u64>,
+    /// The voters the group was created with (the configuration its log starts from).
+    initial: Vec<u64>,
     pub options: Options,
     dir: tempfile::TempDir,
     replicas: BTreeMap<u64, Replica<SledStorage>>,
@@ -37,6 +42,7 @@ impl Cluster {
     pub fn new(n: u64, options: Options) -> Cluster {
         let ids: Vec<u64> = (1..=n).collect();
         let mut c = Cluster {
+            initial: ids.clone(),
             ids: ids.clone(),
             options,
             dir: tempfile::tempdir().unwrap(),
@@ -64,6 +70,45 @@ impl Cluster {
         };
         self.replicas.insert(id, r);
         self.machines.insert(id, machine);
+    }
+
+    /// Start replica `id`, new to the group (added as a learner), as the controller does:
+    /// a blank directory holding the configuration the group's log starts from.
+    pub fn join(&mut self, id: u64) {
+        let store =
+            SledStorage::open(&self.dir.path().join(format!("r{id}")), Create::IfMissing).unwrap();
+        let mut c0 = palisade_storage::ConfState::default();
+        c0.set_voters(self.initial.clone());
+        store
+            .write(palisade_storage::Write {
+                conf_state: Some(c0.clone()),
+                initial_conf: Some(c0),
+                ..Default::default()
+            })
+            .unwrap();
+        drop(store);
+        if !self.ids.contains(&id) {
+            self.ids.push(id);
+        }
+        self.start(id);
+    }
+
+    /// Propose a membership change on `id` (the leader), checked as the controller does.
+    pub fn change(&mut self, id: u64, change: Change) -> Result<(), String> {
+        let up: BTreeSet<u64> = self.replicas.keys().copied().collect();
+        let r = &self.replicas[&id];
+        palisade_replica::membership::check(
+            &change,
+            &r.members(),
+            self.machines[&id].retired(),
+            &up,
+            r.has_pending_change(),
+        )
+        .map_err(|e| e.to_string())?;
+        let r = self.replicas.get_mut(&id).unwrap();
+        r.propose_change(&change).map_err(|e| e.to_string())?;
+        self.settle();
+        Ok(())
     }
 
     pub fn replica(&self, id: u64) -> &Replica<SledStorage> {
@@ -133,17 +178,29 @@ impl Cluster {
     /// What the controller's apply thread does with a replica's events.
     fn apply(&mut self, id: u64, events: &[Event]) {
         let machine = self.machines.get_mut(&id).unwrap();
+        let mut added = false;
         for e in events {
             match e {
                 Event::Committed { index, batch, .. } => {
                     machine.apply(*index, batch.as_ref());
                     self.applied.entry(id).or_default().push(*index);
                 }
+                Event::Membership { index, change, .. } => {
+                    added |= change.as_ref().is_some_and(|c| c.kind == Kind::AddLearner);
+                    machine.apply_change(*index, change.as_ref());
+                    self.applied.entry(id).or_default().push(*index);
+                }
                 Event::Install { data, .. } => *machine = Machine::restore(data).unwrap(),
                 Event::Role { .. } => {}
             }
         }
-        if machine.snapshot_due(self.options.snapshot_every) {
+        // A replica added gets a snapshot that holds it (as the controller's apply thread).
+        let every = if added {
+            1
+        } else {
+            self.options.snapshot_every
+        };
+        if machine.snapshot_due(every) {
             let index = machine.applied();
             let data = machine.snapshot();
             let replica = self.replicas.get_mut(&id).unwrap();

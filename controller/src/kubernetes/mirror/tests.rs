@@ -6,7 +6,7 @@ fn ns(name: &str, team: &str) -> Received {
     let mut n = core::Namespace::default();
     n.metadata.name = Some(name.into());
     n.metadata.labels = Some([("team".to_string(), team.to_string())].into());
-    k8s::namespace(&n).map(Object::Namespace)
+    k8s::namespace(&n).map(Object::Namespace).into()
 }
 
 fn pod(name: &str, ip: &str, condition: &str) -> Received {
@@ -29,7 +29,7 @@ fn pod(name: &str, ip: &str, condition: &str) -> Received {
         }]),
         ..Default::default()
     });
-    k8s::pod(&p, "default").map(Object::Pod)
+    k8s::pod(&p, "default").map(Object::Pod).into()
 }
 
 fn list_all(m: &mut Mirror, namespaces: &[(&str, Received)], pods: &[(&str, Received)]) {
@@ -151,7 +151,7 @@ fn a_rejected_update_keeps_the_last_valid_version() {
     m.batch().expect("initial");
     m.committed(BTreeMap::new());
     let bad = ns("a", "not a label value!");
-    assert!(bad.is_err());
+    assert!(bad.object.is_err());
     assert_eq!(
         m.apply(Kind::Namespace, "a".into(), bad.clone()),
         Effect::Rejected
@@ -283,4 +283,34 @@ fn objects_another_source_holds_are_parked_not_recorded_as_applied() {
     // b is still not applied from here: a new mirror over the replicated state (without b)
     // would propose it again, which is what the source does once b is free.
     assert!(m.batch().is_none());
+}
+
+#[test]
+fn unknown_fields_are_shown_while_the_version_holding_them_is_in_force() {
+    let mut m = Mirror::new(BTreeMap::new());
+    let mut with = ns("a", "x");
+    with.unknown = vec![k8s::FieldError {
+        field: "spec.future".into(),
+        reason: "ignored".into(),
+    }];
+    list_all(&mut m, &[("a", with.clone())], &[]);
+    let g = m.generation();
+    assert_eq!(m.unknown().count(), 1);
+    // The same again (a relist): nothing changes.
+    assert_eq!(m.apply(Kind::Namespace, "a".into(), with), Effect::Ignored);
+    assert_eq!(m.generation(), g);
+    // A version without it: no longer shown.
+    m.apply(Kind::Namespace, "a".into(), ns("a", "x"));
+    assert_eq!(m.unknown().count(), 0);
+    assert!(m.generation() > g);
+    // Deleted: gone too.
+    let mut with = ns("a", "y");
+    with.unknown = vec![k8s::FieldError {
+        field: "spec.future".into(),
+        reason: "ignored".into(),
+    }];
+    m.apply(Kind::Namespace, "a".into(), with);
+    assert_eq!(m.unknown().count(), 1);
+    m.delete(Kind::Namespace, "a".into());
+    assert_eq!(m.unknown().count(), 0);
 }
