@@ -411,6 +411,14 @@ async fn a_large_file_holds_up_no_other_and_is_parsed_again_only_when_changed() 
         assert!(tokio::time::Instant::now() < deadline, "no parse");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The parse is counted before its change is proposed and committed: wait for the commit.
+    while c.revision() <= revision {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     source_idle(&c).await;
     assert_eq!(
         metric(&c, "palisade_manifest_files_parsed_total"),
