@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::hub::{Hub, State};
 
 mod explain;
-use crate::replication::Group;
+use crate::replication::{Freshness, Group};
 
 pub struct IntrospectionService {
     hub: Arc<Hub>,
@@ -31,6 +31,10 @@ impl IntrospectionService {
 
 /// Longest a WaitRevision may wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Longest a consistent read waits for the leader's confirmation and for this replica to
+/// apply what it confirmed.
+const CONFIRM_WAIT: Duration = Duration::from_secs(3);
 
 /// Most objects one GetObjects call may ask for.
 const MAX_OBJECTS: usize = 10_000;
@@ -102,6 +106,7 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
             rules: r.agent.capacities[2],
         }),
         dataplane: r.map_or(0, |r| r.agent.dataplane),
+        freshness: None,
     }
 }
 
@@ -133,12 +138,36 @@ fn revision_status(st: &State, revision: u64) -> pb::RevisionStatus {
     }
 }
 
+impl IntrospectionService {
+    /// How fresh an answer served now is; with `consistent`, confirmed with the leader first
+    /// (or UNAVAILABLE, saying why).
+    async fn freshness(&self, consistent: bool) -> Result<Freshness, Status> {
+        if !consistent {
+            return Ok(self.group.freshness());
+        }
+        self.group.read_index(CONFIRM_WAIT).await.map_err(|why| {
+            Status::unavailable(format!(
+                "replica {} cannot confirm a consistent read: {why}; ask another replica, or read without --consistent",
+                self.group.id()
+            ))
+        })
+    }
+}
+
+/// `f` for an answer served at `revision` (read under the same lock as the answer).
+fn stamp(mut f: Freshness, revision: u64) -> Option<pb::Freshness> {
+    f.revision = revision;
+    f.commit = f.commit.max(revision);
+    Some(f.to_pb())
+}
+
 #[tonic::async_trait]
 impl Introspection for IntrospectionService {
     async fn list_nodes(
         &self,
-        _req: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let fresh = self.freshness(req.get_ref().consistent).await?;
         let st = self.hub.lock();
         let now = Instant::now();
         let nodes = known_nodes(&st)
@@ -148,6 +177,7 @@ impl Introspection for IntrospectionService {
         Ok(Response::new(pb::ListNodesResponse {
             revision: st.revision(),
             nodes,
+            freshness: stamp(fresh, st.revision()),
         }))
     }
 
@@ -156,6 +186,7 @@ impl Introspection for IntrospectionService {
         req: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let req = req.into_inner();
+        let fresh = self.freshness(req.consistent).await?;
         let st = self.hub.lock();
         if !known_nodes(&st).contains(req.node.as_str()) {
             return Err(Status::not_found(format!(
@@ -167,6 +198,7 @@ impl Introspection for IntrospectionService {
         if req.include_slice {
             status.slice = Some(convert::slice_to_pb(&st.engine().slice(&req.node)));
         }
+        status.freshness = stamp(fresh, st.revision());
         Ok(Response::new(status))
     }
 
@@ -211,8 +243,11 @@ impl Introspection for IntrospectionService {
         req: Request<pb::ExplainFlowRequest>,
     ) -> Result<Response<pb::FlowExplanation>, Status> {
         let req = req.into_inner();
+        let fresh = self.freshness(req.consistent).await?;
         let st = self.hub.lock();
-        explain::flow(&st, &req).map(Response::new)
+        let mut answer = explain::flow(&st, &req)?;
+        answer.freshness = stamp(fresh, st.revision());
+        Ok(Response::new(answer))
     }
 
     async fn list_rejected(
@@ -261,6 +296,7 @@ impl Introspection for IntrospectionService {
         req: Request<pb::GetObjectsRequest>,
     ) -> Result<Response<pb::GetObjectsResponse>, Status> {
         let keys = object_keys(req.get_ref())?;
+        let fresh = self.freshness(req.get_ref().consistent).await?;
         // Cloned under the lock, encoded after it.
         let (revision, held): (u64, Vec<_>) = {
             let st = self.hub.lock();
@@ -284,7 +320,11 @@ impl Introspection for IntrospectionService {
                 json: object.as_ref().map(Object::to_json).unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::GetObjectsResponse { revision, objects }))
+        Ok(Response::new(pb::GetObjectsResponse {
+            revision,
+            objects,
+            freshness: stamp(fresh, revision),
+        }))
     }
 
     async fn list_replicas(

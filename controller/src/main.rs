@@ -192,9 +192,17 @@ struct Cli {
     #[arg(long, default_value = "default")]
     namespace: String,
 
-    /// Keepalive interval on agent streams (a silent agent is dropped after twice this).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// HTTP/2 and TCP keepalive interval on every connection (a peer that does not answer
+    /// is dropped after twice this).
+    #[arg(long, env = "PALISADE_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
     keepalive: Duration,
+
+    /// How often each agent is told where this replica stands (its applied revision, the
+    /// commit index it knows, whether it can confirm it is current). Agents leave a replica
+    /// silent for three of these (frozen), and one not current or stalled for their
+    /// --stale-after.
+    #[arg(long, env = "PALISADE_AGENT_KEEPALIVE", default_value = "2s", value_parser = humantime::parse_duration)]
+    agent_keepalive: Duration,
 
     /// Rescan the manifests this often even without file events.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -380,6 +388,7 @@ async fn main() -> Result<()> {
         state_dir: Some(cli.state_dir),
         tls,
         keepalive: cli.keepalive,
+        agent_keepalive: cli.agent_keepalive.max(Duration::from_millis(100)),
         rescan: cli.rescan,
         timing: Timing {
             settle: cli.settle,

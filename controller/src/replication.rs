@@ -19,6 +19,7 @@
 pub mod apply;
 pub mod bootstrap;
 pub mod driver;
+pub mod freshness;
 pub mod identity;
 pub mod peers;
 pub mod report;
@@ -30,9 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_policy::model::Command;
-use palisade_replica::{Options, Role, Status};
+use palisade_replica::{Confirmed, Options, Role, Status};
 use tokio::sync::{oneshot, watch};
 
+pub use freshness::Freshness;
 pub use peers::{parse_peers, PeersError};
 
 /// How this replica joins its group.
@@ -113,6 +115,10 @@ pub type ChangeReply = oneshot::Sender<Result<(u64, palisade_replica::Members), 
 /// A proposal's answer: the index it was applied at.
 pub type Reply = oneshot::Sender<Result<u64, ProposeFailed>>;
 
+/// A read index's answer: the index to apply before reading, or why the leader did not give
+/// one.
+pub type ReadReply = oneshot::Sender<Result<u64, String>>;
+
 /// The group as this replica sees it, kept current by the driver and apply threads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupStatus {
@@ -155,6 +161,10 @@ pub struct Group {
     pub(crate) transport: Arc<transport::Transport>,
     /// Why this replica refuses agents ([`standing`]), when it does.
     pub(crate) refusing: watch::Receiver<Option<String>>,
+    /// When the driver last confirmed this replica's view ([`palisade_replica::Lease`]).
+    pub(crate) confirmed: Arc<Mutex<Confirmed>>,
+    /// How long a confirmation holds: the election timeout.
+    pub(crate) lease: Duration,
 }
 
 impl Group {
@@ -254,6 +264,46 @@ impl Group {
         } else {
             s.raft.commit
         }
+    }
+
+    /// How fresh what this replica serves is now.
+    pub fn freshness(&self) -> Freshness {
+        let confirmed = *self.confirmed.lock().expect("lease lock");
+        // A copy: never hold the status's read lock while doing anything else.
+        let status = self.status.borrow().clone();
+        freshness::assess(&status, confirmed, Instant::now(), self.lease)
+    }
+
+    /// A consistent read: ask the leader to confirm its leadership (Raft's read index), then
+    /// wait until this replica has applied what was committed then; at most `bound` in all.
+    /// Answers with the freshness of the state a read may then be served from.
+    pub async fn read_index(&self, bound: Duration) -> Result<Freshness, String> {
+        let until = tokio::time::Instant::now() + bound;
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(driver::Input::ReadIndex {
+                reply,
+                until: Instant::now() + bound,
+            })
+            .map_err(|_| "the Raft driver is gone".to_string())?;
+        let index = answer
+            .await
+            .unwrap_or_else(|_| Err("the Raft driver is gone".into()))?;
+        let mut w = self.status.clone();
+        match tokio::time::timeout_at(until, w.wait_for(|s| s.applied >= index)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(format!(
+                "the leader confirmed index {index}, but this replica had not applied it within {}",
+                humantime::format_duration(bound)
+            ))
+            }
+        }
+        let mut f = self.freshness();
+        f.confirmed = true;
+        // Confirmed by the leader just now, whatever this replica's own lease says.
+        f.stale = None;
+        Ok(f)
     }
 
     /// Why this replica refuses agent streams now (cut off from its group), if it does.

@@ -66,7 +66,10 @@ pub struct Config {
     pub replication: replication::Config,
     /// `None`: plaintext, no identities (development only).
     pub tls: Option<TlsFiles>,
+    /// HTTP/2 and TCP keepalives on every connection.
     pub keepalive: Duration,
+    /// How often each agent is told where this replica stands ([`crate::sync`]).
+    pub agent_keepalive: Duration,
     /// Rescan the manifests this often even without file events.
     pub rescan: Duration,
     /// Wait this long after a file event for more before rescanning.
@@ -122,6 +125,7 @@ impl Config {
             state_dir: None,
             tls: None,
             keepalive: Duration::from_secs(10),
+            agent_keepalive: Duration::from_secs(2),
             rescan: Duration::from_secs(30),
             debounce: Duration::from_millis(50),
             timing: Timing {
@@ -322,6 +326,7 @@ pub async fn start(
     });
     let status_tx = Arc::new(status_tx);
     let failure = Failure::default();
+    let confirmed = Arc::new(std::sync::Mutex::new(palisade_replica::Confirmed::Never));
     let advertised = rc
         .peers
         .get(&rc.id)
@@ -336,6 +341,8 @@ pub async fn start(
         inbox: inbox_tx.clone(),
         status: status_rx.clone(),
         transport: transport.clone(),
+        confirmed: confirmed.clone(),
+        lease: rc.tick * rc.options.election_tick as u32,
     };
     let mut threads = Vec::new();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -354,6 +361,7 @@ pub async fn start(
         failure: failure.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        confirmed,
     };
     let raft_failed = (failure.clone(), status_tx.clone());
     threads.push(spawn(
@@ -484,7 +492,7 @@ pub async fn start(
         hub.clone(),
         SyncConfig {
             insecure,
-            keepalive: config.keepalive,
+            keepalive: config.agent_keepalive,
             resume_wait: config.resume_wait,
             ..SyncConfig::default()
         },

@@ -42,7 +42,8 @@ use crate::rollout::{AckOutcome, AgentInfo};
 pub struct SyncConfig {
     /// Plaintext, no identities checked.
     pub insecure: bool,
-    /// Send a keepalive after this long without sending anything.
+    /// Send a keepalive first on every stream and then this often (where this replica stands:
+    /// agents leave one that falls silent, is not current, or stalls).
     pub keepalive: Duration,
     /// How long a new stream may take to send its Hello.
     pub hello_timeout: Duration,
@@ -55,7 +56,7 @@ impl Default for SyncConfig {
     fn default() -> SyncConfig {
         SyncConfig {
             insecure: false,
-            keepalive: Duration::from_secs(10),
+            keepalive: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(10),
             resume_wait: Duration::from_secs(5),
         }
@@ -213,6 +214,7 @@ impl Sync for SyncService {
         let stream = self.hub.open_stream(&node);
         let conn = Connection {
             hub: self.hub.clone(),
+            group: self.group.clone(),
             config: self.config.clone(),
             node,
             holds,
@@ -265,6 +267,8 @@ impl std::fmt::Display for Knowledge {
 
 struct Connection {
     hub: Arc<Hub>,
+    /// Where this replica stands, for keepalives.
+    group: Group,
     config: SyncConfig,
     node: Name,
     holds: Knowledge,
@@ -367,9 +371,13 @@ impl Connection {
         self.hub.metrics.stream_opened();
         self.hello_ack();
         let mut latest = self.hub.watch_node(&self.node);
+        // The first message says how often keepalives come (the agent's silence timeout
+        // follows it) and where this replica stands.
+        // (A stream already gone ends the loop below at its first turn.)
+        let _ = tx.send(Ok(self.keepalive())).await;
         let mut keepalive = tokio::time::interval(self.config.keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.reset();
-        let mut sent_since_tick = false;
         loop {
             let want = self.pending(*latest.borrow());
             let held = self.hold_until;
@@ -400,7 +408,6 @@ impl Connection {
                     if let Some((msg, kind)) = self.next_message() {
                         self.hub.metrics.sent(kind, msg.len());
                         permit.send(Ok(msg));
-                        sent_since_tick = true;
                     }
                 }
                 _ = tokio::time::sleep_until(held.unwrap_or_else(tokio::time::Instant::now)), if held.is_some() => {
@@ -426,14 +433,12 @@ impl Connection {
                     }
                 },
                 _ = keepalive.tick() => {
-                    if !sent_since_tick {
-                        let msg = encode::keepalive(self.hub.lock().revision());
-                        let len = msg.len();
-                        if tx.try_send(Ok(msg)).is_ok() {
-                            self.hub.metrics.sent("keepalive", len);
-                        }
+                    // Never waits: a stream that is full is busy, and its agent hears from it.
+                    let msg = self.keepalive();
+                    let len = msg.len();
+                    if tx.try_send(Ok(msg)).is_ok() {
+                        self.hub.metrics.sent("keepalive", len);
                     }
-                    sent_since_tick = false;
                 }
             }
         }
@@ -441,6 +446,18 @@ impl Connection {
         self.hub.disconnected(&self.node, self.config.insecure);
         self.hub.metrics.stream_closed();
         info!("agent disconnected");
+    }
+
+    /// Where this replica stands (no hub lock: the group's status and lease).
+    fn keepalive(&self) -> Encoded {
+        let f = self.group.freshness();
+        encode::keepalive(pb::Keepalive {
+            revision: f.revision,
+            commit: f.commit,
+            current: f.current(),
+            reason: f.stale.unwrap_or_default(),
+            interval_ms: self.config.keepalive.as_millis() as u64,
+        })
     }
 
     /// The agent says what it holds; when that is what the controller sent for that version,

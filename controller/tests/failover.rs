@@ -160,9 +160,14 @@ impl Drop for Agents {
 /// Replica `id`'s answers for every node: (desired, acked, connected) — the same on every
 /// replica once acks have reached it.
 async fn rollout(r: &Replicas, id: u64) -> BTreeMap<String, (u64, u64, bool)> {
-    let text = palisadectl::remote::nodes(&r.conn(id), &Default::default(), Output::Json)
-        .await
-        .unwrap();
+    let text = palisadectl::remote::nodes(
+        &r.conn(id),
+        &Default::default(),
+        Default::default(),
+        Output::Json,
+    )
+    .await
+    .unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     v["nodes"]
         .as_array()
@@ -300,12 +305,20 @@ async fn agents_follow_a_killed_leader_to_live_replicas_and_resume_with_deltas()
     let mut nodes_and_flows = Vec::new();
     for id in r.alive() {
         let conn = r.conn(id);
-        let node = palisadectl::remote::node(&conn, "n3", Some(Default::default()), true)
-            .await
-            .unwrap();
+        let node = palisadectl::remote::node(
+            &conn,
+            "n3",
+            Some(Default::default()),
+            Default::default(),
+            true,
+        )
+        .await
+        .unwrap();
         let mut node: Value = serde_json::from_str(&node).unwrap();
         // Seconds since the oldest unacked change: 0 on both once in sync, but a clock.
         node["lagSeconds"] = Value::Null;
+        // Each replica says how fresh its own answer is.
+        node["freshness"] = Value::Null;
         let flow = palisade_proto::v1::ExplainFlowRequest {
             source: "shop/q1".into(),
             destination: "shop/q2".into(),
@@ -390,6 +403,103 @@ async fn a_replica_cut_off_from_its_peers_sheds_its_agents_to_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `get` of pod `q{i}` from replica `id`: whether it is held, and the answer's freshness
+/// (`None`: a consistent read the replica refused, naming why).
+async fn held_pod(r: &Replicas, id: u64, i: usize, consistent: bool) -> Option<(bool, Value)> {
+    let read = palisadectl::fresh::ReadArgs { consistent };
+    let got = palisadectl::get::get(
+        &r.conn(id),
+        "pod",
+        &[format!("shop/q{i}")],
+        "shop",
+        read,
+        Output::Json,
+    )
+    .await;
+    let got = match got {
+        Ok(g) => g,
+        Err(e) if consistent => {
+            let e = e.to_string();
+            assert!(e.contains("cannot confirm a consistent read"), "{e}");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let v: Value = serde_json::from_str(&got.text).unwrap();
+    Some((got.all_found, v["freshness"].clone()))
+}
+
+/// A leader frozen with SIGSTOP keeps its connections open: its agents once waited their 35 s
+/// silence timeout, and, resumed, it answered from old state for a moment. Now its agents
+/// leave it after three 2 s keepalives missed, and once resumed it never calls an answer that
+/// lacks what its group committed meanwhile current; a consistent read from it is refused or
+/// holds that change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_left_in_seconds_and_never_calls_old_state_current() {
+    let (r, agents, _) = synced(Options::default()).await;
+    let leader = r.leader().await;
+    let on_leader = agents
+        .now()
+        .values()
+        .filter(|s| s.controller == r.addr(leader))
+        .count();
+    assert!(on_leader > 0, "agents on replica {leader}");
+    let (fresh, _) = held_pod(&r, leader, 0, false).await.unwrap();
+    assert!(fresh, "q0 is held");
+
+    r.pause(leader, true);
+    let paused = Instant::now();
+    let moved = loop {
+        let now = agents.now();
+        if now
+            .values()
+            .all(|s| s.controller != r.addr(leader) && s.phase == Phase::Synced)
+        {
+            break paused.elapsed();
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(20),
+            "agents still on the paused replica {leader}: {now:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("{on_leader} agents left the paused leader after {moved:?}");
+    assert!(moved < Duration::from_secs(15), "{moved:?}");
+
+    // The others commit a change while it is frozen; agents get it.
+    let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let new = r.leader_among(&others).await;
+    let added = NODES + 1;
+    let next = r.apply(new, &pod(added), false).await.unwrap();
+    let want = r.converged_among(&others, next).await;
+    agents.synced_at(&want).await;
+
+    // Resumed: every answer either holds the change or says it is not current.
+    r.pause(leader, false);
+    let resumed = Instant::now();
+    let (mut stale_seen, mut refused) = (0, 0);
+    loop {
+        let (held, f) = held_pod(&r, leader, added, false).await.unwrap();
+        let current = f["current"].as_bool().unwrap();
+        assert!(held || !current, "old state called current: {f}");
+        stale_seen += usize::from(!current);
+        match held_pod(&r, leader, added, true).await {
+            Some((held, f)) => assert!(held, "a consistent read without the change: {f}"),
+            None => refused += 1,
+        }
+        if held && current {
+            break;
+        }
+        assert!(resumed.elapsed() < WAIT, "never current again: {f}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "current again after {:?}; {stale_seen} answers said not current, {refused} consistent reads refused",
+        resumed.elapsed()
+    );
+    agents.never_went_back();
 }
 
 /// How many agents stream from each replica, by the address each agent says it uses.

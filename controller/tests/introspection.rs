@@ -57,7 +57,7 @@ async fn nodes_node_wait_explain_and_rejected() {
     let c = shop().await;
     let op = c.operator();
     let nodes = json(
-        &remote::nodes(&op, &Default::default(), Output::Json)
+        &remote::nodes(&op, &Default::default(), Default::default(), Output::Json)
             .await
             .unwrap(),
     );
@@ -77,7 +77,9 @@ async fn nodes_node_wait_explain_and_rejected() {
         lagging: true,
         name: None,
     };
-    let text = remote::nodes(&op, &lagging, Output::Table).await.unwrap();
+    let text = remote::nodes(&op, &lagging, Default::default(), Output::Table)
+        .await
+        .unwrap();
     assert!(
         text.contains("3 nodes: 2 in sync, 1 lagging, 1 not connected"),
         "{text}"
@@ -87,13 +89,19 @@ async fn nodes_node_wait_explain_and_rejected() {
         lagging: false,
         name: Some("pool-*".into()),
     };
-    let text = remote::nodes(&op, &named, Output::Table).await.unwrap();
+    let text = remote::nodes(&op, &named, Default::default(), Output::Table)
+        .await
+        .unwrap();
     assert!(text.contains("no node matches"), "{text}");
     let named = remote::NodeFilter {
         lagging: false,
         name: Some("n?".into()),
     };
-    let v = json(&remote::nodes(&op, &named, Output::Json).await.unwrap());
+    let v = json(
+        &remote::nodes(&op, &named, Default::default(), Output::Json)
+            .await
+            .unwrap(),
+    );
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
     // The controller's version, as `palisadectl version` shows it.
     let (version, replica) = remote::server_version(&op).await.unwrap();
@@ -101,16 +109,28 @@ async fn nodes_node_wait_explain_and_rejected() {
     assert_eq!(replica, 1);
 
     let n2 = json(
-        &remote::node(&op, "n2", Some(Default::default()), true)
-            .await
-            .unwrap(),
+        &remote::node(
+            &op,
+            "n2",
+            Some(Default::default()),
+            Default::default(),
+            true,
+        )
+        .await
+        .unwrap(),
     );
     assert_eq!(n2["connected"], true);
     assert_eq!(n2["desiredVersion"], n2["ackedVersion"]);
     assert_eq!(n2["slice"]["endpoints"]["10.0.0.2"]["pod"]["name"], "api");
-    let text = remote::node(&op, "n2", Some(Default::default()), false)
-        .await
-        .unwrap();
+    let text = remote::node(
+        &op,
+        "n2",
+        Some(Default::default()),
+        Default::default(),
+        false,
+    )
+    .await
+    .unwrap();
     assert!(
         text.contains("ENDPOINTS") && text.contains("shop/api"),
         "{text}"
@@ -122,7 +142,9 @@ async fn nodes_node_wait_explain_and_rejected() {
             namespace: Some(ns),
         })
     };
-    let text = remote::node(&op, "n2", only("other"), false).await.unwrap();
+    let text = remote::node(&op, "n2", only("other"), Default::default(), false)
+        .await
+        .unwrap();
     assert!(
         text.contains("namespace other: 0 endpoints, 0 address sets")
             && text.contains("no pod of namespace other on this node")
@@ -130,12 +152,16 @@ async fn nodes_node_wait_explain_and_rejected() {
             && !text.contains("shop/api"),
         "{text}"
     );
-    let v = json(&remote::node(&op, "n2", only("shop"), true).await.unwrap());
+    let v = json(
+        &remote::node(&op, "n2", only("shop"), Default::default(), true)
+            .await
+            .unwrap(),
+    );
     assert_eq!(v["slice"]["namespace"], "shop");
     assert_eq!(v["slice"]["endpoints"]["10.0.0.2"]["pod"]["name"], "api");
     assert_eq!(v["slice"]["digest"], n2["slice"]["digest"]);
     // -o wide: more columns, the same rows.
-    let wide = remote::nodes(&op, &Default::default(), Output::Wide)
+    let wide = remote::nodes(&op, &Default::default(), Default::default(), Output::Wide)
         .await
         .unwrap();
     let header = wide.lines().nth(1).unwrap();
@@ -148,11 +174,11 @@ async fn nodes_node_wait_explain_and_rejected() {
         n2_row.contains(&n2["ackedDigest"].as_str().unwrap()[..16]),
         "{wide}"
     );
-    let narrow = remote::nodes(&op, &Default::default(), Output::Table)
+    let narrow = remote::nodes(&op, &Default::default(), Default::default(), Output::Table)
         .await
         .unwrap();
     assert!(!narrow.contains("ACKED-DIGEST"), "{narrow}");
-    let err = remote::node(&op, "nope", None, false)
+    let err = remote::node(&op, "nope", None, Default::default(), false)
         .await
         .unwrap_err()
         .to_string();
@@ -182,6 +208,7 @@ async fn nodes_node_wait_explain_and_rejected() {
         destination: dst.into(),
         protocol: 6,
         port,
+        consistent: false,
     };
     let (text, allowed) = remote::explain(&op, req("shop/web", "shop/api", 8080), false)
         .await
@@ -354,6 +381,7 @@ async fn get_shows_objects_as_held_with_their_owner() {
         "po",
         &names(&["shop/web", "api", "gone"]),
         "shop",
+        Default::default(),
         Output::Json,
     )
     .await
@@ -378,6 +406,7 @@ async fn get_shows_objects_as_held_with_their_owner() {
         "netpol",
         &names(&["shop/db"]),
         "default",
+        Default::default(),
         Output::Table,
     )
     .await
@@ -390,18 +419,32 @@ async fn get_shows_objects_as_held_with_their_owner() {
     );
 
     // -o wide: what Palisade uses of each object.
-    let got = get::get(&op, "po", &names(&["shop/web"]), "default", Output::Wide)
-        .await
-        .unwrap();
+    let got = get::get(
+        &op,
+        "po",
+        &names(&["shop/web"]),
+        "default",
+        Default::default(),
+        Output::Wide,
+    )
+    .await
+    .unwrap();
     let row = got.text.lines().find(|l| l.starts_with("Pod")).unwrap();
     assert!(
         row.contains("10.0.0.1") && row.contains("n1") && row.contains("app=web"),
         "{}",
         got.text
     );
-    let got = get::get(&op, "netpol", &names(&["shop/db"]), "default", Output::Wide)
-        .await
-        .unwrap();
+    let got = get::get(
+        &op,
+        "netpol",
+        &names(&["shop/db"]),
+        "default",
+        Default::default(),
+        Output::Wide,
+    )
+    .await
+    .unwrap();
     assert!(got.text.contains("POD-SELECTOR"), "{}", got.text);
     let row = got
         .text
@@ -414,11 +457,18 @@ async fn get_shows_objects_as_held_with_their_owner() {
         got.text
     );
 
-    let err = get::get(&op, "Service", &names(&["x"]), "default", Output::Table)
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let err = get::get(
+        &op,
+        "Service",
+        &names(&["x"]),
+        "default",
+        Default::default(),
+        Output::Table,
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         err.contains("\"Service\"") && err.contains("NetworkPolicy"),
         "{err}"
@@ -432,6 +482,7 @@ async fn get_shows_objects_as_held_with_their_owner() {
                 kind: "Pod".into(),
                 name: "no-namespace".into(),
             }],
+            consistent: false,
         })
         .await
         .unwrap_err();
@@ -508,7 +559,11 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
     c.in_sync("n3").await;
     c.realized(c.revision()).await;
     let op = c.operator();
-    let n3 = json(&remote::node(&op, "n3", None, true).await.unwrap());
+    let n3 = json(
+        &remote::node(&op, "n3", None, Default::default(), true)
+            .await
+            .unwrap(),
+    );
     assert_eq!(n3["failedClosed"], serde_json::json!(["10.0.0.3"]));
     assert!(
         n3["capacityWarning"]
@@ -518,9 +573,11 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
         "{n3}"
     );
     assert_eq!(n3["capacities"]["rules"], 0);
-    let text = remote::node(&op, "n3", None, false).await.unwrap();
+    let text = remote::node(&op, "n3", None, Default::default(), false)
+        .await
+        .unwrap();
     assert!(text.contains("FAILED CLOSED   10.0.0.3"), "{text}");
-    let table = remote::nodes(&op, &Default::default(), Output::Table)
+    let table = remote::nodes(&op, &Default::default(), Default::default(), Output::Table)
         .await
         .unwrap();
     assert!(table.contains("FAILED-CLOSED"), "{table}");
@@ -537,7 +594,11 @@ async fn a_slice_that_does_not_fit_fails_closed_and_is_reported() {
     c.write("more.yaml", &allow("shop", "db2", "db", "web", 5432));
     let r = c.next_revision(c.revision()).await;
     c.realized(r).await;
-    let n3 = json(&remote::node(&op, "n3", None, true).await.unwrap());
+    let n3 = json(
+        &remote::node(&op, "n3", None, Default::default(), true)
+            .await
+            .unwrap(),
+    );
     assert_eq!(n3["failedClosed"], serde_json::json!([]), "{n3}");
     let page = c.http_get("/metrics").await;
     assert!(page.contains("palisade_nodes_degraded 0\n"), "{page}");
@@ -614,6 +675,7 @@ async fn wait_for_file_waits_for_the_revision_that_holds_it() {
         "netpol",
         &["shop/web-in".into()],
         "default",
+        Default::default(),
         Output::Table,
     )
     .await

@@ -345,6 +345,7 @@ async fn idle_connections_never_keep_an_operator_or_an_agent_out() {
     let nodes = palisadectl::remote::nodes(
         &c.operator(),
         &Default::default(),
+        Default::default(),
         palisadectl::output::Output::Json,
     )
     .await

@@ -273,10 +273,11 @@ async fn another_nodes_certificate_is_refused() {
         server_name: None,
         insecure: false,
     };
-    let err = palisadectl::remote::nodes(&conn, &Default::default(), Output::Json)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err =
+        palisadectl::remote::nodes(&conn, &Default::default(), Default::default(), Output::Json)
+            .await
+            .unwrap_err()
+            .to_string();
     assert!(
         err.contains("PermissionDenied") && err.contains("operator certificate"),
         "{err}"

@@ -92,6 +92,7 @@ fn all_synced(lab: &Lab, rt: &tokio::runtime::Runtime) -> bool {
     let Ok(text) = rt.block_on(palisadectl::remote::nodes(
         &lab.conn,
         &Default::default(),
+        Default::default(),
         Output::Json,
     )) else {
         return false;

@@ -112,7 +112,12 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let table = rt.block_on(remote::nodes(&conn, &Default::default(), Output::Table))?;
+    let table = rt.block_on(remote::nodes(
+        &conn,
+        &Default::default(),
+        Default::default(),
+        Output::Table,
+    ))?;
     println!(
         "A controller and {} agents (in-memory dataplane) on {addr}{}:\n\n$ palisadectl nodes --controller {addr} --insecure\n{table}",
         nodes.len(),

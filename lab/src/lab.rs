@@ -167,7 +167,12 @@ impl Lab {
         let revision = loop {
             let served = self
                 .runtime
-                .block_on(remote::nodes(&self.conn, &Default::default(), Output::Json))
+                .block_on(remote::nodes(
+                    &self.conn,
+                    &Default::default(),
+                    Default::default(),
+                    Output::Json,
+                ))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
             if let Some(v) = served {
@@ -407,7 +412,12 @@ impl Lab {
     pub fn revision(&self) -> Result<u64, LabError> {
         let text = self
             .runtime
-            .block_on(remote::nodes(&self.conn, &Default::default(), Output::Json))
+            .block_on(remote::nodes(
+                &self.conn,
+                &Default::default(),
+                Default::default(),
+                Output::Json,
+            ))
             .map_err(|e| LabError::Controller(e.to_string()))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| LabError::Controller(e.to_string()))?;
@@ -418,7 +428,13 @@ impl Lab {
     pub fn node_status(&self, node: &str) -> Result<serde_json::Value, LabError> {
         let text = self
             .runtime
-            .block_on(remote::node(&self.conn, node, None, true))
+            .block_on(remote::node(
+                &self.conn,
+                node,
+                None,
+                Default::default(),
+                true,
+            ))
             .map_err(|e| LabError::Controller(e.to_string()))?;
         serde_json::from_str(&text).map_err(|e| LabError::Controller(e.to_string()))
     }

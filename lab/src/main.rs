@@ -257,6 +257,7 @@ fn run(
     let nodes = rt.block_on(palisadectl::remote::nodes(
         &lab.conn,
         &Default::default(),
+        Default::default(),
         Output::Table,
     ))?;
     println!(

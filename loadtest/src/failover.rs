@@ -238,9 +238,14 @@ pub async fn run(o: &FailoverOptions, progress: &dyn Fn(&str)) -> anyhow::Result
         let revision = |id: u64| {
             let conn = r.conn(id);
             async move {
-                let text = palisadectl::remote::nodes(&conn, &Default::default(), Output::Json)
-                    .await
-                    .ok()?;
+                let text = palisadectl::remote::nodes(
+                    &conn,
+                    &Default::default(),
+                    Default::default(),
+                    Output::Json,
+                )
+                .await
+                .ok()?;
                 serde_json::from_str::<serde_json::Value>(&text).ok()?["revision"].as_u64()
             }
         };

@@ -28,11 +28,13 @@ use tracing::{debug, info, warn};
 mod controllers;
 pub use controllers::home;
 mod holder;
+pub mod watchdog;
 
 use crate::dataplane::{Dataplane, Installed};
 use crate::store::StateStore;
 use controllers::Controllers;
 use holder::{Holder, Reply};
+use watchdog::Watchdog;
 
 pub use palisade_proto::endpoint::ClientTls;
 
@@ -45,8 +47,12 @@ pub struct AgentConfig {
     /// `None`: plaintext (the controller must run with `--insecure`).
     pub tls: Option<ClientTls>,
     pub connect_timeout: Duration,
-    /// Reconnect when the controller has sent nothing for this long (it sends keepalives).
-    pub silence_timeout: Duration,
+    /// Reconnect when the controller has sent nothing for this long; `None`: three of the
+    /// keepalive intervals it announces ([`watchdog`]).
+    pub silence_timeout: Option<Duration>,
+    /// Move to another replica when the one in use says it is not current, or stops
+    /// applying what its group committed, for this long.
+    pub stale_after: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
@@ -64,7 +70,8 @@ impl AgentConfig {
                 .collect(),
             tls: None,
             connect_timeout: Duration::from_secs(5),
-            silence_timeout: Duration::from_secs(35),
+            silence_timeout: None,
+            stale_after: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
         }
@@ -156,6 +163,7 @@ pub struct Agent<D> {
     save_failures: u32,
     status: watch::Sender<Status>,
     controllers: Controllers,
+    watchdog: Watchdog,
 }
 
 impl AgentConfig {
@@ -222,6 +230,7 @@ impl<D: Dataplane> Agent<D> {
         })
         .0;
         Ok(Agent {
+            watchdog: Watchdog::new(config.stale_after, config.silence_timeout),
             config,
             save_failures: 0,
             holder: Some(Holder {
@@ -284,6 +293,7 @@ impl<D: Dataplane> Agent<D> {
                 };
                 match connected {
                     Ok(session) => {
+                        self.watchdog.reset();
                         self.status.send_modify(|s| s.connects += 1);
                         self.set_phase(Phase::Syncing);
                         State::Syncing(session)
@@ -292,7 +302,9 @@ impl<D: Dataplane> Agent<D> {
                 }
             }
             State::Syncing(mut session) => match self.next_message(&mut session, shutdown).await {
-                Ok(()) => {
+                // A keepalive says where the replica stands; syncing takes a slice.
+                Ok(Received::Keepalive) => State::Syncing(session),
+                Ok(Received::Slice) => {
                     self.set_phase(Phase::Synced);
                     self.controllers.worked();
                     info!(
@@ -307,7 +319,7 @@ impl<D: Dataplane> Agent<D> {
             // A session that worked: reconnect promptly, to the next replica (unless saving
             // keeps failing).
             State::Synced(mut session) => match self.next_message(&mut session, shutdown).await {
-                Ok(()) => State::Synced(session),
+                Ok(_) => State::Synced(session),
                 Err(reason) => self.failed(reason),
             },
             State::Backoff { attempt, reason } => {
@@ -397,16 +409,17 @@ impl<D: Dataplane> Agent<D> {
         &mut self,
         session: &mut Session,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<Received, String> {
+        let silence = self.watchdog.silence_timeout();
         let received = tokio::select! {
             _ = shutdown.cancelled() => return Err("shutting down".into()),
-            r = tokio::time::timeout(self.config.silence_timeout, session.inbound.message()) => r,
+            r = tokio::time::timeout(silence, session.inbound.message()) => r,
         };
         let msg = received
             .map_err(|_| {
                 format!(
-                    "nothing from the controller for {}",
-                    humantime::format_duration(self.config.silence_timeout)
+                    "nothing from the controller for {} (it may be frozen)",
+                    humantime::format_duration(silence)
                 )
             })?
             .map_err(|s| format!("stream error: {} ({:?})", s.message(), s.code()))?
@@ -422,7 +435,7 @@ impl<D: Dataplane> Agent<D> {
         let kind = match &msg {
             Msg::Snapshot(_) => "snapshot",
             Msg::Update(_) => "update",
-            Msg::Keepalive(_) => "keepalive",
+            Msg::Keepalive(k) => return self.keepalive(k),
         };
         let before = self.status.borrow().version;
         let mut holder = self.holder.take().expect("holder");
@@ -441,7 +454,7 @@ impl<D: Dataplane> Agent<D> {
         }
         let mut retry = None;
         let answer = match reply {
-            Reply::Nothing => return Ok(()),
+            Reply::Nothing => return Ok(Received::Slice),
             Reply::Ack(version, digest, installed) => {
                 // One line per version applied; an ack of what is already held is not news.
                 if version != before {
@@ -482,9 +495,29 @@ impl<D: Dataplane> Agent<D> {
             .map_err(|_| "stream closed".to_string())?;
         match (retry, local_failure) {
             (Some(error), true) => Err(error),
-            _ => Ok(()),
+            _ => Ok(Received::Slice),
         }
     }
+
+    /// Where the replica stands: leave it when the watchdog says so and another replica is
+    /// there to go to (alone, say so and stay: what the dataplane holds stays enforced).
+    fn keepalive(&mut self, k: &pb::Keepalive) -> Result<Received, String> {
+        let Some(why) = self.watchdog.keepalive(k, std::time::Instant::now()) else {
+            return Ok(Received::Keepalive);
+        };
+        if self.controllers.len() > 1 {
+            return Err(why);
+        }
+        warn!("{why}; no other controller replica is configured: staying, enforcing what the dataplane holds");
+        Ok(Received::Keepalive)
+    }
+}
+
+/// What a message received was.
+enum Received {
+    Keepalive,
+    /// A snapshot or update (applied, or refused with a nack).
+    Slice,
 }
 
 fn capacities_pb(c: crate::dataplane::Capacities) -> pb::Capacities {

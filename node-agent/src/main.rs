@@ -103,9 +103,19 @@ struct Cli {
     #[arg(long)]
     max_rules: Option<u64>,
 
-    /// Reconnect when the controller has been silent this long.
-    #[arg(long, default_value = "35s", value_parser = humantime::parse_duration)]
-    silence_timeout: Duration,
+    /// Move to another controller replica when the one in use has sent nothing for this long
+    /// (a frozen replica: its connection stays open). Default: three of the keepalive
+    /// intervals the controller announces (its --agent-keepalive, 2 s: 6 s), or 35 s for a
+    /// controller that announces none.
+    #[arg(long, env = "PALISADE_SILENCE_TIMEOUT", value_parser = humantime::parse_duration)]
+    silence_timeout: Option<Duration>,
+
+    /// Move to another controller replica when the one in use says, for this long, that it
+    /// cannot confirm it is current (a leader past its lease, a follower cut off from its
+    /// leader) or that it has stopped applying what its group committed. What the dataplane
+    /// holds stays enforced meanwhile; the agent resumes from it on the next replica.
+    #[arg(long, env = "PALISADE_STALE_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
+    stale_after: Duration,
 
     #[command(flatten)]
     log: palisade_telemetry::LogArgs,
@@ -154,6 +164,7 @@ async fn main() -> Result<()> {
     let config = AgentConfig {
         tls,
         silence_timeout: cli.silence_timeout,
+        stale_after: cli.stale_after,
         ..AgentConfig::new(&cli.node, &cli.controller)
     };
     // A bad address or TLS material is a usage error, said before anything is started.

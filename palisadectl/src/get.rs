@@ -27,6 +27,7 @@ pub async fn get(
     kind: &str,
     names: &[String],
     namespace: &str,
+    read: crate::fresh::ReadArgs,
     output: Output,
 ) -> Result<Got, RemoteError> {
     let kind: Kind = kind.parse().map_err(RemoteError::Usage)?;
@@ -43,9 +44,13 @@ pub async fn get(
         .collect();
     let r = client(conn)
         .await?
-        .get_objects(pb::GetObjectsRequest { objects })
+        .get_objects(pb::GetObjectsRequest {
+            objects,
+            consistent: read.consistent,
+        })
         .await?
         .into_inner();
+    crate::fresh::warn(r.freshness.as_ref());
     let all_found = r.objects.iter().all(|o| o.found);
     if output.structured() {
         let objects: Vec<Value> = r
@@ -56,7 +61,7 @@ pub async fn get(
                 json!({"kind": o.kind, "name": o.name, "found": o.found, "owner": o.owner, "object": object})
             })
             .collect();
-        let v = json!({"revision": r.revision, "objects": objects});
+        let v = json!({"revision": r.revision, "freshness": crate::fresh::json(r.freshness.as_ref()), "objects": objects});
         return Ok(Got {
             text: serde_json::to_string_pretty(&v).expect("serialisable") + "\n",
             all_found,

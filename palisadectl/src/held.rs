@@ -49,6 +49,7 @@ pub async fn revision_holding(
             let r = c
                 .get_objects(pb::GetObjectsRequest {
                     objects: chunk.iter().map(|(k, _)| k.clone()).collect(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

@@ -2,7 +2,8 @@
 //! ([`load`]), are compiled by `palisade-policy` into node slices, and go out as reachability
 //! matrices, flow explanations ([`evaluate`]) and slices ([`show`]) on stdout; problems with
 //! the input go to stderr; [`lint`] finds valid policies that are probably wrong. `demo` runs the seed scenarios embedded in the binary ([`demo`]).
-//! Online, [`remote`] asks a running controller (nodes, waits, explanations), [`get`] shows
+//! Online, [`remote`] asks a running controller (nodes, waits, explanations; [`fresh`]: how
+//! current each answer is, `--consistent`), [`get`] shows
 //! the objects its replicated state holds, and [`store`]
 //! sends objects to its replicated store (`apply`, `delete`) and lists its replicas.
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod evaluate;
 pub mod explain;
+pub mod fresh;
 pub mod get;
 pub mod held;
 pub mod lint;

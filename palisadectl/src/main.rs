@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use palisade_policy::cluster::{ClusterView, Probe};
+use palisadectl::fresh::ReadArgs;
 use palisadectl::output::{in_namespace, Output};
 use palisadectl::{certs, demo, evaluate, get, lint, load, remote, show, store};
 
@@ -246,6 +247,8 @@ Examples:
         #[arg(long, value_name = "GLOB")]
         name: Option<String>,
         #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
@@ -262,6 +265,8 @@ Examples:
         /// rules use).
         #[arg(short = 'n', long, requires = "slice")]
         namespace: Option<String>,
+        #[command(flatten)]
+        read: ReadArgs,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -317,6 +322,8 @@ Examples:
         #[arg(long)]
         node: Option<String>,
         #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
@@ -336,6 +343,8 @@ Examples:
         /// The namespace of names given without one.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        read: ReadArgs,
         #[command(flatten)]
         conn: ConnArgs,
         #[arg(short, long, value_enum, default_value = "table")]
@@ -641,11 +650,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Nodes {
             lagging,
             name,
+            read,
             conn,
             output,
         } => {
             let filter = remote::NodeFilter { lagging, name };
-            let text = runtime()?.block_on(remote::nodes(&conn.conn()?, &filter, output))?;
+            let text = runtime()?.block_on(remote::nodes(&conn.conn()?, &filter, read, output))?;
             print!("{}", output.render(text));
             Ok(ExitCode::SUCCESS)
         }
@@ -653,6 +663,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             name,
             slice,
             namespace,
+            read,
             conn,
             output,
         } => {
@@ -665,6 +676,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     &conn.conn()?,
                     &name,
                     slice,
+                    read,
                     output.structured()
                 ))?)
             );
@@ -725,6 +737,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             port,
             protocol,
             node,
+            read,
             conn,
             output,
         } => {
@@ -734,6 +747,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 destination: to,
                 protocol: i32::from(protocol.number()),
                 port: u32::from(port),
+                consistent: read.consistent,
             };
             let (text, allowed) =
                 runtime()?.block_on(remote::explain(&conn.conn()?, req, output.structured()))?;
@@ -744,11 +758,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             kind,
             names,
             namespace,
+            read,
             conn,
             output,
         } => {
-            let got =
-                runtime()?.block_on(get::get(&conn.conn()?, &kind, &names, &namespace, output))?;
+            let got = runtime()?.block_on(get::get(
+                &conn.conn()?,
+                &kind,
+                &names,
+                &namespace,
+                read,
+                output,
+            ))?;
             print!("{}", output.render(got.text));
             Ok(exit(false, !got.all_found))
         }

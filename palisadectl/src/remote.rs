@@ -12,6 +12,7 @@ use palisade_proto::v1::{self as pb};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use crate::fresh::{self, ReadArgs};
 use crate::output::{in_namespace, Output};
 use crate::show;
 
@@ -213,19 +214,23 @@ fn summary(nodes: &[pb::NodeStatus]) -> String {
 pub async fn nodes(
     conn: &Conn,
     filter: &NodeFilter,
+    read: ReadArgs,
     output: Output,
 ) -> Result<String, RemoteError> {
     let mut r = client(conn)
         .await?
-        .list_nodes(pb::ListNodesRequest {})
+        .list_nodes(pb::ListNodesRequest {
+            consistent: read.consistent,
+        })
         .await?
         .into_inner();
+    fresh::warn(r.freshness.as_ref());
     let all = summary(&r.nodes);
     r.nodes.retain(|n| {
         (!filter.lagging || lagging(n)) && filter.name.as_deref().is_none_or(|g| glob(g, &n.node))
     });
     if output.structured() {
-        let v = json!({"revision": r.revision, "summary": all, "nodes": r.nodes.iter().map(status_json).collect::<Vec<_>>()});
+        let v = json!({"revision": r.revision, "freshness": fresh::json(r.freshness.as_ref()), "summary": all, "nodes": r.nodes.iter().map(status_json).collect::<Vec<_>>()});
         return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
     }
     let mut out = format!("revision {}; {all}\n", r.revision);
@@ -310,6 +315,7 @@ pub async fn node(
     conn: &Conn,
     name: &str,
     slice: Option<SliceView<'_>>,
+    read: ReadArgs,
     json_out: bool,
 ) -> Result<String, RemoteError> {
     let view = slice.unwrap_or_default();
@@ -318,9 +324,11 @@ pub async fn node(
         .get_node(pb::GetNodeRequest {
             node: name.to_string(),
             include_slice: slice.is_some(),
+            consistent: read.consistent,
         })
         .await?
         .into_inner();
+    fresh::warn(n.freshness.as_ref());
     let slice = match &n.slice {
         Some(s) => Some(
             convert::slice_from_pb(s)
@@ -331,6 +339,7 @@ pub async fn node(
     };
     if json_out {
         let mut v = status_json(&n);
+        v["freshness"] = fresh::json(n.freshness.as_ref());
         if let Some(s) = &slice {
             v["slice"] = serde_json::from_str(&show::json(s, view.namespace)).expect("valid JSON");
         }
@@ -425,7 +434,7 @@ pub async fn wait(
     let revision = match revision {
         Some(r) => r,
         None => {
-            c.list_nodes(pb::ListNodesRequest {})
+            c.list_nodes(pb::ListNodesRequest::default())
                 .await?
                 .into_inner()
                 .revision
@@ -494,6 +503,7 @@ pub async fn explain(
     json_out: bool,
 ) -> Result<(String, bool), RemoteError> {
     let e = client(conn).await?.explain_flow(req).await?.into_inner();
+    fresh::warn(e.freshness.as_ref());
     if e.report_json.is_empty() {
         return Err(RemoteError::Usage(
             "the controller sent no explanation in detail (it is older than this palisadectl): upgrade it".into(),

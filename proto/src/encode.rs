@@ -144,11 +144,9 @@ pub fn snapshot(slice: &NodeSlice) -> Encoded {
 }
 
 /// `ControllerMessage { keepalive }`.
-pub fn keepalive(revision: u64) -> Encoded {
+pub fn keepalive(keepalive: pb::Keepalive) -> Encoded {
     let msg = pb::ControllerMessage {
-        msg: Some(pb::controller_message::Msg::Keepalive(pb::Keepalive {
-            revision,
-        })),
+        msg: Some(pb::controller_message::Msg::Keepalive(keepalive)),
     };
     Encoded(msg.encode_to_vec().into())
 }

@@ -13,12 +13,14 @@
 //! handed back to the replica, bound the log and bring lagging replicas up to date.
 
 pub mod entry;
+pub mod lease;
 mod log;
 pub mod machine;
 pub mod membership;
 mod node;
 
 pub use entry::{Batch, ProposalId};
+pub use lease::{Confirmed, Heard, Lease, OWN_READ};
 pub use machine::Machine;
 pub use membership::{Change, Members};
 pub use node::{

@@ -9,10 +9,11 @@
 use palisade_policy::model::Command;
 use palisade_storage::{SledStorage, StorageError, Write};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, StateRole, Storage};
 
 use crate::entry::{Batch, ProposalId};
+use crate::lease::Heard;
 use crate::membership::{Change, Members};
 
 /// Where the log lives: raft-rs reads it through `raft::Storage`; the replica writes each
@@ -101,6 +102,9 @@ pub enum Event {
         change: Option<Change>,
         members: Members,
     },
+    /// The read asked for with `request` ([`Replica::read_index`]) may be served once the
+    /// entry at `index` is applied: the leader confirmed it led when it answered.
+    ReadIndex { request: u64, index: u64 },
 }
 
 /// What one call to [`Replica::ready`] hands out.
@@ -320,13 +324,33 @@ impl<S: LogStore> Replica<S> {
         self.raw.tick()
     }
 
-    /// A message from a peer.
-    pub fn step(&mut self, m: Message) -> Result<(), ReplicaError> {
+    /// A message from a peer; and, on the leader, whether it is a voter answering in its
+    /// term (for the [`crate::Lease`]).
+    pub fn step(&mut self, m: Message) -> Result<Option<Heard>, ReplicaError> {
+        let (from, term, kind) = (m.from, m.term, m.get_msg_type());
         match self.raw.step(m) {
             // A message for a replica it does not know, or a stale one: nothing to do.
-            Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
-            other => Ok(other?),
+            Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => return Ok(None),
+            other => other?,
         }
+        let r = &self.raw.raft;
+        let answer = matches!(
+            kind,
+            MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
+        );
+        Ok((r.state == StateRole::Leader
+            && answer
+            && term != 0
+            && term == r.term
+            && r.prs().conf().voters().contains(from))
+        .then_some(Heard::Follower { id: from, term }))
+    }
+
+    /// Ask the leader (or, leading, a quorum) to confirm leadership for a read; answered by
+    /// [`Event::ReadIndex`] with `request`, or never (no leader known, a leader that has not
+    /// committed in its term yet, a message lost): the caller times out.
+    pub fn read_index(&mut self, request: u64) {
+        self.raw.read_index(request.to_be_bytes().to_vec());
     }
 
     /// A message to `to` could not be delivered (the leader then probes it instead of
@@ -401,6 +425,14 @@ impl<S: LogStore> Replica<S> {
         }
         // Messages a leader sends before its own write is durable (raft-rs allows it).
         out.messages.extend(rd.take_messages());
+        for rs in rd.take_read_states() {
+            if let Ok(request) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
+                out.events.push(Event::ReadIndex {
+                    request: u64::from_be_bytes(request),
+                    index: rs.index,
+                });
+            }
+        }
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         let write = Write {
             snapshot: snapshot.clone(),

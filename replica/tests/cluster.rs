@@ -161,3 +161,44 @@ fn a_lagging_replica_catches_up_by_snapshot() {
     );
     assert_eq!(c.digests(lagging), c.digests(leader));
 }
+
+/// A read index is confirmed by the leader for a follower and for itself, at the commit index
+/// or later; a leader cut off from its group never confirms one, before or after others
+/// elected a leader and committed more.
+#[test]
+fn a_read_index_is_confirmed_by_a_quorum_and_never_by_a_deposed_leader() {
+    let mut c = Cluster::new(3, options());
+    let leader = c.elect();
+    c.propose(leader, pods(0, 6)).unwrap();
+    assert!(c.run_until(50, Cluster::converged));
+    let commit = c.replica(leader).status().commit;
+    let follower = *c.ids.iter().find(|id| **id != leader).unwrap();
+    let at = c
+        .read_index(follower, 7)
+        .expect("the follower's read is confirmed");
+    assert!(at >= commit, "{at} < {commit}");
+    let at = c
+        .read_index(leader, 8)
+        .expect("the leader's read is confirmed");
+    assert!(at >= commit);
+
+    c.isolate(leader);
+    assert_eq!(
+        c.read_index(leader, 9),
+        None,
+        "cut off: no quorum confirms it"
+    );
+    assert!(c.run_until(500, |c| c.leader().is_some_and(|l| l != leader)));
+    let new = c.leader().unwrap();
+    c.propose(new, pods(6, 3)).unwrap();
+    for _ in 0..40 {
+        c.tick();
+    }
+    assert_eq!(c.read_answered(leader, 9), None, "never, while cut off");
+    assert_eq!(c.read_index(leader, 10), None);
+    let later = c.replica(new).status().commit;
+    let at = c
+        .read_index(new, 11)
+        .expect("the new leader confirms reads");
+    assert!(at >= later && later > commit);
+}

@@ -140,5 +140,6 @@ fn to_pb(r: &FlowReport) -> pb::FlowExplanation {
         egress: check(&r.egress),
         ingress: check(&r.ingress),
         report_json: serde_json::to_string(r).expect("serialisable"),
+        freshness: None,
     }
 }

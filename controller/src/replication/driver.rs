@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use palisade_policy::model::Command;
 use palisade_replica::entry::split;
 use palisade_replica::membership::{self, Kind};
-use palisade_replica::{Batch, Change, Event, Message, ProposalId, ProposeError, Replica, Role};
+use palisade_replica::{
+    Batch, Change, Confirmed, Event, Lease, Message, ProposalId, ProposeError, Replica, Role,
+};
 use palisade_storage::SledStorage;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,9 @@ use tracing::{error, info, warn};
 
 use super::apply::Job;
 use super::transport::Outbox;
-use super::{ChangeFailed, ChangeReply, Config, Failure, GroupStatus, ProposeFailed, Reply};
+use super::{
+    ChangeFailed, ChangeReply, Config, Failure, GroupStatus, ProposeFailed, ReadReply, Reply,
+};
 use crate::metrics::Metrics;
 
 pub enum Input {
@@ -42,6 +46,11 @@ pub enum Input {
         change: Change,
         retired: std::collections::BTreeSet<u64>,
         reply: ChangeReply,
+    },
+    /// A consistent read: ask the leader for a read index, answered by `until`.
+    ReadIndex {
+        reply: ReadReply,
+        until: Instant,
     },
     /// Replica `by` refuses this one's messages: this one was removed from the group.
     Removed {
@@ -66,6 +75,8 @@ pub struct Driver {
     pub failure: Failure,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// Where the driver publishes when this replica's view was last confirmed.
+    pub confirmed: std::sync::Arc<std::sync::Mutex<Confirmed>>,
 }
 
 /// Proposals waiting to be applied, by the id of their (last) entry.
@@ -95,6 +106,11 @@ struct Flow {
     next: u64,
     /// Membership changes proposed here, by request number, waiting to be applied.
     changes: HashMap<u64, ChangeReply>,
+    /// Read indexes asked for, by request number, with when to give up on each.
+    reads: HashMap<u64, (ReadReply, Instant)>,
+    next_read: u64,
+    /// Who was heard from, and when (the messages stepped say).
+    lease: Lease,
 }
 
 impl Driver {
@@ -112,7 +128,7 @@ impl Driver {
         }
         while !self.shutdown.is_cancelled() {
             if let Some(why) = self.failure.get() {
-                self.publish(role, Some(why));
+                self.publish(role, Some(why.clone()));
                 // Take no part any more: peers elect another leader; what was applied here
                 // stays served.
                 fail_all(
@@ -121,10 +137,19 @@ impl Driver {
                 );
                 flow.fail(ProposeFailed::Stopped("this replica failed".into()));
                 // Whatever arrives meanwhile gets its answer, or is dropped.
+                for (_, (reply, _)) in flow.reads.drain() {
+                    let _ = reply.send(Err(format!("this replica has failed ({why})")));
+                }
                 for input in self.inbox.try_iter() {
-                    if let Input::Propose { reply, .. } = input {
-                        let _ =
-                            reply.send(Err(ProposeFailed::Stopped("this replica failed".into())));
+                    match input {
+                        Input::Propose { reply, .. } => {
+                            let _ = reply
+                                .send(Err(ProposeFailed::Stopped("this replica failed".into())));
+                        }
+                        Input::ReadIndex { reply, .. } => {
+                            let _ = reply.send(Err(format!("this replica has failed ({why})")));
+                        }
+                        _ => {}
                     }
                 }
                 sleep_unless_cancelled(&self.shutdown, Duration::from_millis(200));
@@ -145,6 +170,7 @@ impl Driver {
                 self.replica.tick();
                 next_tick = Instant::now() + tick;
             }
+            self.ask_leader(&mut flow);
             self.feed(&mut flow, &mut pending);
             if let Err(e) = self.ready(&mut pending, &mut flow, &mut role) {
                 self.failure.set(format!("the Raft log: {e}"));
@@ -154,6 +180,10 @@ impl Driver {
             self.feed(&mut flow, &mut pending);
             self.promote();
             self.publish(role, None);
+            self.confirm(&mut flow);
+        }
+        for (_, (reply, _)) in flow.reads.drain() {
+            let _ = reply.send(Err("this replica is shutting down".into()));
         }
         fail_all(&mut pending, ProposeFailed::Stopped("shutting down".into()));
         flow.fail(ProposeFailed::Stopped("shutting down".into()));
@@ -161,10 +191,22 @@ impl Driver {
 
     fn handle(&mut self, input: Input, flow: &mut Flow) {
         match input {
-            Input::Step(m) => {
-                if let Err(e) = self.replica.step(m) {
-                    warn!("a Raft message was refused: {e}");
+            Input::Step(m) => match self.replica.step(m) {
+                Ok(Some(heard)) => flow.lease.heard(heard, Instant::now()),
+                Ok(None) => {}
+                Err(e) => warn!("a Raft message was refused: {e}"),
+            },
+            Input::ReadIndex { reply, until } => {
+                let status = self.replica.status();
+                if status.leader == 0 {
+                    let _ = reply.send(Err(
+                        "this replica knows no leader to confirm the read with".into(),
+                    ));
+                    return;
                 }
+                flow.next_read += 1;
+                self.replica.read_index(flow.next_read);
+                flow.reads.insert(flow.next_read, (reply, until));
             }
             Input::Propose {
                 owner,
@@ -449,6 +491,13 @@ impl Driver {
                         self.flush(&mut entries, &mut replies);
                         let _ = self.jobs.send(Job::Install { index, data });
                     }
+                    Event::ReadIndex { request, index } => {
+                        if !flow.lease.answered(request, index) {
+                            if let Some((reply, _)) = flow.reads.remove(&request) {
+                                let _ = reply.send(Ok(index));
+                            }
+                        }
+                    }
                     Event::Role {
                         role: now,
                         leader,
@@ -487,6 +536,51 @@ impl Driver {
             entries: std::mem::take(entries),
             replies: std::mem::take(replies),
         });
+    }
+
+    /// On a follower: ask the leader for a read index every heartbeat, which is what confirms
+    /// this replica is current ([`palisade_replica::Lease`]).
+    fn ask_leader(&mut self, flow: &mut Flow) {
+        let s = self.replica.status();
+        if s.role != Role::Follower || s.leader == 0 {
+            return;
+        }
+        let (tick, o) = (self.config.tick, &self.config.options);
+        let every = tick * o.heartbeat_tick as u32;
+        let lease = tick * o.election_tick as u32;
+        if let Some(request) = flow.lease.want_read(Instant::now(), every, lease) {
+            self.replica.read_index(request);
+        }
+    }
+
+    /// Publish when this replica's view was last confirmed; give up on reads the leader did
+    /// not confirm in time (raft-rs drops a read it cannot serve without a word).
+    fn confirm(&self, flow: &mut Flow) {
+        let s = self.replica.status();
+        let voters: Vec<u64> = self.replica.members().voters.into_iter().collect();
+        let confirmed = flow
+            .lease
+            .confirmed(s.term, s.role == Role::Leader, s.id, &voters);
+        *self.confirmed.lock().expect("lease lock") = confirmed;
+        let now = Instant::now();
+        let late: Vec<u64> = flow
+            .reads
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some((reply, _)) = flow.reads.remove(&id) {
+                let _ = reply.send(Err(if s.leader == 0 {
+                    "this replica lost its leader before the read was confirmed".into()
+                } else {
+                    format!(
+                        "the leader (replica {}) did not confirm the read in time: it may have lost its quorum",
+                        s.leader
+                    )
+                }));
+            }
+        }
     }
 
     fn publish(&self, role: Option<Role>, failure: Option<String>) {

@@ -337,6 +337,26 @@ impl Replicas {
         }
     }
 
+    /// SIGSTOP replica `id` (frozen: its connections stay open), or SIGCONT it.
+    pub fn pause(&self, id: u64, paused: bool) {
+        self.signal(id, if paused { "-STOP" } else { "-CONT" });
+    }
+
+    /// SIGTERM replica `id` (see [`Replicas::exited`]).
+    pub fn terminate(&self, id: u64) {
+        self.signal(id, "-TERM");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let pid = self.children[&id].id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal} {pid}");
+    }
+
     pub fn restart(&mut self, id: u64) {
         assert!(!self.children.contains_key(&id), "replica {id} runs");
         self.spawn(id);
@@ -511,9 +531,14 @@ impl Replicas {
 
     /// Every node's (desired version, digest) as replica `id` serves them, and its revision.
     pub async fn digests(&self, id: u64) -> Option<(u64, BTreeMap<String, (u64, String)>)> {
-        let text = palisadectl::remote::nodes(&self.conn(id), &Default::default(), Output::Json)
-            .await
-            .ok()?;
+        let text = palisadectl::remote::nodes(
+            &self.conn(id),
+            &Default::default(),
+            Default::default(),
+            Output::Json,
+        )
+        .await
+        .ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
         let nodes = v["nodes"]
             .as_array()?

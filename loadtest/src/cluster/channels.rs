@@ -44,6 +44,7 @@ impl Channels {
                     name: name.clone(),
                 })
                 .collect(),
+            consistent: false,
         };
         let answer = IntrospectionClient::new(channel)
             .max_decoding_message_size(256 << 20)

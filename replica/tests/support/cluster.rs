@@ -191,7 +191,7 @@ impl Cluster {
                     self.applied.entry(id).or_default().push(*index);
                 }
                 Event::Install { data, .. } => *machine = Machine::restore(data).unwrap(),
-                Event::Role { .. } => {}
+                Event::Role { .. } | Event::ReadIndex { .. } => {}
             }
         }
         // A replica added gets a snapshot that holds it (as the controller's apply thread).
@@ -269,6 +269,21 @@ impl Cluster {
             .unwrap()
             .propose("test", pods(900, 1))
             .ok()
+    }
+
+    /// Ask replica `id` for a read index, then settle; the index it got, if it got one.
+    pub fn read_index(&mut self, id: u64, request: u64) -> Option<u64> {
+        self.replicas.get_mut(&id).unwrap().read_index(request);
+        self.settle();
+        self.read_answered(id, request)
+    }
+
+    /// The index replica `id` got for read `request`, if it got one yet.
+    pub fn read_answered(&self, id: u64, request: u64) -> Option<u64> {
+        self.events.get(&id)?.iter().find_map(|e| match e {
+            Event::ReadIndex { request: r, index } if *r == request => Some(*index),
+            _ => None,
+        })
     }
 
     pub fn applied_index(&self, id: u64) -> u64 {
