@@ -137,6 +137,34 @@ async fn a_lost_replica_is_replaced_under_a_new_id_and_the_new_one_counts() {
     }
     let revision = r.apply(next, &pod(12), false).await.unwrap();
     r.converged_among(&[other, 4], revision).await;
+    // Failed (removed), it still answers, saying so; and SIGTERM stops it promptly.
+    let got = palisadectl::get::get(
+        &r.conn(leader),
+        "pod",
+        &["shop/p0".into()],
+        "shop",
+        Default::default(),
+        palisadectl::output::Output::Json,
+    )
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_str(&got.text).unwrap();
+    assert_eq!(v["freshness"]["current"], false, "{v}");
+    assert!(
+        v["freshness"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has failed"),
+        "{v}"
+    );
+    r.terminate(leader);
+    let asked = Instant::now();
+    r.exited(leader).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "a failed replica took {:?} to stop on SIGTERM",
+        asked.elapsed()
+    );
 }
 
 /// The StatefulSet's way (deploy/replace-replica.sh): the pod whose volume was lost keeps its
