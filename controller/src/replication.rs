@@ -132,6 +132,8 @@ pub struct GroupStatus {
     pub members: palisade_replica::Members,
     /// Why this replica stopped taking part (its log or state machine failed).
     pub failure: Option<String>,
+    /// Read indexes the leader answered within the lease ([`palisade_replica::Lease`]).
+    pub confirmed: Confirmed,
 }
 
 impl GroupStatus {
@@ -161,8 +163,6 @@ pub struct Group {
     pub(crate) transport: Arc<transport::Transport>,
     /// Why this replica refuses agents ([`standing`]), when it does.
     pub(crate) refusing: watch::Receiver<Option<String>>,
-    /// When the driver last confirmed this replica's view ([`palisade_replica::Lease`]).
-    pub(crate) confirmed: Arc<Mutex<Confirmed>>,
     /// How long a confirmation holds: the election timeout.
     pub(crate) lease: Duration,
 }
@@ -268,10 +268,9 @@ impl Group {
 
     /// How fresh what this replica serves is now.
     pub fn freshness(&self) -> Freshness {
-        let confirmed = *self.confirmed.lock().expect("lease lock");
         // A copy: never hold the status's read lock while doing anything else.
         let status = self.status.borrow().clone();
-        freshness::assess(&status, confirmed, Instant::now(), self.lease)
+        freshness::assess(&status, Instant::now(), self.lease)
     }
 
     /// A consistent read: ask the leader to confirm its leadership (Raft's read index), then
@@ -286,9 +285,17 @@ impl Group {
                 until: Instant::now() + bound,
             })
             .map_err(|_| "the Raft driver is gone".to_string())?;
-        let index = answer
-            .await
-            .unwrap_or_else(|_| Err("the Raft driver is gone".into()))?;
+        // Bounded here too: a driver stuck on its disk answers nothing.
+        let index = match tokio::time::timeout_at(until, answer).await {
+            Ok(Ok(answer)) => answer?,
+            Ok(Err(_)) => return Err("the Raft driver is gone".into()),
+            Err(_) => {
+                return Err(format!(
+                    "no answer from this replica's Raft driver within {}",
+                    humantime::format_duration(bound)
+                ))
+            }
+        };
         let mut w = self.status.clone();
         match tokio::time::timeout_at(until, w.wait_for(|s| s.applied >= index)).await {
             Ok(Ok(_)) => {}

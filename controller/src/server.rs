@@ -326,7 +326,6 @@ pub async fn start(
     });
     let status_tx = Arc::new(status_tx);
     let failure = Failure::default();
-    let confirmed = Arc::new(std::sync::Mutex::new(palisade_replica::Confirmed::Never));
     let advertised = rc
         .peers
         .get(&rc.id)
@@ -341,7 +340,6 @@ pub async fn start(
         inbox: inbox_tx.clone(),
         status: status_rx.clone(),
         transport: transport.clone(),
-        confirmed: confirmed.clone(),
         lease: rc.tick * rc.options.election_tick as u32,
     };
     let mut threads = Vec::new();
@@ -361,7 +359,6 @@ pub async fn start(
         failure: failure.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        confirmed,
     };
     let raft_failed = (failure.clone(), status_tx.clone());
     threads.push(spawn(

@@ -455,6 +455,7 @@ impl Connection {
             revision: f.revision,
             commit: f.commit,
             current: f.current(),
+            transient: f.transient,
             reason: f.stale.unwrap_or_default(),
             interval_ms: self.config.keepalive.as_millis() as u64,
         })

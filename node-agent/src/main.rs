@@ -112,7 +112,8 @@ struct Cli {
 
     /// Move to another controller replica when the one in use says, for this long, that it
     /// cannot confirm it is current (a leader past its lease, a follower cut off from its
-    /// leader) or that it has stopped applying what its group committed. What the dataplane
+    /// leader; not while it is only applying what was committed, or electing) or that it has
+    /// stopped applying what its group committed. What the dataplane
     /// holds stays enforced meanwhile; the agent resumes from it on the next replica.
     #[arg(long, env = "PALISADE_STALE_AFTER", default_value = "5s", value_parser = humantime::parse_duration)]
     stale_after: Duration,

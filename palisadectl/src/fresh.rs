@@ -33,6 +33,20 @@ pub fn warning(f: Option<&pb::Freshness>) -> Option<String> {
     ))
 }
 
+/// With `--consistent`, the answer must say it was confirmed with the leader: a controller
+/// older than this palisadectl ignores the request's field and answers from what it applied.
+pub fn require(
+    consistent: bool,
+    f: Option<&pb::Freshness>,
+) -> Result<(), crate::remote::RemoteError> {
+    if consistent && !f.is_some_and(|f| f.confirmed) {
+        return Err(crate::remote::RemoteError::Usage(
+            "the controller did not confirm its answer with the leader: it is older than this palisadectl and cannot serve --consistent; upgrade it, or read without --consistent".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Say [`warning`] on stderr.
 pub fn warn(f: Option<&pb::Freshness>) {
     if let Some(w) = warning(f) {
@@ -79,5 +93,10 @@ mod tests {
         assert!(w.contains("this replica knows no leader"));
         assert_eq!(json(Some(&f))["reason"], "this replica knows no leader");
         assert_eq!(json(None), Value::Null);
+        assert!(require(true, Some(&f)).is_err(), "not confirmed");
+        assert!(require(true, None).is_err(), "an older controller");
+        assert!(require(false, None).is_ok());
+        f.confirmed = true;
+        assert!(require(true, Some(&f)).is_ok());
     }
 }

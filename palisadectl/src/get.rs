@@ -50,6 +50,7 @@ pub async fn get(
         })
         .await?
         .into_inner();
+    crate::fresh::require(read.consistent, r.freshness.as_ref())?;
     crate::fresh::warn(r.freshness.as_ref());
     let all_found = r.objects.iter().all(|o| o.found);
     if output.structured() {

@@ -224,6 +224,7 @@ pub async fn nodes(
         })
         .await?
         .into_inner();
+    fresh::require(read.consistent, r.freshness.as_ref())?;
     fresh::warn(r.freshness.as_ref());
     let all = summary(&r.nodes);
     r.nodes.retain(|n| {
@@ -328,6 +329,7 @@ pub async fn node(
         })
         .await?
         .into_inner();
+    fresh::require(read.consistent, n.freshness.as_ref())?;
     fresh::warn(n.freshness.as_ref());
     let slice = match &n.slice {
         Some(s) => Some(
@@ -502,7 +504,9 @@ pub async fn explain(
     req: pb::ExplainFlowRequest,
     json_out: bool,
 ) -> Result<(String, bool), RemoteError> {
+    let consistent = req.consistent;
     let e = client(conn).await?.explain_flow(req).await?.into_inner();
+    fresh::require(consistent, e.freshness.as_ref())?;
     fresh::warn(e.freshness.as_ref());
     if e.report_json.is_empty() {
         return Err(RemoteError::Usage(

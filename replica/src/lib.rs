@@ -20,7 +20,7 @@ pub mod membership;
 mod node;
 
 pub use entry::{Batch, ProposalId};
-pub use lease::{Confirmed, Heard, Lease, OWN_READ};
+pub use lease::{Confirmed, Lease, OWN_READ};
 pub use machine::Machine;
 pub use membership::{Change, Members};
 pub use node::{

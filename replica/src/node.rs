@@ -9,11 +9,10 @@
 use palisade_policy::model::Command;
 use palisade_storage::{SledStorage, StorageError, Write};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole, Storage};
 
 use crate::entry::{Batch, ProposalId};
-use crate::lease::Heard;
 use crate::membership::{Change, Members};
 
 /// Where the log lives: raft-rs reads it through `raft::Storage`; the replica writes each
@@ -163,6 +162,8 @@ pub struct Replica<S: LogStore> {
     /// The configuration in force from each index on, since the latest snapshot (the first
     /// is the one in force at it): a snapshot records the configuration at its own index.
     confs: Vec<(u64, ConfState)>,
+    /// Random per process: read index contexts of an earlier run never match this one's.
+    boot: u64,
 }
 
 /// A raft message as the bytes the transport carries (raft-rs's own encoding).
@@ -223,6 +224,12 @@ impl<S: LogStore> Replica<S> {
             handed: snapshot_index,
             options,
             next_seq: 0,
+            boot: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
         })
     }
 
@@ -324,33 +331,26 @@ impl<S: LogStore> Replica<S> {
         self.raw.tick()
     }
 
-    /// A message from a peer; and, on the leader, whether it is a voter answering in its
-    /// term (for the [`crate::Lease`]).
-    pub fn step(&mut self, m: Message) -> Result<Option<Heard>, ReplicaError> {
-        let (from, term, kind) = (m.from, m.term, m.get_msg_type());
+    /// A message from a peer.
+    pub fn step(&mut self, m: Message) -> Result<(), ReplicaError> {
         match self.raw.step(m) {
             // A message for a replica it does not know, or a stale one: nothing to do.
-            Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => return Ok(None),
-            other => other?,
+            Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            other => Ok(other?),
         }
-        let r = &self.raw.raft;
-        let answer = matches!(
-            kind,
-            MessageType::MsgAppendResponse | MessageType::MsgHeartbeatResponse
-        );
-        Ok((r.state == StateRole::Leader
-            && answer
-            && term != 0
-            && term == r.term
-            && r.prs().conf().voters().contains(from))
-        .then_some(Heard::Follower { id: from, term }))
     }
 
     /// Ask the leader (or, leading, a quorum) to confirm leadership for a read; answered by
     /// [`Event::ReadIndex`] with `request`, or never (no leader known, a leader that has not
     /// committed in its term yet, a message lost): the caller times out.
     pub fn read_index(&mut self, request: u64) {
-        self.raw.read_index(request.to_be_bytes().to_vec());
+        // The leader keeps pending reads by their context and drops one whose context is
+        // pending already: unique across replicas (the id) and restarts (the boot nonce).
+        let mut ctx = Vec::with_capacity(24);
+        for part in [self.id, self.boot, request] {
+            ctx.extend_from_slice(&part.to_be_bytes());
+        }
+        self.raw.read_index(ctx);
     }
 
     /// A message to `to` could not be delivered (the leader then probes it instead of
@@ -426,9 +426,16 @@ impl<S: LogStore> Replica<S> {
         // Messages a leader sends before its own write is durable (raft-rs allows it).
         out.messages.extend(rd.take_messages());
         for rs in rd.take_read_states() {
-            if let Ok(request) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
+            let part = |i: usize| {
+                rs.request_ctx
+                    .get(i * 8..i * 8 + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+            };
+            if rs.request_ctx.len() == 24 && part(0) == Some(self.id) && part(1) == Some(self.boot)
+            {
                 out.events.push(Event::ReadIndex {
-                    request: u64::from_be_bytes(request),
+                    request: part(2).unwrap_or_default(),
                     index: rs.index,
                 });
             }

@@ -181,6 +181,15 @@ fn a_read_index_is_confirmed_by_a_quorum_and_never_by_a_deposed_leader() {
         .read_index(leader, 8)
         .expect("the leader's read is confirmed");
     assert!(at >= commit);
+    // Every replica numbers its reads alike: the leader tells them apart (it drops a read
+    // whose context it holds pending already).
+    for id in c.ids.clone() {
+        c.ask_read(id, 20);
+    }
+    c.settle();
+    for id in c.ids.clone() {
+        assert!(c.read_answered(id, 20).is_some(), "replica {id}'s read 20");
+    }
 
     c.isolate(leader);
     assert_eq!(

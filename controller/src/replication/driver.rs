@@ -12,7 +12,7 @@ use palisade_policy::model::Command;
 use palisade_replica::entry::split;
 use palisade_replica::membership::{self, Kind};
 use palisade_replica::{
-    Batch, Change, Confirmed, Event, Lease, Message, ProposalId, ProposeError, Replica, Role,
+    Batch, Change, Event, Lease, Message, ProposalId, ProposeError, Replica, Role,
 };
 use palisade_storage::SledStorage;
 use tokio::sync::watch;
@@ -75,8 +75,6 @@ pub struct Driver {
     pub failure: Failure,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
-    /// Where the driver publishes when this replica's view was last confirmed.
-    pub confirmed: std::sync::Arc<std::sync::Mutex<Confirmed>>,
 }
 
 /// Proposals waiting to be applied, by the id of their (last) entry.
@@ -128,7 +126,7 @@ impl Driver {
         }
         while !self.shutdown.is_cancelled() {
             if let Some(why) = self.failure.get() {
-                self.publish(role, Some(why.clone()));
+                self.publish(role, Some(why.clone()), &flow);
                 // Take no part any more: peers elect another leader; what was applied here
                 // stays served.
                 fail_all(
@@ -179,8 +177,8 @@ impl Driver {
             // Room freed by what just committed.
             self.feed(&mut flow, &mut pending);
             self.promote();
-            self.publish(role, None);
-            self.confirm(&mut flow);
+            self.expire_reads(&mut flow);
+            self.publish(role, None, &flow);
         }
         for (_, (reply, _)) in flow.reads.drain() {
             let _ = reply.send(Err("this replica is shutting down".into()));
@@ -191,11 +189,11 @@ impl Driver {
 
     fn handle(&mut self, input: Input, flow: &mut Flow) {
         match input {
-            Input::Step(m) => match self.replica.step(m) {
-                Ok(Some(heard)) => flow.lease.heard(heard, Instant::now()),
-                Ok(None) => {}
-                Err(e) => warn!("a Raft message was refused: {e}"),
-            },
+            Input::Step(m) => {
+                if let Err(e) = self.replica.step(m) {
+                    warn!("a Raft message was refused: {e}");
+                }
+            }
             Input::ReadIndex { reply, until } => {
                 let status = self.replica.status();
                 if status.leader == 0 {
@@ -538,30 +536,31 @@ impl Driver {
         });
     }
 
-    /// On a follower: ask the leader for a read index every heartbeat, which is what confirms
-    /// this replica is current ([`palisade_replica::Lease`]).
+    /// Heartbeats and the lease: the election timeout.
+    fn lease(&self) -> (std::time::Duration, std::time::Duration) {
+        let (tick, o) = (self.config.tick, &self.config.options);
+        (
+            tick * o.heartbeat_tick as u32,
+            tick * o.election_tick as u32,
+        )
+    }
+
+    /// Knowing a leader (or leading): ask for a read index every heartbeat, which is what
+    /// confirms this replica is current ([`palisade_replica::Lease`]).
     fn ask_leader(&mut self, flow: &mut Flow) {
-        let s = self.replica.status();
-        if s.role != Role::Follower || s.leader == 0 {
+        if self.replica.status().leader == 0 {
             return;
         }
-        let (tick, o) = (self.config.tick, &self.config.options);
-        let every = tick * o.heartbeat_tick as u32;
-        let lease = tick * o.election_tick as u32;
+        let (every, lease) = self.lease();
         if let Some(request) = flow.lease.want_read(Instant::now(), every, lease) {
             self.replica.read_index(request);
         }
     }
 
-    /// Publish when this replica's view was last confirmed; give up on reads the leader did
-    /// not confirm in time (raft-rs drops a read it cannot serve without a word).
-    fn confirm(&self, flow: &mut Flow) {
+    /// Give up on reads the leader did not confirm in time (raft-rs drops a read it cannot
+    /// serve without a word).
+    fn expire_reads(&self, flow: &mut Flow) {
         let s = self.replica.status();
-        let voters: Vec<u64> = self.replica.members().voters.into_iter().collect();
-        let confirmed = flow
-            .lease
-            .confirmed(s.term, s.role == Role::Leader, s.id, &voters);
-        *self.confirmed.lock().expect("lease lock") = confirmed;
         let now = Instant::now();
         let late: Vec<u64> = flow
             .reads
@@ -583,7 +582,7 @@ impl Driver {
         }
     }
 
-    fn publish(&self, role: Option<Role>, failure: Option<String>) {
+    fn publish(&self, role: Option<Role>, failure: Option<String>, flow: &Flow) {
         let mut raft = self.replica.status();
         raft.role = role.unwrap_or(raft.role);
         let new = GroupStatus {
@@ -592,6 +591,7 @@ impl Driver {
             progress: self.replica.progress(),
             members: self.replica.members(),
             failure,
+            confirmed: flow.lease.confirmed(Instant::now(), self.lease().1),
         };
         self.metrics.raft(new.raft.term, new.raft.commit);
         self.status.send_if_modified(|old| {

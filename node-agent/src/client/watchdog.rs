@@ -6,7 +6,8 @@
 //!   stays open, so only silence shows it), in seconds rather than the 35 s the agent waits
 //!   for a controller that announces no interval;
 //! * that says it is not current for `stale_after` (a leader past its lease, a follower cut
-//!   off from its leader);
+//!   off from its leader), unless only for a reason moving would not cure (`transient`: it
+//!   is applying what was committed, or an election is under way; the next two cover those);
 //! * whose applied revision trails the commit index it knows and does not move for
 //!   `stale_after` (stalled: its apply thread is stuck).
 //!
@@ -68,7 +69,7 @@ impl Watchdog {
         }
         let held = |since: Instant| at.saturating_duration_since(since);
         let mut leave = None;
-        if k.current {
+        if k.current || k.transient {
             self.not_current = None;
         } else {
             let (since, _) = self.not_current.get_or_insert((at, k.reason.clone()));
@@ -130,6 +131,7 @@ mod tests {
                 "this replica knows no leader".into()
             },
             interval_ms: 2000,
+            transient: false,
         }
     }
 
@@ -171,6 +173,15 @@ mod tests {
             "said once a while"
         );
         assert!(w.keepalive(&k(4, 4, false), at(18)).is_some());
+        // Not current only while applying, or electing: the stall rule decides.
+        let mut w = Watchdog::new(Duration::from_secs(5), None);
+        let transient = pb::Keepalive {
+            transient: true,
+            ..k(4, 4, false)
+        };
+        for s in [0, 3, 6, 9] {
+            assert_eq!(w.keepalive(&transient, at(s)), None);
+        }
         // Trailing the commit index while applying: stays.
         let mut w = Watchdog::new(Duration::from_secs(5), None);
         for (s, r) in [(0, 10), (2, 11), (4, 12), (6, 13), (8, 14)] {

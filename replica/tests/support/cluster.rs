@@ -273,9 +273,14 @@ impl Cluster {
 
     /// Ask replica `id` for a read index, then settle; the index it got, if it got one.
     pub fn read_index(&mut self, id: u64, request: u64) -> Option<u64> {
-        self.replicas.get_mut(&id).unwrap().read_index(request);
+        self.ask_read(id, request);
         self.settle();
         self.read_answered(id, request)
+    }
+
+    /// Ask replica `id` for a read index, without settling.
+    pub fn ask_read(&mut self, id: u64, request: u64) {
+        self.replicas.get_mut(&id).unwrap().read_index(request);
     }
 
     /// The index replica `id` got for read `request`, if it got one yet.
