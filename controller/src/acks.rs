@@ -1,4 +1,4 @@
-//! Cluster-wide rollout state without writing acks anywhere (DESIGN.md contracts 5 and 9).
+//! Cluster-wide rollout state without writing acks anywhere (contracts.md §5 and §9).
 //!
 //! An agent acks to the replica it is connected to. That replica records, per node, what its
 //! own streams saw (the highest version acked with its digest, whether the agent is connected

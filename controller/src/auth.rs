@@ -1,5 +1,5 @@
 //! Who is calling, from the client certificate of the mTLS connection, and what they may do
-//! (DESIGN.md contract 10): a node's agent may sync only its own node's slice; introspection
+//! (contracts.md §10): a node's agent may sync only its own node's slice; introspection
 //! needs an operator certificate. With `--insecure` (plaintext) nobody is identified and
 //! everything is allowed.
 

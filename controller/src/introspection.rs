@@ -1,4 +1,4 @@
-//! The `palisade.v1.Introspection` service (DESIGN.md contract 7): nodes, slices, rollout
+//! The `palisade.v1.Introspection` service (contracts.md §7): nodes, slices, rollout
 //! state, revisions, flow explanations and rejected objects. Operators only (see `auth`).
 
 use std::collections::BTreeSet;

@@ -1,4 +1,4 @@
-//! Rollout state (DESIGN.md contract 5): per node the desired version, what its agent acked or
+//! Rollout state (contracts.md §5): per node the desired version, what its agent acked or
 //! nacked, whether it is connected, and which revisions are realized.
 //!
 //! A revision R is realized when every node acked at least the version its slice had at R.

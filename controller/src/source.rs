@@ -1,4 +1,5 @@
-//! A directory of manifests as the source of commands (until the Kubernetes watch exists).
+//! A directory of manifests as a source of commands (beside the Kubernetes API,
+//! [`crate::kubernetes`], and `palisadectl apply`, [`crate::admin`]).
 //!
 //! Every scan walks the directory ([`palisade_files::walk`]: regular `.yaml`, `.yml`, `.json`
 //! files, no link cycles, no link out of the directory unless allowed, each bad path reported

@@ -1,4 +1,4 @@
-//! The agent sync stream (DESIGN.md contract 6).
+//! The agent sync stream (contracts.md §6).
 //!
 //! Each connection knows what the agent holds (or that it does not know), and the node's
 //! latest version from a watch channel. When they differ, and the agent has answered the

@@ -1,5 +1,5 @@
 //! Resources an agent, or anyone who can open a socket, can make the controller spend are
-//! bounded (DESIGN.md contract 10): idle sockets and stalled TLS handshakes, streams per node,
+//! bounded (contracts.md §10): idle sockets and stalled TLS handshakes, streams per node,
 //! the size of what agents say, and agents that keep disagreeing about their slice.
 
 #[path = "support/cluster.rs"]

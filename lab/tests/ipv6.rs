@@ -1,6 +1,6 @@
 //! Dual stack on real packets: Palisade enforces IPv4, so IPv6 to or from a pod isolated in
 //! that direction is dropped (neighbour discovery excepted) and counted, never passed
-//! unchecked; pods no policy isolates keep IPv6 (DESIGN.md contract 8).
+//! unchecked; pods no policy isolates keep IPv6 (contracts.md §8).
 
 #[path = "support.rs"]
 mod support;

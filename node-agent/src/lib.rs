@@ -2,9 +2,11 @@
 //!
 //! Data comes from the controller's sync stream ([`client`]) as snapshots and deltas of the
 //! node's slice; each is applied to a copy of the held slice, checked against the controller's
-//! digest, installed into the [`dataplane`] (all or nothing), saved to the state directory
-//! ([`store`]), and only then acknowledged by version and digest, or nacked with the error.
-//! A restarted agent installs its saved slice again and resumes from its version.
+//! digest, saved to the state directory ([`store`]) and then installed into the [`dataplane`]
+//! (all or nothing; a slice that cannot be installed is unsaved again), and only then
+//! acknowledged by version and digest, or nacked with the error. Saving first means what is
+//! saved is never older than what the dataplane holds and acked: a restarted agent installs
+//! its saved slice again and resumes from its version.
 
 pub mod client;
 pub mod dataplane;

@@ -1,4 +1,4 @@
-//! The TC programs agree with the core's evaluation (DESIGN.md contract 4) on crafted packets
+//! The TC programs agree with the core's evaluation (contracts.md §4) on crafted packets
 //! run through `BPF_PROG_TEST_RUN`: random slices and packets, replies of allowed connections,
 //! and SCTP, which this kernel cannot carry on real sockets. Needs root and BPF.
 
@@ -177,7 +177,7 @@ fn ipv6(next_header: u8, hop_limit: u8, l4: &[u8]) -> Vec<u8> {
 }
 
 /// IPv6 and other non-IPv4 frames: to or from an endpoint isolated in that direction they are
-/// dropped (neighbour discovery and ARP excepted); elsewhere they pass (DESIGN.md contract 8).
+/// dropped (neighbour discovery and ARP excepted); elsewhere they pass (contracts.md §8).
 #[test]
 fn other_address_families_fail_closed_where_the_endpoint_is_isolated() {
     let slice = ports_node_1();

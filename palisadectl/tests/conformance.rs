@@ -1,4 +1,4 @@
-//! Every rule of DESIGN.md contract 1 (NetworkPolicy v1 semantics), checked through the real
+//! Every rule of contracts.md §1 (NetworkPolicy v1 semantics), checked through the real
 //! `palisadectl evaluate` binary on small clusters: namespaces x (team=red), y (team=blue) and
 //! z (no labels), with pods a, b, c in x and a, b in y and a in z over two nodes.
 

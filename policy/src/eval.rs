@@ -1,5 +1,5 @@
-//! `evaluate(slice, flow)`: the verdict one node's slice gives a new connection (DESIGN.md
-//! contract 4). This is the datapath's specification: the eBPF programs and the lowered map
+//! `evaluate(slice, flow)`: the verdict one node's slice gives a new connection (contracts.md
+//! §4). This is the datapath's specification: the eBPF programs and the lowered map
 //! image ([`crate::lower`]) must agree with it on every packet.
 //!
 //! A node checks a flow's egress when the source is one of its isolated endpoints, and its

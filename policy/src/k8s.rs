@@ -1,7 +1,7 @@
 //! From the Kubernetes API types (k8s-openapi) to the validated [`crate::model`].
 //!
 //! Every rule the API server applies to these objects that matters for enforcement is checked
-//! here (DESIGN.md contract 2); an object that fails is returned as a [`Rejection`] naming the
+//! here (contracts.md §2); an object that fails is returned as a [`Rejection`] naming the
 //! object and each offending field, and nothing else is affected. Defaults are applied the way
 //! the API server applies them (`policyTypes`, `protocol: TCP`, the namespace name label).
 

@@ -1,4 +1,4 @@
-//! `NodeSlice`: everything one node needs to enforce, and nothing more (DESIGN.md contract 3).
+//! `NodeSlice`: everything one node needs to enforce, and nothing more (contracts.md §3).
 //!
 //! A slice holds the node's *isolated* endpoints (local pods selected by some policy in some
 //! direction), each with the policies isolating it and the rules allowing traffic per

@@ -1,4 +1,4 @@
-//! One test per rejection rule of DESIGN.md contract 2: the object is rejected with its name,
+//! One test per rejection rule of contracts.md §2: the object is rejected with its name,
 //! the offending field and a reason, and a valid object beside it in the same file still loads.
 
 use palisade_policy::k8s::{Kind, Rejection};

@@ -1,4 +1,4 @@
-//! Accepting connections without letting anyone exhaust them (DESIGN.md contract 10, bounded
+//! Accepting connections without letting anyone exhaust them (contracts.md §10, bounded
 //! resources): the table's decisions are in [`super::conns`] (slots per address, per
 //! certificate identity and overall; handshakes and idle connections dropped to make room;
 //! slots kept for operators; idle connections closed); this is the async shell. A TLS

@@ -1,5 +1,5 @@
 //! The controller replicas an agent may sync with, and which one it uses. Every replica serves
-//! agents from its own applied state (DESIGN.md contract 9), so the agent stays on one while it
+//! agents from its own applied state (contracts.md §9), so the agent stays on one while it
 //! works and moves to the next when it fails or refuses it (a replica cut off from its quorum,
 //! or one that has not yet applied what the agent holds). Agents start on different replicas
 //! (by a hash of the node name), so a cluster's agents spread over the replicas.
