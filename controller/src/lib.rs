@@ -10,6 +10,24 @@
 //! sync stream ([`sync`]), one delta per node change, pre-encoded and shared. Agents' acks
 //! come back into the rollout state, which [`introspection`] and [`metrics`] expose; [`auth`]
 //! decides who may do what from client certificates; [`server`] wires it all to listeners.
+//!
+//! # Threads and locks
+//!
+//! | thread | what it runs | writes | takes |
+//! |---|---|---|---|
+//! | `raft` ([`replication::driver`]) | the `Replica` (raft-rs over the sled log), proposals, read indexes and their lease | the log; the group status watch (all but `applied`) | never the hub's state lock, so a long apply cannot delay heartbeats |
+//! | `apply` ([`replication::apply`]) | committed entries and snapshots, in order | the hub's state (the machine, history, rollout), `applied`, the revision watches | the hub's state lock, for each batch |
+//! | `manifests` ([`source`]) | the manifests directory while this replica leads (blocking file I/O; proposes with `block_on`) | the source's records in the state directory | the hub's state lock, briefly, to read what it owns |
+//! | manifest readers ([`source`]'s `reader`) | reading and parsing files, 2 to 8 at a time | their queue (its own mutex and condvar) | nothing else |
+//! | tokio workers | every gRPC service (sync, introspection, admin, Raft's transport, the ack exchange), the Kubernetes source, standing, rebalancing, metrics | per-stream state | the hub's state lock (the known limit in `docs/architecture.md`), the ack table's, the connection table's |
+//! | blocking pool | lint, merging a peer's ack table, opening stores | the lint cache, the merged acks | the hub's state lock |
+//!
+//! Lock order: the hub's state, then its ack table, then the lint cache, never the other way
+//! round. The connection table ([`server`]), the transport's peer maps, the Kubernetes board
+//! and a replica's `Failure` are leaves: nothing else is taken while they are held. The group
+//! status is a tokio `watch` (a parking_lot lock inside): borrow it once, clone what is needed
+//! and drop the borrow before anything else, since a second read on the same path deadlocks
+//! once a writer waits.
 
 pub mod acks;
 pub mod admin;
