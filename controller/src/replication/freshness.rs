@@ -56,14 +56,6 @@ pub fn assess(s: &GroupStatus, now: Instant, lease: Duration) -> Freshness {
     let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
     let within = |at: &Instant| now.saturating_duration_since(*at) <= lease;
     let newest = s.confirmed.newest().filter(|(at, _)| within(at));
-    let confirmer = if s.raft.role == palisade_replica::Role::Leader {
-        "a quorum of its group has not confirmed this replica's leadership".to_string()
-    } else {
-        format!(
-            "its leader (replica {}) has not confirmed this replica's reads",
-            s.raft.leader
-        )
-    };
     let (stale, transient) = if let Some(f) = &s.failure {
         (Some(format!("this replica has failed ({f})")), false)
     } else if s.raft.leader == 0 {
@@ -88,6 +80,14 @@ pub fn assess(s: &GroupStatus, now: Instant, lease: Duration) -> Freshness {
             true,
         )
     } else {
+        let confirmer = if s.raft.role == palisade_replica::Role::Leader {
+            "a quorum of its group has not confirmed this replica's leadership".to_string()
+        } else {
+            format!(
+                "its leader (replica {}) has not confirmed this replica's reads",
+                s.raft.leader
+            )
+        };
         (
             Some(format!("{confirmer} within its lease ({})", secs(lease))),
             false,
