@@ -94,15 +94,30 @@ pub async fn channel(conn: &Conn) -> Result<Channel, RemoteError> {
         })
     };
     let options = endpoint::Options {
-        connect_timeout: Duration::from_secs(5),
+        connect_timeout: CONNECT,
         keepalive: None,
     };
     let ep = endpoint::endpoint(&conn.controller, tls.as_ref(), options)
         .map_err(|e| RemoteError::Usage(e.to_string()))?;
-    ep.connect()
-        .await
-        .map_err(|e| RemoteError::Connect(conn.controller.clone(), palisade_proto::error_chain(&e)))
+    // tonic's connect timeout covers TCP only: a listener that accepts and never speaks
+    // (a stopped process, or something other than a controller at that port) would hold the
+    // TLS and HTTP/2 handshakes for ever.
+    match tokio::time::timeout(CONNECT, ep.connect()).await {
+        Ok(c) => c.map_err(|e| {
+            RemoteError::Connect(conn.controller.clone(), palisade_proto::error_chain(&e))
+        }),
+        Err(_) => Err(RemoteError::Connect(
+            conn.controller.clone(),
+            format!(
+                "no TLS and HTTP/2 handshake within {} (something accepts connections at that address but does not answer as a controller: a stopped or overloaded process, or another service)",
+                humantime::format_duration(CONNECT)
+            ),
+        )),
+    }
 }
+
+/// The longest connecting to the controller may take (TCP, TLS and HTTP/2).
+pub const CONNECT: Duration = Duration::from_secs(10);
 
 fn status_json(n: &pb::NodeStatus) -> Value {
     json!({

@@ -184,3 +184,52 @@ fn version_and_completion() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Client Version"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
 }
+
+#[test]
+fn a_listener_that_never_answers_is_an_error_not_a_hang() {
+    // Accepts connections (the kernel's backlog would do the same for a stopped process) and
+    // never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || {
+        let (sock, _) = silent.accept().unwrap();
+        sock
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let minted = run(&[
+        "certs",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--operator",
+        "admin",
+    ]);
+    assert!(minted.status.success(), "{minted:?}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisadectl"))
+        .args(["replicas", "--controller", &addr])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("operator-admin.pem"))
+        .arg("--key")
+        .arg(certs.join("operator-admin-key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded by the connect timeout; a hang is killed well after it and fails below.
+    let limit = palisadectl::remote::CONNECT * 3;
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("does not answer as a controller"),
+        "{stderr}"
+    );
+    drop(held.join());
+}

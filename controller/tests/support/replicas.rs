@@ -17,11 +17,106 @@ use serde_json::Value;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The longest a test of replicas may run: past it, the replicas' logs are printed and the
+/// test process aborts (a hang fails at once, with what the replicas said, instead of holding
+/// CI until its own limit). `PALISADE_TEST_LIMIT` (seconds) sets another.
+fn limit() -> Duration {
+    std::env::var("PALISADE_TEST_LIMIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs)
+}
+
 pub struct Replicas {
     pub dir: tempfile::TempDir,
     pub ports: BTreeMap<u64, u16>,
     children: BTreeMap<u64, Child>,
     opts: Options,
+    watchdog: Watchdog,
+}
+
+/// Once [`limit`] has passed (unless dropped first): kills the replicas still running, prints
+/// their logs and aborts the test process.
+struct Watchdog {
+    done: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    /// The replicas' process ids, by replica id.
+    pids: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, u32>>>,
+}
+
+impl Watchdog {
+    fn start(logs: PathBuf) -> Watchdog {
+        let done = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let pids: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, u32>>> = Default::default();
+        let d = done.clone();
+        let running = pids.clone();
+        std::thread::spawn(move || {
+            let (lock, cvar) = &*d;
+            let limit = limit();
+            let (finished, _) = cvar
+                .wait_timeout_while(lock.lock().unwrap(), limit, |f| !*f)
+                .unwrap();
+            if !*finished {
+                for pid in running.lock().unwrap().values() {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                // Straight to the file descriptor: the test harness captures `eprintln!`.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "a test of replicas ran longer than {limit:?}: aborting\n{}",
+                    log_tails(&logs)
+                );
+                std::process::abort();
+            }
+        });
+        Watchdog { done, pids }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.done;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+}
+
+/// The last lines of every replica's log in `dir`.
+fn log_tails(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for p in logs {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- {} (last 40 lines)\n", p.display()));
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `call`, or a panic naming `what` and showing the replicas' logs if it does not answer
+/// within [`WAIT`] (a request to a replica never waits unbounded).
+async fn bounded<T>(
+    dir: &std::path::Path,
+    what: &str,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(WAIT, call).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {WAIT:?}\n{}", log_tails(dir)),
+    }
 }
 
 /// How the replicas run.
@@ -186,11 +281,13 @@ impl Replicas {
                 )
             })
             .collect();
+        let watchdog = Watchdog::start(dir.path().to_path_buf());
         let mut r = Replicas {
             dir,
             ports,
             children: BTreeMap::new(),
             opts,
+            watchdog,
         };
         for id in ids {
             if r.opts.manifests {
@@ -326,7 +423,9 @@ impl Replicas {
                 .arg(k)
                 .args(["--kube-watch-timeout", "10s"]);
         }
-        self.children.insert(id, cmd.spawn().unwrap());
+        let child = cmd.spawn().unwrap();
+        self.watchdog.pids.lock().unwrap().insert(id, child.id());
+        self.children.insert(id, child);
     }
 
     /// SIGKILL replica `id`.
@@ -334,6 +433,7 @@ impl Replicas {
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.kill();
             let _ = c.wait();
+            self.watchdog.pids.lock().unwrap().remove(&id);
         }
     }
 
@@ -425,6 +525,7 @@ impl Replicas {
             let c = self.children.get_mut(&id).expect("replica runs");
             if let Some(s) = c.try_wait().unwrap() {
                 self.children.remove(&id);
+                self.watchdog.pids.lock().unwrap().remove(&id);
                 return s;
             }
             assert!(
@@ -454,7 +555,14 @@ impl Replicas {
 
     /// `palisadectl replicas -o json` against `id`.
     pub async fn replicas(&self, id: u64) -> Option<Value> {
-        let text = store::replicas(&self.conn(id), Output::Json).await.ok()?;
+        let what = format!("replicas on replica {id}");
+        let text = bounded(
+            self.dir.path(),
+            &what,
+            store::replicas(&self.conn(id), Output::Json),
+        )
+        .await
+        .ok()?;
         serde_json::from_str(&text).ok()
     }
 
@@ -504,9 +612,14 @@ impl Replicas {
             delete,
             dry_run: false,
         };
-        let out = store::apply(&self.conn(id), change, true)
-            .await
-            .map_err(|e| e.to_string())?;
+        let what = format!("apply on replica {id}");
+        let out = bounded(
+            self.dir.path(),
+            &what,
+            store::apply(&self.conn(id), change, true),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&out).unwrap();
         Ok(v["revision"].as_u64().unwrap())
     }
@@ -519,7 +632,14 @@ impl Replicas {
             delete: false,
             dry_run: true,
         };
-        let out = store::apply(&self.conn(id), change, true).await.unwrap();
+        let what = format!("dry-run apply on replica {id}");
+        let out = bounded(
+            self.dir.path(),
+            &what,
+            store::apply(&self.conn(id), change, true),
+        )
+        .await
+        .unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
         v["changes"]
             .as_array()
@@ -531,11 +651,17 @@ impl Replicas {
 
     /// Every node's (desired version, digest) as replica `id` serves them, and its revision.
     pub async fn digests(&self, id: u64) -> Option<(u64, BTreeMap<String, (u64, String)>)> {
-        let text = palisadectl::remote::nodes(
-            &self.conn(id),
-            &Default::default(),
-            Default::default(),
-            Output::Json,
+        let conn = self.conn(id);
+        let what = format!("nodes on replica {id}");
+        let text = bounded(
+            self.dir.path(),
+            &what,
+            palisadectl::remote::nodes(
+                &conn,
+                &Default::default(),
+                Default::default(),
+                Output::Json,
+            ),
         )
         .await
         .ok()?;
