@@ -231,9 +231,25 @@ fn ip(args: &[&str]) {
 }
 
 /// A free loopback port (bound, then released for the replica to take).
+/// A free port below the kernel's ephemeral range: a replica restarts on its port, and a
+/// port from that range could meanwhile be handed to any listener on port 0 (another
+/// replica's metrics) or outgoing connection, which a test would then talk to instead.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12000 {
+        (10000, low)
+    } else {
+        (low.max(1024), 65535)
+    };
+    loop {
+        let port = fastrand::u16(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Replicas {
