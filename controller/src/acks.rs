@@ -4,15 +4,13 @@
 //! own streams saw (the highest version acked with its digest, whether the agent is connected
 //! here, its last nack, what it said of itself) in a [`Table`], each change under a new
 //! sequence number. Every replica asks every other for the changes after the last one it holds
-//! (`palisade.v1.Raft.Acks`, a long poll: `exchange`), and merges them into its own rollout
+//! (`palisade.v1.Raft.Acks`, a long poll: `replication::exchange`), and merges them into its own rollout
 //! state per node by highest version. That is sound because a node's (version, digest) is the
 //! same on every replica at a log index (tested in `replica/tests/cluster.rs`), and an agent's
 //! version never goes down.
 //!
 //! Only what a replica's own streams saw goes into its table; merged knowledge never does, so
 //! nothing echoes between replicas.
-
-pub mod exchange;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,11 +19,19 @@ use palisade_policy::model::Name;
 use palisade_policy::Digest;
 use palisade_proto::v1 as pb;
 
-use crate::rollout::{AgentInfo, NodeRollout};
-
 /// Failed-closed entries carried per node between replicas (the agent's own list is longer
 /// only when thousands of endpoints fail closed; the count is what matters then).
-const FAILED_CLOSED_SHARED: usize = 1024;
+pub const FAILED_CLOSED_SHARED: usize = 1024;
+
+/// What an agent said of itself in Hello.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub version: String,
+    /// Map capacities (endpoints, identities, rules; 0: unlimited).
+    pub capacities: [u64; 3],
+    /// `palisade.v1.Dataplane`.
+    pub dataplane: i32,
+}
 
 /// What this replica's streams saw of one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -143,29 +149,6 @@ impl Table {
     }
 }
 
-/// The record of a node as this replica's streams left it: its own acks, and while the agent
-/// is connected here, what the agent said (otherwise that may be a peer's report).
-pub fn record_of(n: &NodeRollout, connected_here: bool) -> Record {
-    let mut r = Record {
-        version: n.local_ack.map_or(0, |(v, _)| v),
-        digest: n.local_ack.map(|(_, d)| d),
-        connected: connected_here,
-        ..Record::default()
-    };
-    if connected_here {
-        r.nack = n.nack.clone();
-        r.agent = n.agent.clone();
-        r.failed_closed = n
-            .failed_closed
-            .iter()
-            .take(FAILED_CLOSED_SHARED)
-            .cloned()
-            .collect();
-        r.warning = n.capacity_warning.clone();
-    }
-    r
-}
-
 /// What this replica holds of each peer's table.
 #[derive(Default)]
 pub struct Peers {
@@ -260,6 +243,32 @@ pub fn to_pb(node: &Name, r: Option<&Record>) -> pb::NodeAck {
         changed_unix_ms: r.changed_unix_ms,
         forgotten: false,
     }
+}
+
+/// A peer's table as read from the wire: the changes after what this replica held (or the
+/// whole table, `full`), each node's record (`None`: the peer forgot the node), and the
+/// revision the peer had applied.
+#[derive(Clone, Debug, Default)]
+pub struct PeerChanges {
+    pub full: bool,
+    pub applied: u64,
+    pub nodes: Vec<(Name, Option<Record>)>,
+}
+
+/// A peer's table from the wire, and why each record that cannot be one was left out.
+pub fn decode(table: pb::AckTable) -> (PeerChanges, Vec<String>) {
+    let mut unreadable = Vec::new();
+    let nodes = table
+        .nodes
+        .into_iter()
+        .filter_map(|wire| from_pb(wire).map_err(|why| unreadable.push(why)).ok())
+        .collect();
+    let changes = PeerChanges {
+        full: table.full,
+        applied: table.applied,
+        nodes,
+    };
+    (changes, unreadable)
 }
 
 /// A record from the wire (`None`: the peer forgot the node), or why it cannot be one.

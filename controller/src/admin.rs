@@ -212,7 +212,7 @@ impl Admin for AdminService {
             let quorum_until = std::time::Instant::now() + Duration::from_secs(3);
             let answer = loop {
                 // Removals applied here, and those handed out and not applied yet.
-                let mut retired = self.hub.lock().machine.retired().clone();
+                let mut retired = self.hub.read(|st| st.machine().retired().clone());
                 retired.extend(self.group.transport.retired());
                 match self.group.change(change.clone(), retired).await {
                     Err(ChangeFailed::Refused(Refused::Pending))
@@ -272,15 +272,14 @@ impl Admin for AdminService {
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         let mut foreign = Vec::new();
-        let applied = {
-            let st = self.hub.lock();
+        let applied = self.hub.read(|st| {
             for (key, object) in objects {
-                let owner = st.machine.owner(&key);
+                let owner = st.machine().owner(&key);
                 if let Some(o) = owner.filter(|o| *o != OWNER) {
                     foreign.push(format!("{} {} is managed by {o}", key.0, key.1));
                     continue;
                 }
-                let current = owner.and_then(|_| st.machine.object(&key));
+                let current = owner.and_then(|_| st.machine().object(&key));
                 let action = match (req.delete, current) {
                     (true, Some(c)) => {
                         deletes.push(c);
@@ -304,7 +303,7 @@ impl Admin for AdminService {
                 });
             }
             st.revision()
-        };
+        });
         if !foreign.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "nothing was applied: {}; change it there",

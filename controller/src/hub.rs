@@ -7,7 +7,7 @@
 //! Streams wake through a watch channel per node, so a change reaches exactly the nodes it
 //! affects.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -17,42 +17,47 @@ use palisade_policy::Digest;
 use palisade_proto::encode::{self, SharedParts};
 use palisade_replica::{Batch, Machine};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::acks::{self, Peers, Table};
 use crate::history::{Entry, History, Limits};
 use crate::metrics::Metrics;
 use crate::rollout::{AckOutcome, AgentInfo, PeerAck, Rollout};
-use crate::source::Rejected;
 
+/// The applied state: read through [`Hub::read`], written only by the hub's own methods
+/// (the apply thread's, and the rollout's for what agents and peers say).
 pub struct State {
-    pub machine: Machine,
-    pub history: History,
-    pub rollout: Rollout,
-    /// Objects each source could not take, by source (`manifests`, `kubernetes`).
-    pub rejected: BTreeMap<&'static str, Vec<Rejected>>,
+    machine: Machine,
+    history: History,
+    rollout: Rollout,
     /// What the peers' streams saw (which nodes are connected where).
-    pub peers: Peers,
+    peers: Peers,
     /// This replica's id.
-    pub replica: u64,
+    replica: u64,
     watchers: HashMap<Name, watch::Sender<u64>>,
-    /// The one open Sync stream of each node.
-    streams: HashMap<Name, Stream>,
-    next_stream: u64,
-}
-
-/// An open Sync stream: its number, and how to end it.
-#[derive(Clone)]
-pub struct Stream {
-    pub id: u64,
-    /// Cancelled when a newer stream of the same node replaces it.
-    pub replaced: CancellationToken,
-    /// Cancelled to send the agent to another replica (this one holds more than its share).
-    pub moved: CancellationToken,
 }
 
 impl State {
+    /// The replicated state machine at the applied index.
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The per-node update history (catch-ups).
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// What this replica knows of each node's rollout (desired, acked, connected).
+    pub fn rollout(&self) -> &Rollout {
+        &self.rollout
+    }
+
+    /// What the peers' streams saw.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     /// The latest revision applied: the index of the last log entry applied (entries without
     /// commands count: they are revisions that changed nothing).
     pub fn revision(&self) -> u64 {
@@ -100,11 +105,7 @@ pub struct Hub {
     acks: Mutex<Table>,
     /// The sequence number of that table (peers wait on it).
     acks_seq: watch::Sender<u64>,
-    /// The Kubernetes source's watches, while this replica runs them (their own lock).
-    pub kube: std::sync::Arc<crate::kubernetes::Board>,
     pub metrics: Metrics,
-    /// The last lint findings (see [`crate::lint`]); taken after the state's lock.
-    pub(crate) lint_cache: Mutex<Option<std::sync::Arc<crate::lint::Findings>>>,
 }
 
 impl Hub {
@@ -121,20 +122,15 @@ impl Hub {
                 machine: Machine::new(),
                 history: History::new(limits),
                 rollout: Rollout::default(),
-                rejected: BTreeMap::new(),
                 peers: Peers::default(),
                 replica,
                 watchers: HashMap::new(),
-                streams: HashMap::new(),
-                next_stream: 0,
             }),
             revision: watch::channel(0).0,
             realized: watch::channel(0).0,
             acks: Mutex::new(Table::new(epoch.max(1))),
             acks_seq: watch::channel(0).0,
-            kube: Default::default(),
             metrics,
-            lint_cache: Mutex::new(None),
         };
         if applied > 0 {
             hub.install(machine);
@@ -142,7 +138,13 @@ impl Hub {
         hub
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    /// Read the applied state (a short, non-blocking section: the apply thread waits for it;
+    /// nothing in `f` can await).
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would leave the state half-updated; there is nothing
         // sensible to continue with, so propagate it.
         self.state.lock().expect("controller state lock poisoned")
@@ -269,48 +271,6 @@ impl Hub {
         self.metrics.revision(revision);
     }
 
-    /// A new Sync stream of `node` (one stream per node: an older one is replaced).
-    pub fn open_stream(&self, node: &Name) -> Stream {
-        let mut st = self.lock();
-        st.next_stream += 1;
-        let stream = Stream {
-            id: st.next_stream,
-            replaced: CancellationToken::new(),
-            moved: CancellationToken::new(),
-        };
-        if let Some(older) = st.streams.insert(node.clone(), stream.clone()) {
-            older.replaced.cancel();
-        }
-        stream
-    }
-
-    /// Stream `id` of `node` ended.
-    pub fn close_stream(&self, node: &Name, id: u64) {
-        let mut st = self.lock();
-        if st.streams.get(node).is_some_and(|s| s.id == id) {
-            st.streams.remove(node);
-        }
-    }
-
-    /// Agent streams open here.
-    pub fn streams_open(&self) -> usize {
-        self.lock().streams.len()
-    }
-
-    /// Send up to `n` agents streaming here to other replicas, those here longest first (not
-    /// agents that just arrived); how many were told.
-    pub fn move_agents(&self, n: usize) -> usize {
-        let st = self.lock();
-        let mut open: Vec<&Stream> = st
-            .streams
-            .values()
-            .filter(|s| !s.moved.is_cancelled())
-            .collect();
-        open.sort_unstable_by_key(|s| s.id);
-        open.iter().take(n).for_each(|s| s.moved.cancel());
-        open.len().min(n)
-    }
-
     /// Record an ack; returns what it did. `sent`: the digest the stream sent for this
     /// version, when it did; otherwise the node's history is asked, and an ack nobody can
     /// check is not recorded. `degraded`: what the agent said it fails closed for lack of
@@ -365,7 +325,7 @@ impl Hub {
     fn touch(&self, st: &mut State, node: &Name) {
         let mut table = self.acks();
         let changed = match st.rollout.node(node) {
-            Some(n) => table.set(node, acks::record_of(n, n.connections > 0)),
+            Some(n) => table.set(node, n.record(n.connections > 0)),
             None => table.forget(node),
         };
         if changed {
@@ -385,7 +345,7 @@ impl Hub {
 
     /// Merge what peer `peer`'s streams saw (changes since what this replica held, or its
     /// whole table), by highest version per node.
-    pub fn merge_peer(&self, peer: u64, table: palisade_proto::v1::AckTable) {
+    pub fn merge_peer(&self, peer: u64, table: acks::PeerChanges) {
         let now_ms = acks::unix_ms();
         let mut st = self.lock();
         let st = &mut *st;
@@ -393,21 +353,14 @@ impl Hub {
             st.peers.unreachable(peer);
         }
         st.peers.table(peer).answered = Some((std::time::Instant::now(), table.applied));
-        for wire in table.nodes {
-            let (node, record) = match acks::from_pb(wire) {
-                Ok((node, Some(record))) => (node, record),
-                Ok((node, None)) => {
-                    // The peer forgot a node only a stream of it had named.
-                    st.peers.table(peer).connected.remove(&node);
-                    if st.peers.connected_at(&node).is_none() {
-                        st.rollout.forget_if_unknown(&node);
-                    }
-                    continue;
+        for (node, record) in table.nodes {
+            let Some(record) = record else {
+                // The peer forgot a node only a stream of it had named.
+                st.peers.table(peer).connected.remove(&node);
+                if st.peers.connected_at(&node).is_none() {
+                    st.rollout.forget_if_unknown(&node);
                 }
-                Err(why) => {
-                    warn!(peer, "an unreadable ack record from replica {peer}: {why}");
-                    continue;
-                }
+                continue;
             };
             // Staleness is how long a change took to arrive: a whole table (a replica
             // starting, or met again) holds records of any age.
@@ -455,16 +408,6 @@ impl Hub {
             *v = through;
             moved
         });
-    }
-
-    /// What `source` cannot take now (replacing what it said before).
-    pub fn set_rejected(&self, source: &'static str, rejected: Vec<Rejected>) {
-        let mut st = self.lock();
-        st.rejected.insert(source, rejected);
-        let all = st.rejected.values().map(Vec::len).sum::<usize>();
-        let narrowed = st.rejected.values().flatten().filter(|r| r.applied).count();
-        self.metrics.rejected(all - narrowed);
-        self.metrics.narrowed(narrowed);
     }
 }
 
@@ -557,16 +500,16 @@ mod tests {
                 ..acks::Record::default()
             }),
         );
-        other.merge_peer(
-            1,
-            palisade_proto::v1::AckTable {
-                epoch: 9,
-                seq: 1,
-                full: true,
-                nodes: vec![record],
-                applied: 2,
-            },
-        );
+        // Decoded as the exchange decodes what a peer sends.
+        let (changes, unreadable) = acks::decode(palisade_proto::v1::AckTable {
+            epoch: 9,
+            seq: 1,
+            full: true,
+            nodes: vec![record],
+            applied: 2,
+        });
+        assert!(unreadable.is_empty());
+        other.merge_peer(1, changes);
         assert_eq!(other.lock().connected_at("n1"), Some(1));
         // It answered, with one agent, having applied revision 2 (what rebalancing counts).
         let within = std::time::Duration::from_secs(3);
@@ -586,12 +529,15 @@ mod tests {
             connected: true,
             ..acks::Record::default()
         };
-        let table = |seq, nodes| palisade_proto::v1::AckTable {
-            epoch: 9,
-            seq,
-            full: false,
-            nodes,
-            applied: 2,
+        let table = |seq, nodes| {
+            acks::decode(palisade_proto::v1::AckTable {
+                epoch: 9,
+                seq,
+                full: false,
+                nodes,
+                applied: 2,
+            })
+            .0
         };
         other.merge_peer(1, table(2, vec![acks::to_pb(&ghost, Some(&named))]));
         assert_eq!(other.lock().connected_at("ghost"), Some(1));

@@ -14,6 +14,8 @@ use palisade_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
 use crate::hub::{Hub, State};
+use crate::lint::Linter;
+use crate::reports::Reports;
 
 mod explain;
 use crate::replication::{Freshness, Group};
@@ -21,11 +23,23 @@ use crate::replication::{Freshness, Group};
 pub struct IntrospectionService {
     hub: Arc<Hub>,
     group: Group,
+    reports: Arc<Reports>,
+    linter: Arc<Linter>,
 }
 
 impl IntrospectionService {
-    pub fn new(hub: Arc<Hub>, group: Group) -> IntrospectionService {
-        IntrospectionService { hub, group }
+    pub fn new(
+        hub: Arc<Hub>,
+        group: Group,
+        reports: Arc<Reports>,
+        linter: Arc<Linter>,
+    ) -> IntrospectionService {
+        IntrospectionService {
+            hub,
+            group,
+            reports,
+            linter,
+        }
     }
 }
 
@@ -72,7 +86,7 @@ fn object_keys(req: &pb::GetObjectsRequest) -> Result<Vec<Key>, Status> {
 fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
     let (desired, desired_digest) = st.desired(node);
     let summary = st.engine().node(node);
-    let r = st.rollout.node(node);
+    let r = st.rollout().node(node);
     let at = st.connected_at(node);
     let acked = r.map_or(0, |r| r.acked_version);
     pb::NodeStatus {
@@ -113,7 +127,7 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
 /// Nodes the controller knows: with pods, or with an agent that connected.
 fn known_nodes(st: &State) -> BTreeSet<Name> {
     let mut names: BTreeSet<Name> = st.engine().nodes().into_iter().map(|n| n.node).collect();
-    names.extend(st.rollout.nodes().map(|(n, _)| n.clone()));
+    names.extend(st.rollout().nodes().map(|(n, _)| n.clone()));
     names
 }
 
@@ -121,10 +135,10 @@ fn revision_status(st: &State, revision: u64) -> pb::RevisionStatus {
     pb::RevisionStatus {
         revision,
         latest_revision: st.revision(),
-        realized: st.rollout.is_realized(revision) && revision <= st.revision(),
-        realized_through: st.rollout.realized_through(),
+        realized: st.rollout().is_realized(revision) && revision <= st.revision(),
+        realized_through: st.rollout().realized_through(),
         lagging: st
-            .rollout
+            .rollout()
             .lagging(revision)
             .into_iter()
             .map(|l| pb::LaggingNode {
@@ -168,16 +182,18 @@ impl Introspection for IntrospectionService {
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let fresh = self.freshness(req.get_ref().consistent).await?;
-        let st = self.hub.lock();
         let now = Instant::now();
-        let nodes = known_nodes(&st)
-            .iter()
-            .map(|n| node_status(&st, n, now))
-            .collect();
+        let (revision, nodes) = self.hub.read(|st| {
+            let nodes = known_nodes(st)
+                .iter()
+                .map(|n| node_status(st, n, now))
+                .collect();
+            (st.revision(), nodes)
+        });
         Ok(Response::new(pb::ListNodesResponse {
-            revision: st.revision(),
+            revision,
             nodes,
-            freshness: stamp(fresh, st.revision()),
+            freshness: stamp(fresh, revision),
         }))
     }
 
@@ -187,18 +203,20 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let req = req.into_inner();
         let fresh = self.freshness(req.consistent).await?;
-        let st = self.hub.lock();
-        if !known_nodes(&st).contains(req.node.as_str()) {
-            return Err(Status::not_found(format!(
-                "no node {} (no pod is scheduled there and no agent connected)",
-                req.node
-            )));
-        }
-        let mut status = node_status(&st, &req.node, Instant::now());
-        if req.include_slice {
-            status.slice = Some(convert::slice_to_pb(&st.engine().slice(&req.node)));
-        }
-        status.freshness = stamp(fresh, st.revision());
+        let (revision, mut status) = self.hub.read(|st| {
+            if !known_nodes(st).contains(req.node.as_str()) {
+                return Err(Status::not_found(format!(
+                    "no node {} (no pod is scheduled there and no agent connected)",
+                    req.node
+                )));
+            }
+            let mut status = node_status(st, &req.node, Instant::now());
+            if req.include_slice {
+                status.slice = Some(convert::slice_to_pb(&st.engine().slice(&req.node)));
+            }
+            Ok((st.revision(), status))
+        })?;
+        status.freshness = stamp(fresh, revision);
         Ok(Response::new(status))
     }
 
@@ -206,11 +224,10 @@ impl Introspection for IntrospectionService {
         &self,
         req: Request<pb::RevisionRequest>,
     ) -> Result<Response<pb::RevisionStatus>, Status> {
-        let st = self.hub.lock();
-        Ok(Response::new(revision_status(
-            &st,
-            req.into_inner().revision,
-        )))
+        let revision = req.into_inner().revision;
+        Ok(Response::new(
+            self.hub.read(|st| revision_status(st, revision)),
+        ))
     }
 
     async fn wait_revision(
@@ -223,12 +240,9 @@ impl Introspection for IntrospectionService {
         let mut realized = self.hub.realized();
         let mut revisions = self.hub.revisions();
         loop {
-            {
-                let st = self.hub.lock();
-                let status = revision_status(&st, req.revision);
-                if status.realized || tokio::time::Instant::now() >= deadline {
-                    return Ok(Response::new(status));
-                }
+            let status = self.hub.read(|st| revision_status(st, req.revision));
+            if status.realized || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(status));
             }
             tokio::select! {
                 _ = realized.changed() => {}
@@ -244,9 +258,10 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::FlowExplanation>, Status> {
         let req = req.into_inner();
         let fresh = self.freshness(req.consistent).await?;
-        let st = self.hub.lock();
-        let mut answer = explain::flow(&st, &req)?;
-        answer.freshness = stamp(fresh, st.revision());
+        let (revision, mut answer) = self
+            .hub
+            .read(|st| explain::flow(st, &req).map(|a| (st.revision(), a)))?;
+        answer.freshness = stamp(fresh, revision);
         Ok(Response::new(answer))
     }
 
@@ -254,24 +269,23 @@ impl Introspection for IntrospectionService {
         &self,
         _req: Request<pb::ListRejectedRequest>,
     ) -> Result<Response<pb::ListRejectedResponse>, Status> {
-        let objects = {
-            let st = self.hub.lock();
-            st.rejected
-                .values()
-                .flatten()
-                .map(|r| pb::RejectedObject {
-                    source: r.source.clone(),
-                    kind: r.kind.clone(),
-                    object: r.object.clone(),
-                    errors: r.errors.clone(),
-                    applied: r.applied,
-                })
-                .collect()
-        };
-        let hub = self.hub.clone();
-        let lint = tokio::task::spawn_blocking(move || hub.lint(crate::lint::ASKED_AT_MOST_EVERY))
-            .await
-            .map_err(|e| Status::internal(format!("lint failed: {e}")))?;
+        let objects = self
+            .reports
+            .rejected()
+            .into_iter()
+            .map(|r| pb::RejectedObject {
+                source: r.source,
+                kind: r.kind,
+                object: r.object,
+                errors: r.errors,
+                applied: r.applied,
+            })
+            .collect();
+        let linter = self.linter.clone();
+        let lint =
+            tokio::task::spawn_blocking(move || linter.lint(crate::lint::ASKED_AT_MOST_EVERY))
+                .await
+                .map_err(|e| Status::internal(format!("lint failed: {e}")))?;
         let findings = lint
             .findings
             .iter()
@@ -298,18 +312,17 @@ impl Introspection for IntrospectionService {
         let keys = object_keys(req.get_ref())?;
         let fresh = self.freshness(req.get_ref().consistent).await?;
         // Cloned under the lock, encoded after it.
-        let (revision, held): (u64, Vec<_>) = {
-            let st = self.hub.lock();
+        let (revision, held): (u64, Vec<_>) = self.hub.read(|st| {
             let held = keys
                 .into_iter()
                 .map(|key| {
-                    let owner = st.machine.owner(&key).map(str::to_string);
-                    let object = owner.as_ref().and_then(|_| st.machine.object(&key));
+                    let owner = st.machine().owner(&key).map(str::to_string);
+                    let object = owner.as_ref().and_then(|_| st.machine().object(&key));
                     (key, owner, object)
                 })
                 .collect();
             (st.revision(), held)
-        };
+        });
         let objects = held
             .into_iter()
             .map(|((kind, name), owner, object)| pb::HeldObject {
@@ -332,7 +345,7 @@ impl Introspection for IntrospectionService {
         _req: Request<pb::ListReplicasRequest>,
     ) -> Result<Response<pb::ListReplicasResponse>, Status> {
         Ok(Response::new(
-            crate::replication::report::list(&self.group, &self.hub).await,
+            crate::replication::report::list(&self.group, &self.hub, &self.reports).await,
         ))
     }
 }

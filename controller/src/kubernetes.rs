@@ -16,7 +16,7 @@
 
 mod events;
 pub mod mirror;
-pub mod status;
+pub use crate::reports::watches as status;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
 use crate::replication::{Group, ProposeFailed};
-use crate::source::Rejected;
+use crate::reports::{Rejected, Reports};
 use mirror::{Effect, Mirror};
 use watch::{Backoff, Incoming};
 
@@ -120,6 +120,7 @@ pub async fn client(options: &Options) -> Result<kube::Client, KubeError> {
 /// Run the source until `shutdown`: it works while this replica leads.
 pub async fn run(
     hub: Arc<Hub>,
+    reports: Arc<Reports>,
     group: Group,
     client: kube::Client,
     options: Options,
@@ -149,6 +150,7 @@ pub async fn run(
         info!(term, "leading: the Kubernetes source lists and watches");
         let lead = Lead {
             hub: &hub,
+            reports: &reports,
             group: &group,
             options: &options,
             term,
@@ -162,7 +164,7 @@ pub async fn run(
                 .timeout(options.watch_timeout.as_secs().clamp(1, u32::MAX as u64) as u32),
             default_ns: options.default_ns.clone(),
             backoff: Backoff::new(options.backoff_min, options.backoff_max),
-            board: hub.kube.clone(),
+            board: reports.kube.clone(),
             metrics: hub.metrics.clone(),
             events: events.clone(),
         };
@@ -171,8 +173,8 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             outcome = lead.run(cx) => outcome,
         };
-        hub.kube.clear(&hub.metrics);
-        hub.set_rejected(OWNER, Vec::new());
+        reports.kube.clear(&hub.metrics);
+        reports.set_rejected(OWNER, Vec::new());
         match outcome {
             Outcome::Lost => {
                 restarts = 0;
@@ -214,6 +216,7 @@ const PARKED_CHECK: Duration = Duration::from_secs(2);
 /// The source while this replica leads in `term`.
 struct Lead<'a> {
     hub: &'a Arc<Hub>,
+    reports: &'a Reports,
     group: &'a Group,
     options: &'a Options,
     term: u64,
@@ -237,7 +240,7 @@ impl Lead<'_> {
     }
 
     async fn run(&self, cx: watch::Context) -> Outcome {
-        let mut mirror = Mirror::new(self.hub.lock().machine.owned_by(OWNER));
+        let mut mirror = Mirror::new(self.hub.read(|st| st.machine().owned_by(OWNER)));
         let (tx, mut rx) = mpsc::channel(4096);
         let _tasks = Tasks(vec![
             tokio::spawn(watch::run::<Namespace>(cx.clone(), tx.clone())),
@@ -284,14 +287,13 @@ impl Lead<'_> {
                     self.show_counts(&mirror);
                 }
                 _ = parked_check.tick(), if !mirror.parked().is_empty() => {
-                    let freed = {
-                        let st = self.hub.lock();
+                    let freed = self.hub.read(|st| {
                         mirror
                             .parked()
                             .keys()
-                            .find(|k| st.machine.owner(k).is_none_or(|o| o == OWNER))
+                            .find(|k| st.machine().owner(k).is_none_or(|o| o == OWNER))
                             .cloned()
-                    };
+                    });
                     if let Some(k) = freed {
                         return Outcome::Restart(format!("{} {} is no longer held by another source", k.0, k.1));
                     }
@@ -325,16 +327,15 @@ impl Lead<'_> {
                         Ok(revision) => {
                             // Objects another source took meanwhile were left alone by the
                             // state machine: not ours to record as applied.
-                            let not_ours: BTreeMap<Key, String> = {
-                                let st = self.hub.lock();
+                            let not_ours: BTreeMap<Key, String> = self.hub.read(|st| {
                                 mirror
                                     .in_flight()
                                     .filter_map(|k| {
-                                        let o = st.machine.owner(k).filter(|o| *o != OWNER)?;
+                                        let o = st.machine().owner(k).filter(|o| *o != OWNER)?;
                                         Some((k.clone(), o.to_string()))
                                     })
                                     .collect()
-                            };
+                            });
                             let parked = !not_ours.is_empty();
                             mirror.committed(not_ours);
                             if parked || mirror.generation() != shown {
@@ -376,7 +377,7 @@ impl Lead<'_> {
                 let (changed, deleted) = mirror.list_done(kind);
                 let objects = mirror.count(kind);
                 let rejected = mirror.rejected().filter(|(k, _)| k.0 == kind).count();
-                self.hub.kube.listed(kind, objects, rejected, relist);
+                self.reports.kube.listed(kind, objects, rejected, relist);
                 if relist {
                     metrics.kube_relisted(kind, objects);
                 } else {
@@ -405,7 +406,7 @@ impl Lead<'_> {
         for kind in mirror::KINDS {
             let objects = mirror.count(kind);
             let rejected = mirror.rejected().filter(|(k, _)| k.0 == kind).count();
-            self.hub.kube.counts(kind, objects, rejected);
+            self.reports.kube.counts(kind, objects, rejected);
             self.hub.metrics.kube_objects(kind, objects);
         }
     }
@@ -438,13 +439,11 @@ impl Lead<'_> {
             .map(|(k, fields)| entry(k, lines(fields), true));
         let list: Vec<Rejected> = rejected.chain(parked).chain(narrowed).collect();
         let before: BTreeSet<(String, String, bool)> = self
-            .hub
-            .lock()
-            .rejected
-            .get(OWNER)
+            .reports
+            .rejected_by(OWNER)
             .into_iter()
             .flatten()
-            .map(|r| (r.kind.clone(), r.object.clone(), r.applied))
+            .map(|r| (r.kind, r.object, r.applied))
             .collect();
         for r in &list {
             if !before.contains(&(r.kind.clone(), r.object.clone(), r.applied)) {
@@ -456,7 +455,7 @@ impl Lead<'_> {
                 }
             }
         }
-        self.hub.set_rejected(OWNER, list);
+        self.reports.set_rejected(OWNER, list);
     }
 
     /// Objects another source owns are not taken from the API server: reported instead.

@@ -7,7 +7,9 @@
 //! ([`replication`]: raft-rs on sled, peers over gRPC); every replica applies each committed
 //! entry at its log index, the revision, in the [`hub`] (the state machine, the per-node
 //! update [`history`], [`rollout`] state), and streams changes to node agents over the gRPC
-//! sync stream ([`sync`]), one delta per node change, pre-encoded and shared. Agents' acks
+//! sync stream ([`sync`], which owns the registry of open streams), one delta per node
+//! change, pre-encoded and shared. What sources could not take, and the Kubernetes watches'
+//! states, are their [`reports`]; [`lint`] owns its findings. Agents' acks
 //! come back into the rollout state, which [`introspection`] and [`metrics`] expose; [`auth`]
 //! decides who may do what from client certificates; [`server`] wires it all to listeners.
 //!
@@ -22,9 +24,12 @@
 //! | tokio workers | every gRPC service (sync, introspection, admin, Raft's transport, the ack exchange), the Kubernetes source, standing, rebalancing, metrics | per-stream state | the hub's state lock (the known limit in `docs/architecture.md`), the ack table's, the connection table's |
 //! | blocking pool | lint, merging a peer's ack table, opening stores | the lint cache, the merged acks | the hub's state lock |
 //!
-//! Lock order: the hub's state, then its ack table, then the lint cache, never the other way
-//! round. The connection table ([`server`]), the transport's peer maps, the Kubernetes board
-//! and a replica's `Failure` are leaves: nothing else is taken while they are held. The group
+//! Lock order: the lint cache, then the hub's state, then its ack table, never the other way
+//! round. The hub's state is private to it: readers take it only inside `Hub::read`, whose
+//! closure cannot await. The connection table ([`server`]), the stream registry
+//! ([`sync::Streams`]), the sources' reports ([`reports`]: rejected objects, the Kubernetes
+//! board), the transport's peer maps and a replica's `Failure` are leaves: nothing else is
+//! taken while they are held. The group
 //! status is a tokio `watch` (a parking_lot lock inside): borrow it once, clone what is needed
 //! and drop the borrow before anything else, since a second read on the same path deadlocks
 //! once a writer waits.
@@ -40,6 +45,7 @@ pub mod lint;
 pub mod metrics;
 pub mod rebalance;
 pub mod replication;
+pub mod reports;
 pub mod rollout;
 pub mod server;
 pub mod source;

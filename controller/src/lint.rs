@@ -7,7 +7,7 @@
 //! out would cost more): 0.38-0.44 s at 150,000 pods and 75,000 policies (BENCHMARKS.md), so
 //! the default interval is five minutes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_policy::lint::{self, Finding};
@@ -32,13 +32,26 @@ pub struct Findings {
     pub at: Instant,
 }
 
-impl Hub {
+/// Lints the applied state of `hub`, keeping the last findings.
+pub struct Linter {
+    hub: Arc<Hub>,
+    /// The last findings; taken before the state is read (the lint reads it in place).
+    cache: Mutex<Option<Arc<Findings>>>,
+}
+
+impl Linter {
+    pub fn new(hub: Arc<Hub>) -> Linter {
+        Linter {
+            hub,
+            cache: Mutex::new(None),
+        }
+    }
+
     /// The findings at the latest applied revision, computed now unless already known, or
     /// unless the last were computed less than `fresh` ago.
     pub fn lint(&self, fresh: Duration) -> Arc<Findings> {
-        let st = self.lock();
-        let revision = st.revision();
-        let mut cache = self.lint_cache.lock().expect("lint cache lock poisoned");
+        let mut cache = self.cache.lock().expect("lint cache lock poisoned");
+        let revision = self.hub.read(|st| st.revision());
         if let Some(known) = cache
             .as_ref()
             .filter(|f| f.revision == revision || f.at.elapsed() < fresh)
@@ -48,10 +61,12 @@ impl Hub {
         let started = Instant::now();
         // A bug in a diagnostic must not take the state (and every agent's sync) down with it:
         // the panic stops here, before the state's lock could be poisoned.
-        let linted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            lint::lint(st.engine(), &lint::Options::default())
-        }));
-        drop(st);
+        let (revision, linted) = self.hub.read(|st| {
+            let linted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                lint::lint(st.engine(), &lint::Options::default())
+            }));
+            (st.revision(), linted)
+        });
         let findings = match linted {
             Ok(f) => f,
             Err(_) => {
@@ -70,7 +85,7 @@ impl Hub {
             }
         };
         let took = started.elapsed();
-        self.metrics.lint(revision, &findings, took);
+        self.hub.metrics.lint(revision, &findings, took);
         // Each finding is logged once, when it first appears (the list is sorted).
         let old: &[Finding] = cache.as_ref().map_or(&[], |c| &c.findings);
         let new: Vec<&Finding> = findings
@@ -116,7 +131,7 @@ impl Hub {
 }
 
 /// Lint every `every` (when the revision moved) until `shutdown`; `every` zero: never.
-pub async fn run(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
+pub async fn run(linter: Arc<Linter>, every: Duration, shutdown: CancellationToken) {
     if every.is_zero() {
         return;
     }
@@ -127,8 +142,8 @@ pub async fn run(hub: Arc<Hub>, every: Duration, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let hub = hub.clone();
-        if tokio::task::spawn_blocking(move || hub.lint(Duration::ZERO))
+        let linter = linter.clone();
+        if tokio::task::spawn_blocking(move || linter.lint(Duration::ZERO))
             .await
             .is_err()
         {

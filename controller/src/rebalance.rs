@@ -21,6 +21,7 @@ use tracing::info;
 
 use crate::hub::Hub;
 use crate::replication::Group;
+use crate::sync::Streams;
 
 /// Agents over the fair share a replica may hold without moving any: a tenth of the share,
 /// at least this many.
@@ -61,7 +62,13 @@ pub fn excess(own: usize, peers: &[usize]) -> usize {
 }
 
 /// Compare and move, every second, until `shutdown`.
-pub async fn run(hub: Arc<Hub>, group: Group, config: Config, shutdown: CancellationToken) {
+pub async fn run(
+    hub: Arc<Hub>,
+    streams: Arc<Streams>,
+    group: Group,
+    config: Config,
+    shutdown: CancellationToken,
+) {
     if config.after.is_zero() {
         return;
     }
@@ -81,9 +88,9 @@ pub async fn run(hub: Arc<Hub>, group: Group, config: Config, shutdown: Cancella
         // refused at once and tries another). One still catching up (a restart replays its
         // log) would hold agents sent to it until it reached their versions, and the agents
         // choose at random: wait until it has caught up.
-        let own = hub.streams_open();
+        let own = streams.count();
         let applied = *hub.revisions().borrow();
-        let answering = hub.lock().peers.answering(crate::acks::exchange::STALE);
+        let answering = hub.read(|st| st.peers().answering(crate::replication::exchange::STALE));
         let caught_up = answering.iter().all(|(_, a)| a + CAUGHT_UP >= applied);
         let peers: Vec<usize> = answering.iter().map(|(n, _)| *n).collect();
         let settled = settled && caught_up;
@@ -96,7 +103,7 @@ pub async fn run(hub: Arc<Hub>, group: Group, config: Config, shutdown: Cancella
         if since.elapsed() < config.after || Instant::now() < next_move {
             continue;
         }
-        let moved = hub.move_agents(want.min(config.rate.max(1)));
+        let moved = streams.move_agents(want.min(config.rate.max(1)));
         // The peers' counts show the moved agents a long poll later; until then this
         // replica's share would look larger than it is.
         next_move = Instant::now() + COOL_DOWN;

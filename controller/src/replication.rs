@@ -19,11 +19,13 @@
 pub mod apply;
 pub mod bootstrap;
 pub mod driver;
+pub mod exchange;
 pub mod freshness;
 pub mod identity;
 pub mod peers;
 pub mod report;
 pub mod standing;
+pub mod start;
 pub mod transport;
 
 use std::collections::BTreeMap;

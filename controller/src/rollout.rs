@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use palisade_policy::model::Name;
 use palisade_policy::Digest;
 
+pub use crate::acks::AgentInfo;
+use crate::acks::{Record, FAILED_CLOSED_SHARED};
+
 /// One node's rollout.
 #[derive(Clone, Debug)]
 pub struct NodeRollout {
@@ -97,16 +100,6 @@ pub enum PeerAck {
     Diverged,
 }
 
-/// What an agent said of itself in Hello.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AgentInfo {
-    pub version: String,
-    /// Map capacities (endpoints, identities, rules; 0: unlimited).
-    pub capacities: [u64; 3],
-    /// `palisade.v1.Dataplane`.
-    pub dataplane: i32,
-}
-
 /// A node lagging behind a revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lagging {
@@ -116,6 +109,32 @@ pub struct Lagging {
     pub acked_version: u64,
     pub connected: bool,
     pub nack: Option<String>,
+}
+
+impl NodeRollout {
+    /// The record of this node as this replica's streams left it: its own acks, and while
+    /// the agent is connected here, what the agent said (otherwise that may be a peer's
+    /// report).
+    pub fn record(&self, connected_here: bool) -> Record {
+        let mut r = Record {
+            version: self.local_ack.map_or(0, |(v, _)| v),
+            digest: self.local_ack.map(|(_, d)| d),
+            connected: connected_here,
+            ..Record::default()
+        };
+        if connected_here {
+            r.nack = self.nack.clone();
+            r.agent = self.agent.clone();
+            r.failed_closed = self
+                .failed_closed
+                .iter()
+                .take(FAILED_CLOSED_SHARED)
+                .cloned()
+                .collect();
+            r.warning = self.capacity_warning.clone();
+        }
+        r
+    }
 }
 
 #[derive(Default)]
@@ -285,7 +304,7 @@ impl Rollout {
 
     /// What a peer that has `node`'s agent says of it (its nack, what it reported of itself
     /// and of its dataplane), taken when the agent is not connected here.
-    pub fn reported_by_peer(&mut self, node: &Name, r: &crate::acks::Record) {
+    pub fn reported_by_peer(&mut self, node: &Name, r: &Record) {
         let n = self.entry(node);
         if n.connections > 0 {
             return;

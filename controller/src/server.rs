@@ -35,12 +35,12 @@ use crate::auth::RequireOperator;
 use crate::history::Limits;
 use crate::hub::Hub;
 use crate::introspection::IntrospectionService;
+use crate::lint::Linter;
 use crate::metrics::Metrics;
-use crate::replication::apply::Applier;
-use crate::replication::driver::Driver;
 use crate::replication::transport::{RaftService, Transport, TransportError};
-use crate::replication::{self, bootstrap, standing, Failure, Group, GroupStatus};
-use crate::source::watch::{Pace, Reported};
+use crate::replication::{self, bootstrap, standing, Group};
+use crate::reports::Reports;
+use crate::source::watch::Pace;
 use crate::source::{self, Health, ManifestDir, Timing};
 use crate::sync::{SyncConfig, SyncService};
 
@@ -183,6 +183,8 @@ pub enum ServerError {
 /// A started controller.
 pub struct Running {
     pub hub: Arc<Hub>,
+    /// What the sources report (rejected objects, the Kubernetes watches).
+    pub reports: Arc<Reports>,
     pub group: Group,
     /// A single replica with manifests: the revision holding them once first read (`start`
     /// waits for it); otherwise the revision applied at start.
@@ -307,90 +309,40 @@ pub async fn start(
         transport.learn(*id, address)?;
     }
     let hub = Arc::new(Hub::new(rc.id, machine, config.history, metrics.clone()));
+    let reports = Arc::new(Reports::new(metrics.clone()));
 
-    let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
-    let outbox = transport.start(
-        membership.group_text().to_string(),
-        metrics.clone(),
-        inbox_tx.clone(),
-        shutdown.clone(),
-    );
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
-    let (status_tx, status_rx) = tokio::sync::watch::channel(GroupStatus {
-        raft: palisade_replica::Status {
-            id: rc.id,
-            ..Default::default()
-        },
-        applied,
-        ..GroupStatus::default()
-    });
-    let status_tx = Arc::new(status_tx);
-    let failure = Failure::default();
     let advertised = rc
         .peers
         .get(&rc.id)
         .cloned()
         .or_else(|| grpc.local_addr().ok().map(|a| a.to_string()))
         .unwrap_or_default();
-    let (refusing_tx, refusing) = tokio::sync::watch::channel(None);
-    let group = Group {
-        refusing: refusing.clone(),
-        id: rc.id,
-        address: advertised.clone(),
-        inbox: inbox_tx.clone(),
-        status: status_rx.clone(),
+    let started = replication::start::start(replication::start::Parts {
+        config: rc.clone(),
+        replica,
+        store,
+        hub: hub.clone(),
         transport: transport.clone(),
-        lease: rc.tick * rc.options.election_tick as u32,
-    };
-    let mut threads = Vec::new();
+        group: membership.group_text().to_string(),
+        address: advertised.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    })
+    .map_err(ServerError::State)?;
+    let replication::start::Started {
+        group,
+        inbox: inbox_tx,
+        refusing: refusing_tx,
+        mut threads,
+    } = started;
+    let status_rx = group.watch();
+    let refusing = group.refusing_agents();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(f)
             .map_err(ServerError::State)
     };
-    let driver = Driver {
-        replica,
-        config: rc.clone(),
-        inbox: inbox_rx,
-        jobs: jobs_tx,
-        outbox,
-        status: status_tx.clone(),
-        failure: failure.clone(),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let raft_failed = (failure.clone(), status_tx.clone());
-    threads.push(spawn(
-        "raft",
-        Box::new(move || {
-            // raft-rs panics on what it cannot reconcile (a log that lost entries it had
-            // acknowledged): the replica stops taking part, says why, and keeps serving.
-            let run = std::panic::AssertUnwindSafe(|| driver.run());
-            if let Err(panic) = std::panic::catch_unwind(run) {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a panic".into());
-                let why = format!("Raft's thread stopped: {why}");
-                raft_failed.0.set(why.clone());
-                raft_failed.1.send_modify(|s| s.failure = Some(why));
-            }
-        }),
-    )?);
-    let applier = Applier {
-        hub: hub.clone(),
-        jobs: jobs_rx,
-        inbox: inbox_tx.clone(),
-        snapshot_every: rc.options.snapshot_every,
-        store,
-        status: status_tx.clone(),
-        failure: failure.clone(),
-        drop_entry: rc.fault_drop_entry,
-        transport: transport.clone(),
-    };
-    threads.push(spawn("apply", Box::new(move || applier.run()))?);
 
     let (source_health_tx, source_health) = tokio::sync::watch::channel(Health::default());
     if let Some(dir) = &config.manifests {
@@ -402,6 +354,7 @@ pub async fn start(
                 .expect("opening the manifest source")?
         };
         let hub = hub.clone();
+        let reports = reports.clone();
         let group = group.clone();
         let shutdown = shutdown.clone();
         let pace = Pace {
@@ -414,11 +367,11 @@ pub async fn start(
             Box::new(move || {
                 source::watch(
                     hub,
+                    reports,
                     group,
                     source,
                     pace,
                     source_health_tx,
-                    Reported::default(),
                     shutdown,
                 )
             }),
@@ -428,6 +381,7 @@ pub async fn start(
         let client = crate::kubernetes::client(options).await?;
         tokio::spawn(crate::kubernetes::run(
             hub.clone(),
+            reports.clone(),
             group.clone(),
             client,
             options.clone(),
@@ -485,8 +439,10 @@ pub async fn start(
         .build_v1alpha()
         .expect("descriptor sets are valid");
 
+    let streams: Arc<crate::sync::Streams> = Arc::default();
     let sync = SyncService::new(
         hub.clone(),
+        streams.clone(),
         SyncConfig {
             insecure,
             keepalive: config.agent_keepalive,
@@ -496,14 +452,21 @@ pub async fn start(
         group.clone(),
         shutdown.clone(),
     );
+    let linter = Arc::new(Linter::new(hub.clone()));
     let introspection = InterceptedService::new(
-        IntrospectionServer::new(IntrospectionService::new(hub.clone(), group.clone())),
+        IntrospectionServer::new(IntrospectionService::new(
+            hub.clone(),
+            group.clone(),
+            reports.clone(),
+            linter.clone(),
+        )),
         RequireOperator { insecure },
     );
-    crate::acks::exchange::start(hub.clone(), rc.id, transport.clone(), shutdown.clone());
+    crate::replication::exchange::start(hub.clone(), rc.id, transport.clone(), shutdown.clone());
     let raft = RaftService {
         membership,
         hub: hub.clone(),
+        reports: reports.clone(),
         refusing: refusing.clone(),
         id: rc.id,
         insecure,
@@ -612,12 +575,13 @@ pub async fn start(
     ));
     tokio::spawn(crate::rebalance::run(
         hub.clone(),
+        streams.clone(),
         group.clone(),
         config.rebalance,
         shutdown.clone(),
     ));
     tokio::spawn(crate::lint::run(
-        hub.clone(),
+        linter,
         config.lint_every,
         shutdown.clone(),
     ));
@@ -634,6 +598,7 @@ pub async fn start(
 
     Ok(Running {
         hub,
+        reports,
         group,
         loaded_revision,
         source_health,

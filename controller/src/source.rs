@@ -42,30 +42,21 @@ pub use watch::{watch, Health};
 
 use settle::{Pending, Stamp};
 
-/// An object or path the source could not take, as introspection reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejected {
-    pub source: String,
-    pub kind: String,
-    pub object: String,
-    pub errors: Vec<String>,
-    /// True: the object is in force, narrowed as `errors` says (it holds fields Palisade's
-    /// schema lacks); false: rejected, its last valid version stays.
-    pub applied: bool,
-}
+pub use crate::reports::Rejected;
 
 /// The objects `commands` name that a source other than `owner` holds, with that source:
 /// `owner`'s version of them is not applied.
 pub fn foreign(hub: &crate::hub::Hub, owner: &str, commands: &[Command]) -> BTreeMap<Key, String> {
-    let st = hub.lock();
-    commands
-        .iter()
-        .map(palisade_policy::manifest::command_key)
-        .filter_map(|k| {
-            let other = st.machine.owner(&k).filter(|o| *o != owner)?.to_string();
-            Some((k, other))
-        })
-        .collect()
+    hub.read(|st| {
+        commands
+            .iter()
+            .map(palisade_policy::manifest::command_key)
+            .filter_map(|k| {
+                let other = st.machine().owner(&k).filter(|o| *o != owner)?.to_string();
+                Some((k, other))
+            })
+            .collect()
+    })
 }
 
 /// How the source reads its directory.

@@ -34,9 +34,12 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth;
 use crate::history::{compose_chain, Catchup, Entry};
-use crate::hub::Hub;
+use crate::hub::{Hub, State};
 use crate::replication::Group;
 use crate::rollout::{AckOutcome, AgentInfo};
+
+mod streams;
+pub use streams::{Stream, Streams};
 
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
@@ -86,6 +89,8 @@ pub fn cap(mut s: String, max: usize) -> String {
 
 pub struct SyncService {
     hub: Arc<Hub>,
+    /// The one open stream of each node here.
+    streams: Arc<Streams>,
     config: SyncConfig,
     /// Where this replica's group stands, and whether it refuses agents.
     group: Group,
@@ -95,12 +100,14 @@ pub struct SyncService {
 impl SyncService {
     pub fn new(
         hub: Arc<Hub>,
+        streams: Arc<Streams>,
         config: SyncConfig,
         group: Group,
         shutdown: CancellationToken,
     ) -> SyncService {
         SyncService {
             hub,
+            streams,
             config,
             group,
             shutdown,
@@ -211,9 +218,10 @@ impl Sync for SyncService {
         let (tx, rx) = mpsc::channel(1);
         let node: Name = hello.node.as_str().into();
         let span = info_span!("sync", node = %node);
-        let stream = self.hub.open_stream(&node);
+        let stream = self.streams.open(&node);
         let conn = Connection {
             hub: self.hub.clone(),
+            streams: self.streams.clone(),
             group: self.group.clone(),
             config: self.config.clone(),
             node,
@@ -243,7 +251,7 @@ impl Sync for SyncService {
 /// replica (this one holds more than its share).
 struct Stop {
     shutdown: CancellationToken,
-    stream: crate::hub::Stream,
+    stream: Stream,
     refusing: watch::Receiver<Option<String>>,
 }
 
@@ -267,6 +275,7 @@ impl std::fmt::Display for Knowledge {
 
 struct Connection {
     hub: Arc<Hub>,
+    streams: Arc<Streams>,
     /// Where this replica stands, for keepalives.
     group: Group,
     config: SyncConfig,
@@ -442,7 +451,7 @@ impl Connection {
                 }
             }
         }
-        self.hub.close_stream(&self.node, stop.stream.id);
+        self.streams.close(&self.node, stop.stream.id);
         self.hub.disconnected(&self.node, self.config.insecure);
         self.hub.metrics.stream_closed();
         info!("agent disconnected");
@@ -467,11 +476,11 @@ impl Connection {
         let Knowledge::Holds(v, d) = self.holds else {
             return;
         };
-        let known = {
-            let st = self.hub.lock();
+        let known = self.hub.read(|st| {
             let (desired, desired_digest) = st.desired(&self.node);
-            (v == desired && d == desired_digest) || st.history.digest_at(&self.node, v) == Some(d)
-        };
+            (v == desired && d == desired_digest)
+                || st.history().digest_at(&self.node, v) == Some(d)
+        });
         if known && v > 0 {
             self.hub.ack(&self.node, v, d, Some(d), None);
         }
@@ -481,9 +490,12 @@ impl Connection {
     /// lock (cheap: clones of shared parts, or the slice for a snapshot).
     /// Also when `desired` was applied here, when still known.
     fn plan(&self) -> (Plan, u64, Digest, Option<std::time::Instant>) {
-        let st = self.hub.lock();
+        self.hub.read(|st| self.plan_in(st))
+    }
+
+    fn plan_in(&self, st: &State) -> (Plan, u64, Digest, Option<std::time::Instant>) {
         let (desired, digest) = st.desired(&self.node);
-        let applied_at = st.rollout.committed_at(desired);
+        let applied_at = st.rollout().committed_at(desired);
         let plan = match self.holds {
             Knowledge::Unknown => Plan::Snapshot(st.engine().slice(&self.node)),
             Knowledge::Holds(v, d) if v == desired && d == digest => Plan::Empty {
@@ -493,7 +505,7 @@ impl Connection {
             },
             // An agent that holds nothing yet gets its slice whole.
             Knowledge::Holds(0, _) => Plan::Snapshot(st.engine().slice(&self.node)),
-            Knowledge::Holds(v, d) => match st.history.catch_up(&self.node, v, &d) {
+            Knowledge::Holds(v, d) => match st.history().catch_up(&self.node, v, &d) {
                 Some(Catchup::UpToDate) => Plan::Empty {
                     from: desired,
                     to: desired,
@@ -544,11 +556,11 @@ impl Connection {
                     Some(delta) => (update(from, last.to, &last.digest, &delta), "update"),
                     None => {
                         // The engine may have moved on since the plan: say what is sent.
-                        let slice = {
-                            let st = self.hub.lock();
-                            (desired, digest) = st.desired(&self.node);
-                            st.engine().slice(&self.node)
-                        };
+                        let slice;
+                        (desired, digest, slice) = self.hub.read(|st| {
+                            let (desired, digest) = st.desired(&self.node);
+                            (desired, digest, st.engine().slice(&self.node))
+                        });
                         (encode::snapshot(&slice), "snapshot")
                     }
                 }

@@ -51,7 +51,7 @@ async fn cluster(kubeconfig: std::path::PathBuf, emit_events: bool) -> Cluster {
 }
 
 fn owned(c: &Cluster) -> BTreeMap<Key, Object> {
-    c.hub().lock().machine.owned_by(OWNER)
+    c.hub().read(|st| st.machine().owned_by(OWNER))
 }
 
 fn names(c: &Cluster, kind: Kind) -> Vec<String> {
@@ -259,15 +259,12 @@ async fn an_object_another_source_holds_is_taken_once_it_lets_go() {
     );
     until("the manifests source holds ops", || {
         c.hub()
-            .lock()
-            .machine
-            .owner(&(Kind::Namespace, "ops".into()))
-            == Some("manifests")
+            .read(|st| st.machine().owner(&(Kind::Namespace, "ops".into())) == Some("manifests"))
     })
     .await;
     e.apply(Resource::Namespaces, namespace("ops", "api"));
     until("reported as held by the manifests", || {
-        c.hub().lock().rejected.get(OWNER).is_some_and(|r| {
+        c.reports().rejected_by(OWNER).is_some_and(|r| {
             r.iter().any(|r| {
                 r.object == "ops" && r.errors.iter().any(|e| e.contains("managed by manifests"))
             })
@@ -361,7 +358,7 @@ async fn the_api_server_unreachable_changes_nothing_enforced() {
     // as long as the next attempt takes to fail) until the server answers. Checked at every
     // look, over at least two back-offs per kind.
     until("three errors per kind, none watching meanwhile", || {
-        let watches = c.hub().kube.to_pb();
+        let watches = c.reports().kube.to_pb();
         assert!(
             watches.iter().all(|w| w.state != "watching"),
             "nothing watches while the API server is down: {watches:?}"
@@ -369,7 +366,7 @@ async fn the_api_server_unreachable_changes_nothing_enforced() {
         errors(3.0)
     })
     .await;
-    let watches = c.hub().kube.to_pb();
+    let watches = c.reports().kube.to_pb();
     assert!(
         watches.iter().all(|w| w.state != "watching"),
         "nothing watches while the API server is down: {watches:?}"
@@ -394,7 +391,11 @@ async fn the_api_server_unreachable_changes_nothing_enforced() {
     })
     .await;
     until("watching again", || {
-        c.hub().kube.to_pb().iter().all(|w| w.state == "watching")
+        c.reports()
+            .kube
+            .to_pb()
+            .iter()
+            .all(|w| w.state == "watching")
     })
     .await;
     c.shutdown().await;
@@ -414,10 +415,8 @@ async fn a_rejected_update_keeps_the_last_valid_version_and_becomes_an_event() {
     let revision = c.revision();
     e.apply(Resource::NetworkPolicies, bad);
     until("the rejection listed", || {
-        c.hub()
-            .lock()
-            .rejected
-            .get(OWNER)
+        c.reports()
+            .rejected_by(OWNER)
             .is_some_and(|r| r.iter().any(|r| r.object == "shop/web"))
     })
     .await;
@@ -480,11 +479,7 @@ async fn a_rejected_update_keeps_the_last_valid_version_and_becomes_an_event() {
         allow("shop", "web", "web", "client", 9090),
     );
     until("the fix applied", || {
-        c.hub()
-            .lock()
-            .rejected
-            .get(OWNER)
-            .is_some_and(|r| r.is_empty())
+        c.reports().rejected_by(OWNER).is_some_and(|r| r.is_empty())
     })
     .await;
     until("the fix committed", || c.revision() > revision).await;
@@ -528,14 +523,11 @@ async fn fields_palisades_schema_lacks_only_narrow_and_are_reported() {
     assert_eq!(pod_ip(&c, "shop/web").as_deref(), Some("10.1.0.1"));
 
     let reported = |object: &str| {
-        c.hub()
-            .lock()
-            .rejected
-            .get(OWNER)
+        c.reports()
+            .rejected_by(OWNER)
             .into_iter()
             .flatten()
             .find(|r| r.object == object)
-            .cloned()
     };
     until("the three objects reported", || {
         ["shop/web", "bank/db"]
@@ -543,7 +535,10 @@ async fn fields_palisades_schema_lacks_only_narrow_and_are_reported() {
             .all(|o| reported(o).is_some())
     })
     .await;
-    let web = c.hub().lock().rejected[OWNER]
+    let web = c
+        .reports()
+        .rejected_by(OWNER)
+        .unwrap()
         .iter()
         .filter(|r| r.object == "shop/web")
         .cloned()

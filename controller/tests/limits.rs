@@ -162,10 +162,7 @@ async fn one_stream_per_node_and_what_agents_say_is_bounded() {
     loop {
         let nack = c
             .hub()
-            .lock()
-            .rollout
-            .node("n2")
-            .and_then(|r| r.nack.clone());
+            .read(|st| st.rollout().node("n2").and_then(|r| r.nack.clone()));
         if let Some((_, e)) = nack {
             assert!(e.len() < 2048, "{} bytes kept", e.len());
             break;
@@ -188,7 +185,11 @@ async fn one_stream_per_node_and_what_agents_say_is_bounded() {
     .await
     .expect("the older stream ends");
     assert!(ended.contains("replaced") || ended == "closed", "{ended}");
-    assert_eq!(c.hub().lock().rollout.node("n2").unwrap().connections, 1);
+    assert_eq!(
+        c.hub()
+            .read(|st| st.rollout().node("n2").unwrap().connections),
+        1
+    );
     // Messages larger than the controller accepts are refused, not buffered.
     let too_big = pb::AgentMessage {
         msg: Some(Msg::Ack(pb::Ack {
@@ -245,7 +246,11 @@ async fn an_agent_acking_another_digest_gets_snapshots_with_back_off() {
     let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps[1] >= Duration::from_millis(900), "{gaps:?}");
     assert!(gaps[2] >= Duration::from_millis(1900), "{gaps:?}");
-    assert!(c.hub().lock().rollout.node("n2").unwrap().acked_version == 0);
+    assert!(
+        c.hub()
+            .read(|st| st.rollout().node("n2").unwrap().acked_version)
+            == 0
+    );
     c.shutdown().await;
 }
 
@@ -254,7 +259,9 @@ async fn an_agent_that_cannot_save_does_not_ack_and_retries() {
     let mut c = Cluster::start(&shop(), &["n2"]).await;
     c.start_agent("n2", AgentOpts::default());
     c.in_sync("n2").await;
-    let acked = c.hub().lock().rollout.node("n2").unwrap().acked_version;
+    let acked = c
+        .hub()
+        .read(|st| st.rollout().node("n2").unwrap().acked_version);
     // The agent's saved slice cannot be replaced (a non-empty directory in its place).
     let saved = c.path("agents/n2/slice.pb");
     std::fs::remove_file(&saved).unwrap();
@@ -272,7 +279,8 @@ async fn an_agent_that_cannot_save_does_not_ack_and_retries() {
         .await;
     assert_ne!(status.phase, Phase::Stopped);
     assert_eq!(
-        c.hub().lock().rollout.node("n2").unwrap().acked_version,
+        c.hub()
+            .read(|st| st.rollout().node("n2").unwrap().acked_version),
         acked,
         "nothing acked that the agent could not keep"
     );

@@ -63,12 +63,12 @@ async fn a_leader_whose_state_machine_is_locked_keeps_leading_and_committing() {
         .iter()
         .find(|r| r.group.id() != leader.group.id())
         .unwrap();
-    let before = follower.hub.lock().revision();
-    // Hold the leader's hub lock for 2 s: 20 election timeouts' worth of ticks at 50 ms.
+    let before = follower.hub.read(|st| st.revision());
+    // Hold the leader's hub lock for 2 s (a reader that takes long): 20 election timeouts'
+    // worth of ticks at 50 ms.
     let hub = leader.hub.clone();
     let held = std::thread::spawn(move || {
-        let _guard = hub.lock();
-        std::thread::sleep(Duration::from_secs(2));
+        hub.read(|_| std::thread::sleep(Duration::from_secs(2)));
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A proposal meanwhile commits (the leader answers once it applies, after the lock).

@@ -18,7 +18,7 @@ fn microservices() -> Vec<(&'static str, String)> {
 }
 
 fn policies(c: &Cluster) -> usize {
-    c.hub().lock().engine().policies().len()
+    c.hub().read(|st| st.engine().policies().len())
 }
 
 /// Run `write` on a thread while watching the engine: the number of policies it ever held.
@@ -98,8 +98,10 @@ async fn a_file_rewritten_slowly_in_place_never_opens_anything() {
     });
     let mut widened = false;
     while !writer.is_finished() {
-        widened |= c.hub().lock().engine().policies().iter().any(|p| {
-            &*p.key.name == "allow-mysql" && p.ingress.as_ref().unwrap()[0].peers.is_none()
+        widened |= c.hub().read(|st| {
+            st.engine().policies().iter().any(|p| {
+                &*p.key.name == "allow-mysql" && p.ingress.as_ref().unwrap()[0].peers.is_none()
+            })
         });
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -218,13 +220,13 @@ spec:
 /// Whether the engine ever held policy `name` with a rule open to every peer or every port
 /// (a half of `EXTRA`), and whether it holds it whole now.
 fn extra_state(c: &Cluster, name: &str) -> (bool, bool) {
-    let hub = c.hub().lock();
-    let Some(p) = hub
-        .engine()
-        .policies()
-        .into_iter()
-        .find(|p| &*p.key.name == name)
-    else {
+    let Some(p) = c.hub().read(|st| {
+        st.engine()
+            .policies()
+            .into_iter()
+            .find(|p| &*p.key.name == name)
+            .cloned()
+    }) else {
         return (false, false);
     };
     let rules = p.ingress.clone().unwrap_or_default();
@@ -344,9 +346,8 @@ fn write_atomically(path: &std::path::Path, text: &str) {
 }
 
 fn has_pod(c: &Cluster, name: &str) -> bool {
-    let hub = c.hub().lock();
-    let has = hub.engine().pods().iter().any(|p| &*p.key.name == name);
-    has
+    c.hub()
+        .read(|st| st.engine().pods().iter().any(|p| &*p.key.name == name))
 }
 
 fn metric(c: &Cluster, line_start: &str) -> f64 {
@@ -462,11 +463,9 @@ async fn links_leading_out_of_the_directory_are_followed_only_where_allowed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let refused: Vec<String> = c
-        .hub()
-        .lock()
-        .rejected
-        .values()
-        .flatten()
+        .reports()
+        .rejected()
+        .into_iter()
         .filter(|r| {
             r.errors
                 .iter()

@@ -111,18 +111,17 @@ async fn a_change_reaches_exactly_the_affected_nodes() {
         .filter(|n| before[n] != after[n])
         .collect();
     assert_eq!(changed, vec!["n5"]);
-    {
-        let st = c.hub().lock();
+    c.hub().read(|st| {
         for n in NODES {
             let (v, d) = st.desired(n);
-            let r = st.rollout.node(n).unwrap();
+            let r = st.rollout().node(n).unwrap();
             assert_eq!(
                 (r.acked_version, r.acked_digest),
                 (v, Some(d)),
                 "{n} acked what it should hold"
             );
         }
-    }
+    });
     c.shutdown().await;
 }
 
@@ -135,7 +134,10 @@ async fn a_reconnecting_agent_resumes_by_delta() {
         c.write("t1.yaml", &namespace_file(1, port, ""));
         r = c.next_revision(r).await;
     }
-    assert!(!c.hub().lock().rollout.is_realized(r), "n3 is away");
+    assert!(
+        !c.hub().read(|st| st.rollout().is_realized(r)),
+        "n3 is away"
+    );
     c.start_agent("n3", AgentOpts::default());
     c.realized(r).await;
     let s = c
@@ -143,7 +145,7 @@ async fn a_reconnecting_agent_resumes_by_delta() {
         .await;
     assert_eq!(s.snapshots, 0, "resumed from its saved version: {s:?}");
     assert_eq!(s.updates, 1, "one coalesced delta for both revisions");
-    assert_eq!((s.version, s.digest), c.hub().lock().desired("n3"));
+    assert_eq!((s.version, s.digest), c.hub().read(|st| st.desired("n3")));
     c.shutdown().await;
 }
 
@@ -162,7 +164,7 @@ async fn resuming_with_a_wrong_digest_gets_a_snapshot() {
         .agent_until("n5", "synced", |s| s.phase == Phase::Synced)
         .await;
     assert_eq!(s.snapshots, 1, "{s:?}");
-    assert_eq!((s.version, s.digest), c.hub().lock().desired("n5"));
+    assert_eq!((s.version, s.digest), c.hub().read(|st| st.desired("n5")));
     c.shutdown().await;
 }
 
@@ -202,16 +204,13 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
     // The agent counts its nack before the controller has read it: wait for the controller.
     for _ in 0..200 {
         if c.hub()
-            .lock()
-            .rollout
-            .node("n7")
-            .is_some_and(|r| r.nack.is_some())
+            .read(|st| st.rollout().node("n7").is_some_and(|r| r.nack.is_some()))
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let lagging = c.hub().lock().rollout.lagging(revision);
+    let lagging = c.hub().read(|st| st.rollout().lagging(revision));
     assert_eq!(lagging.len(), 1, "{lagging:?}");
     assert_eq!(&*lagging[0].node, "n7");
     assert!(lagging[0]
@@ -224,14 +223,14 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
     // Changes for other nodes are still delivered and acked.
     c.write("t1.yaml", &namespace_file(1, 9090, ""));
     let r = c.next_revision(revision).await;
-    let (v, d) = c.hub().lock().desired("n3");
+    let (v, d) = c.hub().read(|st| st.desired("n3"));
     assert_eq!(v, r);
     c.agent_until("n3", "acked the change", |s| {
         s.version == v && s.digest == d
     })
     .await;
     assert!(
-        !c.hub().lock().rollout.is_realized(r),
+        !c.hub().read(|st| st.rollout().is_realized(r)),
         "n7 still holds nothing"
     );
     // n7's nack does not loop: a refused snapshot is not resent until its node changes.
@@ -302,7 +301,7 @@ async fn a_slow_agent_gets_coalesced_updates() {
         c.write("t0.yaml", &namespace_file(0, port, ""));
         r = c.next_revision(r).await;
     }
-    let (v, d) = c.hub().lock().desired("n1");
+    let (v, d) = c.hub().read(|st| st.desired("n1"));
     assert_eq!(v, r, "every edit changed n1");
     let s = c
         .agent_until("n1", "at the latest version", |s| {
@@ -340,30 +339,23 @@ async fn after_a_controller_restart_agents_resume_without_snapshots() {
 async fn invalid_edits_are_rejected_and_reported() {
     let c = running().await;
     let r0 = c.revision();
-    let before = c.hub().lock().desired("n3");
+    let before = c.hub().read(|st| st.desired("n3"));
     c.write(
         "t1.yaml",
         &namespace_file(1, 8080, "").replace("port: 8080", "port: 0"),
     );
     // The rejection is reported; the previous policy stays in force, no revision moves.
     for _ in 0..100 {
-        if c.hub().lock().rejected.values().any(|r| !r.is_empty()) {
+        if !c.reports().rejected().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rejected: Vec<_> = c
-        .hub()
-        .lock()
-        .rejected
-        .values()
-        .flatten()
-        .cloned()
-        .collect();
+    let rejected: Vec<_> = c.reports().rejected();
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].object, "t1/api");
     assert!(rejected[0].errors[0].contains("port"), "{:?}", rejected[0]);
     assert_eq!(c.revision(), r0);
-    assert_eq!(c.hub().lock().desired("n3"), before);
+    assert_eq!(c.hub().read(|st| st.desired("n3")), before);
     c.shutdown().await;
 }

@@ -294,7 +294,10 @@ pub async fn run(o: &RaftOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Raf
                 progress(&format!("  {} entries", e + 1));
             }
         }
-        let live = g.up[&leader].running.hub.lock().machine.encode().len() as u64;
+        let live = g.up[&leader]
+            .running
+            .hub
+            .read(|st| st.machine().encode().len()) as u64;
         let log_bytes: Vec<u64> =
             g.up.keys()
                 .map(|id| dir_bytes(&g.state_dir(*id).join("raft")))
@@ -360,8 +363,10 @@ async fn catch_up(
         g.commit(leader, vec![bench_pod(30_000 + i % 10, i % 2 == 1)])
             .await?;
     }
-    let snapshot_bytes = g.up[&leader].running.hub.lock().machine.encode().len() as u64;
-    let target = g.up[&leader].running.hub.lock().revision();
+    let (snapshot_bytes, target) = g.up[&leader]
+        .running
+        .hub
+        .read(|st| (st.machine().encode().len() as u64, st.revision()));
     progress(&format!(
         "replica {follower} restarted; catching up to {target}"
     ));

@@ -195,14 +195,13 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
         "palisade_sync_messages_sent_total{kind=\"snapshot\"}",
     ) as u64;
     let snapshot_bytes_total = metric(&page, "palisade_sync_bytes_sent_total{kind=\"snapshot\"}");
-    let snapshot_max = {
-        let st = hub.lock();
+    let snapshot_max = hub.read(|st| {
         nodes
             .iter()
             .map(|n| palisade_proto::encode::snapshot(&st.engine().slice(n)).len())
             .max()
             .unwrap_or(0)
-    };
+    });
 
     progress(&format!("{} single-pod edits", opts.edits));
     let mut edits = manifests::Edits::new(&manifest_dir, files, shape);

@@ -12,7 +12,7 @@ use palisade_proto::v1::raft_client::RaftClient;
 use palisade_proto::v1::{AckTable, AcksRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
 use crate::replication::transport::Transport;
@@ -90,6 +90,10 @@ async fn pull(
                 }
                 let table = table.into_inner();
                 (epoch, since) = (table.epoch, table.seq);
+                let (table, unreadable) = crate::acks::decode(table);
+                for why in unreadable {
+                    warn!(peer, "an unreadable ack record from replica {peer}: {why}");
+                }
                 // Merging takes the state's lock: off the async workers, which carry Raft's
                 // messages and must not wait on a long compile.
                 let hub = hub.clone();
@@ -145,7 +149,7 @@ pub async fn answer(hub: &Hub, ask: &AcksRequest) -> AckTable {
                     full,
                     nodes: records
                         .iter()
-                        .map(|(n, r)| super::to_pb(n, r.as_ref()))
+                        .map(|(n, r)| crate::acks::to_pb(n, r.as_ref()))
                         .collect(),
                 };
             }

@@ -14,12 +14,22 @@ use super::Group;
 /// How long a peer may take to say where it stands.
 const ASK: Duration = Duration::from_secs(1);
 
-pub async fn list(group: &Group, hub: &crate::hub::Hub) -> ListReplicasResponse {
+pub async fn list(
+    group: &Group,
+    hub: &crate::hub::Hub,
+    reports: &crate::reports::Reports,
+) -> ListReplicasResponse {
     let me = group.status();
     let contacts = group.contacts();
     let now = Instant::now();
     let refusing = group.refusing.borrow().clone();
-    let mut replicas = vec![own_status(&me, group.address(), hub, refusing.as_deref())];
+    let mut replicas = vec![own_status(
+        &me,
+        group.address(),
+        hub,
+        reports,
+        refusing.as_deref(),
+    )];
     let peers: Vec<(u64, String)> = group
         .peers()
         .into_iter()
@@ -52,7 +62,7 @@ pub async fn list(group: &Group, hub: &crate::hub::Hub) -> ListReplicasResponse 
                 address,
                 role: "unreachable".into(),
                 // As its last table said (cleared once it has been unreachable a while).
-                agents: hub.lock().peers.agents(id) as u64,
+                agents: hub.read(|st| st.peers().agents(id)) as u64,
                 last_contact_ms,
                 matched,
                 failure: why,

@@ -465,6 +465,8 @@ pub struct RaftService {
     pub status: watch::Receiver<GroupStatus>,
     pub address: String,
     pub hub: Arc<crate::hub::Hub>,
+    /// What the sources report (the Kubernetes watches' states, in the status).
+    pub reports: Arc<crate::reports::Reports>,
     /// Why this replica refuses agents, when it does.
     pub refusing: watch::Receiver<Option<String>>,
     /// Who this replica is (its group), answered to peers and checked on their messages.
@@ -551,6 +553,7 @@ impl Raft for RaftService {
             &status,
             &self.address,
             &self.hub,
+            &self.reports,
             refusing.as_deref(),
         )))
     }
@@ -559,7 +562,7 @@ impl Raft for RaftService {
         let from = req.get_ref().from;
         self.authorize(&req, Some(from))?;
         Ok(Response::new(
-            crate::acks::exchange::answer(&self.hub, req.get_ref()).await,
+            super::exchange::answer(&self.hub, req.get_ref()).await,
         ))
     }
 
@@ -613,6 +616,7 @@ pub fn own_status(
     s: &GroupStatus,
     address: &str,
     hub: &crate::hub::Hub,
+    reports: &crate::reports::Reports,
     refusing: Option<&str>,
 ) -> ReplicaStatus {
     let agents = hub.acks().connected() as u64;
@@ -633,6 +637,6 @@ pub fn own_status(
         matched: s.raft.last_index,
         agents,
         refusing_agents: refusing.unwrap_or_default().to_string(),
-        watches: hub.kube.to_pb(),
+        watches: reports.kube.to_pb(),
     }
 }

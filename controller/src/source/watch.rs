@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use super::{Hint, Key, ManifestDir, Rejected, Scan};
 use crate::hub::Hub;
 use crate::replication::Group;
+use crate::reports::Reports;
 
 /// The owner of objects from a manifests directory.
 pub const OWNER: &str = "manifests";
@@ -113,6 +114,7 @@ fn classify(event: &notify::Event) -> (Vec<(PathBuf, Hint)>, bool) {
 /// reported); the error says what failed.
 fn apply(
     hub: &Hub,
+    reports: &Reports,
     group: &Group,
     source: &mut ManifestDir,
     mut scan: Scan,
@@ -137,7 +139,7 @@ fn apply(
             .retain(|c| !foreign.contains(&palisade_policy::manifest::command_key(c)));
         source.not_applied(&foreign);
     }
-    hub.set_rejected(OWNER, std::mem::take(&mut scan.rejected));
+    reports.set_rejected(OWNER, std::mem::take(&mut scan.rejected));
     source
         .persist()
         .map_err(|e| format!("cannot record the manifest source's state: {e}"))?;
@@ -155,13 +157,14 @@ fn apply(
 /// Run the loop until `shutdown`: the source works while this replica leads.
 pub fn watch(
     hub: Arc<Hub>,
+    reports: Arc<Reports>,
     group: Group,
     mut source: ManifestDir,
     pace: Pace,
     health: tokio::sync::watch::Sender<Health>,
-    mut reported: Reported,
     shutdown: CancellationToken,
 ) {
+    let mut reported = Reported::default();
     let mut status = group.watch();
     while !shutdown.is_cancelled() {
         let leading = status.borrow_and_update().clone();
@@ -184,10 +187,11 @@ pub fn watch(
             warn!("leading, but entries committed before are not applied yet; waiting");
             continue;
         }
-        let applied = hub.lock().machine.owned_by(OWNER);
+        let applied = hub.read(|st| st.machine().owned_by(OWNER));
         source.reconcile(applied);
         let context = Context {
             hub: &hub,
+            reports: &reports,
             group: &group,
             pace: &pace,
             health: &health,
@@ -201,6 +205,7 @@ pub fn watch(
 /// What the loop works with.
 struct Context<'a> {
     hub: &'a Hub,
+    reports: &'a Reports,
     group: &'a Group,
     pace: &'a Pace,
     health: &'a tokio::sync::watch::Sender<Health>,
@@ -211,6 +216,7 @@ struct Context<'a> {
 fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut Reported) {
     let Context {
         hub,
+        reports,
         group,
         pace,
         health,
@@ -297,7 +303,7 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
         let next = scan.next;
         hub.metrics.source_waiting(waiting);
         hub.metrics.files_parsed(source.take_parsed());
-        let result = apply(hub, group, source, scan);
+        let result = apply(hub, reports, group, source, scan);
         if reconciling {
             match &result {
                 Ok(None) => info!("reconciled with the replicated state: nothing differs"),
@@ -313,7 +319,7 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
                 info!(revision, "manifests changed");
                 (None, Some(revision))
             }
-            Ok(None) => (None, Some(hub.lock().revision())),
+            Ok(None) => (None, Some(hub.read(|st| st.revision()))),
             Err(why) => (Some(why), health.borrow().revision),
         };
         let retry = match &failing {

@@ -167,6 +167,16 @@ impl Cluster {
             .hub
     }
 
+    /// What the running controller's sources report.
+    pub fn reports(&self) -> &Arc<palisade_controller::reports::Reports> {
+        &self
+            .controller
+            .as_ref()
+            .expect("controller running")
+            .running
+            .reports
+    }
+
     /// The value of one metric line (`name{labels} value`) of the running controller, 0 when
     /// absent.
     pub fn metric(&self, line_start: &str) -> f64 {
@@ -288,7 +298,7 @@ impl Cluster {
     }
 
     pub fn revision(&self) -> u64 {
-        self.hub().lock().revision()
+        self.hub().read(|st| st.revision())
     }
 
     /// Wait until `revision` is realized.
@@ -299,7 +309,7 @@ impl Cluster {
             .unwrap_or_else(|_| {
                 panic!(
                     "revision {revision} realized in time; lagging: {:?}",
-                    self.hub().lock().rollout.lagging(revision)
+                    self.hub().read(|st| st.rollout().lagging(revision))
                 )
             })
             .unwrap();
@@ -332,19 +342,18 @@ impl Cluster {
 
     /// Wait until `node`'s agent holds the node's desired version and the controller knows it.
     pub async fn in_sync(&self, node: &str) {
-        let (version, digest) = self.hub().lock().desired(node);
+        let (version, digest) = self.hub().read(|st| st.desired(node));
         self.agent_until(node, "in sync", |s| {
             s.phase == Phase::Synced && s.version == version && s.digest == digest
         })
         .await;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let acked = self
-                .hub()
-                .lock()
-                .rollout
-                .node(node)
-                .map(|r| (r.acked_version, r.acked_digest));
+            let acked = self.hub().read(|st| {
+                st.rollout()
+                    .node(node)
+                    .map(|r| (r.acked_version, r.acked_digest))
+            });
             if acked == Some((version, Some(digest)))
                 || (version == 0 && acked.is_none_or(|a| a.0 == 0))
             {
