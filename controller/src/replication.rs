@@ -24,6 +24,7 @@ pub mod freshness;
 pub mod identity;
 pub mod peers;
 pub mod report;
+pub mod service;
 pub mod standing;
 pub mod start;
 pub mod transport;

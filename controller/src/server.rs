@@ -6,16 +6,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use palisade_proto::endpoint::ClientTls;
 use palisade_proto::pre_encoded::sync_server::SyncServer;
 use palisade_proto::v1::admin_server::AdminServer;
 use palisade_proto::v1::introspection_server::IntrospectionServer;
 use palisade_proto::v1::raft_server::RaftServer;
 use palisade_proto::v1::FILE_DESCRIPTOR_SET;
-use palisade_replica::{Machine, Replica, ReplicaError};
-use palisade_storage::{Create, SledStorage, StorageError};
+use palisade_storage::{Create, SledStorage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,161 +21,30 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub mod activity;
+mod config;
 pub mod conns;
 mod http;
 pub mod listen;
+mod open;
+
+pub use config::{Config, ServerError, TlsFiles};
+use open::{client_tls, open_replica, open_source, serve_waiting};
 
 pub use http::SOURCE_SERVICE;
 
 use crate::admin::AdminService;
 use crate::auth::RequireOperator;
-use crate::history::Limits;
 use crate::hub::Hub;
 use crate::introspection::IntrospectionService;
 use crate::lint::Linter;
 use crate::metrics::Metrics;
-use crate::replication::transport::{RaftService, Transport, TransportError};
+use crate::replication::service::RaftService;
+use crate::replication::transport::Transport;
 use crate::replication::{self, bootstrap, standing, Group};
 use crate::reports::Reports;
 use crate::source::watch::Pace;
-use crate::source::{self, Health, ManifestDir, Timing};
+use crate::source::{self, Health};
 use crate::sync::{SyncConfig, SyncService};
-
-/// PEM files for mTLS.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    /// The CA that signs agent and operator certificates.
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// A directory of manifests the leader watches (`None`: objects come only from
-    /// `palisadectl apply`, the standalone store).
-    pub manifests: Option<PathBuf>,
-    pub default_namespace: String,
-    /// Where the Raft log (`raft/`) and the manifest source's records (`source/`) live;
-    /// `None`: a temporary directory removed at exit.
-    pub state_dir: Option<PathBuf>,
-    /// This replica and its group.
-    pub replication: replication::Config,
-    /// `None`: plaintext, no identities (development only).
-    pub tls: Option<TlsFiles>,
-    /// HTTP/2 and TCP keepalives on every connection.
-    pub keepalive: Duration,
-    /// How often each agent is told where this replica stands ([`crate::sync`]).
-    pub agent_keepalive: Duration,
-    /// Rescan the manifests this often even without file events.
-    pub rescan: Duration,
-    /// Wait this long after a file event for more before rescanning.
-    pub debounce: Duration,
-    /// When a changed manifest is complete enough to read, and how long removals wait.
-    pub timing: Timing,
-    /// Bounds on each manifest file (bytes, nesting depth).
-    pub limits: palisade_policy::manifest::Limits,
-    /// Directories outside the manifests directory its links may lead to.
-    pub manifest_link_roots: Vec<PathBuf>,
-    /// A manifest taking longer to read and parse is reported; others are read beside it.
-    pub parse_budget: Duration,
-    pub history: Limits,
-    /// Bounds on connections (total, per address, TLS handshake time).
-    pub connections: listen::Limits,
-    /// HTTP/2 streams one connection may have open at once.
-    pub max_streams_per_connection: u32,
-    /// Largest gRPC message sent (a snapshot); messages received are held to the smaller of
-    /// this and 16 MiB (agents send small acks).
-    pub max_message_bytes: usize,
-    /// How long this replica may be without a leader before it refuses agents (they move).
-    pub shed_agents_after: Duration,
-    /// How long an agent holding a version this replica has not applied yet waits for it
-    /// before it is sent to another replica.
-    pub resume_wait: Duration,
-    /// When and how fast a replica holding more than its share of the agents sends some to
-    /// the other replicas.
-    pub rebalance: crate::rebalance::Config,
-    /// How often the replicated state is linted (when it changed); zero: only when asked.
-    pub lint_every: Duration,
-    /// Read Namespaces, Pods and NetworkPolicies from a Kubernetes API server (leader only).
-    pub kubernetes: Option<crate::kubernetes::Options>,
-    /// A plaintext listener serving only gRPC health (for kubelet probes; the main listener
-    /// needs client certificates).
-    pub health_listen: Option<std::net::SocketAddr>,
-}
-
-impl Config {
-    /// A single replica watching `manifests`.
-    pub fn new(manifests: impl Into<PathBuf>) -> Config {
-        Config {
-            manifests: Some(manifests.into()),
-            ..Config::standalone()
-        }
-    }
-
-    /// A single replica whose objects come only from `palisadectl apply`.
-    pub fn standalone() -> Config {
-        Config {
-            manifests: None,
-            replication: replication::Config::default(),
-            default_namespace: "default".into(),
-            state_dir: None,
-            tls: None,
-            keepalive: Duration::from_secs(10),
-            agent_keepalive: Duration::from_secs(2),
-            rescan: Duration::from_secs(30),
-            debounce: Duration::from_millis(50),
-            timing: Timing {
-                settle: Duration::from_secs(1),
-                hold: Duration::from_secs(10),
-            },
-            limits: palisade_policy::manifest::Limits::default(),
-            manifest_link_roots: Vec::new(),
-            parse_budget: Duration::from_secs(2),
-            history: Limits::default(),
-            connections: listen::Limits::default(),
-            max_streams_per_connection: 64,
-            max_message_bytes: 256 << 20,
-            shed_agents_after: Duration::from_secs(3),
-            resume_wait: Duration::from_secs(5),
-            rebalance: crate::rebalance::Config {
-                after: Duration::from_secs(10),
-                rate: 50,
-            },
-            lint_every: Duration::from_secs(300),
-            kubernetes: None,
-            health_listen: None,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("manifests directory {0}: {1}")]
-    Manifests(PathBuf, String),
-    #[error("the manifest source's records: {0}")]
-    Records(#[from] source::RecordError),
-    #[error("state directory: {0}")]
-    State(std::io::Error),
-    #[error("the Raft log: {0}")]
-    Log(#[from] StorageError),
-    #[error("the replica: {0}")]
-    Replica(#[from] ReplicaError),
-    #[error("this replica's identity: {0}")]
-    Identity(#[from] bootstrap::IdentityError),
-    #[error("peers: {0}")]
-    Peers(#[from] TransportError),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("gRPC server: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-    #[error("metrics server: {0}")]
-    Metrics(std::io::Error),
-    #[error("the Kubernetes source: {0}")]
-    Kube(#[from] crate::kubernetes::KubeError),
-    #[error("cannot listen on {0} for health checks: {1}")]
-    Health(std::net::SocketAddr, std::io::Error),
-}
 
 /// A started controller.
 pub struct Running {
@@ -631,124 +497,4 @@ where
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
     })
-}
-
-/// Open the Raft log in `dir` (created when missing) and this replica, and restore the state
-/// machine from the log's snapshot.
-fn open_replica(
-    dir: &std::path::Path,
-    store: SledStorage,
-    rc: &replication::Config,
-) -> Result<(Replica<SledStorage>, Machine), ServerError> {
-    let replica = Replica::open(rc.id, &rc.voters(), store.clone(), rc.options.clone())?;
-    let machine = match replica.stored_snapshot()? {
-        Some((index, data)) => {
-            // The full compile of a large cluster takes seconds: say so before it starts.
-            info!(
-                index,
-                bytes = data.len(),
-                "restoring the state machine from the stored snapshot (a full compile)"
-            );
-            Machine::restore(&data)
-        }
-        .map_err(|why| {
-            ServerError::State(std::io::Error::other(format!(
-                "the snapshot at {index} in {} cannot be restored: {why}",
-                dir.display()
-            )))
-        })?,
-        None => Machine::new(),
-    };
-    info!(
-        id = rc.id,
-        voters = %rc.voters().iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
-        snapshot = machine.applied(),
-        dir = %dir.display(),
-        "Raft log opened"
-    );
-    Ok((replica, machine))
-}
-
-/// Serve the Raft service of a replica still settling its identity (it answers peers who
-/// it is) on a duplicate of `grpc`, until the returned token is cancelled.
-fn serve_waiting(
-    grpc: &TcpListener,
-    store: &SledStorage,
-    rc: &replication::Config,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    metrics: Metrics,
-    shutdown: &CancellationToken,
-) -> Result<CancellationToken, ServerError> {
-    use std::os::fd::AsFd;
-    let dup = grpc
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(ServerError::State)?;
-    let dup = std::net::TcpListener::from(dup);
-    dup.set_nonblocking(true).map_err(ServerError::State)?;
-    let dup = TcpListener::from_std(dup).map_err(ServerError::State)?;
-    let stop = shutdown.child_token();
-    let waiting = bootstrap::Waiting {
-        membership: Arc::new(bootstrap::Membership::new(
-            store.clone(),
-            palisade_storage::Identity {
-                id: rc.id,
-                ..Default::default()
-            },
-            rc.voters(),
-        )),
-        insecure: tls.is_none(),
-    };
-    let table: Arc<std::sync::Mutex<conns::Table>> = Arc::default();
-    let router = Server::builder()
-        .layer(activity::Activity::new(table.clone()))
-        .add_service(RaftServer::new(waiting));
-    let limits = listen::Limits::default();
-    match tls {
-        Some(tls) => drop(serve(
-            router,
-            listen::incoming(dup, listen::tls(tls), table, limits, metrics, stop.clone()),
-            stop.clone(),
-        )),
-        None => drop(serve(
-            router,
-            listen::incoming(dup, listen::plain(), table, limits, metrics, stop.clone()),
-            stop.clone(),
-        )),
-    }
-    Ok(stop)
-}
-
-/// The client side of mTLS toward peers: this replica's own certificate.
-fn client_tls(files: &TlsFiles) -> Result<ClientTls, ServerError> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|e| ServerError::Tls(format!("reading {}: {e}", p.display())))
-    };
-    Ok(ClientTls {
-        ca: read(&files.ca)?,
-        cert: read(&files.cert)?,
-        key: read(&files.key)?,
-        domain: None,
-    })
-}
-
-/// Open the manifest source (its records in the state directory); the directory must exist
-/// unless records of an earlier run say what it held.
-fn open_source(dir: &std::path::Path, config: &Config) -> Result<ManifestDir, ServerError> {
-    let options = source::Options {
-        default_ns: config.default_namespace.clone(),
-        timing: config.timing,
-        limits: config.limits.clone(),
-        state_dir: config.state_dir.clone(),
-        link_roots: config.manifest_link_roots.clone(),
-        parse_budget: config.parse_budget,
-        patience: source::PATIENCE,
-    };
-    let source = ManifestDir::open(dir, options)?;
-    if let Err(e) = palisade_files::walk::manifests(source.root()) {
-        if !source.has_records() {
-            return Err(ServerError::Manifests(dir.to_path_buf(), e.to_string()));
-        }
-    }
-    Ok(source)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use palisade_proto::v1::{ListReplicasResponse, ReplicaStatus};
 
-use super::transport::own_status;
+use super::service::own_status;
 use super::Group;
 
 /// How long a peer may take to say where it stands.

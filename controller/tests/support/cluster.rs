@@ -393,3 +393,26 @@ pub fn allow(ns: &str, name: &str, target: &str, from: &str, port: u16) -> Strin
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A controller over namespace `shop` (web on n1, api on n2, db on n3; api takes web's
+/// traffic, db api's) with agents on n1 and n2, in sync.
+pub async fn shop() -> Cluster {
+    let manifests = vec![(
+        "app.yaml",
+        [
+            pod("shop", "web", "web", "n1", "10.0.0.1"),
+            pod("shop", "api", "api", "n2", "10.0.0.2"),
+            pod("shop", "db", "db", "n3", "10.0.0.3"),
+            allow("shop", "api", "api", "web", 8080),
+            allow("shop", "db", "db", "api", 5432),
+        ]
+        .join("---\n"),
+    )];
+    let mut c = Cluster::start(&manifests, &["n1", "n2", "n3"]).await;
+    for n in ["n1", "n2"] {
+        c.start_agent(n, AgentOpts::default());
+    }
+    c.in_sync("n1").await;
+    c.in_sync("n2").await;
+    c
+}

@@ -17,15 +17,14 @@ use serde_json::Value;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// The longest a test of replicas may run: past it, the replicas' logs are printed and the
-/// test process aborts (a hang fails at once, with what the replicas said, instead of holding
-/// CI until its own limit). `PALISADE_TEST_LIMIT` (seconds) sets another.
-fn limit() -> Duration {
-    std::env::var("PALISADE_TEST_LIMIT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(300), Duration::from_secs)
-}
+#[path = "netns.rs"]
+mod netns;
+#[path = "watchdog.rs"]
+mod watchdog;
+
+use netns::ip;
+pub use netns::Netns;
+use watchdog::{bounded, Watchdog};
 
 pub struct Replicas {
     pub dir: tempfile::TempDir,
@@ -33,90 +32,6 @@ pub struct Replicas {
     children: BTreeMap<u64, Child>,
     opts: Options,
     watchdog: Watchdog,
-}
-
-/// Once [`limit`] has passed (unless dropped first): kills the replicas still running, prints
-/// their logs and aborts the test process.
-struct Watchdog {
-    done: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    /// The replicas' process ids, by replica id.
-    pids: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, u32>>>,
-}
-
-impl Watchdog {
-    fn start(logs: PathBuf) -> Watchdog {
-        let done = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let pids: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, u32>>> = Default::default();
-        let d = done.clone();
-        let running = pids.clone();
-        std::thread::spawn(move || {
-            let (lock, cvar) = &*d;
-            let limit = limit();
-            let (finished, _) = cvar
-                .wait_timeout_while(lock.lock().unwrap(), limit, |f| !*f)
-                .unwrap();
-            if !*finished {
-                for pid in running.lock().unwrap().values() {
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
-                }
-                // Straight to the file descriptor: the test harness captures `eprintln!`.
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "a test of replicas ran longer than {limit:?}: aborting\n{}",
-                    log_tails(&logs)
-                );
-                std::process::abort();
-            }
-        });
-        Watchdog { done, pids }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let (lock, cvar) = &*self.done;
-        *lock.lock().unwrap() = true;
-        cvar.notify_all();
-    }
-}
-
-/// The last lines of every replica's log in `dir`.
-fn log_tails(dir: &std::path::Path) -> String {
-    let mut out = String::new();
-    let mut logs: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
-    for p in logs {
-        let text = std::fs::read_to_string(&p).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        out.push_str(&format!("--- {} (last 40 lines)\n", p.display()));
-        for l in &lines[lines.len().saturating_sub(40)..] {
-            out.push_str(l);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// `call`, or a panic naming `what` and showing the replicas' logs if it does not answer
-/// within [`WAIT`] (a request to a replica never waits unbounded).
-async fn bounded<T>(
-    dir: &std::path::Path,
-    what: &str,
-    call: impl std::future::Future<Output = T>,
-) -> T {
-    match tokio::time::timeout(WAIT, call).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no answer within {WAIT:?}\n{}", log_tails(dir)),
-    }
 }
 
 /// How the replicas run.
@@ -135,102 +50,6 @@ pub struct Options {
     pub args: Vec<String>,
 }
 
-/// Replica N at `{subnet}.N` in namespace `{prefix}-rN`; this process at `{subnet}.254` on
-/// bridge `{prefix}br`.
-#[derive(Clone, Debug)]
-pub struct Netns {
-    pub prefix: String,
-    pub subnet: String,
-}
-
-impl Netns {
-    /// Names and addresses no other test process uses.
-    pub fn unique() -> Netns {
-        let pid = std::process::id();
-        Netns {
-            prefix: format!("pt{}", pid % 100_000),
-            subnet: format!("10.213.{}", pid % 250),
-        }
-    }
-
-    fn ns(&self, id: u64) -> String {
-        format!("{}-r{id}", self.prefix)
-    }
-
-    fn bridge(&self) -> String {
-        format!("{}br", self.prefix)
-    }
-
-    /// The namespaces and the bridge; what was made is removed again if a step fails.
-    fn create(&self, ids: &[u64]) {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            panic!("this test cuts a replica off with network namespaces: it needs root");
-        }
-        let made = std::panic::catch_unwind(|| self.try_create(ids));
-        if let Err(panic) = made {
-            self.remove(ids);
-            std::panic::resume_unwind(panic);
-        }
-    }
-
-    fn try_create(&self, ids: &[u64]) {
-        let br = self.bridge();
-        ip(&["link", "add", &br, "type", "bridge"]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}.254/24", self.subnet),
-            "dev",
-            &br,
-        ]);
-        ip(&["link", "set", &br, "up"]);
-        for id in ids {
-            let ns = self.ns(*id);
-            let host = format!("{}v{id}", self.prefix);
-            ip(&["netns", "add", &ns]);
-            ip(&[
-                "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ]);
-            ip(&["link", "set", &host, "master", &br, "up"]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}.{id}/24", self.subnet),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        }
-    }
-
-    fn remove(&self, ids: &[u64]) {
-        for id in ids {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(*id)])
-                .output();
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge()])
-            .output();
-    }
-}
-
-/// `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A free loopback port (bound, then released for the replica to take).
 /// A free port below the kernel's ephemeral range: a replica restarts on its port, and a
 /// port from that range could meanwhile be handed to any listener on port 0 (another
 /// replica's metrics) or outgoing connection, which a test would then talk to instead.
