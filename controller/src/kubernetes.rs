@@ -184,7 +184,9 @@ pub async fn run(
                 if began.elapsed() > Duration::from_secs(60) {
                     restarts = 0;
                 }
-                let delay = Duration::from_secs(1u64 << restarts.min(5));
+                let delay =
+                    palisade_backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(32))
+                        .delay(restarts);
                 restarts += 1;
                 warn!(
                     "{why}: the Kubernetes source lists again and compares with the replicated state in {}",

@@ -198,7 +198,7 @@ fn rejected_path(path: &str, reason: String) -> Rejected {
 
 /// Back-off before reading a file again after `failures` I/O errors: 1 s doubling to 60 s.
 fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
+    palisade_backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).delay(failures)
 }
 
 impl ManifestDir {

@@ -324,12 +324,12 @@ impl<D: Dataplane> Agent<D> {
             },
             State::Backoff { attempt, reason } => {
                 self.set_phase(Phase::Backoff);
-                let cap = self
-                    .config
-                    .backoff_initial
-                    .saturating_mul(1u32 << attempt.min(16))
-                    .min(self.config.backoff_max);
-                let delay = Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64));
+                let delay = palisade_backoff::Backoff::new(
+                    self.config.backoff_initial,
+                    self.config.backoff_max,
+                )
+                .with_jitter(palisade_backoff::Jitter::Full)
+                .delay(attempt);
                 warn!(%reason, delay = %humantime::format_duration(delay), "sync interrupted; reconnecting");
                 self.status.send_modify(|s| s.last_error = Some(reason));
                 tokio::select! {

@@ -72,13 +72,11 @@ impl Backoff {
             self.failures = 0;
         }
         self.last = Some(now);
-        let ceiling = self
-            .min
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(self.max);
+        let delay = palisade_backoff::Backoff::new(self.min, self.max)
+            .with_jitter(palisade_backoff::Jitter::Half)
+            .delay(self.failures);
         self.failures = self.failures.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
+        delay
     }
 
     pub fn reset(&mut self) {

@@ -121,7 +121,11 @@ async fn pull(
                 } else {
                     debug!(peer, %why, "asking replica {peer} for its acks");
                 }
-                let delay = Duration::from_millis(100u64 << failures.min(4));
+                let delay = palisade_backoff::Backoff::new(
+                    Duration::from_millis(100),
+                    Duration::from_millis(1600),
+                )
+                .delay(failures);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}

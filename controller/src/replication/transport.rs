@@ -443,7 +443,11 @@ async fn pump(
                     warn!(to, failures, "cannot send to replica {to}: {why}");
                 }
                 // Back off a little; messages queued meanwhile are still sent (or dropped).
-                let delay = Duration::from_millis(50u64 << failures.min(4));
+                let delay = palisade_backoff::Backoff::new(
+                    Duration::from_millis(50),
+                    Duration::from_millis(800),
+                )
+                .delay(failures);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => return,

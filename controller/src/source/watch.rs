@@ -154,6 +154,10 @@ fn apply(
     Ok(Some(revision))
 }
 
+/// After a failure to record or commit: 0.5 s (the first retry) doubling to 64 s.
+const RETRY: palisade_backoff::Backoff =
+    palisade_backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(64));
+
 /// Run the loop until `shutdown`: the source works while this replica leads.
 pub fn watch(
     hub: Arc<Hub>,
@@ -326,7 +330,7 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
             Some(why) => {
                 failures += 1;
                 hub.metrics.source_failure();
-                let delay = Duration::from_millis(250u64 << failures.min(8));
+                let delay = RETRY.delay(failures);
                 error!(
                     "{why}; nothing was applied, retrying in {}",
                     humantime::format_duration(delay)

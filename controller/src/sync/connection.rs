@@ -100,7 +100,7 @@ pub(super) fn divergence_backoff(n: u32) -> Duration {
     if n <= 1 {
         return Duration::ZERO;
     }
-    Duration::from_secs(1u64 << (n - 2).min(6)).min(Duration::from_secs(60))
+    palisade_backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).delay(n - 2)
 }
 
 impl Connection {
