@@ -168,6 +168,8 @@ pub struct Group {
     pub(crate) refusing: watch::Receiver<Option<String>>,
     /// How long a confirmation holds: the election timeout.
     pub(crate) lease: Duration,
+    /// The runtime the group's async parts run on, for threads outside it that wait on them.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl Group {
@@ -247,15 +249,13 @@ impl Group {
 
     /// [`Group::caught_up`] for a thread outside the async runtime.
     pub fn caught_up_blocking(&self, bound: Duration) -> bool {
-        let target = self.catch_up_target();
-        let until = Instant::now() + bound;
-        while self.status.borrow().applied < target {
-            if Instant::now() >= until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
+        self.block_on(self.caught_up(bound))
+    }
+
+    /// Run `f` to its end from a thread outside the async runtime (the manifests source's),
+    /// which waits meanwhile. Never from a task on the runtime (it panics there).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
     }
 
     fn catch_up_target(&self) -> u64 {

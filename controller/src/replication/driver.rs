@@ -140,7 +140,14 @@ impl Driver {
                 for (_, (reply, _)) in flow.reads.drain() {
                     let _ = reply.send(Err(format!("this replica has failed ({why})")));
                 }
-                for input in self.inbox.try_iter() {
+                // Refuse what arrives, waiting on the inbox (a fifth of a second at most,
+                // then shutdown is looked at again).
+                let first = match self.inbox.recv_timeout(Duration::from_millis(200)) {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                for input in first.into_iter().chain(self.inbox.try_iter()) {
                     match input {
                         Input::Propose { reply, .. } => {
                             let _ = reply
@@ -152,7 +159,6 @@ impl Driver {
                         _ => {}
                     }
                 }
-                sleep_unless_cancelled(&self.shutdown, Duration::from_millis(200));
                 continue;
             }
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -531,13 +537,5 @@ impl Flow {
 fn fail_all(pending: &mut Pending, why: ProposeFailed) {
     for (_, (reply, _)) in pending.drain() {
         let _ = reply.send(Err(why.clone()));
-    }
-}
-
-/// Sleep until `token` is cancelled, at most `at_most`.
-fn sleep_unless_cancelled(token: &CancellationToken, at_most: Duration) {
-    let until = Instant::now() + at_most;
-    while !token.is_cancelled() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

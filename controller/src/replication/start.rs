@@ -45,7 +45,8 @@ pub struct Started {
     pub threads: Vec<JoinHandle<()>>,
 }
 
-/// Start the `raft` and `apply` threads over `parts`.
+/// Start the `raft` and `apply` threads over `parts` (from within the async runtime, which
+/// the returned [`Group`] keeps a handle of).
 pub fn start(parts: Parts) -> std::io::Result<Started> {
     let Parts {
         config,
@@ -80,6 +81,7 @@ pub fn start(parts: Parts) -> std::io::Result<Started> {
         status: status_rx,
         transport: transport.clone(),
         lease: config.tick * config.options.election_tick as u32,
+        runtime: tokio::runtime::Handle::current(),
     };
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.into()).spawn(f)

@@ -148,7 +148,8 @@ fn apply(
         return Ok(None);
     }
     let n = scan.commands.len();
-    let revision = futures::executor::block_on(group.propose(OWNER, scan.commands))
+    let revision = group
+        .block_on(group.propose(OWNER, scan.commands))
         .map_err(|e| format!("cannot commit {n} changes: {e}"))?;
     source.commit();
     Ok(Some(revision))
@@ -179,7 +180,13 @@ pub fn watch(
                 *h = new;
                 changed
             });
-            std::thread::sleep(Duration::from_millis(100));
+            // Until the group's status changes (or shutdown).
+            group.block_on(async {
+                tokio::select! {
+                    _ = status.changed() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            });
             continue;
         }
         info!(
