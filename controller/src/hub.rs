@@ -24,17 +24,43 @@ use crate::history::{Entry, History, Limits};
 use crate::metrics::Metrics;
 use crate::rollout::{AckOutcome, AgentInfo, PeerAck, Rollout};
 
-/// The applied state: read through [`Hub::read`], written only by the hub's own methods
-/// (the apply thread's, and the rollout's for what agents and peers say).
+/// The applied state: read through [`Hub::read`], written only by the apply thread (through
+/// the hub's methods).
 pub struct State {
     machine: Machine,
     history: History,
+    watchers: HashMap<Name, watch::Sender<u64>>,
+}
+
+/// What agents and peers say of each node: the rollout state and the peers' tables. Its own
+/// lock, taken after the state's and never before it, so an ack (thousands a second at scale)
+/// waits for no apply and no reader of the applied state.
+pub struct Progress {
     rollout: Rollout,
     /// What the peers' streams saw (which nodes are connected where).
     peers: Peers,
     /// This replica's id.
     replica: u64,
-    watchers: HashMap<Name, watch::Sender<u64>>,
+}
+
+impl Progress {
+    /// What this replica knows of each node's rollout (desired, acked, connected).
+    pub fn rollout(&self) -> &Rollout {
+        &self.rollout
+    }
+
+    /// What the peers' streams saw.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The replica `node`'s agent is connected to: this one, or a peer (as of its last table).
+    pub fn connected_at(&self, node: &str) -> Option<u64> {
+        if self.rollout.node(node).is_some_and(|n| n.connections > 0) {
+            return Some(self.replica);
+        }
+        self.peers.connected_at(node)
+    }
 }
 
 impl State {
@@ -48,16 +74,6 @@ impl State {
         &self.history
     }
 
-    /// What this replica knows of each node's rollout (desired, acked, connected).
-    pub fn rollout(&self) -> &Rollout {
-        &self.rollout
-    }
-
-    /// What the peers' streams saw.
-    pub fn peers(&self) -> &Peers {
-        &self.peers
-    }
-
     /// The latest revision applied: the index of the last log entry applied (entries without
     /// commands count: they are revisions that changed nothing).
     pub fn revision(&self) -> u64 {
@@ -66,14 +82,6 @@ impl State {
 
     pub fn engine(&self) -> &Engine {
         self.machine.engine()
-    }
-
-    /// The replica `node`'s agent is connected to: this one, or a peer (as of its last table).
-    pub fn connected_at(&self, node: &str) -> Option<u64> {
-        if self.rollout.node(node).is_some_and(|n| n.connections > 0) {
-            return Some(self.replica);
-        }
-        self.peers.connected_at(node)
     }
 
     /// The digest `node`'s slice had at `version`, when this replica still knows it.
@@ -97,6 +105,7 @@ impl State {
 
 pub struct Hub {
     state: Mutex<State>,
+    progress: Mutex<Progress>,
     revision: watch::Sender<u64>,
     realized: watch::Sender<u64>,
     /// What this replica's own streams saw, for its peers to merge. Its own lock (taken
@@ -121,10 +130,12 @@ impl Hub {
             state: Mutex::new(State {
                 machine: Machine::new(),
                 history: History::new(limits),
+                watchers: HashMap::new(),
+            }),
+            progress: Mutex::new(Progress {
                 rollout: Rollout::default(),
                 peers: Peers::default(),
                 replica,
-                watchers: HashMap::new(),
             }),
             revision: watch::channel(0).0,
             realized: watch::channel(0).0,
@@ -144,10 +155,27 @@ impl Hub {
         f(&self.lock())
     }
 
+    /// Read what agents and peers said (nothing in `f` can await).
+    pub fn progress<R>(&self, f: impl FnOnce(&Progress) -> R) -> R {
+        f(&self.lock_progress())
+    }
+
+    /// Read the applied state and what agents and peers said of it, together (the state's
+    /// lock, then the progress's).
+    pub fn read_both<R>(&self, f: impl FnOnce(&State, &Progress) -> R) -> R {
+        let st = self.lock();
+        let p = self.lock_progress();
+        f(&st, &p)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would leave the state half-updated; there is nothing
         // sensible to continue with, so propagate it.
         self.state.lock().expect("controller state lock poisoned")
+    }
+
+    fn lock_progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().expect("rollout lock poisoned")
     }
 
     /// The latest revision, as a watch.
@@ -184,16 +212,17 @@ impl Hub {
             .retain_current(|node| engine.node(node).map(|n| (n.version, n.digest)));
         let now = Instant::now();
         let nodes = st.engine().nodes();
+        let mut p = self.lock_progress();
         for n in &nodes {
-            if st.rollout.node(&n.node).map(|r| r.desired_version) != Some(n.version) {
-                st.rollout.known(&n.node, n.version, n.digest, now);
+            if p.rollout.node(&n.node).map(|r| r.desired_version) != Some(n.version) {
+                p.rollout.known(&n.node, n.version, n.digest, now);
             }
         }
         for (node, w) in &st.watchers {
             w.send_replace(st.machine.engine().node(node).map_or(0, |n| n.version));
         }
         let revision = st.revision();
-        st.rollout.committed(revision, now);
+        p.rollout.committed(revision, now);
         let elapsed = started.elapsed();
         self.metrics.full_compile(elapsed, nodes.len());
         info!(
@@ -202,7 +231,7 @@ impl Hub {
             seconds = elapsed.as_secs_f64(),
             "state machine restored from a snapshot"
         );
-        self.observe_realized(st);
+        self.observe_realized(&mut p);
         self.published(revision);
     }
 
@@ -211,6 +240,7 @@ impl Hub {
     pub fn apply(&self, entries: &[(u64, Option<Batch>)]) -> u64 {
         let mut st = self.lock();
         let st = &mut *st;
+        let mut p = self.lock_progress();
         for (index, batch) in entries {
             let started = Instant::now();
             let kind = match batch.as_ref().map(|b| b.commands.as_slice()) {
@@ -221,17 +251,17 @@ impl Hub {
             let updates = st.machine.apply(*index, batch.as_ref());
             self.metrics.compiled(kind, started.elapsed());
             let now = Instant::now();
-            record(st, &updates, now);
+            record(st, &mut p, &updates, now);
             if batch.is_some() {
                 self.metrics.stage("compile", now - started);
                 self.metrics.stage("encode", now.elapsed());
             }
-            st.rollout.committed(*index, now);
+            p.rollout.committed(*index, now);
             debug!(revision = index, kind, nodes = updates.len(), "applied");
         }
         self.metrics.nodes(st.engine().node_count());
         self.metrics.history_entries(st.history.updates_held());
-        self.observe_realized(st);
+        self.observe_realized(&mut p);
         let last = st.revision();
         self.published(last);
         last
@@ -243,7 +273,9 @@ impl Hub {
         let mut st = self.lock();
         let st = &mut *st;
         st.machine.apply_change(index, change);
-        st.rollout.committed(index, Instant::now());
+        self.lock_progress()
+            .rollout
+            .committed(index, Instant::now());
         if let Some(c) = change {
             info!(revision = index, replica = c.id, kind = ?c.kind, address = %c.address, "membership changed");
         }
@@ -283,48 +315,50 @@ impl Hub {
         sent: Option<Digest>,
         degraded: Option<(Vec<String>, String)>,
     ) -> AckOutcome {
-        let mut st = self.lock();
-        let expected = sent.or_else(|| st.digest_at(node, version));
-        let outcome = st.rollout.acked(node, version, digest, expected);
+        // The applied state is asked only when the stream did not say what it sent (a Hello):
+        // a version's digest never changes, so the answer holds after the lock is let go.
+        let expected = sent.or_else(|| self.read(|st| st.digest_at(node, version)));
+        let mut p = self.lock_progress();
+        let outcome = p.rollout.acked(node, version, digest, expected);
         self.metrics.ack(matches!(outcome, AckOutcome::Recorded));
         if let (AckOutcome::Recorded, Some((failed_closed, warning))) = (&outcome, degraded) {
-            st.rollout.degraded(node, failed_closed, warning);
-            let (endpoints, nodes) = st.rollout.failed_closed();
+            p.rollout.degraded(node, failed_closed, warning);
+            let (endpoints, nodes) = p.rollout.failed_closed();
             self.metrics.failed_closed(endpoints, nodes);
         }
-        self.touch(&mut st, node);
-        self.observe_realized(&mut st);
+        self.touch(&p, node);
+        self.observe_realized(&mut p);
         outcome
     }
 
     pub fn nack(&self, node: &Name, version: u64, error: String) {
-        let mut st = self.lock();
-        st.rollout.nacked(node, version, error);
-        self.touch(&mut st, node);
+        let mut p = self.lock_progress();
+        p.rollout.nacked(node, version, error);
+        self.touch(&p, node);
         self.metrics.nack();
     }
 
     /// An agent opened a stream here.
     pub fn connected(&self, node: &Name, agent: &AgentInfo) {
-        let mut st = self.lock();
-        st.rollout.connected(node, agent);
-        self.touch(&mut st, node);
+        let mut p = self.lock_progress();
+        p.rollout.connected(node, agent);
+        self.touch(&p, node);
     }
 
     /// A stream of `node` ended here (`forget_unknown`: see `Rollout::disconnected`; a node
     /// a peer has connected is not forgotten).
     pub fn disconnected(&self, node: &Name, forget_unknown: bool) {
-        let mut st = self.lock();
-        let elsewhere = st.peers.connected_at(node).is_some();
-        st.rollout.disconnected(node, forget_unknown && !elsewhere);
-        self.touch(&mut st, node);
+        let mut p = self.lock_progress();
+        let elsewhere = p.peers.connected_at(node).is_some();
+        p.rollout.disconnected(node, forget_unknown && !elsewhere);
+        self.touch(&p, node);
     }
 
     /// Put what this replica's streams know of `node` into its table, for the peers (a
     /// tombstone when it forgot the node).
-    fn touch(&self, st: &mut State, node: &Name) {
+    fn touch(&self, p: &Progress, node: &Name) {
         let mut table = self.acks();
-        let changed = match st.rollout.node(node) {
+        let changed = match p.rollout.node(node) {
             Some(n) => table.set(node, n.record(n.connections > 0)),
             None => table.forget(node),
         };
@@ -347,18 +381,22 @@ impl Hub {
     /// whole table), by highest version per node.
     pub fn merge_peer(&self, peer: u64, table: acks::PeerChanges) {
         let now_ms = acks::unix_ms();
-        let mut st = self.lock();
-        let st = &mut *st;
+        // Both locks, the state's first: a version this replica has not applied yet must be
+        // held as ahead (and checked when applied), never taken unchecked because it was
+        // applied between reading the digests and merging. Merges run on the blocking pool.
+        let st = self.lock();
+        let mut p = self.lock_progress();
+        let p = &mut *p;
         if table.full {
-            st.peers.unreachable(peer);
+            p.peers.unreachable(peer);
         }
-        st.peers.table(peer).answered = Some((std::time::Instant::now(), table.applied));
+        p.peers.table(peer).answered = Some((std::time::Instant::now(), table.applied));
         for (node, record) in table.nodes {
             let Some(record) = record else {
                 // The peer forgot a node only a stream of it had named.
-                st.peers.table(peer).connected.remove(&node);
-                if st.peers.connected_at(&node).is_none() {
-                    st.rollout.forget_if_unknown(&node);
+                p.peers.table(peer).connected.remove(&node);
+                if p.peers.connected_at(&node).is_none() {
+                    p.rollout.forget_if_unknown(&node);
                 }
                 continue;
             };
@@ -370,8 +408,7 @@ impl Hub {
             }
             if let Some(digest) = record.digest {
                 let expected = st.digest_at(&node, record.version);
-                if st
-                    .rollout
+                if p.rollout
                     .acked_by_peer(&node, record.version, digest, expected)
                     == PeerAck::Diverged
                 {
@@ -379,30 +416,30 @@ impl Hub {
                     self.metrics.peer_ack_diverged();
                 }
             }
-            let table = st.peers.table(peer);
+            let table = p.peers.table(peer);
             if record.connected {
                 table.connected.insert(node.clone(), record.changed_unix_ms);
-                st.rollout.reported_by_peer(&node, &record);
+                p.rollout.reported_by_peer(&node, &record);
             } else {
                 table.connected.remove(&node);
             }
         }
-        self.observe_realized(st);
+        self.observe_realized(p);
     }
 
     /// Peer `peer` cannot be reached: its agents are no longer counted as connected.
     pub fn peer_unreachable(&self, peer: u64) {
-        self.lock().peers.unreachable(peer);
+        self.lock_progress().peers.unreachable(peer);
     }
 
-    fn observe_realized(&self, st: &mut State) {
+    fn observe_realized(&self, p: &mut Progress) {
         let now = Instant::now();
-        for (_, latency) in st.rollout.take_realized(now) {
+        for (_, latency) in p.rollout.take_realized(now) {
             self.metrics.realized(latency);
         }
-        let through = st.rollout.realized_through();
+        let through = p.rollout.realized_through();
         self.metrics
-            .realized_revision(through, st.rollout.lagging_nodes());
+            .realized_revision(through, p.rollout.lagging_nodes());
         self.realized.send_if_modified(|v| {
             let moved = *v != through;
             *v = through;
@@ -412,7 +449,7 @@ impl Hub {
 }
 
 /// Record what one revision changed: history, rollout, and the nodes' watches.
-fn record(st: &mut State, updates: &[NodeUpdate], now: Instant) {
+fn record(st: &mut State, p: &mut Progress, updates: &[NodeUpdate], now: Instant) {
     let mut shared = SharedParts::default();
     for u in updates {
         let digest = u.digest();
@@ -436,7 +473,7 @@ fn record(st: &mut State, updates: &[NodeUpdate], now: Instant) {
                 encoded,
             },
         );
-        st.rollout.changed(&u.node, u.to_version, digest, now);
+        p.rollout.changed(&u.node, u.to_version, digest, now);
         if let Some(w) = st.watchers.get(&u.node) {
             w.send_replace(u.to_version);
         }
@@ -478,7 +515,7 @@ mod tests {
         let (version, digest) = hub.lock().desired("n1");
         assert_eq!(version, 2);
         assert_eq!(
-            hub.lock().rollout.realized_through(),
+            hub.lock_progress().rollout.realized_through(),
             1,
             "n1 has not acked 2"
         );
@@ -486,7 +523,7 @@ mod tests {
         // engine's last change was at 2.
         hub.ack(&n1, 2, digest, None, None);
         assert_eq!(hub.lock().engine().revision(), 2);
-        assert_eq!(hub.lock().rollout.realized_through(), 4);
+        assert_eq!(hub.lock_progress().rollout.realized_through(), 4);
 
         // Another replica's table: an ack of a version this one has not applied yet waits
         // until it has, then realizes it here too.
@@ -510,18 +547,26 @@ mod tests {
         });
         assert!(unreadable.is_empty());
         other.merge_peer(1, changes);
-        assert_eq!(other.lock().connected_at("n1"), Some(1));
+        assert_eq!(other.lock_progress().connected_at("n1"), Some(1));
         // It answered, with one agent, having applied revision 2 (what rebalancing counts).
         let within = std::time::Duration::from_secs(3);
-        assert_eq!(other.lock().peers.answering(within), vec![(1, 2)]);
+        assert_eq!(other.lock_progress().peers.answering(within), vec![(1, 2)]);
         other.apply(&[(1, None), (2, Some(batch(SHOP)))]);
-        assert_eq!(other.lock().rollout.realized_through(), 2);
-        assert_eq!(other.lock().rollout.node("n1").unwrap().acked_version, 2);
+        assert_eq!(other.lock_progress().rollout.realized_through(), 2);
+        assert_eq!(
+            other
+                .lock_progress()
+                .rollout
+                .node("n1")
+                .unwrap()
+                .acked_version,
+            2
+        );
         // The peer unreachable: n1 no longer counts as connected; its ack stays.
         other.peer_unreachable(1);
-        assert_eq!(other.lock().connected_at("n1"), None);
-        assert!(other.lock().peers.answering(within).is_empty());
-        assert_eq!(other.lock().rollout.realized_through(), 2);
+        assert_eq!(other.lock_progress().connected_at("n1"), None);
+        assert!(other.lock_progress().peers.answering(within).is_empty());
+        assert_eq!(other.lock_progress().rollout.realized_through(), 2);
 
         // A node only a peer's stream named (no slice, no ack) goes when the peer forgets it.
         let ghost: Name = "ghost".into();
@@ -540,14 +585,50 @@ mod tests {
             .0
         };
         other.merge_peer(1, table(2, vec![acks::to_pb(&ghost, Some(&named))]));
-        assert_eq!(other.lock().connected_at("ghost"), Some(1));
-        assert!(other.lock().rollout.node("ghost").is_some());
+        assert_eq!(other.lock_progress().connected_at("ghost"), Some(1));
+        assert!(other.lock_progress().rollout.node("ghost").is_some());
         other.merge_peer(1, table(3, vec![acks::to_pb(&ghost, None)]));
-        assert_eq!(other.lock().connected_at("ghost"), None);
-        assert!(other.lock().rollout.node("ghost").is_none());
+        assert_eq!(other.lock_progress().connected_at("ghost"), None);
+        assert!(other.lock_progress().rollout.node("ghost").is_none());
         assert!(
-            other.lock().rollout.node("n1").is_some(),
+            other.lock_progress().rollout.node("n1").is_some(),
             "a node with a slice stays"
         );
+    }
+
+    #[test]
+    fn an_ack_waits_for_no_reader_of_the_applied_state() {
+        let hub = std::sync::Arc::new(Hub::new(
+            1,
+            Machine::new(),
+            Limits::default(),
+            Metrics::new(),
+        ));
+        hub.apply(&[(1, None), (2, Some(batch(SHOP)))]);
+        let (version, digest) = hub.read(|st| st.desired("n1"));
+        let (inside_tx, inside) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                // Holds the state's lock until told to let go (or, if the ack waited for it,
+                // until the bound: then the ack below could not have finished first).
+                hub.read(|_| {
+                    inside_tx.send(()).unwrap();
+                    release_rx
+                        .recv_timeout(std::time::Duration::from_secs(10))
+                        .is_ok()
+                })
+            })
+        };
+        inside.recv().unwrap();
+        let outcome = hub.ack(&"n1".into(), version, digest, Some(digest), None);
+        release.send(()).unwrap();
+        assert!(
+            reader.join().unwrap(),
+            "the ack finished while the state was being read"
+        );
+        assert!(matches!(outcome, AckOutcome::Recorded));
+        assert_eq!(hub.progress(|p| p.rollout().realized_through()), 2);
     }
 }

@@ -13,7 +13,7 @@ use palisade_proto::v1::introspection_server::Introspection;
 use palisade_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::hub::{Hub, State};
+use crate::hub::{Hub, Progress, State};
 use crate::lint::Linter;
 use crate::reports::Reports;
 
@@ -83,11 +83,11 @@ fn object_keys(req: &pb::GetObjectsRequest) -> Result<Vec<Key>, Status> {
         .collect()
 }
 
-fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
+fn node_status(st: &State, p: &Progress, node: &str, now: Instant) -> pb::NodeStatus {
     let (desired, desired_digest) = st.desired(node);
     let summary = st.engine().node(node);
-    let r = st.rollout().node(node);
-    let at = st.connected_at(node);
+    let r = p.rollout().node(node);
+    let at = p.connected_at(node);
     let acked = r.map_or(0, |r| r.acked_version);
     pb::NodeStatus {
         node: node.to_string(),
@@ -125,19 +125,19 @@ fn node_status(st: &State, node: &str, now: Instant) -> pb::NodeStatus {
 }
 
 /// Nodes the controller knows: with pods, or with an agent that connected.
-fn known_nodes(st: &State) -> BTreeSet<Name> {
+fn known_nodes(st: &State, p: &Progress) -> BTreeSet<Name> {
     let mut names: BTreeSet<Name> = st.engine().nodes().into_iter().map(|n| n.node).collect();
-    names.extend(st.rollout().nodes().map(|(n, _)| n.clone()));
+    names.extend(p.rollout().nodes().map(|(n, _)| n.clone()));
     names
 }
 
-fn revision_status(st: &State, revision: u64) -> pb::RevisionStatus {
+fn revision_status(st: &State, p: &Progress, revision: u64) -> pb::RevisionStatus {
     pb::RevisionStatus {
         revision,
         latest_revision: st.revision(),
-        realized: st.rollout().is_realized(revision) && revision <= st.revision(),
-        realized_through: st.rollout().realized_through(),
-        lagging: st
+        realized: p.rollout().is_realized(revision) && revision <= st.revision(),
+        realized_through: p.rollout().realized_through(),
+        lagging: p
             .rollout()
             .lagging(revision)
             .into_iter()
@@ -145,7 +145,7 @@ fn revision_status(st: &State, revision: u64) -> pb::RevisionStatus {
                 node: l.node.to_string(),
                 needed_version: l.needed_version,
                 acked_version: l.acked_version,
-                connected: st.connected_at(&l.node).is_some(),
+                connected: p.connected_at(&l.node).is_some(),
                 nack_error: l.nack.unwrap_or_default(),
             })
             .collect(),
@@ -183,10 +183,10 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let fresh = self.freshness(req.get_ref().consistent).await?;
         let now = Instant::now();
-        let (revision, nodes) = self.hub.read(|st| {
-            let nodes = known_nodes(st)
+        let (revision, nodes) = self.hub.read_both(|st, p| {
+            let nodes = known_nodes(st, p)
                 .iter()
-                .map(|n| node_status(st, n, now))
+                .map(|n| node_status(st, p, n, now))
                 .collect();
             (st.revision(), nodes)
         });
@@ -203,14 +203,14 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let req = req.into_inner();
         let fresh = self.freshness(req.consistent).await?;
-        let (revision, mut status) = self.hub.read(|st| {
-            if !known_nodes(st).contains(req.node.as_str()) {
+        let (revision, mut status) = self.hub.read_both(|st, p| {
+            if !known_nodes(st, p).contains(req.node.as_str()) {
                 return Err(Status::not_found(format!(
                     "no node {} (no pod is scheduled there and no agent connected)",
                     req.node
                 )));
             }
-            let mut status = node_status(st, &req.node, Instant::now());
+            let mut status = node_status(st, p, &req.node, Instant::now());
             if req.include_slice {
                 status.slice = Some(convert::slice_to_pb(&st.engine().slice(&req.node)));
             }
@@ -226,7 +226,7 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::RevisionStatus>, Status> {
         let revision = req.into_inner().revision;
         Ok(Response::new(
-            self.hub.read(|st| revision_status(st, revision)),
+            self.hub.read_both(|st, p| revision_status(st, p, revision)),
         ))
     }
 
@@ -240,7 +240,9 @@ impl Introspection for IntrospectionService {
         let mut realized = self.hub.realized();
         let mut revisions = self.hub.revisions();
         loop {
-            let status = self.hub.read(|st| revision_status(st, req.revision));
+            let status = self
+                .hub
+                .read_both(|st, p| revision_status(st, p, req.revision));
             if status.realized || tokio::time::Instant::now() >= deadline {
                 return Ok(Response::new(status));
             }

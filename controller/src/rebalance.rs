@@ -90,7 +90,7 @@ pub async fn run(
         // choose at random: wait until it has caught up.
         let own = streams.count();
         let applied = *hub.revisions().borrow();
-        let answering = hub.read(|st| st.peers().answering(crate::replication::exchange::STALE));
+        let answering = hub.progress(|p| p.peers().answering(crate::replication::exchange::STALE));
         let caught_up = answering.iter().all(|(_, a)| a + CAUGHT_UP >= applied);
         let peers: Vec<usize> = answering.iter().map(|(n, _)| *n).collect();
         let settled = settled && caught_up;

@@ -162,7 +162,7 @@ async fn one_stream_per_node_and_what_agents_say_is_bounded() {
     loop {
         let nack = c
             .hub()
-            .read(|st| st.rollout().node("n2").and_then(|r| r.nack.clone()));
+            .progress(|p| p.rollout().node("n2").and_then(|r| r.nack.clone()));
         if let Some((_, e)) = nack {
             assert!(e.len() < 2048, "{} bytes kept", e.len());
             break;
@@ -187,7 +187,7 @@ async fn one_stream_per_node_and_what_agents_say_is_bounded() {
     assert!(ended.contains("replaced") || ended == "closed", "{ended}");
     assert_eq!(
         c.hub()
-            .read(|st| st.rollout().node("n2").unwrap().connections),
+            .progress(|p| p.rollout().node("n2").unwrap().connections),
         1
     );
     // Messages larger than the controller accepts are refused, not buffered.
@@ -248,7 +248,7 @@ async fn an_agent_acking_another_digest_gets_snapshots_with_back_off() {
     assert!(gaps[2] >= Duration::from_millis(1900), "{gaps:?}");
     assert!(
         c.hub()
-            .read(|st| st.rollout().node("n2").unwrap().acked_version)
+            .progress(|p| p.rollout().node("n2").unwrap().acked_version)
             == 0
     );
     c.shutdown().await;
@@ -261,7 +261,7 @@ async fn an_agent_that_cannot_save_does_not_ack_and_retries() {
     c.in_sync("n2").await;
     let acked = c
         .hub()
-        .read(|st| st.rollout().node("n2").unwrap().acked_version);
+        .progress(|p| p.rollout().node("n2").unwrap().acked_version);
     // The agent's saved slice cannot be replaced (a non-empty directory in its place).
     let saved = c.path("agents/n2/slice.pb");
     std::fs::remove_file(&saved).unwrap();
@@ -280,7 +280,7 @@ async fn an_agent_that_cannot_save_does_not_ack_and_retries() {
     assert_ne!(status.phase, Phase::Stopped);
     assert_eq!(
         c.hub()
-            .read(|st| st.rollout().node("n2").unwrap().acked_version),
+            .progress(|p| p.rollout().node("n2").unwrap().acked_version),
         acked,
         "nothing acked that the agent could not keep"
     );

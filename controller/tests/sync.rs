@@ -111,10 +111,10 @@ async fn a_change_reaches_exactly_the_affected_nodes() {
         .filter(|n| before[n] != after[n])
         .collect();
     assert_eq!(changed, vec!["n5"]);
-    c.hub().read(|st| {
+    c.hub().read_both(|st, p| {
         for n in NODES {
             let (v, d) = st.desired(n);
-            let r = st.rollout().node(n).unwrap();
+            let r = p.rollout().node(n).unwrap();
             assert_eq!(
                 (r.acked_version, r.acked_digest),
                 (v, Some(d)),
@@ -135,7 +135,7 @@ async fn a_reconnecting_agent_resumes_by_delta() {
         r = c.next_revision(r).await;
     }
     assert!(
-        !c.hub().read(|st| st.rollout().is_realized(r)),
+        !c.hub().progress(|p| p.rollout().is_realized(r)),
         "n3 is away"
     );
     c.start_agent("n3", AgentOpts::default());
@@ -204,13 +204,13 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
     // The agent counts its nack before the controller has read it: wait for the controller.
     for _ in 0..200 {
         if c.hub()
-            .read(|st| st.rollout().node("n7").is_some_and(|r| r.nack.is_some()))
+            .progress(|p| p.rollout().node("n7").is_some_and(|r| r.nack.is_some()))
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let lagging = c.hub().read(|st| st.rollout().lagging(revision));
+    let lagging = c.hub().progress(|p| p.rollout().lagging(revision));
     assert_eq!(lagging.len(), 1, "{lagging:?}");
     assert_eq!(&*lagging[0].node, "n7");
     assert!(lagging[0]
@@ -230,7 +230,7 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
     })
     .await;
     assert!(
-        !c.hub().read(|st| st.rollout().is_realized(r)),
+        !c.hub().progress(|p| p.rollout().is_realized(r)),
         "n7 still holds nothing"
     );
     // n7's nack does not loop: a refused snapshot is not resent until its node changes.

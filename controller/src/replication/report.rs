@@ -62,7 +62,7 @@ pub async fn list(
                 address,
                 role: "unreachable".into(),
                 // As its last table said (cleared once it has been unreachable a while).
-                agents: hub.read(|st| st.peers().agents(id)) as u64,
+                agents: hub.progress(|p| p.peers().agents(id)) as u64,
                 last_contact_ms,
                 matched,
                 failure: why,

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{cap, Stream, Streams, SyncConfig, MAX_FAILED_CLOSED, MAX_TEXT};
 use crate::history::{compose_chain, Catchup, Entry};
-use crate::hub::{Hub, State};
+use crate::hub::{Hub, Progress, State};
 use crate::replication::Group;
 use crate::rollout::{AckOutcome, AgentInfo};
 
@@ -267,12 +267,12 @@ impl Connection {
     /// lock (cheap: clones of shared parts, or the slice for a snapshot).
     /// Also when `desired` was applied here, when still known.
     fn plan(&self) -> (Plan, u64, Digest, Option<std::time::Instant>) {
-        self.hub.read(|st| self.plan_in(st))
+        self.hub.read_both(|st, p| self.plan_in(st, p))
     }
 
-    fn plan_in(&self, st: &State) -> (Plan, u64, Digest, Option<std::time::Instant>) {
+    fn plan_in(&self, st: &State, p: &Progress) -> (Plan, u64, Digest, Option<std::time::Instant>) {
         let (desired, digest) = st.desired(&self.node);
-        let applied_at = st.rollout().committed_at(desired);
+        let applied_at = p.rollout().committed_at(desired);
         let plan = match self.holds {
             Knowledge::Unknown => Plan::Snapshot(st.engine().slice(&self.node)),
             Knowledge::Holds(v, d) if v == desired && d == digest => Plan::Empty {

@@ -309,7 +309,7 @@ impl Cluster {
             .unwrap_or_else(|_| {
                 panic!(
                     "revision {revision} realized in time; lagging: {:?}",
-                    self.hub().read(|st| st.rollout().lagging(revision))
+                    self.hub().progress(|p| p.rollout().lagging(revision))
                 )
             })
             .unwrap();
@@ -349,8 +349,8 @@ impl Cluster {
         .await;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let acked = self.hub().read(|st| {
-                st.rollout()
+            let acked = self.hub().progress(|p| {
+                p.rollout()
                     .node(node)
                     .map(|r| (r.acked_version, r.acked_digest))
             });
