@@ -240,7 +240,6 @@ impl Hub {
     pub fn apply(&self, entries: &[(u64, Option<Batch>)]) -> u64 {
         let mut st = self.lock();
         let st = &mut *st;
-        let mut p = self.lock_progress();
         for (index, batch) in entries {
             let started = Instant::now();
             let kind = match batch.as_ref().map(|b| b.commands.as_slice()) {
@@ -251,17 +250,31 @@ impl Hub {
             let updates = st.machine.apply(*index, batch.as_ref());
             self.metrics.compiled(kind, started.elapsed());
             let now = Instant::now();
-            record(st, &mut p, &updates, now);
+            let digests = record(st, &updates);
             if batch.is_some() {
                 self.metrics.stage("compile", now - started);
                 self.metrics.stage("encode", now.elapsed());
             }
-            p.rollout.committed(*index, now);
+            // The rollout's lock only around what the revision means for it: compiling and
+            // encoding (above) hold up no ack.
+            {
+                let mut p = self.lock_progress();
+                for (u, digest) in updates.iter().zip(&digests) {
+                    p.rollout.changed(&u.node, u.to_version, *digest, now);
+                }
+                p.rollout.committed(*index, now);
+            }
+            // Streams woken now read the state after this apply lets go of it.
+            for u in &updates {
+                if let Some(w) = st.watchers.get(&u.node) {
+                    w.send_replace(u.to_version);
+                }
+            }
             debug!(revision = index, kind, nodes = updates.len(), "applied");
         }
         self.metrics.nodes(st.engine().node_count());
         self.metrics.history_entries(st.history.updates_held());
-        self.observe_realized(&mut p);
+        self.observe_realized(&mut self.lock_progress());
         let last = st.revision();
         self.published(last);
         last
@@ -448,9 +461,11 @@ impl Hub {
     }
 }
 
-/// Record what one revision changed: history, rollout, and the nodes' watches.
-fn record(st: &mut State, p: &mut Progress, updates: &[NodeUpdate], now: Instant) {
+/// Record what one revision changed in the history (each update encoded once); the digest
+/// of each node's new slice, in the order of `updates`.
+fn record(st: &mut State, updates: &[NodeUpdate]) -> Vec<Digest> {
     let mut shared = SharedParts::default();
+    let mut digests = Vec::with_capacity(updates.len());
     for u in updates {
         let digest = u.digest();
         let from_digest = u.from_digest();
@@ -473,11 +488,9 @@ fn record(st: &mut State, p: &mut Progress, updates: &[NodeUpdate], now: Instant
                 encoded,
             },
         );
-        p.rollout.changed(&u.node, u.to_version, digest, now);
-        if let Some(w) = st.watchers.get(&u.node) {
-            w.send_replace(u.to_version);
-        }
+        digests.push(digest);
     }
+    digests
 }
 
 #[cfg(test)]

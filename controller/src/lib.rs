@@ -18,7 +18,7 @@
 //! | thread | what it runs | writes | takes |
 //! |---|---|---|---|
 //! | `raft` ([`replication::driver`]) | the `Replica` (raft-rs over the sled log), proposals, read indexes and their lease | the log; the group status watch (all but `applied`) | never the hub's state lock, so a long apply cannot delay heartbeats |
-//! | `apply` ([`replication::apply`]) | committed entries and snapshots, in order | the hub's state (the machine, history) and what each change means for the rollout, `applied`, the revision watches | the hub's state lock, then its progress lock, for each batch |
+//! | `apply` ([`replication::apply`]) | committed entries and snapshots, in order | the hub's state (the machine, history) and what each change means for the rollout, `applied`, the revision watches | the hub's state lock for each batch; within it, its progress lock briefly per entry (compiling and encoding hold up no ack) |
 //! | `manifests` ([`source`]) | the manifests directory while this replica leads (blocking file I/O; proposes with `block_on`) | the source's records in the state directory | the hub's state lock, briefly, to read what it owns |
 //! | manifest readers ([`source`]'s `reader`) | reading and parsing files, 2 to 8 at a time | their queue (its own mutex and condvar) | nothing else |
 //! | tokio workers | every gRPC service (sync, introspection, admin, Raft's transport, the ack exchange), the Kubernetes source, standing, rebalancing, metrics | per-stream state; acks, nacks and connections into the hub's progress | the hub's state lock to read (the known limit in `docs/architecture.md`), its progress lock (acks take only this one), the ack table's, the connection table's |

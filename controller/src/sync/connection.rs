@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{cap, Stream, Streams, SyncConfig, MAX_FAILED_CLOSED, MAX_TEXT};
 use crate::history::{compose_chain, Catchup, Entry};
-use crate::hub::{Hub, Progress, State};
+use crate::hub::{Hub, State};
 use crate::replication::Group;
 use crate::rollout::{AckOutcome, AgentInfo};
 
@@ -267,12 +267,15 @@ impl Connection {
     /// lock (cheap: clones of shared parts, or the slice for a snapshot).
     /// Also when `desired` was applied here, when still known.
     fn plan(&self) -> (Plan, u64, Digest, Option<std::time::Instant>) {
-        self.hub.read_both(|st, p| self.plan_in(st, p))
+        let (plan, desired, digest) = self.hub.read(|st| self.plan_in(st));
+        // Recorded before the state's lock was let go (the apply thread records a revision
+        // in the rollout while it holds it); read apart, so a snapshot's slicing holds up no ack.
+        let applied_at = self.hub.progress(|p| p.rollout().committed_at(desired));
+        (plan, desired, digest, applied_at)
     }
 
-    fn plan_in(&self, st: &State, p: &Progress) -> (Plan, u64, Digest, Option<std::time::Instant>) {
+    fn plan_in(&self, st: &State) -> (Plan, u64, Digest) {
         let (desired, digest) = st.desired(&self.node);
-        let applied_at = p.rollout().committed_at(desired);
         let plan = match self.holds {
             Knowledge::Unknown => Plan::Snapshot(st.engine().slice(&self.node)),
             Knowledge::Holds(v, d) if v == desired && d == digest => Plan::Empty {
@@ -300,7 +303,7 @@ impl Connection {
                 None => Plan::Snapshot(st.engine().slice(&self.node)),
             },
         };
-        (plan, desired, digest, applied_at)
+        (plan, desired, digest)
     }
 
     /// What takes the agent from what it holds to the node's latest version.
