@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::acks::{self, Peers, Table};
-use crate::history::{Entry, History, Limits};
+use crate::history::{Catchup, Entry, History, Limits};
 use crate::metrics::Metrics;
 use crate::rollout::{AckOutcome, AgentInfo, PeerAck, Rollout};
 
@@ -100,6 +100,24 @@ impl State {
             Some(n) => (n.version, n.digest),
             None => (0, palisade_policy::NodeSlice::empty(node).digest()),
         }
+    }
+}
+
+impl crate::view::NodeView for State {
+    fn revision(&self) -> u64 {
+        State::revision(self)
+    }
+    fn desired(&self, node: &str) -> (u64, Digest) {
+        State::desired(self, node)
+    }
+    fn digest_at(&self, node: &str, version: u64) -> Option<Digest> {
+        State::digest_at(self, node, version)
+    }
+    fn catch_up(&self, node: &str, version: u64, digest: &Digest) -> Option<Catchup> {
+        self.history.catch_up(node, version, digest)
+    }
+    fn slice(&self, node: &str) -> palisade_policy::NodeSlice {
+        self.engine().slice(node)
     }
 }
 

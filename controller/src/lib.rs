@@ -51,3 +51,6 @@ pub mod rollout;
 pub mod server;
 pub mod source;
 pub mod sync;
+#[cfg(test)]
+mod testing;
+pub mod view;

@@ -35,9 +35,11 @@ use crate::hub::Hub;
 use crate::replication::Group;
 
 mod connection;
+pub mod session;
 mod streams;
 
-use connection::{Connection, Knowledge, Stop};
+use connection::{Connection, Stop};
+use session::{Knowledge, Session};
 pub use streams::{Stream, Streams};
 
 #[derive(Clone, Debug)]
@@ -223,17 +225,7 @@ impl Sync for SyncService {
             streams: self.streams.clone(),
             group: self.group.clone(),
             config: self.config.clone(),
-            node,
-            holds,
-            sent: None,
-            awaiting: None,
-            greeted: false,
-            last_snapshot: None,
-            snapshot_refused_at: None,
-            divergences: 0,
-            resuming: hello.last_version > 0,
-            sent_at: None,
-            hold_until: None,
+            session: Session::new(node, holds),
         };
         let stop = Stop {
             shutdown: self.shutdown.clone(),
@@ -247,7 +239,7 @@ impl Sync for SyncService {
 
 #[cfg(test)]
 mod tests {
-    use super::connection::divergence_backoff;
+    use super::session::divergence_backoff;
     use super::*;
 
     #[test]

@@ -1,27 +1,7 @@
 //! The hub's bookkeeping: realization, peers' tables, and which lock an ack takes.
 
 use super::*;
-use palisade_replica::ProposalId;
-
-const SHOP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop}\nspec: {nodeName: n1, containers: [{name: c, image: c}]}\nstatus: {podIP: 10.0.0.1}\n";
-
-fn batch(text: &str) -> Batch {
-    let parsed = palisade_policy::manifest::parse("t.yaml", text, "default");
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    Batch {
-        id: ProposalId {
-            replica: 1,
-            term: 1,
-            seq: 1,
-        },
-        owner: "test".into(),
-        commands: parsed
-            .objects
-            .into_iter()
-            .map(|(_, o)| o.upsert())
-            .collect(),
-    }
-}
+use crate::testing::{batch, SHOP};
 
 #[test]
 fn realization_follows_the_applied_index_and_peers_acks() {
