@@ -7,7 +7,7 @@
 //! no clock: the driver calls `tick` at its own pace.
 
 use palisade_policy::model::Command;
-use palisade_storage::{SledStorage, StorageError, Write};
+use palisade_storage::{MemLog, SledStorage, StorageError, Write};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole, Storage};
@@ -29,6 +29,16 @@ impl LogStore for SledStorage {
     }
     fn conf_index(&self) -> u64 {
         SledStorage::conf_index(self)
+    }
+}
+
+/// The same log in memory, for the deterministic harness (nothing durable).
+impl LogStore for MemLog {
+    fn write(&self, w: Write) -> Result<(), StorageError> {
+        MemLog::write(self, w)
+    }
+    fn conf_index(&self) -> u64 {
+        MemLog::conf_index(self)
     }
 }
 

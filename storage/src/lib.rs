@@ -8,6 +8,8 @@
 //! process stopped). Keys are typed and big-endian ([`keys`]), so the log is ordered by index
 //! on disk; a format marker tells a Palisade Raft directory from anything else, and an
 //! identity record ([`Identity`]) says which group and replica the directory belongs to.
+//! [`MemLog`] is the same log in memory (the same checks on every write), for the
+//! deterministic test harness.
 
 mod identity;
 pub mod keys;
@@ -15,4 +17,4 @@ mod store;
 
 pub use identity::{GroupId, Identity};
 pub use raft::eraftpb::ConfState;
-pub use store::{Create, SledStorage, StorageError, Write};
+pub use store::{Create, MemLog, SledStorage, StorageError, Write};

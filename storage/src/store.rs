@@ -11,7 +11,12 @@ use raft::{GetEntriesContext, RaftState};
 use crate::identity::Identity;
 use crate::keys::{Key, FORMAT_VALUE};
 
+mod memory;
+mod plan;
 mod raft_storage;
+
+pub use memory::MemLog;
+use plan::{EntryOp, Plan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -59,7 +64,7 @@ pub struct Write {
 }
 
 #[derive(Clone, Debug, Default)]
-struct Cache {
+pub(crate) struct Cache {
     first: u64,
     last: u64,
     hard_state: HardState,
@@ -386,133 +391,61 @@ impl SledStorage {
         })
     }
 
-    /// Apply `w` atomically and make it durable (one batch, one flush).
+    /// Apply `w` atomically and make it durable (one batch, one flush): here durability is
+    /// decided for the whole log (an entry, a vote or a snapshot is acknowledged to raft-rs,
+    /// and so to peers and clients, only after this returns).
     pub fn write(&self, w: Write) -> Result<(), StorageError> {
         let mut guard = self.cache.write().expect("storage cache lock");
-        let mut next = guard.clone();
-        let mut batch = sled::Batch::default();
+        let Plan { next, entries } = guard.plan(&w, |i| self.read_entry(i).map(|e| e.term))?;
         let encode = |m: &dyn Message| {
             m.write_to_bytes()
                 .map_err(|e| StorageError::Invalid(format!("cannot encode: {e}")))
         };
-        if let Some(snap) = w.snapshot {
-            let meta = snap.get_metadata();
-            if meta.index < next.first {
-                return Err(StorageError::Invalid(format!(
-                    "snapshot at {} is older than the log's first index {}",
-                    meta.index, next.first
-                )));
+        let mut batch = sled::Batch::default();
+        for op in entries {
+            match op {
+                EntryOp::Remove { from, to } => {
+                    for i in from..=to {
+                        batch.remove(Key::Entry(i).to_bytes());
+                    }
+                }
+                EntryOp::Put(at) => {
+                    let e = &w.entries[at];
+                    batch.insert(Key::Entry(e.index).to_bytes(), encode(e)?);
+                }
             }
-            for i in next.first..=next.last {
-                batch.remove(Key::Entry(i).to_bytes());
-            }
-            next.hard_state.term = next.hard_state.term.max(meta.term);
-            next.hard_state.commit = meta.index;
-            next.conf_state = meta.get_conf_state().clone();
-            next.conf_index = next.conf_index.max(meta.index);
-            next.snapshot_meta = meta.clone();
-            next.first = meta.index + 1;
-            next.last = meta.index;
-            self.write_snapshot_file(meta.index, snap.get_data())?;
-            batch.insert(Key::SnapshotMeta.to_bytes(), encode(meta)?);
+        }
+        let received = w.snapshot.is_some();
+        if received || w.own_snapshot.is_some() {
+            batch.insert(Key::SnapshotMeta.to_bytes(), encode(&next.snapshot_meta)?);
+        }
+        if received || w.hard_state.is_some() {
             batch.insert(Key::HardState.to_bytes(), encode(&next.hard_state)?);
+        }
+        if received || w.conf_state.is_some() {
             batch.insert(Key::ConfState.to_bytes(), encode(&next.conf_state)?);
+        }
+        if received || w.conf_index.is_some() {
             batch.insert(
                 Key::ConfIndex.to_bytes(),
                 next.conf_index.to_be_bytes().to_vec(),
             );
         }
-        if let Some(first_new) = w.entries.first().map(|e| e.index) {
-            if first_new < next.first {
+        if let Some(cs) = &w.initial_conf {
+            batch.insert(Key::InitialConf.to_bytes(), encode(cs)?);
+        }
+        // Snapshot data goes to its file first: the batch that names it current follows.
+        if let Some(snap) = &w.snapshot {
+            self.write_snapshot_file(snap.get_metadata().index, snap.get_data())?;
+        }
+        match &w.own_snapshot {
+            Some((index, _, Some(data))) => self.write_snapshot_file(*index, data)?,
+            Some((index, _, None)) if !Self::snapshot_file(&self.path, *index).exists() => {
                 return Err(StorageError::Invalid(format!(
-                    "entries from {first_new} would overwrite compacted ones (first index {})",
-                    next.first
-                )));
+                    "no snapshot data was staged at {index}"
+                )))
             }
-            if first_new > next.last + 1 {
-                return Err(StorageError::Invalid(format!(
-                    "entries from {first_new} leave a gap after {}",
-                    next.last
-                )));
-            }
-            for (i, e) in w.entries.iter().enumerate() {
-                if e.index != first_new + i as u64 {
-                    return Err(StorageError::Invalid(format!(
-                        "entries are not consecutive at {}",
-                        e.index
-                    )));
-                }
-            }
-            for i in first_new..=next.last {
-                batch.remove(Key::Entry(i).to_bytes());
-            }
-            for e in &w.entries {
-                batch.insert(Key::Entry(e.index).to_bytes(), encode(e)?);
-            }
-            next.last = first_new + w.entries.len() as u64 - 1;
-        }
-        if let Some(hs) = w.hard_state {
-            batch.insert(Key::HardState.to_bytes(), encode(&hs)?);
-            next.hard_state = hs;
-        }
-        if let Some(cs) = w.conf_state {
-            batch.insert(Key::ConfState.to_bytes(), encode(&cs)?);
-            next.conf_state = cs;
-        }
-        if let Some(cs) = w.initial_conf {
-            batch.insert(Key::InitialConf.to_bytes(), encode(&cs)?);
-            next.initial_conf = Some(cs);
-        }
-        if let Some(index) = w.conf_index {
-            batch.insert(Key::ConfIndex.to_bytes(), index.to_be_bytes().to_vec());
-            next.conf_index = index;
-        }
-        if let Some((index, conf_state, data)) = w.own_snapshot {
-            if index < next.snapshot_meta.index || index > next.last || index < next.first - 1 {
-                return Err(StorageError::Invalid(format!(
-                    "a snapshot at {index} is outside the log ({}..={}) or older than the last one ({})",
-                    next.first, next.last, next.snapshot_meta.index
-                )));
-            }
-            let term = if index == next.snapshot_meta.index {
-                next.snapshot_meta.term
-            } else {
-                match w.entries.iter().find(|e| e.index == index) {
-                    Some(e) => e.term,
-                    None => self.read_entry(index)?.term,
-                }
-            };
-            let mut meta = SnapshotMetadata {
-                index,
-                term,
-                ..SnapshotMetadata::default()
-            };
-            meta.set_conf_state(conf_state);
-            match data {
-                Some(data) => self.write_snapshot_file(index, &data)?,
-                None if !Self::snapshot_file(&self.path, index).exists() => {
-                    return Err(StorageError::Invalid(format!(
-                        "no snapshot data was staged at {index}"
-                    )))
-                }
-                None => {}
-            }
-            batch.insert(Key::SnapshotMeta.to_bytes(), encode(&meta)?);
-            next.snapshot_meta = meta;
-        }
-        if let Some(to) = w.compact_to {
-            if to > next.snapshot_meta.index + 1 {
-                return Err(StorageError::Invalid(format!(
-                    "compacting to {to} would drop entries after the latest snapshot ({})",
-                    next.snapshot_meta.index
-                )));
-            }
-            if to > next.first {
-                for i in next.first..to {
-                    batch.remove(Key::Entry(i).to_bytes());
-                }
-                next.first = to;
-            }
+            _ => {}
         }
         let io = |e: sled::Error| StorageError::Io {
             path: self.path.clone(),

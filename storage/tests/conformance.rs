@@ -1,8 +1,8 @@
-//! The raft-rs storage contract: the same operations on raft-rs's `MemStorage` (the reference)
-//! and on `SledStorage` give the same answers, for random sequences of writes; and the errors
-//! raft-rs relies on.
+//! The raft-rs storage contract: the same operations on raft-rs's `MemStorage` (the reference),
+//! on `SledStorage` and on the harness's `MemLog` give the same answers, for random sequences
+//! of writes; and the errors raft-rs relies on, from both of Palisade's logs.
 
-use palisade_storage::{Create, SledStorage, Write};
+use palisade_storage::{Create, MemLog, SledStorage, StorageError as LogError, Write};
 use proptest::prelude::*;
 use raft::eraftpb::{Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
@@ -60,7 +60,30 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn same_answers(mem: &MemStorage, sled: &SledStorage) -> Result<(), TestCaseError> {
+/// Both of Palisade's logs, written the same way.
+trait Log: Storage {
+    fn put(&self, w: Write) -> Result<(), LogError>;
+    fn append(&self, entries: &[Entry]) -> Result<(), LogError> {
+        self.put(Write {
+            entries: entries.to_vec(),
+            ..Write::default()
+        })
+    }
+}
+
+impl Log for SledStorage {
+    fn put(&self, w: Write) -> Result<(), LogError> {
+        self.write(w)
+    }
+}
+
+impl Log for MemLog {
+    fn put(&self, w: Write) -> Result<(), LogError> {
+        self.write(w)
+    }
+}
+
+fn same_answers(mem: &MemStorage, sled: &impl Storage) -> Result<(), TestCaseError> {
     let (first, last) = (mem.first_index().unwrap(), mem.last_index().unwrap());
     prop_assert_eq!(sled.first_index().unwrap(), first);
     prop_assert_eq!(sled.last_index().unwrap(), last);
@@ -108,6 +131,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let sled = SledStorage::open(&dir.path().join("raft"), Create::IfMissing).unwrap();
         let mem = MemStorage::new();
+        let log = MemLog::new();
         let mut snap_index = 0u64;
         for op in ops {
             let (first, last) = (mem.first_index().unwrap(), mem.last_index().unwrap());
@@ -118,27 +142,32 @@ proptest! {
                     let term = last_term + term_bump;
                     let ents: Vec<Entry> = (0..n).map(|i| entry(start + i, term.max(1), data)).collect();
                     mem.wl().append(&ents).unwrap();
-                    sled.append(&ents).unwrap();
+                    Log::append(&sled, &ents).unwrap();
+                    log.append(&ents).unwrap();
                 }
                 Op::Snapshot { ahead, term_bump } => {
                     let index = first + ahead;
                     let s = snapshot(index, last_term + term_bump, vec![1, 2, 3]);
                     mem.wl().apply_snapshot(s.clone()).unwrap();
-                    sled.write(Write { snapshot: Some(s), ..Write::default() }).unwrap();
+                    sled.write(Write { snapshot: Some(s.clone()), ..Write::default() }).unwrap();
+                    log.write(Write { snapshot: Some(s), ..Write::default() }).unwrap();
                     snap_index = index;
                 }
                 Op::Compact { back } => {
                     let to = (snap_index + 1).saturating_sub(back).min(last + 1);
                     mem.wl().compact(to).unwrap();
                     sled.write(Write { compact_to: Some(to), ..Write::default() }).unwrap();
+                    log.write(Write { compact_to: Some(to), ..Write::default() }).unwrap();
                 }
                 Op::HardState { term, vote, commit } => {
                     let hs = HardState { term, vote, commit, ..HardState::default() };
                     mem.wl().set_hardstate(hs.clone());
-                    sled.write(Write { hard_state: Some(hs), ..Write::default() }).unwrap();
+                    sled.write(Write { hard_state: Some(hs.clone()), ..Write::default() }).unwrap();
+                    log.write(Write { hard_state: Some(hs), ..Write::default() }).unwrap();
                 }
             }
             same_answers(&mem, &sled)?;
+            same_answers(&mem, &log)?;
         }
         // And the same after reopening.
         let path = sled.path().to_path_buf();
@@ -151,10 +180,16 @@ proptest! {
 #[test]
 fn invalid_writes_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SledStorage::open(&dir.path().join("raft"), Create::IfMissing).unwrap();
+    refuses_invalid_writes(
+        &SledStorage::open(&dir.path().join("raft"), Create::IfMissing).unwrap(),
+    );
+    refuses_invalid_writes(&MemLog::new());
+}
+
+fn refuses_invalid_writes(s: &impl Log) {
     s.append(&[entry(1, 1, 1), entry(2, 1, 2), entry(3, 2, 3)])
         .unwrap();
-    let refused = |w: Write| s.write(w).unwrap_err().to_string();
+    let refused = |w: Write| s.put(w).unwrap_err().to_string();
     assert!(refused(Write {
         entries: vec![entry(5, 2, 0)],
         ..Write::default()
@@ -176,7 +211,7 @@ fn invalid_writes_are_refused_and_change_nothing() {
         "nothing of a refused write stays"
     );
     // A snapshot older than the log's start, after compaction, is out of date.
-    s.write(Write {
+    s.put(Write {
         own_snapshot: Some((2, Default::default(), Some(b"state at 2".to_vec()))),
         compact_to: Some(3),
         ..Write::default()
