@@ -14,8 +14,6 @@ pub fn pod(name: &str, node: &str, ip: &str) -> String {
 
 /// The objects `text` holds, upserted, as one batch of source `test`.
 pub fn batch(text: &str) -> Batch {
-    let parsed = palisade_policy::manifest::parse("t.yaml", text, "default");
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
     Batch {
         id: ProposalId {
             replica: 1,
@@ -23,10 +21,8 @@ pub fn batch(text: &str) -> Batch {
             seq: 1,
         },
         owner: "test".into(),
-        commands: parsed
-            .objects
-            .into_iter()
-            .map(|(_, o)| o.upsert())
-            .collect(),
+        commands: palisade_policy::manifest::parse("t.yaml", text, "default")
+            .upserts()
+            .expect("valid manifests"),
     }
 }

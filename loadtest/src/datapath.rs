@@ -83,15 +83,9 @@ pub fn run(
     for &target in rules {
         let (endpoints, ports) = shape(target);
         let text = manifests(endpoints, ports);
-        let parsed = manifest::parse("bench", &text, "bench");
-        if let Some(e) = parsed.errors.first() {
-            return Err(err(format!("synthetic manifests: {e}")));
-        }
-        let commands: Vec<Command> = parsed
-            .objects
-            .into_iter()
-            .map(|(_, o)| o.upsert())
-            .collect();
+        let commands: Vec<Command> = manifest::parse("bench", &text, "bench")
+            .upserts()
+            .map_err(|e| err(format!("synthetic manifests: {e}")))?;
         let slice = Engine::load(1, commands).slice("n0");
         let image = lower::lower(&slice);
         progress(format!(

@@ -96,13 +96,9 @@ fn ip(s: &str) -> Ipv4Addr {
 /// node-1's slice of the ports seed (examples/ports).
 fn ports_node_1() -> NodeSlice {
     let text = include_str!("../../examples/ports/manifests.yaml");
-    let parsed = palisade_policy::manifest::parse("ports", text, "default");
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    let commands: Vec<_> = parsed
-        .objects
-        .into_iter()
-        .map(|(_, o)| o.upsert())
-        .collect();
+    let commands = palisade_policy::manifest::parse("ports", text, "default")
+        .upserts()
+        .expect("the example is valid");
     Engine::load(1, commands).slice("node-1")
 }
 

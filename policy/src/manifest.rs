@@ -184,6 +184,17 @@ pub struct Parsed {
     pub ignored: Vec<(Location, String)>,
 }
 
+impl Parsed {
+    /// Every object as an upsert, in order; the first error instead when any document was
+    /// invalid (for fixtures, tests and generated manifests, which must be whole).
+    pub fn upserts(self) -> Result<Vec<Command>, Box<ManifestError>> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(Box::new(e)),
+            None => Ok(self.objects.into_iter().map(|(_, o)| o.upsert()).collect()),
+        }
+    }
+}
+
 /// Bounds on what one source may cost to parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {

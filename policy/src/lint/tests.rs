@@ -7,13 +7,9 @@ fn findings(yaml: &str) -> Vec<Finding> {
 }
 
 fn findings_with(yaml: &str, options: &Options) -> Vec<Finding> {
-    let parsed = manifest::parse("test.yaml", yaml, "default");
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    let mut commands: Vec<_> = parsed
-        .objects
-        .into_iter()
-        .map(|(_, o)| o.upsert())
-        .collect();
+    let mut commands = manifest::parse("test.yaml", yaml, "default")
+        .upserts()
+        .expect("valid manifests");
     commands.sort_by_key(|c| !matches!(c, crate::Command::UpsertNamespace(_)));
     let engine = Engine::load(1, commands);
     lint(&engine, options)

@@ -44,13 +44,9 @@ spec:
 "#;
 
 fn engine() -> Engine {
-    let parsed = manifest::parse("t.yaml", CLUSTER, "default");
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    let mut commands: Vec<_> = parsed
-        .objects
-        .into_iter()
-        .map(|(_, o)| o.upsert())
-        .collect();
+    let mut commands = manifest::parse("t.yaml", CLUSTER, "default")
+        .upserts()
+        .expect("valid manifests");
     commands.sort_by_key(|c| !matches!(c, crate::Command::UpsertNamespace(_)));
     Engine::load(1, commands)
 }
@@ -163,12 +159,9 @@ fn egress_named_ports_resolve_on_the_destination() {
     let text = format!(
         "{CLUSTER}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web-out, namespace: shop}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{namespaceSelector: {{matchLabels: {{team: retail}}}}, podSelector: {{matchLabels: {{app: api}}}}}}]\n    ports: [{{port: http}}]\n"
     );
-    let parsed = manifest::parse("t.yaml", &text, "default");
-    let mut commands: Vec<_> = parsed
-        .objects
-        .into_iter()
-        .map(|(_, o)| o.upsert())
-        .collect();
+    let mut commands = manifest::parse("t.yaml", &text, "default")
+        .upserts()
+        .expect("valid manifests");
     commands.sort_by_key(|c| !matches!(c, crate::Command::UpsertNamespace(_)));
     let e = Engine::load(1, commands);
     // web -> api:8080 is allowed by egress (http is 8080 on api, the destination).

@@ -331,11 +331,7 @@ pub fn pods(first: usize, n: usize) -> Vec<Command> {
             i % 200 + 1
         ));
     }
-    let parsed = palisade_policy::manifest::parse("test", &text, "default");
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    parsed
-        .objects
-        .into_iter()
-        .map(|(_, o)| o.upsert())
-        .collect()
+    palisade_policy::manifest::parse("test", &text, "default")
+        .upserts()
+        .expect("valid manifests")
 }
