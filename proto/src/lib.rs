@@ -3,12 +3,14 @@
 //! Data comes from `palisade-policy` (slices, deltas, digests, verdicts), is converted here
 //! ([`convert`]) into the generated protobuf types ([`v1`]) and encoded ([`encode`]) for the
 //! agent sync stream and the introspection service; agent acks and nacks, and slices received
-//! by agents, come back through the same conversions. [`v1::FILE_DESCRIPTOR_SET`] feeds server
+//! by agents, come back through the same conversions; [`receive`] decides what a message does
+//! to the slice an agent holds. [`v1::FILE_DESCRIPTOR_SET`] feeds server
 //! reflection. [`endpoint`] is how every client reaches a controller.
 
 pub mod convert;
 pub mod encode;
 pub mod endpoint;
+pub mod receive;
 
 /// The generated `palisade.v1` messages, clients and servers.
 pub mod v1 {

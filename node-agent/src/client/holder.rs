@@ -1,12 +1,13 @@
 //! The policy-holding half of the agent: what the dataplane holds, where it is saved, and how
-//! one message from the controller changes it (to a copy, then the dataplane, then disk).
+//! one message from the controller changes it (decided by `palisade_proto::receive`; saved to
+//! disk, then installed in the dataplane).
 
 use std::sync::Arc;
 
-use palisade_policy::delta::{self, SliceDelta};
+use palisade_policy::delta::SliceDelta;
 use palisade_policy::slice::NodeSlice;
 use palisade_policy::Digest;
-use palisade_proto::convert;
+use palisade_proto::receive::{receive, Received};
 use palisade_proto::v1::controller_message::Msg;
 use tracing::warn;
 
@@ -64,62 +65,13 @@ impl<D: Dataplane> Holder<D> {
     }
 
     pub(super) fn handle(&mut self, msg: Msg) -> Reply {
-        match msg {
-            Msg::Keepalive(_) => Reply::Nothing,
-            Msg::Snapshot(s) => {
-                let Some(wire) = s.slice else {
-                    return Reply::Nack(0, "snapshot without a slice".into());
-                };
-                let version = wire.version;
-                match convert::slice_from_pb(&wire) {
-                    Err(e) => Reply::Nack(version, format!("unreadable snapshot: {e}")),
-                    Ok((slice, digest)) if slice.digest() != digest => Reply::Nack(
-                        version,
-                        format!(
-                            "snapshot content has digest {}, not {digest}",
-                            slice.digest()
-                        ),
-                    ),
-                    Ok((slice, _)) => self.install(slice, None),
-                }
+        match receive(&self.held, msg) {
+            Received::Nothing => Reply::Nothing,
+            Received::Refused { version, why } => Reply::Nack(version, why),
+            Received::Held { version, digest } => {
+                Reply::Ack(version, digest, self.installed.clone())
             }
-            Msg::Update(u) => {
-                let to = u.to_version;
-                if u.from_version != self.held.version {
-                    return Reply::Nack(
-                        to,
-                        format!(
-                            "update from version {}, but holding {}",
-                            u.from_version, self.held.version
-                        ),
-                    );
-                }
-                let Some(digest) = Digest::from_hex(&u.digest) else {
-                    return Reply::Nack(to, "update digest is not 64 hex digits".into());
-                };
-                let delta = match u.delta.as_ref().map(convert::delta_from_pb).transpose() {
-                    Ok(d) => d.unwrap_or_default(),
-                    Err(e) => return Reply::Nack(to, format!("unreadable update: {e}")),
-                };
-                let mut target = self.held.clone();
-                if let Err(e) = delta::apply(&mut target, &delta) {
-                    return Reply::Nack(to, format!("update does not fit the held slice: {e}"));
-                }
-                target.version = to;
-                if target.digest() != digest {
-                    return Reply::Nack(
-                        to,
-                        format!(
-                            "slice after the update has digest {}, not {digest}",
-                            target.digest()
-                        ),
-                    );
-                }
-                if delta.is_empty() && self.held.version == to {
-                    return Reply::Ack(to, digest, self.installed.clone());
-                }
-                self.install(target, Some(&delta))
-            }
+            Received::Install { slice, delta } => self.install(slice, delta.as_ref()),
         }
     }
 }
