@@ -54,6 +54,10 @@ pub struct Options {
     /// Entries kept before a snapshot's index when the log is compacted (a peer slightly
     /// behind catches up from them instead of from a snapshot).
     pub keep_entries: u64,
+    /// Wait exactly `election_tick` ticks before an election, with no random draw (raft-rs
+    /// draws from its own generator, which no seed reaches): for the deterministic harness,
+    /// which staggers the replicas' ticks from its seed instead.
+    pub fixed_election: bool,
 }
 
 impl Default for Options {
@@ -63,6 +67,7 @@ impl Default for Options {
             heartbeat_tick: 3,
             snapshot_every: 10_000,
             keep_entries: 1_000,
+            fixed_election: false,
         }
     }
 }
@@ -216,6 +221,17 @@ impl<S: LogStore> Replica<S> {
             id,
             election_tick: options.election_tick,
             heartbeat_tick: options.heartbeat_tick,
+            // raft-rs draws from [min, max): one value when fixed; 0 means its default.
+            min_election_tick: if options.fixed_election {
+                options.election_tick
+            } else {
+                0
+            },
+            max_election_tick: if options.fixed_election {
+                options.election_tick + 1
+            } else {
+                0
+            },
             applied: snapshot_index,
             pre_vote: true,
             check_quorum: true,
