@@ -164,7 +164,7 @@ impl SyncService {
             return Ok(());
         }
         let s = self.group.status();
-        if s.is_leader() && version > s.raft.last_index && s.applied >= s.raft.commit {
+        if serves_ahead(s.is_leader(), &s.raft, s.applied, version) {
             return Ok(());
         }
         Err(Status::unavailable(format!(
@@ -172,6 +172,18 @@ impl SyncService {
             s.applied
         )))
     }
+}
+
+/// Whether a replica that has not applied `version` serves an agent holding it all the same:
+/// a leader whose log does not reach it and that applied all it committed (see
+/// `SyncService::caught_up_with`).
+pub fn serves_ahead(
+    leader: bool,
+    raft: &palisade_replica::Status,
+    applied: u64,
+    version: u64,
+) -> bool {
+    leader && version > raft.last_index && applied >= raft.commit
 }
 
 #[tonic::async_trait]

@@ -142,25 +142,30 @@ pub async fn answer(hub: &Hub, ask: &AcksRequest) -> AckTable {
     let deadline = tokio::time::Instant::now() + wait;
     let mut seq = hub.acks_seq();
     loop {
-        {
-            let table = hub.acks();
-            let (full, records) = table.since(ask.epoch, ask.since);
-            if full || !records.is_empty() || tokio::time::Instant::now() >= deadline {
-                return AckTable {
-                    epoch: table.epoch(),
-                    seq: table.seq(),
-                    applied: *hub.revisions().borrow(),
-                    full,
-                    nodes: records
-                        .iter()
-                        .map(|(n, r)| crate::acks::to_pb(n, r.as_ref()))
-                        .collect(),
-                };
-            }
+        let table = table_since(hub, ask.epoch, ask.since);
+        if table.full || !table.nodes.is_empty() || tokio::time::Instant::now() >= deadline {
+            return table;
         }
         tokio::select! {
             changed = seq.changed() => if changed.is_err() { return AckTable::default() },
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+/// The changes to this replica's table after `since` of `epoch` (the whole table when the
+/// epoch is another run's), as a peer receives them.
+pub fn table_since(hub: &Hub, epoch: u64, since: u64) -> AckTable {
+    let table = hub.acks();
+    let (full, records) = table.since(epoch, since);
+    AckTable {
+        epoch: table.epoch(),
+        seq: table.seq(),
+        applied: *hub.revisions().borrow(),
+        full,
+        nodes: records
+            .iter()
+            .map(|(n, r)| crate::acks::to_pb(n, r.as_ref()))
+            .collect(),
     }
 }

@@ -6,9 +6,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use palisade_policy::delta::SliceDelta;
 use palisade_policy::Digest;
-use palisade_proto::encode::{self, SharedParts};
+use palisade_proto::encode;
 use palisade_proto::v1::agent_message::Msg;
 use palisade_proto::v1::{self as pb};
 use palisade_proto::Encoded;
@@ -17,9 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::session::{Kind, Plan, Planned, Session};
+use super::session::{encode, Kind, Session};
 use super::{cap, Stream, Streams, SyncConfig, MAX_FAILED_CLOSED, MAX_TEXT};
-use crate::history::compose_chain;
 use crate::hub::Hub;
 use crate::replication::Group;
 use crate::rollout::{AckOutcome, AgentInfo};
@@ -191,7 +189,13 @@ impl Connection {
         let applied_at = self
             .hub
             .progress(|p| p.rollout().committed_at(planned.desired));
-        let (msg, kind, desired, digest) = self.encode(planned);
+        let node = self.session.node();
+        let (msg, kind, desired, digest) = encode(node, planned, || {
+            self.hub.read(|st| {
+                let (desired, digest) = st.desired(node);
+                (desired, digest, st.engine().slice(node))
+            })
+        });
         let from = self.session.holds();
         let sent = self
             .session
@@ -204,50 +208,6 @@ impl Connection {
         }
         debug!(kind = kind.as_str(), %from, to = desired, bytes = msg.len(), "sending");
         Some((msg, kind))
-    }
-
-    /// The message a plan means, and the version and digest it takes the agent to.
-    fn encode(&self, planned: Planned) -> (Encoded, Kind, u64, Digest) {
-        let Planned {
-            plan,
-            desired,
-            digest,
-        } = planned;
-        let node = self.session.node();
-        let update = |from, to, digest: &Digest, delta: &SliceDelta| {
-            encode::update(node, from, to, digest, delta, &mut SharedParts::default())
-        };
-        match plan {
-            Plan::Empty { from, to, digest } => (
-                update(from, to, &digest, &SliceDelta::default()),
-                Kind::Update,
-                desired,
-                digest,
-            ),
-            Plan::Recorded(entry) => (entry.encoded, Kind::Update, desired, digest),
-            Plan::Chain(entries) => {
-                let from = entries.first().expect("a chain").from;
-                let last = entries.last().expect("a chain");
-                match compose_chain(&entries) {
-                    Some(delta) => (
-                        update(from, last.to, &last.digest, &delta),
-                        Kind::Update,
-                        desired,
-                        digest,
-                    ),
-                    None => {
-                        // The engine may have moved on since the plan: say what is sent.
-                        let (desired, digest, slice) = self.hub.read(|st| {
-                            let (desired, digest) = st.desired(node);
-                            (desired, digest, st.engine().slice(node))
-                        });
-                        (encode::snapshot(&slice), Kind::Snapshot, desired, digest)
-                    }
-                }
-            }
-            // Taken under the same lock as `desired` and `digest`: consistent.
-            Plan::Snapshot(slice) => (encode::snapshot(&slice), Kind::Snapshot, desired, digest),
-        }
     }
 
     fn received(&mut self, m: pb::AgentMessage) -> Result<(), Status> {

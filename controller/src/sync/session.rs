@@ -1,16 +1,19 @@
 //! One agent stream's protocol as a machine without I/O: what the controller believes the
 //! agent holds, whether something is due, what to send next (decided through a
-//! [`NodeView`] of the applied state), and what each ack and nack means. The connection
+//! [`NodeView`] of the applied state, and [`encode`]d), and what each ack and nack means. The connection
 //! ([`super::connection`]) is its shell: it reads the view under the hub's lock, encodes,
 //! sends, records acks in the rollout and counts in the metrics; every decision is here,
 //! with the time passed in, so it is tested by stepping it.
 
 use std::time::{Duration, Instant};
 
+use palisade_policy::delta::SliceDelta;
 use palisade_policy::model::Name;
 use palisade_policy::{Digest, NodeSlice};
+use palisade_proto::encode::{self, SharedParts};
+use palisade_proto::Encoded;
 
-use crate::history::{Catchup, Entry};
+use crate::history::{compose_chain, Catchup, Entry};
 use crate::rollout::AckOutcome;
 use crate::view::NodeView;
 
@@ -308,6 +311,51 @@ impl Session {
             self.snapshot_refused_at = Some(version);
         }
         self.holds = Knowledge::Unknown;
+    }
+}
+
+/// The message `planned` means for `node`, and the version and digest it takes the agent to
+/// (a chain that does not compose goes as the slice `latest` reads then, with its version and
+/// digest: the state may have moved on since the plan).
+pub fn encode(
+    node: &Name,
+    planned: Planned,
+    latest: impl FnOnce() -> (u64, Digest, NodeSlice),
+) -> (Encoded, Kind, u64, Digest) {
+    let Planned {
+        plan,
+        desired,
+        digest,
+    } = planned;
+    let update = |from, to, digest: &Digest, delta: &SliceDelta| {
+        encode::update(node, from, to, digest, delta, &mut SharedParts::default())
+    };
+    match plan {
+        Plan::Empty { from, to, digest } => (
+            update(from, to, &digest, &SliceDelta::default()),
+            Kind::Update,
+            desired,
+            digest,
+        ),
+        Plan::Recorded(entry) => (entry.encoded, Kind::Update, desired, digest),
+        Plan::Chain(entries) => {
+            let from = entries.first().expect("a chain").from;
+            let last = entries.last().expect("a chain");
+            match compose_chain(&entries) {
+                Some(delta) => (
+                    update(from, last.to, &last.digest, &delta),
+                    Kind::Update,
+                    desired,
+                    digest,
+                ),
+                None => {
+                    let (desired, digest, slice) = latest();
+                    (encode::snapshot(&slice), Kind::Snapshot, desired, digest)
+                }
+            }
+        }
+        // Taken under the same lock as `desired` and `digest`: consistent.
+        Plan::Snapshot(slice) => (encode::snapshot(&slice), Kind::Snapshot, desired, digest),
     }
 }
 

@@ -1,0 +1,228 @@
+//! One controller core: a replica on an in-memory log, the hub its committed entries are
+//! applied to (as the controller's apply thread applies them), and the sync sessions of the
+//! agents connected to it, each a `Session` machine with this as its shell (as the
+//! controller's `Connection` is over gRPC).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use palisade_controller::history::Limits;
+use palisade_controller::hub::Hub;
+use palisade_controller::metrics::Metrics;
+use palisade_controller::replication::exchange;
+use palisade_controller::rollout::AgentInfo;
+use palisade_controller::sync::serves_ahead;
+use palisade_controller::sync::session::{encode, Knowledge, Session};
+use palisade_policy::model::{Command, Name};
+use palisade_policy::Digest;
+use palisade_proto::v1 as pb;
+use palisade_proto::v1::agent_message::Msg;
+use palisade_replica::{Event, Machine, Message, Options, ProposeError, Replica, Role};
+use palisade_storage::MemLog;
+
+use crate::check::Ledger;
+
+pub struct Core {
+    pub id: u64,
+    replica: Replica<MemLog>,
+    hub: Arc<Hub>,
+    snapshot_every: u64,
+    sessions: BTreeMap<Name, Session>,
+    /// Where each peer's ack table stands here: (epoch, seq).
+    tables: BTreeMap<u64, (u64, u64)>,
+}
+
+impl Core {
+    /// Replica `id` of the group `peers` on `log` (new, or what it held when it stopped).
+    pub fn start(id: u64, peers: &[u64], log: MemLog, options: Options) -> Core {
+        let snapshot_every = options.snapshot_every;
+        let replica = Replica::open(id, peers, log, options).expect("the replica opens");
+        let machine = match replica.stored_snapshot().expect("the snapshot reads") {
+            Some((_, data)) => Machine::restore(&data).expect("the snapshot restores"),
+            None => Machine::new(),
+        };
+        let hub = Arc::new(Hub::new(id, machine, Limits::default(), Metrics::new()));
+        Core {
+            id,
+            replica,
+            hub,
+            snapshot_every,
+            sessions: BTreeMap::new(),
+            tables: BTreeMap::new(),
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.replica.status().role == Role::Leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.replica.status().term
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.hub.read(|st| st.revision())
+    }
+
+    /// Through which revision every node's agent holds what it should, as this replica knows.
+    pub fn realized(&self) -> u64 {
+        self.hub.progress(|p| p.rollout().realized_through())
+    }
+
+    pub fn tick(&mut self) {
+        self.replica.tick();
+    }
+
+    pub fn step(&mut self, m: Message) {
+        // A message raft-rs refuses (from an old term, a removed peer) is dropped, as the
+        // transport drops it.
+        let _ = self.replica.step(m);
+    }
+
+    /// What became of a message this replica sent `to`, as its transport reports it.
+    pub fn delivery(&mut self, to: u64, delivered: bool, snapshot: bool) {
+        if snapshot {
+            self.replica.report_snapshot(to, delivered);
+        }
+        if !delivered {
+            self.replica.report_unreachable(to);
+        }
+    }
+
+    /// Propose `commands`; the index of the entry that holds them.
+    pub fn propose(&mut self, commands: Vec<Command>) -> Result<u64, ProposeError> {
+        self.replica.propose("harness", commands)?;
+        Ok(self.replica.status().last_index)
+    }
+
+    /// Run the replica's ready: apply what committed (checking each index in `ledger`), take
+    /// snapshots when due; the messages to send.
+    pub fn ready(&mut self, ledger: &mut Ledger) -> Vec<Message> {
+        let out = self
+            .replica
+            .ready()
+            .expect("the in-memory log takes every write");
+        for e in out.events {
+            let index = match e {
+                Event::Committed { index, batch, .. } => {
+                    self.hub.apply(&[(index, batch)]);
+                    index
+                }
+                Event::Install { index, data } => {
+                    self.hub
+                        .install(Machine::restore(&data).expect("the leader's snapshot"));
+                    index
+                }
+                Event::Membership { index, change, .. } => {
+                    self.hub.apply_change(index, change.as_ref());
+                    index
+                }
+                Event::Role { .. } | Event::ReadIndex { .. } => continue,
+            };
+            let digests = self.hub.read(|st| st.machine().digests());
+            ledger.applied(self.id, index, digests);
+        }
+        if let Some((index, data)) = self.hub.snapshot_if_due(self.snapshot_every) {
+            self.replica
+                .store_snapshot(index, data)
+                .expect("the snapshot is stored");
+        }
+        out.messages
+    }
+
+    /// An agent says hello holding `version` with `digest`: served here once this replica
+    /// has applied that far (as the sync service decides); whether it was taken.
+    pub fn open(&mut self, node: &Name, version: u64, digest: Digest) -> bool {
+        let s = self.replica.status();
+        let applied = self.applied();
+        if applied < version && !serves_ahead(s.role == Role::Leader, &s, applied, version) {
+            return false;
+        }
+        let session = Session::new(node.clone(), Knowledge::Holds(version, digest));
+        if let Some((v, d)) = self.hub.read(|st| session.hello_ack(st)) {
+            self.hub.ack(node, v, d, Some(d), None);
+        }
+        self.hub.connected(node, &AgentInfo::default());
+        self.sessions.insert(node.clone(), session);
+        true
+    }
+
+    pub fn close(&mut self, node: &Name) {
+        if self.sessions.remove(node).is_some() {
+            self.hub.disconnected(node, false);
+        }
+    }
+
+    pub fn serves(&self, node: &Name) -> bool {
+        self.sessions.contains_key(node)
+    }
+
+    /// What each session has due, encoded as the stream carries it.
+    pub fn sync(&mut self, now: Instant) -> Vec<(Name, Vec<u8>)> {
+        let mut out = vec![];
+        for (node, session) in &mut self.sessions {
+            let latest = self.hub.read(|st| st.desired(node).0);
+            if !session.due(latest, now) {
+                continue;
+            }
+            let Some(planned) = self.hub.read(|st| session.plan(st)) else {
+                continue;
+            };
+            let (msg, kind, desired, digest) = encode(node, planned, || {
+                self.hub.read(|st| {
+                    let (v, d) = st.desired(node);
+                    (v, d, st.engine().slice(node))
+                })
+            });
+            session.sent(kind, desired, digest, now);
+            out.push((node.clone(), msg.0.to_vec()));
+        }
+        out
+    }
+
+    /// A message from `node`'s agent; false when it ends the stream.
+    pub fn from_agent(&mut self, node: &Name, m: pb::AgentMessage, now: Instant) -> bool {
+        let Some(session) = self.sessions.get_mut(node) else {
+            return false;
+        };
+        match m.msg {
+            Some(Msg::Ack(a)) => {
+                let Some(digest) = Digest::from_hex(&a.digest) else {
+                    return false;
+                };
+                let acked = session.acked(a.version, now);
+                let outcome = self.hub.ack(node, a.version, digest, acked.sent, None);
+                session.ack_outcome(&outcome, now);
+            }
+            Some(Msg::Nack(n)) => {
+                self.hub.nack(node, n.version, n.error);
+                session.nacked(n.version);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// This replica's ack table since what `peer` holds of it.
+    pub fn table_for(&self, peer_holds: (u64, u64)) -> pb::AckTable {
+        exchange::table_since(&self.hub, peer_holds.0, peer_holds.1)
+    }
+
+    /// Where peer `peer`'s table stands here.
+    pub fn holds_of(&self, peer: u64) -> (u64, u64) {
+        self.tables.get(&peer).copied().unwrap_or_default()
+    }
+
+    /// Merge peer `peer`'s table, as the exchange does.
+    pub fn merge(&mut self, peer: u64, table: pb::AckTable) {
+        self.tables.insert(peer, (table.epoch, table.seq));
+        let (changes, unreadable) = palisade_controller::acks::decode(table);
+        assert!(unreadable.is_empty(), "{unreadable:?}");
+        self.hub.merge_peer(peer, changes);
+    }
+}
