@@ -258,7 +258,7 @@ impl Admin for AdminService {
         authorize(&req, self.insecure)?;
         let received = std::time::Instant::now();
         let req = req.into_inner();
-        let (objects, warnings) = self.objects(&req)?;
+        let (objects, mut warnings) = self.objects(&req)?;
         let status = self.group.status();
         if !status.is_leader() {
             return self.forward(req, status.raft.leader).await;
@@ -269,6 +269,8 @@ impl Admin for AdminService {
             ));
         }
         let mut changes = Vec::new();
+        // The key of each change, in the same order.
+        let mut keys: Vec<Key> = Vec::new();
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         let mut foreign = Vec::new();
@@ -296,6 +298,7 @@ impl Admin for AdminService {
                         "created"
                     }
                 };
+                keys.push(key.clone());
                 changes.push(ObjectChange {
                     kind: key.0.to_string(),
                     name: key.1,
@@ -316,7 +319,7 @@ impl Admin for AdminService {
         } else {
             let n = commands.len();
             self.hub.metrics.stage("ingest", received.elapsed());
-            let revision = self
+            let committed = self
                 .group
                 .propose(OWNER, commands)
                 .await
@@ -326,13 +329,25 @@ impl Admin for AdminService {
                     }
                     ProposeFailed::Stopped(_) => Status::internal(e.to_string()),
                 })?;
+            // What was read above only saved a useless proposal: the state machine decides.
+            // Another source may have taken an object between that read and the commit.
+            for (c, key) in changes.iter_mut().zip(&keys) {
+                if let Some(o) = committed.refused.get(key) {
+                    warnings.push(format!(
+                        "{} {} was taken by {o} before this apply committed: it was not applied; change it there",
+                        c.kind, c.name
+                    ));
+                    c.action = "refused".into();
+                }
+            }
             info!(
-                revision,
+                revision = committed.revision,
                 changes = n,
+                refused = committed.refused.len(),
                 delete = req.delete,
                 "applied by an operator"
             );
-            revision
+            committed.revision
         };
         Ok(Response::new(ApplyResponse {
             revision,

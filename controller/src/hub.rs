@@ -7,7 +7,7 @@
 //! Streams wake through a watch channel per node, so a change reaches exactly the nodes it
 //! affects.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use palisade_policy::engine::{Engine, NodeUpdate};
 use palisade_policy::model::Name;
 use palisade_policy::Digest;
 use palisade_proto::encode::{self, SharedParts};
-use palisade_replica::{Batch, Machine};
+use palisade_replica::{Batch, Machine, Refused};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -254,10 +254,12 @@ impl Hub {
     }
 
     /// Apply committed log entries, each at its index (one revision), in order, under one
-    /// lock; entries at or below the applied index are skipped. Returns the last index.
-    pub fn apply(&self, entries: &[(u64, Option<Batch>)]) -> u64 {
+    /// lock; entries at or below the applied index are skipped. Returns the last index, and
+    /// what the state machine refused of each entry (only those that refused something).
+    pub fn apply(&self, entries: &[(u64, Option<Batch>)]) -> (u64, BTreeMap<u64, Refused>) {
         let mut st = self.lock();
         let st = &mut *st;
+        let mut refused = BTreeMap::new();
         for (index, batch) in entries {
             let started = Instant::now();
             let kind = match batch.as_ref().map(|b| b.commands.as_slice()) {
@@ -265,7 +267,11 @@ impl Hub {
                 Some([]) | None => "none",
                 Some(_) => "batch",
             };
-            let updates = st.machine.apply(*index, batch.as_ref());
+            let applied = st.machine.apply(*index, batch.as_ref());
+            if !applied.refused.is_empty() {
+                refused.insert(*index, applied.refused);
+            }
+            let updates = applied.updates;
             self.metrics.compiled(kind, started.elapsed());
             let now = Instant::now();
             let digests = record(st, &updates);
@@ -295,7 +301,7 @@ impl Hub {
         self.observe_realized(&mut self.lock_progress());
         let last = st.revision();
         self.published(last);
-        last
+        (last, refused)
     }
 
     /// Apply the membership change committed at `index`: a revision that changes no slice;

@@ -19,7 +19,7 @@ pub mod mirror;
 pub use crate::reports::watches as status;
 mod watch;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
-use crate::replication::{Group, ProposeFailed};
+use crate::replication::{Committed, Group, ProposeFailed};
 use crate::reports::{Rejected, Reports};
 use mirror::{Effect, Mirror};
 use watch::{Backoff, Incoming};
@@ -210,7 +210,7 @@ enum Outcome {
     Restart(String),
 }
 
-type Proposal = Pin<Box<dyn Future<Output = Result<u64, ProposeFailed>> + Send>>;
+type Proposal = Pin<Box<dyn Future<Output = Result<Committed, ProposeFailed>> + Send>>;
 
 /// How often objects another source holds are looked at again.
 const PARKED_CHECK: Duration = Duration::from_secs(2);
@@ -303,15 +303,9 @@ impl Lead<'_> {
                 _ = sleep_until(due), if due.is_some() && proposal.is_none() => {
                     due = None;
                     if let Some(commands) = mirror.batch() {
-                        let commands = self.drop_foreign(&mut mirror, commands);
+                        // Objects another source holds go too: the state machine decides
+                        // ownership, and its answer says what it refused.
                         let n = commands.len();
-                        if n == 0 {
-                            mirror.committed(BTreeMap::new());
-                            first_change = None;
-                            shown = mirror.generation();
-                            self.show_rejected(&mirror);
-                            continue;
-                        }
                         let group = self.group.clone();
                         let started = first_change.take().unwrap_or_else(Instant::now);
                         proposal = Some((
@@ -326,20 +320,11 @@ impl Lead<'_> {
                 result = async { (&mut proposal.as_mut().expect("guarded").0).await }, if proposal.is_some() => {
                     let (_, started, n) = proposal.take().expect("guarded");
                     match result {
-                        Ok(revision) => {
-                            // Objects another source took meanwhile were left alone by the
-                            // state machine: not ours to record as applied.
-                            let not_ours: BTreeMap<Key, String> = self.hub.read(|st| {
-                                mirror
-                                    .in_flight()
-                                    .filter_map(|k| {
-                                        let o = st.machine().owner(k).filter(|o| *o != OWNER)?;
-                                        Some((k.clone(), o.to_string()))
-                                    })
-                                    .collect()
-                            });
-                            let parked = !not_ours.is_empty();
-                            mirror.committed(not_ours);
+                        Ok(Committed { revision, refused }) => {
+                            // Objects another source holds were left alone by the state
+                            // machine: not ours to record as applied; parked and reported.
+                            let parked = !refused.is_empty();
+                            mirror.committed(refused);
                             if parked || mirror.generation() != shown {
                                 shown = mirror.generation();
                                 self.show_rejected(&mirror);
@@ -458,21 +443,6 @@ impl Lead<'_> {
             }
         }
         self.reports.set_rejected(OWNER, list);
-    }
-
-    /// Objects another source owns are not taken from the API server: reported instead.
-    fn drop_foreign(
-        &self,
-        mirror: &mut Mirror,
-        mut commands: Vec<palisade_policy::model::Command>,
-    ) -> Vec<palisade_policy::model::Command> {
-        let foreign: BTreeMap<Key, String> = crate::source::foreign(self.hub, OWNER, &commands);
-        if foreign.is_empty() {
-            return commands;
-        }
-        commands.retain(|c| !foreign.contains_key(&palisade_policy::manifest::command_key(c)));
-        mirror.park(foreign);
-        commands
     }
 }
 

@@ -115,8 +115,17 @@ pub enum ChangeFailed {
 /// A membership change's answer.
 pub type ChangeReply = oneshot::Sender<Result<(u64, palisade_replica::Members), ChangeFailed>>;
 
-/// A proposal's answer: the index it was applied at.
-pub type Reply = oneshot::Sender<Result<u64, ProposeFailed>>;
+/// A proposal committed and applied here: at which revision (a large proposal's last
+/// entry), and what the state machine refused of it (objects another source owns, by key:
+/// that source), decided once, in the log's order, the same on every replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub revision: u64,
+    pub refused: palisade_replica::Refused,
+}
+
+/// A proposal's answer.
+pub type Reply = oneshot::Sender<Result<Committed, ProposeFailed>>;
 
 /// A read index's answer: the index to apply before reading, or why the leader did not give
 /// one.
@@ -219,9 +228,14 @@ impl Group {
         answer.await.unwrap_or(Err(ChangeFailed::Stopped))
     }
 
-    /// Propose `commands` from `owner`; answers with the revision once applied here. A large
-    /// batch is split into bounded entries (the answer is the last one's index).
-    pub async fn propose(&self, owner: &str, commands: Vec<Command>) -> Result<u64, ProposeFailed> {
+    /// Propose `commands` from `owner`; answers once applied here, with the revision and what
+    /// was refused. A large batch is split into bounded entries (the answer is the last one's
+    /// index, and what all of them refused).
+    pub async fn propose(
+        &self,
+        owner: &str,
+        commands: Vec<Command>,
+    ) -> Result<Committed, ProposeFailed> {
         let (reply, answer) = oneshot::channel();
         self.inbox
             .send(driver::Input::Propose {

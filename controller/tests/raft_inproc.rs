@@ -11,6 +11,11 @@ use palisade_policy::model::{Command, Namespace};
 use tokio_util::sync::CancellationToken;
 
 async fn group() -> (Vec<Running>, CancellationToken, tempfile::TempDir) {
+    group_with(1 << 20).await
+}
+
+/// Three replicas whose proposals go into the log in entries of at most `entry_bytes`.
+async fn group_with(entry_bytes: usize) -> (Vec<Running>, CancellationToken, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut listeners = BTreeMap::new();
     for id in 1..=3u64 {
@@ -33,6 +38,7 @@ async fn group() -> (Vec<Running>, CancellationToken, tempfile::TempDir) {
                 peers: peers.clone(),
                 tick: Duration::from_millis(50),
                 bootstrap: true,
+                entry_bytes,
                 ..replication::Config::default()
             },
             ..Config::standalone()
@@ -47,17 +53,22 @@ async fn group() -> (Vec<Running>, CancellationToken, tempfile::TempDir) {
     (running, shutdown, dir)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_state_machine_is_locked_keeps_leading_and_committing() {
-    let (running, shutdown, _dir) = group().await;
+/// The replica that leads, once one does (within 20 s).
+async fn leader(running: &[Running]) -> &Running {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let leader = loop {
+    loop {
         if let Some(r) = running.iter().find(|r| r.group.status().is_leader()) {
-            break r;
+            return r;
         }
         assert!(Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_state_machine_is_locked_keeps_leading_and_committing() {
+    let (running, shutdown, _dir) = group().await;
+    let leader = leader(&running).await;
     let term = leader.group.status().raft.term;
     let follower = running
         .iter()
@@ -88,11 +99,58 @@ async fn a_leader_whose_state_machine_is_locked_keeps_leading_and_committing() {
         .expect("committed and applied on a follower while the leader's hub is locked")
         .unwrap();
     held.join().unwrap();
-    let index = proposal.await.unwrap().unwrap();
+    let index = proposal.await.unwrap().unwrap().revision;
     assert!(index > before);
     let s = leader.group.status();
     assert!(s.is_leader(), "still the leader");
     assert_eq!(s.raft.term, term, "no election happened");
+    shutdown.cancel();
+    for r in running {
+        r.wait().await.unwrap();
+    }
+}
+
+/// Ownership is decided once, by the state machine, and its answer reaches the proposer:
+/// every object another source holds is named, also when the proposal went into the log as
+/// several entries (each entry's refusals are gathered into the one answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_is_told_what_the_state_machine_refused_of_all_its_entries() {
+    let (running, shutdown, _dir) = group_with(256).await;
+    let leader = leader(&running).await;
+    let namespaces = |names: std::ops::Range<u32>| -> Vec<Command> {
+        names
+            .map(|i| Command::UpsertNamespace(Namespace::implicit(&format!("team-{i:03}"))))
+            .collect()
+    };
+    let first = leader.group.propose("a", namespaces(0..40)).await.unwrap();
+    assert!(first.refused.is_empty(), "{:?}", first.refused);
+    // "b" names 20 of "a"'s namespaces among 60: spread over several entries of 256 bytes.
+    let before = leader.hub.read(|st| st.revision());
+    let second = leader.group.propose("b", namespaces(20..80)).await.unwrap();
+    assert!(
+        second.revision > before + 1,
+        "the proposal took several entries ({before} → {})",
+        second.revision
+    );
+    let refused: Vec<(String, String)> = second
+        .refused
+        .iter()
+        .map(|((kind, name), owner)| (format!("{kind}/{name}"), owner.clone()))
+        .collect();
+    let expected: Vec<(String, String)> = (20..40)
+        .map(|i| (format!("Namespace/team-{i:03}"), "a".to_string()))
+        .collect();
+    assert_eq!(refused, expected);
+    leader.hub.read(|st| {
+        for i in 20..80 {
+            let key = (
+                palisade_policy::k8s::Kind::Namespace,
+                format!("team-{i:03}"),
+            );
+            let owner = if i < 40 { "a" } else { "b" };
+            assert_eq!(st.machine().owner(&key), Some(owner), "{key:?}");
+        }
+    });
     shutdown.cancel();
     for r in running {
         r.wait().await.unwrap();

@@ -199,7 +199,8 @@ impl Group {
             .running
             .group
             .propose("loadtest", commands)
-            .await?;
+            .await?
+            .revision;
         self.applied_everywhere(index).await?;
         Ok(index)
     }

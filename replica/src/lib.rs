@@ -21,7 +21,7 @@ mod node;
 
 pub use entry::{Batch, ProposalId};
 pub use lease::{Confirmed, Lease, OWN_READ};
-pub use machine::Machine;
+pub use machine::{Applied, Machine, Refused};
 pub use membership::{Change, Members};
 pub use node::{
     decode_message, encode_message, Event, LogStore, Options, Output, ProposeError, Replica,

@@ -17,6 +17,19 @@ use serde::{Deserialize, Serialize};
 use crate::entry::Batch;
 use crate::membership::{self, Change};
 
+/// Commands refused because another source owns their object: by key, that source.
+pub type Refused = BTreeMap<Key, String>;
+
+/// What applying one entry did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The nodes whose slices changed.
+    pub updates: Vec<NodeUpdate>,
+    /// The commands not applied because another source owns their object: by key, that
+    /// source.
+    pub refused: Refused,
+}
+
 #[derive(Default)]
 pub struct Machine {
     engine: Engine,
@@ -65,21 +78,27 @@ impl Machine {
 
     /// Apply the entry at `index`: its commands (`None` for an entry that carries none, such
     /// as a new leader's empty entry) all at revision `index`. Returns the nodes whose slices
-    /// changed. An index at or below the applied one is not applied again.
-    pub fn apply(&mut self, index: u64, batch: Option<&Batch>) -> Vec<NodeUpdate> {
+    /// changed and the commands refused. An index at or below the applied one is not applied
+    /// again.
+    ///
+    /// Ownership is decided here, once, the same on every replica: a command whose object
+    /// another source owns is not applied, and the answer says so, so the proposer learns it
+    /// from the revision itself (a source may look before proposing, to propose less, but
+    /// only this decides).
+    pub fn apply(&mut self, index: u64, batch: Option<&Batch>) -> Applied {
+        let mut applied = Applied::default();
         if index <= self.applied {
-            return Vec::new();
+            return applied;
         }
         self.applied = index;
         let Some(b) = batch else {
-            return Vec::new();
+            return applied;
         };
-        // One source never changes another's objects: the leader's sources check before they
-        // propose, and this (the same on every replica) settles a race between two of them.
         let mut commands = Vec::with_capacity(b.commands.len());
         for c in &b.commands {
             let key = command_key(c);
-            if self.owners.get(&key).is_some_and(|o| *o != b.owner) {
+            if let Some(other) = self.owners.get(&key).filter(|o| **o != b.owner) {
+                applied.refused.insert(key, other.clone());
                 continue;
             }
             match c {
@@ -92,10 +111,10 @@ impl Machine {
             }
             commands.push(c.clone());
         }
-        if commands.is_empty() {
-            return Vec::new();
+        if !commands.is_empty() {
+            applied.updates = self.engine.apply_batch(index, commands);
         }
-        self.engine.apply_batch(index, commands)
+        applied
     }
 
     /// Apply the membership change committed at `index` (Raft applied it to the
@@ -251,7 +270,7 @@ mod tests {
             1,
             Some(&batch("manifests", vec![Command::UpsertNamespace(ns("a"))])),
         );
-        m.apply(
+        let second = m.apply(
             2,
             Some(&batch(
                 "apply",
@@ -261,12 +280,21 @@ mod tests {
                 ],
             )),
         );
-        // "apply" could not delete what "manifests" owns; it created "b" (nobody's before),
-        // which "manifests" cannot take over either.
-        m.apply(
+        // "apply" could not delete what "manifests" owns, and is told; it created "b"
+        // (nobody's before), which "manifests" cannot take over either.
+        assert_eq!(
+            second.refused,
+            BTreeMap::from([((Kind::Namespace, "a".to_string()), "manifests".to_string())])
+        );
+        let third = m.apply(
             3,
             Some(&batch("manifests", vec![Command::UpsertNamespace(ns("b"))])),
         );
+        assert_eq!(
+            third.refused,
+            BTreeMap::from([((Kind::Namespace, "b".to_string()), "apply".to_string())])
+        );
+        assert!(third.updates.is_empty());
         assert_eq!(
             m.owner(&(Kind::Namespace, "a".to_string())),
             Some("manifests")

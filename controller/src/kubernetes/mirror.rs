@@ -315,13 +315,8 @@ impl Mirror {
         Some(commands)
     }
 
-    /// The keys of the batch in flight.
-    pub fn in_flight(&self) -> impl Iterator<Item = &Key> {
-        self.proposing.iter().flatten().map(|(k, _)| k)
-    }
-
     /// The batch in flight is committed and applied, except for `not_ours`: objects another
-    /// source held when it was applied (the state machine left them alone), parked.
+    /// source held when it was applied (the state machine's answer names them), parked.
     pub fn committed(&mut self, not_ours: BTreeMap<Key, String>) {
         for (k, p) in self.proposing.take().unwrap_or_default() {
             if not_ours.contains_key(&k) {
@@ -337,7 +332,7 @@ impl Mirror {
 
     /// Objects another source holds, with that source: taken out of the batch in flight and
     /// parked until it lets them go.
-    pub fn park(&mut self, keys: BTreeMap<Key, String>) {
+    fn park(&mut self, keys: BTreeMap<Key, String>) {
         if keys.is_empty() {
             return;
         }

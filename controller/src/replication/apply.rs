@@ -6,22 +6,21 @@
 
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::Instant;
 
 use palisade_replica::{Batch, Machine};
 use palisade_storage::SledStorage;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::driver::Input;
-use super::{Failure, GroupStatus, Reply};
+use super::driver::{Answer, Input};
+use super::{Committed, Failure, GroupStatus};
 use crate::hub::Hub;
 
 pub enum Job {
-    /// Entries committed together, in index order, and the answers waiting for them.
+    /// Entries committed together, in index order, and those of them proposed here.
     Entries {
         entries: Vec<(u64, Option<Batch>)>,
-        replies: Vec<(u64, Reply, Instant)>,
+        replies: Vec<Answer>,
     },
     /// The leader's snapshot at `index`: it replaces the state machine.
     Install { index: u64, data: Vec<u8> },
@@ -75,13 +74,27 @@ impl Applier {
                     replies,
                 } => {
                     self.plant_fault(&mut entries);
-                    for (_, _, at) in &replies {
+                    for (_, at) in replies.iter().filter_map(|a| a.reply.as_ref()) {
                         self.hub.metrics.stage("commit", at.elapsed());
                     }
-                    let applied = self.hub.apply(&entries);
-                    for (index, reply, at) in replies {
-                        self.hub.metrics.proposal_applied(at.elapsed());
-                        let _ = reply.send(Ok(index));
+                    let (applied, mut refused) = self.hub.apply(&entries);
+                    for Answer {
+                        index,
+                        refused: gathered,
+                        reply,
+                    } in replies
+                    {
+                        let mut gathered = gathered.lock().expect("refusals lock");
+                        if let Some(r) = refused.remove(&index) {
+                            gathered.extend(r);
+                        }
+                        if let Some((reply, at)) = reply {
+                            self.hub.metrics.proposal_applied(at.elapsed());
+                            let _ = reply.send(Ok(Committed {
+                                revision: index,
+                                refused: std::mem::take(&mut gathered),
+                            }));
+                        }
                     }
                     self.applied(applied);
                 }

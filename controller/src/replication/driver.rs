@@ -6,13 +6,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_policy::model::Command;
 use palisade_replica::entry::split;
 use palisade_replica::membership::{self, Kind};
 use palisade_replica::{
-    Batch, Change, Event, Lease, Message, ProposalId, ProposeError, Replica, Role,
+    Batch, Change, Event, Lease, Message, ProposalId, ProposeError, Refused, Replica, Role,
 };
 use palisade_storage::SledStorage;
 use tokio::sync::watch;
@@ -22,7 +23,8 @@ use tracing::{error, info, warn};
 use super::apply::Job;
 use super::transport::Outbox;
 use super::{
-    ChangeFailed, ChangeReply, Config, Failure, GroupStatus, ProposeFailed, ReadReply, Reply,
+    ChangeFailed, ChangeReply, Committed, Config, Failure, GroupStatus, ProposeFailed, ReadReply,
+    Reply,
 };
 use crate::metrics::Metrics;
 
@@ -79,8 +81,21 @@ pub struct Driver {
     pub shutdown: CancellationToken,
 }
 
-/// Proposals waiting to be applied, by the id of their (last) entry.
-type Pending = HashMap<ProposalId, (Reply, Instant)>;
+/// What the state machine refused of one proposal, gathered over its entries (shared by
+/// them: it goes when the last of them is answered or dropped).
+pub type Refusals = Arc<Mutex<Refused>>;
+
+/// An entry of a proposal made here, committed: its index, what its proposal had refused so
+/// far, and on its last entry who waits for the answer.
+pub struct Answer {
+    pub index: u64,
+    pub refused: Refusals,
+    pub reply: Option<(Reply, Instant)>,
+}
+
+/// Entries proposed here waiting to be applied, by their id: the proposal's refusals, and on
+/// its last entry who waits.
+type Pending = HashMap<ProposalId, (Refusals, Option<(Reply, Instant)>)>;
 
 /// Entries of a large proposal proposed and not yet committed, at most: a 150,000-pod load
 /// goes into the log a few entries at a time, so no replica spends longer than a heartbeat
@@ -91,8 +106,10 @@ const IN_FLIGHT: usize = 4;
 struct Part {
     owner: String,
     commands: Vec<Command>,
-    /// Which proposal it belongs to, and on its last part, who waits for it.
+    /// Which proposal it belongs to, what the proposal had refused, and on its last part,
+    /// who waits for it.
     proposal: u64,
+    refused: Refusals,
     reply: Option<(Reply, Instant)>,
 }
 
@@ -286,10 +303,10 @@ impl Driver {
                 Ok(id) => {
                     flow.in_flight.insert(id);
                     flow.started.insert(part.proposal);
-                    if let Some(reply) = part.reply {
+                    if part.reply.is_some() {
                         flow.started.remove(&part.proposal);
-                        pending.insert(id, reply);
                     }
+                    pending.insert(id, (part.refused, part.reply));
                 }
                 Err(e) => {
                     warn!("a proposal was dropped: {e}");
@@ -342,10 +359,14 @@ impl Driver {
                         if let Some(b) = &batch {
                             flow.in_flight.remove(&b.id);
                         }
-                        if let Some((reply, at)) =
+                        if let Some((refused, reply)) =
                             batch.as_ref().and_then(|b| pending.remove(&b.id))
                         {
-                            replies.push((index, reply, at));
+                            replies.push(Answer {
+                                index,
+                                refused,
+                                reply,
+                            });
                         }
                         entries.push((index, batch));
                     }
@@ -401,11 +422,7 @@ impl Driver {
         }
     }
 
-    fn flush(
-        &self,
-        entries: &mut Vec<(u64, Option<Batch>)>,
-        replies: &mut Vec<(u64, Reply, Instant)>,
-    ) {
+    fn flush(&self, entries: &mut Vec<(u64, Option<Batch>)>, replies: &mut Vec<Answer>) {
         if entries.is_empty() {
             return;
         }
@@ -496,17 +513,22 @@ impl Flow {
         committed: u64,
     ) {
         if parts.is_empty() {
-            let _ = reply.0.send(Ok(committed));
+            let _ = reply.0.send(Ok(Committed {
+                revision: committed,
+                refused: Refused::new(),
+            }));
             return;
         }
         self.next += 1;
         let n = parts.len();
         let mut reply = Some(reply);
+        let refused = Refusals::default();
         for (i, commands) in parts.into_iter().enumerate() {
             self.queue.push_back(Part {
                 owner: owner.clone(),
                 commands,
                 proposal: self.next,
+                refused: refused.clone(),
                 reply: if i + 1 == n { reply.take() } else { None },
             });
         }
@@ -535,7 +557,9 @@ impl Flow {
 }
 
 fn fail_all(pending: &mut Pending, why: ProposeFailed) {
-    for (_, (reply, _)) in pending.drain() {
-        let _ = reply.send(Err(why.clone()));
+    for (_, (_, reply)) in pending.drain() {
+        if let Some((reply, _)) = reply {
+            let _ = reply.send(Err(why.clone()));
+        }
     }
 }

@@ -18,6 +18,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use palisade_replica::Refused;
+
 use super::{Hint, Key, ManifestDir, Rejected, Scan};
 use crate::hub::Hub;
 use crate::replication::Group;
@@ -112,6 +114,10 @@ fn classify(event: &notify::Event) -> (Vec<(PathBuf, Hint)>, bool) {
 
 /// Persist and commit what `scan` proposes (objects another source owns are refused and
 /// reported); the error says what failed.
+///
+/// The state machine decides ownership: what its answer says it refused is not recorded as
+/// applied, is compared again at the next scan, and is reported. The source also looks
+/// before proposing, only so that a conflict that lasts is not proposed at every scan.
 fn apply(
     hub: &Hub,
     reports: &Reports,
@@ -119,27 +125,11 @@ fn apply(
     source: &mut ManifestDir,
     mut scan: Scan,
 ) -> Result<Option<u64>, String> {
-    let foreign: BTreeSet<Key> = super::foreign(hub, OWNER, &scan.commands)
-        .into_iter()
-        .map(|(k, owner)| {
-            scan.rejected.push(Rejected {
-                applied: false,
-                source: source.root().display().to_string(),
-                kind: k.0.to_string(),
-                object: k.1.clone(),
-                errors: vec![format!(
-                    "managed by {owner}: the directory's version is not applied"
-                )],
-            });
-            k
-        })
-        .collect();
-    if !foreign.is_empty() {
-        scan.commands
-            .retain(|c| !foreign.contains(&palisade_policy::manifest::command_key(c)));
-        source.not_applied(&foreign);
-    }
-    reports.set_rejected(OWNER, std::mem::take(&mut scan.rejected));
+    let held = super::foreign(hub, OWNER, &scan.commands);
+    refuse(source, &mut scan.rejected, &held);
+    scan.commands
+        .retain(|c| !held.contains_key(&palisade_policy::manifest::command_key(c)));
+    reports.set_rejected(OWNER, scan.rejected.clone());
     source
         .persist()
         .map_err(|e| format!("cannot record the manifest source's state: {e}"))?;
@@ -148,11 +138,36 @@ fn apply(
         return Ok(None);
     }
     let n = scan.commands.len();
-    let revision = group
+    let committed = group
         .block_on(group.propose(OWNER, scan.commands))
         .map_err(|e| format!("cannot commit {n} changes: {e}"))?;
+    if !committed.refused.is_empty() {
+        // Taken by another source between the look above and the commit.
+        refuse(source, &mut scan.rejected, &committed.refused);
+        reports.set_rejected(OWNER, scan.rejected);
+    }
     source.commit();
-    Ok(Some(revision))
+    Ok(Some(committed.revision))
+}
+
+/// Objects another source holds (by key, that source): the directory's version is not
+/// applied; compared again at the next scan, and reported.
+fn refuse(source: &mut ManifestDir, rejected: &mut Vec<Rejected>, held: &Refused) {
+    if held.is_empty() {
+        return;
+    }
+    for (k, owner) in held {
+        rejected.push(Rejected {
+            applied: false,
+            source: source.root().display().to_string(),
+            kind: k.0.to_string(),
+            object: k.1.clone(),
+            errors: vec![format!(
+                "managed by {owner}: the directory's version is not applied"
+            )],
+        });
+    }
+    source.not_applied(&held.keys().cloned().collect::<BTreeSet<Key>>());
 }
 
 /// After a failure to record or commit: 0.5 s (the first retry) doubling to 64 s.
