@@ -4,16 +4,15 @@
 //! depend on it; the driver sends them, passes committed entries (with the answers their
 //! proposers wait for) to the apply thread in order, and publishes the group's status.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_policy::model::Command;
 use palisade_replica::entry::split;
 use palisade_replica::membership::{self, Kind};
 use palisade_replica::{
-    Batch, Change, Event, Lease, Message, ProposalId, ProposeError, Refused, Replica, Role,
+    Batch, Change, Event, Lease, Message, ProposeError, Refused, Replica, Role,
 };
 use palisade_storage::SledStorage;
 use tokio::sync::watch;
@@ -29,6 +28,10 @@ use super::{
 use crate::metrics::Metrics;
 
 mod changes;
+mod proposals;
+
+pub use proposals::Refusals;
+use proposals::{Proposals, Stopped};
 
 pub enum Input {
     Step(Message),
@@ -81,10 +84,6 @@ pub struct Driver {
     pub shutdown: CancellationToken,
 }
 
-/// What the state machine refused of one proposal, gathered over its entries (shared by
-/// them: it goes when the last of them is answered or dropped).
-pub type Refusals = Arc<Mutex<Refused>>;
-
 /// An entry of a proposal made here, committed: its index, what its proposal had refused so
 /// far, and on its last entry who waits for the answer.
 pub struct Answer {
@@ -93,34 +92,10 @@ pub struct Answer {
     pub reply: Option<(Reply, Instant)>,
 }
 
-/// Entries proposed here waiting to be applied, by their id: the proposal's refusals, and on
-/// its last entry who waits.
-type Pending = HashMap<ProposalId, (Refusals, Option<(Reply, Instant)>)>;
-
-/// Entries of a large proposal proposed and not yet committed, at most: a 150,000-pod load
-/// goes into the log a few entries at a time, so no replica spends longer than a heartbeat
-/// writing one `Ready`, and check-quorum never mistakes a busy follower for a dead one.
-const IN_FLIGHT: usize = 4;
-
-/// One entry's worth of a proposal, waiting for room.
-struct Part {
-    owner: String,
-    commands: Vec<Command>,
-    /// Which proposal it belongs to, what the proposal had refused, and on its last part,
-    /// who waits for it.
-    proposal: u64,
-    refused: Refusals,
-    reply: Option<(Reply, Instant)>,
-}
-
-/// Parts waiting to be proposed, and the entries proposed and not yet committed.
+/// What waits on this replica's Raft node: proposals, membership changes, read indexes.
 #[derive(Default)]
 struct Flow {
-    queue: VecDeque<Part>,
-    in_flight: HashSet<ProposalId>,
-    /// Proposals with a part in the log already.
-    started: HashSet<u64>,
-    next: u64,
+    proposals: Proposals<(Reply, Instant)>,
     /// Membership changes proposed here, by request number, waiting to be applied.
     changes: HashMap<u64, ChangeReply>,
     /// Read indexes asked for, by request number, with when to give up on each.
@@ -132,7 +107,6 @@ struct Flow {
 
 impl Driver {
     pub fn run(mut self) {
-        let mut pending: Pending = HashMap::new();
         let mut flow = Flow::default();
         let tick = self.config.tick;
         let mut next_tick = Instant::now() + tick;
@@ -148,10 +122,6 @@ impl Driver {
                 self.publish(role, Some(why.clone()), &flow);
                 // Take no part any more: peers elect another leader; what was applied here
                 // stays served.
-                fail_all(
-                    &mut pending,
-                    ProposeFailed::Stopped("this replica failed".into()),
-                );
                 flow.fail(ProposeFailed::Stopped("this replica failed".into()));
                 // Whatever arrives meanwhile gets its answer, or is dropped.
                 for (_, (reply, _)) in flow.reads.drain() {
@@ -194,13 +164,13 @@ impl Driver {
                 next_tick = Instant::now() + tick;
             }
             self.ask_leader(&mut flow);
-            self.feed(&mut flow, &mut pending);
-            if let Err(e) = self.ready(&mut pending, &mut flow, &mut role) {
+            self.feed(&mut flow);
+            if let Err(e) = self.ready(&mut flow, &mut role) {
                 self.failure.set(format!("the Raft log: {e}"));
                 continue;
             }
             // Room freed by what just committed.
-            self.feed(&mut flow, &mut pending);
+            self.feed(&mut flow);
             self.promote();
             self.expire_reads(&mut flow);
             self.publish(role, None, &flow);
@@ -208,7 +178,6 @@ impl Driver {
         for (_, (reply, _)) in flow.reads.drain() {
             let _ = reply.send(Err("this replica is shutting down".into()));
         }
-        fail_all(&mut pending, ProposeFailed::Stopped("shutting down".into()));
         flow.fail(ProposeFailed::Stopped("shutting down".into()));
     }
 
@@ -244,12 +213,14 @@ impl Driver {
                     }));
                     return;
                 }
-                flow.add(
-                    owner,
-                    split(commands, self.config.entry_bytes),
-                    (reply, at),
-                    self.replica.status().commit,
-                );
+                let parts = split(commands, self.config.entry_bytes);
+                if let Some((reply, _)) = flow.proposals.add(owner, parts, (reply, at)) {
+                    // Nothing to propose: what is committed already holds it.
+                    let _ = reply.send(Ok(Committed {
+                        revision: self.replica.status().commit,
+                        refused: Refused::new(),
+                    }));
+                }
             }
             Input::Change {
                 change,
@@ -293,58 +264,21 @@ impl Driver {
         }
     }
 
-    /// Propose queued parts while fewer than [`IN_FLIGHT`] are uncommitted.
-    fn feed(&mut self, flow: &mut Flow, pending: &mut Pending) {
-        while flow.in_flight.len() < IN_FLIGHT {
-            let Some(part) = flow.queue.pop_front() else {
-                return;
-            };
-            match self.replica.propose(&part.owner, part.commands) {
-                Ok(id) => {
-                    flow.in_flight.insert(id);
-                    flow.started.insert(part.proposal);
-                    if part.reply.is_some() {
-                        flow.started.remove(&part.proposal);
-                    }
-                    pending.insert(id, (part.refused, part.reply));
-                }
-                Err(e) => {
-                    warn!("a proposal was dropped: {e}");
-                    let leader = match e {
-                        ProposeError::NotLeader { leader } => leader,
-                        // Still leading (e.g. a leadership transfer under way): what is in
-                        // flight may still commit; only what waits here is refused.
-                        ProposeError::Dropped(_) => {
-                            if let Some((reply, _)) = part.reply {
-                                let _ = reply.send(Err(ProposeFailed::Lost));
-                            }
-                            let in_flight = std::mem::take(&mut flow.in_flight);
-                            flow.fail(ProposeFailed::Lost);
-                            flow.in_flight = in_flight;
-                            return;
-                        }
-                    };
-                    let started = flow.started.contains(&part.proposal);
-                    if let Some((reply, _)) = part.reply {
-                        let _ = reply.send(Err(if started {
-                            ProposeFailed::Lost
-                        } else {
-                            ProposeFailed::NotLeader { leader }
-                        }));
-                    }
-                    flow.fail(ProposeFailed::NotLeader { leader });
-                    return;
-                }
-            }
+    /// Propose queued parts while few enough entries are uncommitted; when the replica
+    /// refuses one, what waits is refused with it (membership changes too).
+    fn feed(&mut self, flow: &mut Flow) {
+        let replica = &mut self.replica;
+        if let Some(Stopped { tell, why, error }) = flow
+            .proposals
+            .feed(|owner, commands| replica.propose(owner, commands))
+        {
+            warn!("a proposal was dropped: {error}");
+            answer(tell);
+            flow.fail_changes(&why);
         }
     }
 
-    fn ready(
-        &mut self,
-        pending: &mut Pending,
-        flow: &mut Flow,
-        role: &mut Option<Role>,
-    ) -> Result<(), String> {
+    fn ready(&mut self, flow: &mut Flow, role: &mut Option<Role>) -> Result<(), String> {
         loop {
             let out = self.replica.ready().map_err(|e| e.to_string())?;
             if out.messages.is_empty() && out.events.is_empty() {
@@ -356,11 +290,8 @@ impl Driver {
             for e in out.events {
                 match e {
                     Event::Committed { index, batch, .. } => {
-                        if let Some(b) = &batch {
-                            flow.in_flight.remove(&b.id);
-                        }
                         if let Some((refused, reply)) =
-                            batch.as_ref().and_then(|b| pending.remove(&b.id))
+                            batch.as_ref().and_then(|b| flow.proposals.committed(&b.id))
                         {
                             replies.push(Answer {
                                 index,
@@ -412,7 +343,6 @@ impl Driver {
                         }
                         *role = Some(now);
                         if now != Role::Leader {
-                            fail_all(pending, ProposeFailed::Lost);
                             flow.fail(ProposeFailed::Lost);
                         }
                     }
@@ -504,51 +434,18 @@ impl Driver {
 }
 
 impl Flow {
-    /// Queue a proposal's parts (an empty one is answered at once with `committed`).
-    fn add(
-        &mut self,
-        owner: String,
-        parts: Vec<Vec<Command>>,
-        reply: (Reply, Instant),
-        committed: u64,
-    ) {
-        if parts.is_empty() {
-            let _ = reply.0.send(Ok(Committed {
-                revision: committed,
-                refused: Refused::new(),
-            }));
-            return;
-        }
-        self.next += 1;
-        let n = parts.len();
-        let mut reply = Some(reply);
-        let refused = Refusals::default();
-        for (i, commands) in parts.into_iter().enumerate() {
-            self.queue.push_back(Part {
-                owner: owner.clone(),
-                commands,
-                proposal: self.next,
-                refused: refused.clone(),
-                reply: if i + 1 == n { reply.take() } else { None },
-            });
-        }
+    /// Leadership is gone (or the replica stops): every proposal and membership change
+    /// waiting is told `why`.
+    fn fail(&mut self, why: ProposeFailed) {
+        answer(self.proposals.fail(why.clone()));
+        self.fail_changes(&why);
     }
 
-    /// Leadership is gone: nothing queued will be proposed; its waiters are told.
-    fn fail(&mut self, why: ProposeFailed) {
-        for part in self.queue.drain(..) {
-            if let Some((reply, _)) = part.reply {
-                let started = self.started.contains(&part.proposal);
-                let _ = reply.send(Err(match (&why, started) {
-                    (ProposeFailed::NotLeader { .. }, true) => ProposeFailed::Lost,
-                    _ => why.clone(),
-                }));
-            }
-        }
-        self.in_flight.clear();
-        self.started.clear();
+    /// The membership changes waiting are told `why` (one that was refused as not leader
+    /// may have been proposed before: lost).
+    fn fail_changes(&mut self, why: &ProposeFailed) {
         for (_, reply) in self.changes.drain() {
-            let _ = reply.send(Err(ChangeFailed::Propose(match &why {
+            let _ = reply.send(Err(ChangeFailed::Propose(match why {
                 ProposeFailed::NotLeader { .. } => ProposeFailed::Lost,
                 other => other.clone(),
             })));
@@ -556,10 +453,9 @@ impl Flow {
     }
 }
 
-fn fail_all(pending: &mut Pending, why: ProposeFailed) {
-    for (_, (_, reply)) in pending.drain() {
-        if let Some((reply, _)) = reply {
-            let _ = reply.send(Err(why.clone()));
-        }
+/// Tell each waiter why its proposal failed.
+fn answer(tell: Vec<((Reply, Instant), ProposeFailed)>) {
+    for ((reply, _), why) in tell {
+        let _ = reply.send(Err(why));
     }
 }
