@@ -19,7 +19,7 @@ pub mod mirror;
 pub use crate::reports::watches as status;
 mod watch;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,13 +29,14 @@ use futures::Future;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::watcher;
-use palisade_policy::manifest::Key;
+use palisade_policy::manifest::{Key, Object};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::hub::Hub;
+use crate::leader::{Ended, LeaderSource};
 use crate::replication::{Committed, Group, ProposeFailed};
 use crate::reports::{Rejected, Reports};
 use mirror::{Effect, Mirror};
@@ -126,37 +127,51 @@ pub async fn run(
     options: Options,
     shutdown: CancellationToken,
 ) {
-    let mut status = group.watch();
     let events = options.emit_events.then(|| {
         let (tx, rx) = mpsc::channel(events::QUEUE);
         tokio::spawn(events::publish(client.clone(), rx));
         tx
     });
-    // Consecutive restarts of the source while leading (after failed proposals), for back-off.
-    let mut restarts = 0u32;
-    loop {
-        let leading = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = status.wait_for(|s| s.is_leader()) => match s {
-                Ok(s) => s.clone(),
-                Err(_) => return,
-            },
-        };
-        if !group.caught_up(Duration::from_secs(30)).await {
-            warn!("leading, but entries committed before are not applied yet; waiting");
-            continue;
-        }
-        let term = leading.raft.term;
-        info!(term, "leading: the Kubernetes source lists and watches");
+    let source = Source {
+        hub: hub.clone(),
+        reports,
+        group: group.clone(),
+        client,
+        options,
+        events,
+    };
+    crate::leader::run(source, hub, group, shutdown).await
+}
+
+/// The Kubernetes source: what leading means for it.
+struct Source {
+    hub: Arc<Hub>,
+    reports: Arc<Reports>,
+    group: Group,
+    client: kube::Client,
+    options: Options,
+    events: Option<mpsc::Sender<(k8s_openapi::api::core::v1::ObjectReference, String)>>,
+}
+
+impl LeaderSource for Source {
+    const OWNER: &'static str = OWNER;
+
+    fn name(&self) -> &'static str {
+        "the Kubernetes source"
+    }
+
+    /// List and watch; propose what differs from `applied`, then each change.
+    async fn lead(&mut self, term: u64, applied: BTreeMap<Key, Object>) -> Ended {
+        let options = &self.options;
         let lead = Lead {
-            hub: &hub,
-            reports: &reports,
-            group: &group,
-            options: &options,
+            hub: &self.hub,
+            reports: &self.reports,
+            group: &self.group,
+            options,
             term,
         };
         let cx = watch::Context {
-            client: client.clone(),
+            client: self.client.clone(),
             // Lists are quorum reads (not the API server's cache, which may be older than
             // what the replicated state holds: a stale list would delete live objects).
             config: watcher::Config::default()
@@ -164,50 +179,18 @@ pub async fn run(
                 .timeout(options.watch_timeout.as_secs().clamp(1, u32::MAX as u64) as u32),
             default_ns: options.default_ns.clone(),
             backoff: Backoff::new(options.backoff_min, options.backoff_max),
-            board: reports.kube.clone(),
-            metrics: hub.metrics.clone(),
-            events: events.clone(),
+            board: self.reports.kube.clone(),
+            metrics: self.hub.metrics.clone(),
+            events: self.events.clone(),
         };
-        let began = Instant::now();
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            outcome = lead.run(cx) => outcome,
-        };
-        reports.kube.clear(&hub.metrics);
-        reports.set_rejected(OWNER, Vec::new());
-        match outcome {
-            Outcome::Lost => {
-                restarts = 0;
-                info!("no longer leading: the Kubernetes source stops");
-            }
-            Outcome::Restart(why) => {
-                if began.elapsed() > Duration::from_secs(60) {
-                    restarts = 0;
-                }
-                let delay =
-                    palisade_backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(32))
-                        .delay(restarts);
-                restarts += 1;
-                warn!(
-                    "{why}: the Kubernetes source lists again and compares with the replicated state in {}",
-                    humantime::format_duration(delay)
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+        lead.run(cx, applied).await
     }
-}
 
-/// Why the source stopped while leading.
-enum Outcome {
-    /// This replica no longer leads (or the watches ended).
-    Lost,
-    /// It must start over from the replicated state: a proposal that may or may not have
-    /// been committed, or an object another source held is free again.
-    Restart(String),
+    /// What the session showed goes with it.
+    fn ended(&mut self) {
+        self.reports.kube.clear(&self.hub.metrics);
+        self.reports.set_rejected(OWNER, Vec::new());
+    }
 }
 
 type Proposal = Pin<Box<dyn Future<Output = Result<Committed, ProposeFailed>> + Send>>;
@@ -241,8 +224,8 @@ impl Lead<'_> {
         s.is_leader() && s.raft.term == self.term
     }
 
-    async fn run(&self, cx: watch::Context) -> Outcome {
-        let mut mirror = Mirror::new(self.hub.read(|st| st.machine().owned_by(OWNER)));
+    async fn run(&self, cx: watch::Context, applied: BTreeMap<Key, Object>) -> Ended {
+        let mut mirror = Mirror::new(applied);
         let (tx, mut rx) = mpsc::channel(4096);
         let _tasks = Tasks(vec![
             tokio::spawn(watch::run::<Namespace>(cx.clone(), tx.clone())),
@@ -261,11 +244,11 @@ impl Lead<'_> {
             tokio::select! {
                 changed = status.changed() => {
                     if changed.is_err() || !self.still_leading() {
-                        return Outcome::Lost;
+                        return Ended::Lost;
                     }
                 }
                 incoming = rx.recv() => {
-                    let Some(incoming) = incoming else { return Outcome::Lost };
+                    let Some(incoming) = incoming else { return Ended::Lost };
                     self.receive(&mut mirror, incoming);
                     // Take what else is queued before deciding.
                     while let Ok(more) = rx.try_recv() {
@@ -297,7 +280,7 @@ impl Lead<'_> {
                             .cloned()
                     });
                     if let Some(k) = freed {
-                        return Outcome::Restart(format!("{} {} is no longer held by another source", k.0, k.1));
+                        return Ended::Restart(format!("{} {} is no longer held by another source", k.0, k.1));
                     }
                 }
                 _ = sleep_until(due), if due.is_some() && proposal.is_none() => {
@@ -340,10 +323,10 @@ impl Lead<'_> {
                             // It may or may not have been committed: start over from the
                             // replicated state (new lists, compared with it).
                             if !self.still_leading() {
-                                return Outcome::Lost;
+                                return Ended::Lost;
                             }
                             self.hub.metrics.source_failure();
-                            return Outcome::Restart(format!("cannot commit {n} changes: {e}"));
+                            return Ended::Restart(format!("cannot commit {n} changes: {e}"));
                         }
                     }
                     if mirror.has_changes() && due.is_none() {

@@ -261,11 +261,6 @@ impl Group {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// [`Group::caught_up`] for a thread outside the async runtime.
-    pub fn caught_up_blocking(&self, bound: Duration) -> bool {
-        self.block_on(self.caught_up(bound))
-    }
-
     /// Run `f` to its end from a thread outside the async runtime (the manifests source's),
     /// which waits meanwhile. Never from a task on the runtime (it panics there).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {

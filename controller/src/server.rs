@@ -219,28 +219,21 @@ pub async fn start(
                 .await
                 .expect("opening the manifest source")?
         };
-        let hub = hub.clone();
-        let reports = reports.clone();
-        let group = group.clone();
-        let shutdown = shutdown.clone();
-        let pace = Pace {
-            rescan: config.rescan,
-            debounce: config.debounce,
-            settle: config.timing.settle,
+        let context = source::Context {
+            hub: hub.clone(),
+            reports: reports.clone(),
+            group: group.clone(),
+            pace: Pace {
+                rescan: config.rescan,
+                debounce: config.debounce,
+                settle: config.timing.settle,
+            },
+            health: source_health_tx,
+            shutdown: shutdown.clone(),
         };
         threads.push(spawn(
             "manifests",
-            Box::new(move || {
-                source::watch(
-                    hub,
-                    reports,
-                    group,
-                    source,
-                    pace,
-                    source_health_tx,
-                    shutdown,
-                )
-            }),
+            Box::new(move || source::watch(context, source)),
         )?);
     }
     if let Some(options) = &config.kubernetes {

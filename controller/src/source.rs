@@ -39,7 +39,7 @@ use file::commands;
 pub use file::Key;
 pub use records::RecordError;
 pub use settle::{Hint, Timing};
-pub use watch::{watch, Health};
+pub use watch::{watch, Context, Health};
 
 use settle::{Pending, Stamp};
 

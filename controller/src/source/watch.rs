@@ -7,7 +7,7 @@
 //! waiting until it is applied. A failure to persist or commit is retried with back-off and
 //! shows in [`Health`], metrics and the log; nothing is taken as applied until it was.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -20,8 +20,11 @@ use tracing::{error, info, warn};
 
 use palisade_replica::Refused;
 
+use palisade_policy::manifest::Object;
+
 use super::{Hint, Key, ManifestDir, Rejected, Scan};
 use crate::hub::Hub;
+use crate::leader::{Ended, LeaderSource};
 use crate::replication::Group;
 use crate::reports::Reports;
 
@@ -118,7 +121,7 @@ fn classify(event: &notify::Event) -> (Vec<(PathBuf, Hint)>, bool) {
 /// The state machine decides ownership: what its answer says it refused is not recorded as
 /// applied, is compared again at the next scan, and is reported. The source also looks
 /// before proposing, only so that a conflict that lasts is not proposed at every scan.
-fn apply(
+async fn apply(
     hub: &Hub,
     reports: &Reports,
     group: &Group,
@@ -139,7 +142,8 @@ fn apply(
     }
     let n = scan.commands.len();
     let committed = group
-        .block_on(group.propose(OWNER, scan.commands))
+        .propose(OWNER, scan.commands)
+        .await
         .map_err(|e| format!("cannot commit {n} changes: {e}"))?;
     if !committed.refused.is_empty() {
         // Taken by another source between the look above and the commit.
@@ -174,72 +178,69 @@ fn refuse(source: &mut ManifestDir, rejected: &mut Vec<Rejected>, held: &Refused
 const RETRY: palisade_backoff::Backoff =
     palisade_backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(64));
 
-/// Run the loop until `shutdown`: the source works while this replica leads.
-pub fn watch(
-    hub: Arc<Hub>,
-    reports: Arc<Reports>,
-    group: Group,
-    mut source: ManifestDir,
-    pace: Pace,
-    health: tokio::sync::watch::Sender<Health>,
-    shutdown: CancellationToken,
-) {
-    let mut reported = Reported::default();
-    let mut status = group.watch();
-    while !shutdown.is_cancelled() {
-        let leading = status.borrow_and_update().clone();
-        if !leading.is_leader() {
-            health.send_if_modified(|h| {
-                let new = Health::default();
-                let changed = *h != new;
-                *h = new;
-                changed
-            });
-            // Until the group's status changes (or shutdown).
-            group.block_on(async {
-                tokio::select! {
-                    _ = status.changed() => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            });
-            continue;
-        }
-        info!(
-            term = leading.raft.term,
-            "leading: the manifest source reconciles and runs"
-        );
-        // Reconcile against everything committed before this term, applied.
-        if !group.caught_up_blocking(Duration::from_secs(30)) {
-            warn!("leading, but entries committed before are not applied yet; waiting");
-            continue;
-        }
-        let applied = hub.read(|st| st.machine().owned_by(OWNER));
-        source.reconcile(applied);
-        let context = Context {
-            hub: &hub,
-            reports: &reports,
-            group: &group,
-            pace: &pace,
-            health: &health,
-            shutdown: &shutdown,
-        };
-        lead(leading.raft.term, &context, &mut source, &mut reported);
-        info!("no longer leading: the manifest source stops");
+/// Run the source until `shutdown`: it works while this replica leads. Called on the
+/// source's own thread (its file work blocks), which the lifecycle runs on.
+pub fn watch(context: Context, source: ManifestDir) {
+    let (hub, group, shutdown) = (
+        context.hub.clone(),
+        context.group.clone(),
+        context.shutdown.clone(),
+    );
+    let manifests = Manifests {
+        context,
+        source,
+        reported: Reported::default(),
+    };
+    group.block_on(crate::leader::run(manifests, hub, group.clone(), shutdown));
+}
+
+/// What the source works with.
+pub struct Context {
+    pub hub: Arc<Hub>,
+    pub reports: Arc<Reports>,
+    pub group: Group,
+    pub pace: Pace,
+    pub health: tokio::sync::watch::Sender<Health>,
+    pub shutdown: CancellationToken,
+}
+
+/// The manifests directory: what leading means for it.
+struct Manifests {
+    context: Context,
+    source: ManifestDir,
+    reported: Reported,
+}
+
+impl LeaderSource for Manifests {
+    const OWNER: &'static str = OWNER;
+
+    fn name(&self) -> &'static str {
+        "the manifest source"
+    }
+
+    /// Reconcile: what the replicated state holds from this source becomes what it believes
+    /// applied, and the first scan compares everything either side names. Failures to record
+    /// or commit are retried within the session.
+    async fn lead(&mut self, term: u64, applied: BTreeMap<Key, Object>) -> Ended {
+        self.source.reconcile(applied);
+        lead(term, &self.context, &mut self.source, &mut self.reported).await;
+        Ended::Lost
+    }
+
+    /// A follower's source is not active (readiness says so).
+    fn follow(&mut self) {
+        self.context.health.send_if_modified(|h| {
+            let new = Health::default();
+            let changed = *h != new;
+            *h = new;
+            changed
+        });
     }
 }
 
-/// What the loop works with.
-struct Context<'a> {
-    hub: &'a Hub,
-    reports: &'a Reports,
-    group: &'a Group,
-    pace: &'a Pace,
-    health: &'a tokio::sync::watch::Sender<Health>,
-    shutdown: &'a CancellationToken,
-}
-
-/// The loop while leading in `term` (returns when leadership is lost, or at shutdown).
-fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut Reported) {
+/// The loop while leading in `term` (returns when leadership is lost, or at shutdown). Its
+/// file work blocks the source's own thread, which is what that thread is for.
+async fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut Reported) {
     let Context {
         hub,
         reports,
@@ -247,7 +248,7 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
         pace,
         health,
         shutdown,
-    } = *context;
+    } = context;
     // The term reconciled in: leadership lost and won again meanwhile means reconciling again.
     let still_leading = || {
         let s = group.status();
@@ -329,7 +330,7 @@ fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: &mut R
         let next = scan.next;
         hub.metrics.source_waiting(waiting);
         hub.metrics.files_parsed(source.take_parsed());
-        let result = apply(hub, reports, group, source, scan);
+        let result = apply(hub, reports, group, source, scan).await;
         if reconciling {
             match &result {
                 Ok(None) => info!("reconciled with the replicated state: nothing differs"),
