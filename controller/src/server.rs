@@ -8,43 +8,35 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use palisade_proto::pre_encoded::sync_server::SyncServer;
-use palisade_proto::v1::admin_server::AdminServer;
 use palisade_proto::v1::introspection_server::IntrospectionServer;
-use palisade_proto::v1::raft_server::RaftServer;
-use palisade_proto::v1::FILE_DESCRIPTOR_SET;
-use palisade_storage::{Create, SledStorage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub mod activity;
 mod config;
 pub mod conns;
+mod grpc;
 mod http;
 pub mod listen;
 mod open;
+mod sources;
 
 pub use config::{Config, ServerError, TlsFiles};
-use open::{client_tls, open_replica, open_source, serve_waiting};
+use open::{client_tls, open_group, Opened};
 
 pub use http::SOURCE_SERVICE;
 
-use crate::admin::AdminService;
-use crate::auth::RequireOperator;
 use crate::hub::Hub;
 use crate::introspection::IntrospectionService;
 use crate::lint::Linter;
 use crate::metrics::Metrics;
-use crate::replication::service::RaftService;
-use crate::replication::transport::Transport;
-use crate::replication::{self, bootstrap, standing, Group};
+use crate::replication::{self, standing, Group};
 use crate::reports::Reports;
-use crate::source::watch::Pace;
-use crate::source::{self, Health};
-use crate::sync::{SyncConfig, SyncService};
+use crate::source::Health;
+use crate::sync::SyncService;
 
 /// A started controller.
 pub struct Running {
@@ -118,62 +110,23 @@ pub async fn start(
     let metrics = Metrics::new();
     metrics.set_insecure(insecure);
     let rc = config.replication.clone();
-    // Opening the log reads and checks all of it: off the async workers.
-    let store = {
-        let dir = state_dir.join("raft");
-        tokio::task::spawn_blocking(move || SledStorage::open(&dir, Create::IfMissing))
-            .await
-            .expect("opening the Raft log")?
-    };
-    let transport = Arc::new(Transport::new(rc.id, &rc.peers, client_tls.as_ref())?);
-    // Who this replica is, settled before it takes any part in its group.
-    let membership = {
-        let voters = rc.voters();
-        let waiting = match bootstrap::needs_protocol(&store, &voters, rc.bootstrap)? {
-            true => Some(serve_waiting(
-                &grpc,
-                &store,
-                &rc,
-                tls_config.clone(),
-                metrics.clone(),
-                &shutdown,
-            )?),
-            false => None,
-        };
-        let settled =
-            bootstrap::settle(&store, rc.id, &voters, rc.bootstrap, &transport, &shutdown).await;
-        if let Some(w) = waiting {
-            w.cancel();
-        }
-        let identity = settled?;
-        bootstrap::check_membership(&store, &identity, &voters)?;
-        Arc::new(bootstrap::Membership::new(store.clone(), identity, voters))
-    };
-    // Restoring a snapshot compiles: off the async workers.
-    let (replica, machine) = {
-        let dir = state_dir.join("raft");
-        let rc = rc.clone();
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || open_replica(&dir, store, &rc))
-            .await
-            .expect("opening the replica")?
-    };
+    let Opened {
+        store,
+        transport,
+        membership,
+        replica,
+        machine,
+    } = open_group(
+        &rc,
+        &state_dir,
+        &grpc,
+        client_tls.as_ref(),
+        tls_config.clone(),
+        &metrics,
+        &shutdown,
+    )
+    .await?;
     let applied = machine.applied();
-    if machine.retired().contains(&rc.id) {
-        return Err(bootstrap::IdentityError::Refused(format!(
-            "replica {} was removed from its group (the state machine at revision {applied} says so): it never takes part again under this id; add a replica under a new id instead",
-            rc.id
-        ))
-        .into());
-    }
-    // Replicas added by membership changes are reached at the address the change gave,
-    // unless --peers names them (the operator's word now); removed ones are not reached.
-    for id in machine.retired() {
-        transport.retire(*id);
-    }
-    for (id, address) in machine.addresses() {
-        transport.learn(*id, address)?;
-    }
     let hub = Arc::new(Hub::new(rc.id, machine, config.history, metrics.clone()));
     let reports = Arc::new(Reports::new(metrics.clone()));
 
@@ -203,65 +156,18 @@ pub async fn start(
     } = started;
     let status_rx = group.watch();
     let refusing = group.refusing_agents();
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(f)
-            .map_err(ServerError::State)
-    };
-
-    let (source_health_tx, source_health) = tokio::sync::watch::channel(Health::default());
-    if let Some(dir) = &config.manifests {
-        let source = {
-            let config = config.clone();
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || open_source(&dir, &config))
-                .await
-                .expect("opening the manifest source")?
-        };
-        let context = source::Context {
+    let (source_health, loaded_revision) = sources::start(
+        &config,
+        sources::Parts {
             hub: hub.clone(),
             reports: reports.clone(),
             group: group.clone(),
-            pace: Pace {
-                rescan: config.rescan,
-                debounce: config.debounce,
-                settle: config.timing.settle,
-            },
-            health: source_health_tx,
+            applied,
             shutdown: shutdown.clone(),
-        };
-        threads.push(spawn(
-            "manifests",
-            Box::new(move || source::watch(context, source)),
-        )?);
-    }
-    if let Some(options) = &config.kubernetes {
-        let client = crate::kubernetes::client(options).await?;
-        tokio::spawn(crate::kubernetes::run(
-            hub.clone(),
-            reports.clone(),
-            group.clone(),
-            client,
-            options.clone(),
-            shutdown.clone(),
-        ));
-    }
-    // A group of one with manifests: serve once they are read and applied, as a single
-    // controller always did (a replica of a larger group cannot wait: it may not lead).
-    let mut loaded_revision = applied;
-    if config.manifests.is_some() && rc.voters().len() == 1 {
-        // ... unless the replica fails first: then serve, and say so (readiness, replicas).
-        let mut h = source_health.clone();
-        let mut g = status_rx.clone();
-        let first = tokio::select! {
-            r = h.wait_for(|h| h.revision.is_some() || h.failing.is_some()) => {
-                r.map(|h| h.revision).ok().flatten()
-            }
-            _ = g.wait_for(|s| s.failure.is_some()) => None,
-        };
-        loaded_revision = first.unwrap_or(applied);
-    }
+        },
+        &mut threads,
+    )
+    .await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SyncServer<SyncService>>().await;
@@ -288,121 +194,28 @@ pub async fn start(
         });
         info!(%addr, "serving gRPC health in plaintext (for probes)");
     }
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1().expect("descriptor sets are valid");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("descriptor sets are valid");
-
     let streams: Arc<crate::sync::Streams> = Arc::default();
-    let sync = SyncService::new(
-        hub.clone(),
-        streams.clone(),
-        SyncConfig {
-            insecure,
-            keepalive: config.agent_keepalive,
-            resume_wait: config.resume_wait,
-            ..SyncConfig::default()
-        },
-        group.clone(),
-        shutdown.clone(),
-    );
     let linter = Arc::new(Linter::new(hub.clone()));
-    let introspection = InterceptedService::new(
-        IntrospectionServer::new(IntrospectionService::new(
-            hub.clone(),
-            group.clone(),
-            reports.clone(),
-            linter.clone(),
-        )),
-        RequireOperator { insecure },
-    );
     crate::replication::exchange::start(hub.clone(), rc.id, transport.clone(), shutdown.clone());
-    let raft = RaftService {
-        membership,
-        hub: hub.clone(),
-        reports: reports.clone(),
-        refusing: refusing.clone(),
-        id: rc.id,
-        insecure,
-        inbox: std::sync::Mutex::new(inbox_tx),
-        transport,
-        status: status_rx.clone(),
-        address: advertised,
-    };
-    let admin = AdminService {
-        hub: hub.clone(),
-        group: group.clone(),
-        insecure,
-        limits: config.limits.clone(),
-    };
-
-    let limits = listen::Limits {
-        max_connections: listen::fit_to_file_limit(config.connections.max_connections),
-        tcp_keepalive: Some(config.keepalive),
-        ..config.connections
-    };
-    let table: Arc<std::sync::Mutex<conns::Table>> = Arc::default();
-    let router = Server::builder()
-        .layer(activity::Activity::new(table.clone()))
-        .http2_keepalive_interval(Some(config.keepalive))
-        .http2_keepalive_timeout(Some(config.keepalive * 2))
-        .max_concurrent_streams(Some(config.max_streams_per_connection))
-        .add_service(
-            SyncServer::new(sync)
-                .max_decoding_message_size(config.max_message_bytes.min(16 << 20))
-                .max_encoding_message_size(config.max_message_bytes),
-        )
-        .add_service(introspection)
-        // A batch may carry a snapshot of the whole state (objects of a large cluster).
-        .add_service(RaftServer::new(raft).max_decoding_message_size(1 << 30))
-        .add_service(
-            AdminServer::new(admin)
-                .max_decoding_message_size(config.max_message_bytes.min(64 << 20)),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    let addr = grpc.local_addr().ok();
-    let grpc_shutdown = shutdown.clone();
-    let metrics_for_listener = hub.metrics.clone();
-    let grpc_task = match tls_config {
-        Some(tls) => serve(
-            router,
-            listen::incoming(
-                grpc,
-                listen::tls(tls),
-                table,
-                limits,
-                metrics_for_listener,
-                shutdown.clone(),
-            ),
-            grpc_shutdown,
-        ),
-        None => serve(
-            router,
-            listen::incoming(
-                grpc,
-                listen::plain(),
-                table,
-                limits,
-                metrics_for_listener,
-                shutdown.clone(),
-            ),
-            grpc_shutdown,
-        ),
-    };
-    info!(
-        addr = %addr.map_or_else(|| "unknown".to_string(), |a| a.to_string()),
-        tls = !insecure,
-        max_connections = limits.max_connections,
-        max_per_ip = limits.max_per_ip,
-        handshake_timeout = %humantime::format_duration(limits.handshake_timeout),
-        "serving gRPC"
+    let grpc_task = grpc::start(
+        &config,
+        grpc::Parts {
+            hub: hub.clone(),
+            reports: reports.clone(),
+            group: group.clone(),
+            streams: streams.clone(),
+            linter: linter.clone(),
+            transport,
+            membership,
+            refusing: refusing.clone(),
+            inbox: inbox_tx,
+            status: status_rx.clone(),
+            advertised,
+            health: health_service,
+            tls: tls_config,
+            shutdown: shutdown.clone(),
+        },
+        grpc,
     );
 
     let reach = {

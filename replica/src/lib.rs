@@ -18,6 +18,7 @@ mod log;
 pub mod machine;
 pub mod membership;
 mod node;
+mod store;
 
 pub use entry::{Batch, ProposalId};
 pub use lease::{Confirmed, Lease, OWN_READ};

@@ -7,40 +7,14 @@
 //! no clock: the driver calls `tick` at its own pace.
 
 use palisade_policy::model::Command;
-use palisade_storage::{MemLog, SledStorage, StorageError, Write};
+use palisade_storage::{StorageError, Write};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
-use raft::{Config, RawNode, StateRole, Storage};
+use raft::{Config, RawNode, StateRole};
 
 use crate::entry::{Batch, ProposalId};
 use crate::membership::{Change, Members};
-
-/// Where the log lives: raft-rs reads it through `raft::Storage`; the replica writes each
-/// `Ready` through `write`, which must be durable when it returns.
-pub trait LogStore: Storage {
-    fn write(&self, w: Write) -> Result<(), StorageError>;
-    /// The index of the entry whose configuration change the stored configuration holds.
-    fn conf_index(&self) -> u64;
-}
-
-impl LogStore for SledStorage {
-    fn write(&self, w: Write) -> Result<(), StorageError> {
-        SledStorage::write(self, w)
-    }
-    fn conf_index(&self) -> u64 {
-        SledStorage::conf_index(self)
-    }
-}
-
-/// The same log in memory, for the deterministic harness (nothing durable).
-impl LogStore for MemLog {
-    fn write(&self, w: Write) -> Result<(), StorageError> {
-        MemLog::write(self, w)
-    }
-    fn conf_index(&self) -> u64 {
-        MemLog::conf_index(self)
-    }
-}
+pub use crate::store::LogStore;
 
 /// How a replica behaves.
 #[derive(Clone, Debug)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use palisade_proto::endpoint::ClientTls;
 use palisade_proto::v1::raft_server::RaftServer;
 use palisade_replica::{Machine, Replica};
-use palisade_storage::SledStorage;
+use palisade_storage::{Create, SledStorage};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -16,12 +16,99 @@ use tracing::info;
 
 use super::{activity, conns, listen, serve, Config, ServerError, TlsFiles};
 use crate::metrics::Metrics;
+use crate::replication::transport::Transport;
 use crate::replication::{self, bootstrap};
 use crate::source::{self, ManifestDir};
 
+/// What a replica runs on, opened and settled.
+pub(super) struct Opened {
+    pub store: SledStorage,
+    pub transport: Arc<Transport>,
+    pub membership: Arc<bootstrap::Membership>,
+    pub replica: Replica<SledStorage>,
+    pub machine: Machine,
+}
+
+/// Open the Raft log under `state_dir`, settle who this replica is in its group (serving
+/// peers who it is on `grpc` meanwhile, when the group is new), open the replica and restore
+/// its state machine, and tell the transport the members the state machine knows of.
+pub(super) async fn open_group(
+    rc: &replication::Config,
+    state_dir: &std::path::Path,
+    grpc: &TcpListener,
+    client_tls: Option<&ClientTls>,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Opened, ServerError> {
+    // Opening the log reads and checks all of it: off the async workers.
+    let store = {
+        let dir = state_dir.join("raft");
+        tokio::task::spawn_blocking(move || SledStorage::open(&dir, Create::IfMissing))
+            .await
+            .expect("opening the Raft log")?
+    };
+    let transport = Arc::new(Transport::new(rc.id, &rc.peers, client_tls)?);
+    // Who this replica is, settled before it takes any part in its group.
+    let membership = {
+        let voters = rc.voters();
+        let waiting = match bootstrap::needs_protocol(&store, &voters, rc.bootstrap)? {
+            true => Some(serve_waiting(
+                grpc,
+                &store,
+                rc,
+                tls_config,
+                metrics.clone(),
+                shutdown,
+            )?),
+            false => None,
+        };
+        let settled =
+            bootstrap::settle(&store, rc.id, &voters, rc.bootstrap, &transport, shutdown).await;
+        if let Some(w) = waiting {
+            w.cancel();
+        }
+        let identity = settled?;
+        bootstrap::check_membership(&store, &identity, &voters)?;
+        Arc::new(bootstrap::Membership::new(store.clone(), identity, voters))
+    };
+    // Restoring a snapshot compiles: off the async workers.
+    let (replica, machine) = {
+        let dir = state_dir.join("raft");
+        let rc = rc.clone();
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || open_replica(&dir, store, &rc))
+            .await
+            .expect("opening the replica")?
+    };
+    if machine.retired().contains(&rc.id) {
+        let applied = machine.applied();
+        return Err(bootstrap::IdentityError::Refused(format!(
+            "replica {} was removed from its group (the state machine at revision {applied} says so): it never takes part again under this id; add a replica under a new id instead",
+            rc.id
+        ))
+        .into());
+    }
+    // Replicas added by membership changes are reached at the address the change gave,
+    // unless --peers names them (the operator's word now); removed ones are not reached.
+    for id in machine.retired() {
+        transport.retire(*id);
+    }
+    for (id, address) in machine.addresses() {
+        transport.learn(*id, address)?;
+    }
+    Ok(Opened {
+        store,
+        transport,
+        membership,
+        replica,
+        machine,
+    })
+}
+
 /// Open the Raft log in `dir` (created when missing) and this replica, and restore the state
 /// machine from the log's snapshot.
-pub(super) fn open_replica(
+fn open_replica(
     dir: &std::path::Path,
     store: SledStorage,
     rc: &replication::Config,
@@ -57,7 +144,7 @@ pub(super) fn open_replica(
 
 /// Serve the Raft service of a replica still settling its identity (it answers peers who
 /// it is) on a duplicate of `grpc`, until the returned token is cancelled.
-pub(super) fn serve_waiting(
+fn serve_waiting(
     grpc: &TcpListener,
     store: &SledStorage,
     rc: &replication::Config,
