@@ -278,7 +278,9 @@ impl Mirror {
                 .into_iter()
                 .filter_map(|k| {
                     let now = self.seen.get(&k).copied();
-                    if now == self.applied.get(&k).copied() {
+                    // Another source holds a parked object: proposing its changes would only
+                    // be refused again (the source starts over once it is let go).
+                    if now == self.applied.get(&k).copied() || self.parked.contains_key(&k) {
                         self.objects.remove(&k);
                         return None;
                     }

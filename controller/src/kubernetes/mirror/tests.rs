@@ -283,6 +283,17 @@ fn objects_another_source_holds_are_parked_not_recorded_as_applied() {
     // b is still not applied from here: a new mirror over the replicated state (without b)
     // would propose it again, which is what the source does once b is free.
     assert!(m.batch().is_none());
+    // Its changes, and a relist, propose nothing while it is parked: each would be refused.
+    m.apply(Kind::Namespace, "b".into(), ns("b", "z"));
+    assert!(
+        m.batch().is_none(),
+        "a parked object's change is not proposed"
+    );
+    list_all(&mut m, &[("a", ns("a", "x")), ("b", ns("b", "w"))], &[]);
+    assert!(m.batch().is_none(), "nor after a relist");
+    m.apply(Kind::Namespace, "a".into(), ns("a", "v"));
+    let batch = m.batch().expect("a's change");
+    assert_eq!(kinds(&batch), ["upsert-namespace"]);
 }
 
 #[test]
