@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::applied::State;
 use crate::auth::{self, Identity};
 use crate::hub::Hub;
 use crate::replication::{ChangeFailed, Group, ProposeFailed};
@@ -212,7 +213,7 @@ impl Admin for AdminService {
             let quorum_until = std::time::Instant::now() + Duration::from_secs(3);
             let answer = loop {
                 // Removals applied here, and those handed out and not applied yet.
-                let mut retired = self.hub.read(|st| st.machine().retired().clone());
+                let mut retired = self.hub.ask(|st| st.machine().retired().clone()).await?;
                 retired.extend(self.group.transport.retired());
                 match self.group.change(change.clone(), retired).await {
                     Err(ChangeFailed::Refused(Refused::Pending))
@@ -268,45 +269,15 @@ impl Admin for AdminService {
                 "this leader has not applied what was committed before it yet; retry shortly",
             ));
         }
-        let mut changes = Vec::new();
-        // The key of each change, in the same order.
-        let mut keys: Vec<Key> = Vec::new();
-        let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
-        let mut foreign = Vec::new();
-        let applied = self.hub.read(|st| {
-            for (key, object) in objects {
-                let owner = st.machine().owner(&key);
-                if let Some(o) = owner.filter(|o| *o != OWNER) {
-                    foreign.push(format!("{} {} is managed by {o}", key.0, key.1));
-                    continue;
-                }
-                let current = owner.and_then(|_| st.machine().object(&key));
-                let action = match (req.delete, current) {
-                    (true, Some(c)) => {
-                        deletes.push(c);
-                        "deleted"
-                    }
-                    (true, None) => "not found",
-                    (false, Some(c)) if c == object => "unchanged",
-                    (false, Some(_)) => {
-                        upserts.push(object);
-                        "configured"
-                    }
-                    (false, None) => {
-                        upserts.push(object);
-                        "created"
-                    }
-                };
-                keys.push(key.clone());
-                changes.push(ObjectChange {
-                    kind: key.0.to_string(),
-                    name: key.1,
-                    action: action.into(),
-                });
-            }
-            st.revision()
-        });
+        let delete = req.delete;
+        let Planned {
+            mut changes,
+            keys,
+            upserts,
+            deletes,
+            foreign,
+            revision: applied,
+        } = self.hub.ask(move |st| plan(st, objects, delete)).await?;
         if !foreign.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "nothing was applied: {}; change it there",
@@ -356,4 +327,60 @@ impl Admin for AdminService {
             leader: self.group.id(),
         }))
     }
+}
+
+/// What an apply of `objects` (or their delete) would do, read from the applied state: each
+/// change with its key, what to upsert and delete, the objects another source holds, and the
+/// revision read. Only a look ahead: the state machine decides ownership when it applies.
+struct Planned {
+    changes: Vec<ObjectChange>,
+    /// The key of each change, in the same order.
+    keys: Vec<Key>,
+    upserts: Vec<Object>,
+    deletes: Vec<Object>,
+    foreign: Vec<String>,
+    revision: u64,
+}
+
+fn plan(st: &State, objects: BTreeMap<Key, Object>, delete: bool) -> Planned {
+    let mut p = Planned {
+        changes: Vec::new(),
+        keys: Vec::new(),
+        upserts: Vec::new(),
+        deletes: Vec::new(),
+        foreign: Vec::new(),
+        revision: st.revision(),
+    };
+    for (key, object) in objects {
+        let owner = st.machine().owner(&key);
+        if let Some(o) = owner.filter(|o| *o != OWNER) {
+            p.foreign
+                .push(format!("{} {} is managed by {o}", key.0, key.1));
+            continue;
+        }
+        let current = owner.and_then(|_| st.machine().object(&key));
+        let action = match (delete, current) {
+            (true, Some(c)) => {
+                p.deletes.push(c);
+                "deleted"
+            }
+            (true, None) => "not found",
+            (false, Some(c)) if c == object => "unchanged",
+            (false, Some(_)) => {
+                p.upserts.push(object);
+                "configured"
+            }
+            (false, None) => {
+                p.upserts.push(object);
+                "created"
+            }
+        };
+        p.keys.push(key.clone());
+        p.changes.push(ObjectChange {
+            kind: key.0.to_string(),
+            name: key.1,
+            action: action.into(),
+        });
+    }
+    p
 }

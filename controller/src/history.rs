@@ -5,8 +5,12 @@
 //! count and in encoded bytes, so the controller's memory per node is bounded whatever agents
 //! do. An agent at a version inside the chain gets the composition of the updates after it
 //! (one pre-encoded update when it is a single one, shared with every other send of it).
+//!
+//! The history is persistent: a clone costs nothing and shares every node's chain, and a
+//! push copies only the one chain it changes when a clone still holds it. So each applied
+//! revision publishes its history to readers ([`crate::view::View`]) without copying it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use palisade_policy::delta::{compose, SliceDelta};
@@ -34,7 +38,7 @@ pub enum Catchup {
     /// One recorded update, pre-encoded.
     One(Entry),
     /// Several updates, oldest first, to be composed into one ([`compose_chain`]); handed
-    /// out as cheap clones so the composition happens outside the hub's lock.
+    /// out as cheap clones so the composition happens in the stream's task.
     Chain(Vec<Entry>),
 }
 
@@ -48,7 +52,7 @@ pub fn compose_chain(chain: &[Entry]) -> Option<SliceDelta> {
     Some(delta)
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct NodeHistory {
     entries: VecDeque<Entry>,
     bytes: usize,
@@ -70,8 +74,9 @@ impl Default for Limits {
     }
 }
 
+#[derive(Clone)]
 pub struct History {
-    nodes: HashMap<Name, NodeHistory>,
+    nodes: imbl::HashMap<Name, Arc<NodeHistory>>,
     limits: Limits,
 }
 
@@ -82,13 +87,13 @@ impl History {
 
     pub fn new(limits: Limits) -> History {
         History {
-            nodes: HashMap::new(),
+            nodes: imbl::HashMap::new(),
             limits,
         }
     }
 
     pub fn push(&mut self, node: &Name, entry: Entry) {
-        let h = self.nodes.entry(node.clone()).or_default();
+        let h = Arc::make_mut(self.nodes.entry(node.clone()).or_default());
         if h.entries.back().is_some_and(|last| last.to != entry.from) {
             // Not a continuation (cannot happen with one engine): restart the chain.
             h.entries.clear();

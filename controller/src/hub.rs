@@ -1,40 +1,44 @@
-//! The controller's shared state: the replicated state machine (the policy engine at the
-//! applied log index, with each object's owner), the per-node update history, rollout state
-//! and rejected objects, behind one lock held only for short, non-blocking sections.
-//! The one writer is the apply thread (`replication::apply`): committed log entries, each at
-//! its index, and snapshots installed from the leader. Readers (sync streams, introspection,
-//! the leader's sources reconciling) take slices, catch-ups, owned objects and status.
-//! Streams wake through a watch channel per node, so a change reaches exactly the nodes it
-//! affects.
+//! What the controller's parts share: the applied state as readers see it (a [`View`]
+//! per revision, published by the apply thread and loaded without a lock), a way to ask
+//! the apply thread for more ([`Hub::ask`]: slices, the engine, owners), each node's watch
+//! (streams wake on a change of their node only), and what agents and peers say of each
+//! node ([`Progress`]: the rollout and the peers' tables, its own lock, never held by the
+//! writer of the applied state while it applies).
+//! The writer is [`crate::applied::State`], owned by the apply thread; nothing here holds
+//! it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use palisade_policy::engine::{Engine, NodeUpdate};
+use arc_swap::ArcSwap;
+use palisade_policy::engine::NodeSummary;
 use palisade_policy::model::Name;
 use palisade_policy::Digest;
-use palisade_proto::encode::{self, SharedParts};
-use palisade_replica::{Batch, Machine, Refused};
 use tokio::sync::watch;
-use tracing::{debug, info};
 
 use crate::acks::{self, Peers, Table};
-use crate::history::{Catchup, Entry, History, Limits};
+use crate::applied::{Readers, State};
 use crate::metrics::Metrics;
 use crate::rollout::{AckOutcome, AgentInfo, PeerAck, Rollout};
+use crate::view::View;
 
-/// The applied state: read through [`Hub::read`], written only by the apply thread (through
-/// the hub's methods).
-pub struct State {
-    machine: Machine,
-    history: History,
-    watchers: HashMap<Name, watch::Sender<u64>>,
+/// A question for the apply thread, answered between revisions with the applied state.
+pub type Read = Box<dyn FnOnce(&State) + Send>;
+
+/// The apply thread is gone (the replica is shutting down): nobody can answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the applied state is gone (the replica is shutting down)")]
+pub struct Gone;
+
+impl From<Gone> for tonic::Status {
+    fn from(g: Gone) -> tonic::Status {
+        tonic::Status::unavailable(g.to_string())
+    }
 }
 
 /// What agents and peers say of each node: the rollout state and the peers' tables. Its own
-/// lock, taken after the state's and never before it, so an ack (thousands a second at scale)
-/// waits for no apply and no reader of the applied state.
+/// lock, so an ack (thousands a second at scale) waits for no apply and no reader.
 pub struct Progress {
     rollout: Rollout,
     /// What the peers' streams saw (which nodes are connected where).
@@ -63,93 +67,67 @@ impl Progress {
     }
 }
 
-impl State {
-    /// The replicated state machine at the applied index.
-    pub fn machine(&self) -> &Machine {
-        &self.machine
-    }
-
-    /// The per-node update history (catch-ups).
-    pub fn history(&self) -> &History {
-        &self.history
-    }
-
-    /// The latest revision applied: the index of the last log entry applied (entries without
-    /// commands count: they are revisions that changed nothing).
-    pub fn revision(&self) -> u64 {
-        self.machine.applied()
-    }
-
-    pub fn engine(&self) -> &Engine {
-        self.machine.engine()
-    }
-
-    /// The digest `node`'s slice had at `version`, when this replica still knows it.
-    pub fn digest_at(&self, node: &str, version: u64) -> Option<Digest> {
-        let (desired, digest) = self.desired(node);
-        if desired == version {
-            Some(digest)
-        } else {
-            self.history.digest_at(node, version)
-        }
-    }
-
-    /// The node's desired version and digest (0 and the empty digest for an unknown node).
-    pub fn desired(&self, node: &str) -> (u64, Digest) {
-        match self.engine().node(node) {
-            Some(n) => (n.version, n.digest),
-            None => (0, palisade_policy::NodeSlice::empty(node).digest()),
-        }
-    }
-}
-
-impl crate::view::NodeView for State {
-    fn revision(&self) -> u64 {
-        State::revision(self)
-    }
-    fn desired(&self, node: &str) -> (u64, Digest) {
-        State::desired(self, node)
-    }
-    fn digest_at(&self, node: &str, version: u64) -> Option<Digest> {
-        State::digest_at(self, node, version)
-    }
-    fn catch_up(&self, node: &str, version: u64, digest: &Digest) -> Option<Catchup> {
-        self.history.catch_up(node, version, digest)
-    }
-    fn slice(&self, node: &str) -> palisade_policy::NodeSlice {
-        self.engine().slice(node)
-    }
-}
-
 pub struct Hub {
-    state: Mutex<State>,
+    /// The applied state as of the last revision published (swapped, never locked).
+    view: ArcSwap<View>,
+    /// Questions for the apply thread.
+    reads: crossbeam_channel::Sender<Read>,
+    /// Each watched node's latest version (streams wait on it). Sent to by the writer after
+    /// it published the revision; its own lock, held only to subscribe or send.
+    watchers: Mutex<HashMap<Name, watch::Sender<u64>>>,
     progress: Mutex<Progress>,
     revision: watch::Sender<u64>,
     realized: watch::Sender<u64>,
     /// What this replica's own streams saw, for its peers to merge. Its own lock (taken
-    /// after the state's, never before), so answering a peer never waits for the state
-    /// machine: peers ask on the same async workers that carry Raft's messages.
+    /// after the progress's, never before), so answering a peer waits for no apply: peers
+    /// ask on the same async workers that carry Raft's messages.
     acks: Mutex<Table>,
     /// The sequence number of that table (peers wait on it).
     acks_seq: watch::Sender<u64>,
     pub metrics: Metrics,
 }
 
+/// Where the apply thread hears questions ([`Hub::ask`]); whoever owns the [`State`]
+/// answers them with [`Reads::answer`].
+pub struct Reads(crossbeam_channel::Receiver<Read>);
+
+impl Reads {
+    /// The channel questions arrive on (to wait on it with others).
+    pub fn receiver(&self) -> &crossbeam_channel::Receiver<Read> {
+        &self.0
+    }
+
+    /// Answer every question waiting, from `state`.
+    pub fn answer(&self, state: &State) {
+        while let Ok(read) = self.0.try_recv() {
+            answer(read, state);
+        }
+    }
+}
+
+/// Answer one question from `state`. A question that panics (a bug in a reader) is answered
+/// with nothing (its asker hears [`Gone`]) and takes nothing else down: the state is only
+/// read, so it stays whole.
+pub fn answer(read: Read, state: &State) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(state))).is_err() {
+        tracing::error!("a reader of the applied state panicked (a bug); it got no answer");
+    }
+}
+
 impl Hub {
-    /// The hub of replica `replica` over `machine` (restored from the log's snapshot, or new).
-    pub fn new(replica: u64, machine: Machine, limits: Limits, metrics: Metrics) -> Hub {
+    /// The hub of replica `replica`, and where its questions for the owner of the applied
+    /// state arrive. The view is empty until [`State::new`] publishes one.
+    pub fn new(replica: u64, metrics: Metrics) -> (Hub, Reads) {
         // A new epoch per run: peers holding an older run's table start over.
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             ^ (u64::from(std::process::id()) << 32);
-        let applied = machine.applied();
+        let (reads, questions) = crossbeam_channel::unbounded();
         let hub = Hub {
-            state: Mutex::new(State {
-                machine: Machine::new(),
-                history: History::new(limits),
-                watchers: HashMap::new(),
-            }),
+            view: ArcSwap::from_pointee(View::new(crate::history::Limits::default())),
+            reads,
+            watchers: Mutex::new(HashMap::new()),
             progress: Mutex::new(Progress {
                 rollout: Rollout::default(),
                 peers: Peers::default(),
@@ -161,16 +139,44 @@ impl Hub {
             acks_seq: watch::channel(0).0,
             metrics,
         };
-        if applied > 0 {
-            hub.install(machine);
-        }
-        hub
+        (hub, Reads(questions))
     }
 
-    /// Read the applied state (a short, non-blocking section: the apply thread waits for it;
-    /// nothing in `f` can await).
-    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.lock())
+    /// The applied state as of the latest revision published: immutable, whatever is applied
+    /// after (load it again for a newer one).
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Ask the apply thread: `f` runs there between two revisions, with the applied state,
+    /// and its answer comes back here. For what a [`View`] does not hold (slices, the engine,
+    /// owners); it waits behind the revision being applied, never on a lock.
+    pub async fn ask<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> R + Send + 'static,
+    ) -> Result<R, Gone> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reads
+            .send(Box::new(move |st: &State| {
+                let _ = tx.send(f(st));
+            }))
+            .map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    /// [`Hub::ask`], waiting on this thread: for threads that may block (tests, the load
+    /// test's own threads), never an async worker.
+    pub fn ask_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&State) -> R + Send + 'static,
+    ) -> Result<R, Gone> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.reads
+            .send(Box::new(move |st: &State| {
+                let _ = tx.send(f(st));
+            }))
+            .map_err(|_| Gone)?;
+        rx.recv().map_err(|_| Gone)
     }
 
     /// Read what agents and peers said (nothing in `f` can await).
@@ -178,22 +184,14 @@ impl Hub {
         f(&self.lock_progress())
     }
 
-    /// Read the applied state and what agents and peers said of it, together (the state's
-    /// lock, then the progress's).
-    pub fn read_both<R>(&self, f: impl FnOnce(&State, &Progress) -> R) -> R {
-        let st = self.lock();
-        let p = self.lock_progress();
-        f(&st, &p)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock would leave the state half-updated; there is nothing
-        // sensible to continue with, so propagate it.
-        self.state.lock().expect("controller state lock poisoned")
-    }
-
     fn lock_progress(&self) -> MutexGuard<'_, Progress> {
+        // A panic while holding the lock would leave the rollout half-updated; there is
+        // nothing sensible to continue with, so propagate it.
         self.progress.lock().expect("rollout lock poisoned")
+    }
+
+    fn lock_watchers(&self) -> MutexGuard<'_, HashMap<Name, watch::Sender<u64>>> {
+        self.watchers.lock().expect("node watch lock poisoned")
     }
 
     /// The latest revision, as a watch.
@@ -208,136 +206,14 @@ impl Hub {
 
     /// The node's latest version, as a watch that fires when its slice changes.
     pub fn watch_node(&self, node: &Name) -> watch::Receiver<u64> {
-        let mut st = self.lock();
-        let version = st.desired(node).0;
-        st.watchers
+        let mut watchers = self.lock_watchers();
+        // Read under the watchers' lock: the writer publishes before it sends, so a change
+        // published after this read is sent to the watch made here.
+        let version = self.view.load().desired(node).0;
+        watchers
             .entry(node.clone())
             .or_insert_with(|| watch::channel(version).0)
             .subscribe()
-    }
-
-    /// Replace the state machine (restored from a snapshot: at startup, or sent by the
-    /// leader to a replica that lagged too far). Every node whose version changed is woken;
-    /// their history of updates is gone (agents resuming at an older version get snapshots),
-    /// the others' stays.
-    pub fn install(&self, machine: Machine) {
-        let started = Instant::now();
-        let mut st = self.lock();
-        let st = &mut *st;
-        st.machine = machine;
-        let engine = st.machine.engine();
-        st.history
-            .retain_current(|node| engine.node(node).map(|n| (n.version, n.digest)));
-        let now = Instant::now();
-        let nodes = st.engine().nodes();
-        let mut p = self.lock_progress();
-        for n in &nodes {
-            if p.rollout.node(&n.node).map(|r| r.desired_version) != Some(n.version) {
-                p.rollout.known(&n.node, n.version, n.digest, now);
-            }
-        }
-        for (node, w) in &st.watchers {
-            w.send_replace(st.machine.engine().node(node).map_or(0, |n| n.version));
-        }
-        let revision = st.revision();
-        p.rollout.committed(revision, now);
-        let elapsed = started.elapsed();
-        self.metrics.full_compile(elapsed, nodes.len());
-        info!(
-            revision,
-            nodes = nodes.len(),
-            seconds = elapsed.as_secs_f64(),
-            "state machine restored from a snapshot"
-        );
-        self.observe_realized(&mut p);
-        self.published(revision);
-    }
-
-    /// Apply committed log entries, each at its index (one revision), in order, under one
-    /// lock; entries at or below the applied index are skipped. Returns the last index, and
-    /// what the state machine refused of each entry (only those that refused something).
-    pub fn apply(&self, entries: &[(u64, Option<Batch>)]) -> (u64, BTreeMap<u64, Refused>) {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let mut refused = BTreeMap::new();
-        for (index, batch) in entries {
-            let started = Instant::now();
-            let kind = match batch.as_ref().map(|b| b.commands.as_slice()) {
-                Some([one]) => one.kind(),
-                Some([]) | None => "none",
-                Some(_) => "batch",
-            };
-            let applied = st.machine.apply(*index, batch.as_ref());
-            if !applied.refused.is_empty() {
-                refused.insert(*index, applied.refused);
-            }
-            let updates = applied.updates;
-            self.metrics.compiled(kind, started.elapsed());
-            let now = Instant::now();
-            let digests = record(st, &updates);
-            if batch.is_some() {
-                self.metrics.stage("compile", now - started);
-                self.metrics.stage("encode", now.elapsed());
-            }
-            // The rollout's lock only around what the revision means for it: compiling and
-            // encoding (above) hold up no ack.
-            {
-                let mut p = self.lock_progress();
-                for (u, digest) in updates.iter().zip(&digests) {
-                    p.rollout.changed(&u.node, u.to_version, *digest, now);
-                }
-                p.rollout.committed(*index, now);
-            }
-            // Streams woken now read the state after this apply lets go of it.
-            for u in &updates {
-                if let Some(w) = st.watchers.get(&u.node) {
-                    w.send_replace(u.to_version);
-                }
-            }
-            debug!(revision = index, kind, nodes = updates.len(), "applied");
-        }
-        self.metrics.nodes(st.engine().node_count());
-        self.metrics.history_entries(st.history.updates_held());
-        self.observe_realized(&mut self.lock_progress());
-        let last = st.revision();
-        self.published(last);
-        (last, refused)
-    }
-
-    /// Apply the membership change committed at `index`: a revision that changes no slice;
-    /// the machine keeps the addresses of replicas added and the ids of those removed.
-    pub fn apply_change(&self, index: u64, change: Option<&palisade_replica::Change>) -> u64 {
-        let mut st = self.lock();
-        let st = &mut *st;
-        st.machine.apply_change(index, change);
-        self.lock_progress()
-            .rollout
-            .committed(index, Instant::now());
-        if let Some(c) = change {
-            info!(revision = index, replica = c.id, kind = ?c.kind, address = %c.address, "membership changed");
-        }
-        let last = st.revision();
-        self.published(last);
-        last
-    }
-
-    /// A snapshot of the state machine when `every` entries were applied since the last one:
-    /// `(index, bytes)`, to store in the log (which is then compacted behind it).
-    pub fn snapshot_if_due(&self, every: u64) -> Option<(u64, Vec<u8>)> {
-        let mut st = self.lock();
-        if !st.machine.snapshot_due(every) {
-            return None;
-        }
-        let index = st.machine.applied();
-        Some((index, st.machine.snapshot()))
-    }
-
-    fn published(&self, revision: u64) {
-        if *self.revision.borrow() == revision {
-            return;
-        }
-        self.revision.send_replace(revision);
-        self.metrics.revision(revision);
     }
 
     /// Record an ack; returns what it did. `sent`: the digest the stream sent for this
@@ -352,10 +228,10 @@ impl Hub {
         sent: Option<Digest>,
         degraded: Option<(Vec<String>, String)>,
     ) -> AckOutcome {
-        // The applied state is asked only when the stream did not say what it sent (a Hello):
-        // a version's digest never changes, so the answer holds after the lock is let go.
-        let expected = sent.or_else(|| self.read(|st| st.digest_at(node, version)));
+        // The view is asked only when the stream did not say what it sent (a Hello): a
+        // version's digest never changes, so any view that knows it will do.
         let mut p = self.lock_progress();
+        let expected = sent.or_else(|| self.view.load().digest_at(node, version));
         let outcome = p.rollout.acked(node, version, digest, expected);
         self.metrics.ack(matches!(outcome, AckOutcome::Recorded));
         if let (AckOutcome::Recorded, Some((failed_closed, warning))) = (&outcome, degraded) {
@@ -418,12 +294,14 @@ impl Hub {
     /// whole table), by highest version per node.
     pub fn merge_peer(&self, peer: u64, table: acks::PeerChanges) {
         let now_ms = acks::unix_ms();
-        // Both locks, the state's first: a version this replica has not applied yet must be
-        // held as ahead (and checked when applied), never taken unchecked because it was
-        // applied between reading the digests and merging. Merges run on the blocking pool.
-        let st = self.lock();
+        // The view is loaded under the progress's lock: a version this replica has not
+        // applied yet must be held as ahead (and checked when applied), never taken
+        // unchecked because it was applied between reading the digests and merging. The
+        // writer publishes a revision before it tells the rollout, so a version the rollout
+        // holds as desired is in this view. Merges run on the blocking pool.
         let mut p = self.lock_progress();
         let p = &mut *p;
+        let st = self.view.load();
         if table.full {
             p.peers.unreachable(peer);
         }
@@ -485,37 +363,58 @@ impl Hub {
     }
 }
 
-/// Record what one revision changed in the history (each update encoded once); the digest
-/// of each node's new slice, in the order of `updates`.
-fn record(st: &mut State, updates: &[NodeUpdate]) -> Vec<Digest> {
-    let mut shared = SharedParts::default();
-    let mut digests = Vec::with_capacity(updates.len());
-    for u in updates {
-        let digest = u.digest();
-        let from_digest = u.from_digest();
-        let encoded = encode::update(
-            &u.node,
-            u.from_version,
-            u.to_version,
-            &digest,
-            &u.delta,
-            &mut shared,
-        );
-        st.history.push(
-            &u.node,
-            Entry {
-                from: u.from_version,
-                from_digest,
-                to: u.to_version,
-                digest,
-                delta: std::sync::Arc::new(u.delta.clone()),
-                encoded,
-            },
-        );
-        digests.push(digest);
+/// What the writer ([`State`]) tells the readers, in this order per revision: publish the
+/// view, tell the rollout, wake the nodes' streams.
+impl Readers for Hub {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
-    digests
+
+    fn applied(&self, view: &View, index: u64, changes: &[(&Name, u64, Digest)], now: Instant) {
+        self.view.store(Arc::new(view.clone()));
+        {
+            let mut p = self.lock_progress();
+            for (node, version, digest) in changes {
+                p.rollout.changed(node, *version, *digest, now);
+            }
+            p.rollout.committed(index, now);
+        }
+        let watchers = self.lock_watchers();
+        for (node, version, _) in changes {
+            if let Some(w) = watchers.get(*node) {
+                w.send_replace(*version);
+            }
+        }
+    }
+
+    fn restored(&self, view: &View, nodes: &[NodeSummary]) {
+        self.view.store(Arc::new(view.clone()));
+        let now = Instant::now();
+        {
+            let mut p = self.lock_progress();
+            for n in nodes {
+                if p.rollout.node(&n.node).map(|r| r.desired_version) != Some(n.version) {
+                    p.rollout.known(&n.node, n.version, n.digest, now);
+                }
+            }
+            p.rollout.committed(view.revision(), now);
+        }
+        for (node, w) in self.lock_watchers().iter() {
+            w.send_replace(view.desired(node).0);
+        }
+    }
+
+    fn settled(&self, revision: u64) {
+        self.observe_realized(&mut self.lock_progress());
+        if *self.revision.borrow() == revision {
+            return;
+        }
+        self.revision.send_replace(revision);
+        self.metrics.revision(revision);
+    }
 }
 
+#[cfg(test)]
+pub(crate) mod fixture;
 #[cfg(test)]
 mod tests;

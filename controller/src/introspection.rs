@@ -13,7 +13,10 @@ use palisade_proto::v1::introspection_server::Introspection;
 use palisade_proto::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::hub::{Hub, Progress, State};
+use palisade_policy::engine::NodeSummary;
+use palisade_policy::NodeSlice;
+
+use crate::hub::{Hub, Progress};
 use crate::lint::Linter;
 use crate::reports::Reports;
 
@@ -83,9 +86,18 @@ fn object_keys(req: &pb::GetObjectsRequest) -> Result<Vec<Key>, Status> {
         .collect()
 }
 
-fn node_status(st: &State, p: &Progress, node: &str, now: Instant) -> pb::NodeStatus {
-    let (desired, desired_digest) = st.desired(node);
-    let summary = st.engine().node(node);
+/// `node`'s status: its slice's `summary` (from the applied state; `None` for a node without
+/// a slice) and what its agent and the peers said.
+fn node_status(
+    summary: Option<&NodeSummary>,
+    p: &Progress,
+    node: &str,
+    now: Instant,
+) -> pb::NodeStatus {
+    let (desired, desired_digest) = summary.map_or_else(
+        || (0, NodeSlice::empty(node).digest()),
+        |s| (s.version, s.digest),
+    );
     let r = p.rollout().node(node);
     let at = p.connected_at(node);
     let acked = r.map_or(0, |r| r.acked_version);
@@ -125,17 +137,20 @@ fn node_status(st: &State, p: &Progress, node: &str, now: Instant) -> pb::NodeSt
 }
 
 /// Nodes the controller knows: with pods, or with an agent that connected.
-fn known_nodes(st: &State, p: &Progress) -> BTreeSet<Name> {
-    let mut names: BTreeSet<Name> = st.engine().nodes().into_iter().map(|n| n.node).collect();
+/// Every node with a slice (`slices`) or known to the rollout.
+fn known_nodes<'a>(slices: impl Iterator<Item = &'a Name>, p: &Progress) -> BTreeSet<Name> {
+    let mut names: BTreeSet<Name> = slices.cloned().collect();
     names.extend(p.rollout().nodes().map(|(n, _)| n.clone()));
     names
 }
 
-fn revision_status(st: &State, p: &Progress, revision: u64) -> pb::RevisionStatus {
+/// Where `revision` stands, with `latest` the latest revision applied (read after `p`'s lock
+/// was taken: the writer publishes a revision before the rollout hears of it).
+fn revision_status(latest: u64, p: &Progress, revision: u64) -> pb::RevisionStatus {
     pb::RevisionStatus {
         revision,
-        latest_revision: st.revision(),
-        realized: p.rollout().is_realized(revision) && revision <= st.revision(),
+        latest_revision: latest,
+        realized: p.rollout().is_realized(revision) && revision <= latest,
         realized_through: p.rollout().realized_through(),
         lagging: p
             .rollout()
@@ -153,6 +168,12 @@ fn revision_status(st: &State, p: &Progress, revision: u64) -> pb::RevisionStatu
 }
 
 impl IntrospectionService {
+    /// Where `revision` stands now.
+    fn revision_status(&self, revision: u64) -> pb::RevisionStatus {
+        self.hub
+            .progress(|p| revision_status(self.hub.view().revision(), p, revision))
+    }
+
     /// How fresh an answer served now is; with `consistent`, confirmed with the leader first
     /// (or UNAVAILABLE, saying why).
     async fn freshness(&self, consistent: bool) -> Result<Freshness, Status> {
@@ -183,12 +204,17 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let fresh = self.freshness(req.get_ref().consistent).await?;
         let now = Instant::now();
-        let (revision, nodes) = self.hub.read_both(|st, p| {
-            let nodes = known_nodes(st, p)
+        let (revision, slices) = self
+            .hub
+            .ask(|st| (st.revision(), st.engine().nodes()))
+            .await?;
+        let slices: std::collections::HashMap<&Name, &NodeSummary> =
+            slices.iter().map(|s| (&s.node, s)).collect();
+        let nodes = self.hub.progress(|p| {
+            known_nodes(slices.keys().copied(), p)
                 .iter()
-                .map(|n| node_status(st, p, n, now))
-                .collect();
-            (st.revision(), nodes)
+                .map(|n| node_status(slices.get(n).copied(), p, n, now))
+                .collect()
         });
         Ok(Response::new(pb::ListNodesResponse {
             revision,
@@ -203,19 +229,24 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let req = req.into_inner();
         let fresh = self.freshness(req.consistent).await?;
-        let (revision, mut status) = self.hub.read_both(|st, p| {
-            if !known_nodes(st, p).contains(req.node.as_str()) {
+        let (node, include_slice) = (req.node.clone(), req.include_slice);
+        let (revision, summary, slice) = self
+            .hub
+            .ask(move |st| {
+                let slice = include_slice.then(|| st.engine().slice(&node));
+                (st.revision(), st.engine().node(&node), slice)
+            })
+            .await?;
+        let mut status = self.hub.progress(|p| {
+            if summary.is_none() && p.rollout().node(&req.node).is_none() {
                 return Err(Status::not_found(format!(
                     "no node {} (no pod is scheduled there and no agent connected)",
                     req.node
                 )));
             }
-            let mut status = node_status(st, p, &req.node, Instant::now());
-            if req.include_slice {
-                status.slice = Some(convert::slice_to_pb(&st.engine().slice(&req.node)));
-            }
-            Ok((st.revision(), status))
+            Ok(node_status(summary.as_ref(), p, &req.node, Instant::now()))
         })?;
+        status.slice = slice.as_ref().map(convert::slice_to_pb);
         status.freshness = stamp(fresh, revision);
         Ok(Response::new(status))
     }
@@ -225,9 +256,7 @@ impl Introspection for IntrospectionService {
         req: Request<pb::RevisionRequest>,
     ) -> Result<Response<pb::RevisionStatus>, Status> {
         let revision = req.into_inner().revision;
-        Ok(Response::new(
-            self.hub.read_both(|st, p| revision_status(st, p, revision)),
-        ))
+        Ok(Response::new(self.revision_status(revision)))
     }
 
     async fn wait_revision(
@@ -240,9 +269,7 @@ impl Introspection for IntrospectionService {
         let mut realized = self.hub.realized();
         let mut revisions = self.hub.revisions();
         loop {
-            let status = self
-                .hub
-                .read_both(|st, p| revision_status(st, p, req.revision));
+            let status = self.revision_status(req.revision);
             if status.realized || tokio::time::Instant::now() >= deadline {
                 return Ok(Response::new(status));
             }
@@ -262,7 +289,8 @@ impl Introspection for IntrospectionService {
         let fresh = self.freshness(req.consistent).await?;
         let (revision, mut answer) = self
             .hub
-            .read(|st| explain::flow(st, &req).map(|a| (st.revision(), a)))?;
+            .ask(move |st| explain::flow(st, &req).map(|a| (st.revision(), a)))
+            .await??;
         answer.freshness = stamp(fresh, revision);
         Ok(Response::new(answer))
     }
@@ -313,18 +341,21 @@ impl Introspection for IntrospectionService {
     ) -> Result<Response<pb::GetObjectsResponse>, Status> {
         let keys = object_keys(req.get_ref())?;
         let fresh = self.freshness(req.get_ref().consistent).await?;
-        // Cloned under the lock, encoded after it.
-        let (revision, held): (u64, Vec<_>) = self.hub.read(|st| {
-            let held = keys
-                .into_iter()
-                .map(|key| {
-                    let owner = st.machine().owner(&key).map(str::to_string);
-                    let object = owner.as_ref().and_then(|_| st.machine().object(&key));
-                    (key, owner, object)
-                })
-                .collect();
-            (st.revision(), held)
-        });
+        // Cloned by the apply thread, encoded here.
+        let (revision, held): (u64, Vec<_>) = self
+            .hub
+            .ask(move |st| {
+                let held = keys
+                    .into_iter()
+                    .map(|key| {
+                        let owner = st.machine().owner(&key).map(str::to_string);
+                        let object = owner.as_ref().and_then(|_| st.machine().object(&key));
+                        (key, owner, object)
+                    })
+                    .collect();
+                (st.revision(), held)
+            })
+            .await?;
         let objects = held
             .into_iter()
             .map(|((kind, name), owner, object)| pb::HeldObject {

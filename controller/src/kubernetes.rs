@@ -272,13 +272,14 @@ impl Lead<'_> {
                     self.show_counts(&mirror);
                 }
                 _ = parked_check.tick(), if !mirror.parked().is_empty() => {
-                    let freed = self.hub.read(|st| {
-                        mirror
-                            .parked()
-                            .keys()
+                    let parked: Vec<Key> = mirror.parked().keys().cloned().collect();
+                    let Ok(freed) = self.hub.ask(move |st| {
+                        parked
+                            .into_iter()
                             .find(|k| st.machine().owner(k).is_none_or(|o| o == OWNER))
-                            .cloned()
-                    });
+                    }).await else {
+                        return Ended::Lost;
+                    };
                     if let Some(k) = freed {
                         return Ended::Restart(format!("{} {} is no longer held by another source", k.0, k.1));
                     }

@@ -161,7 +161,9 @@ pub async fn run<S: LeaderSource>(
                 lifecycle.step(Event::CaughtUp { term, ok })
             }
             Step::Lead { term } => {
-                let applied = hub.read(|st| st.machine().owned_by(S::OWNER));
+                let Ok(applied) = hub.ask(|st| st.machine().owned_by(S::OWNER)).await else {
+                    return;
+                };
                 let began = Instant::now();
                 let how = tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -3,9 +3,10 @@
 //! asked (`ListRejected`) and every `--lint-every` in the background, at most once a
 //! revision; the findings per check are the `palisade_lint_findings` gauge.
 //!
-//! The lint runs under the state lock (it reads the engine in place; copying 100k objects
-//! out would cost more): 0.38-0.44 s at 150,000 pods and 75,000 policies (BENCHMARKS.md), so
-//! the default interval is five minutes.
+//! The lint runs on the apply thread, which owns the engine (it reads it in place; copying
+//! 100k objects out would cost more): 0.38-0.44 s at 150,000 pods and 75,000 policies
+//! (BENCHMARKS.md) during which applies wait (sends from the published view do not), so the
+//! default interval is five minutes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use crate::hub::Hub;
 const LOGGED: usize = 20;
 
 /// Operators asking (`palisadectl rejected`) get findings at most this old when the state
-/// moved since: each lint holds the state lock, so asking in a loop must not stall the rest.
+/// moved since: each lint holds the apply thread, so asking in a loop must not stall applies.
 pub const ASKED_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
 /// The findings at one revision.
@@ -48,10 +49,11 @@ impl Linter {
     }
 
     /// The findings at the latest applied revision, computed now unless already known, or
-    /// unless the last were computed less than `fresh` ago.
+    /// unless the last were computed less than `fresh` ago. Blocks (it waits for the apply
+    /// thread to lint): call it where blocking is allowed, never on an async worker.
     pub fn lint(&self, fresh: Duration) -> Arc<Findings> {
         let mut cache = self.cache.lock().expect("lint cache lock poisoned");
-        let revision = self.hub.read(|st| st.revision());
+        let revision = self.hub.view().revision();
         if let Some(known) = cache
             .as_ref()
             .filter(|f| f.revision == revision || f.at.elapsed() < fresh)
@@ -59,21 +61,24 @@ impl Linter {
             return known.clone();
         }
         let started = Instant::now();
-        // A bug in a diagnostic must not take the state (and every agent's sync) down with it:
-        // the panic stops here, before the state's lock could be poisoned.
-        let (revision, linted) = self.hub.read(|st| {
+        // Linted on the apply thread, which owns the state. A bug in a diagnostic must not
+        // take the state (and every agent's sync) down with it: the panic stops there.
+        let linted = self.hub.ask_blocking(|st| {
             let linted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 lint::lint(st.engine(), &lint::Options::default())
             }));
-            (st.revision(), linted)
+            (st.revision(), linted.ok())
         });
-        let findings = match linted {
-            Ok(f) => f,
-            Err(_) => {
-                error!(
-                    revision,
-                    "the lint of the replicated state failed (a bug); the last findings are kept"
-                );
+        let (revision, findings) = match linted {
+            Ok((revision, Some(f))) => (revision, f),
+            failed => {
+                match failed {
+                    Ok(_) => error!(
+                        revision,
+                        "the lint of the replicated state failed (a bug); the last findings are kept"
+                    ),
+                    Err(e) => warn!(revision, "no lint: {e}; the last findings are kept"),
+                }
                 let kept = cache.get_or_insert_with(|| {
                     Arc::new(Findings {
                         revision: 0,

@@ -4,8 +4,9 @@
 //! * [`driver`]: one thread owns the replica. It ticks it, steps messages from peers into it,
 //!   proposes batches of commands for the leader's sources and the admin API, and carries out
 //!   each `Ready` (the log write is durable before the messages that depend on it leave).
-//!   It never takes the hub's lock, so compiling or a slow reader cannot stall heartbeats.
-//! * [`apply`]: one thread applies what committed to the [`Hub`] (the state machine, each
+//!   It never waits on the apply thread, so compiling or a slow reader cannot stall
+//!   heartbeats.
+//! * [`apply`]: one thread owns the applied state and applies what committed to it (the state machine, each
 //!   entry at its index = its revision), installs snapshots sent by the leader, and takes
 //!   snapshots every so many entries, which the driver stores (compacting the log).
 //! * [`transport`]: Raft messages to and from peers over gRPC (`palisade.v1.Raft`) on the

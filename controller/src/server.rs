@@ -29,6 +29,7 @@ use open::{client_tls, open_group, Opened};
 
 pub use http::SOURCE_SERVICE;
 
+use crate::applied::State;
 use crate::hub::Hub;
 use crate::introspection::IntrospectionService;
 use crate::lint::Linter;
@@ -127,7 +128,9 @@ pub async fn start(
     )
     .await?;
     let applied = machine.applied();
-    let hub = Arc::new(Hub::new(rc.id, machine, config.history, metrics.clone()));
+    let (hub, reads) = Hub::new(rc.id, metrics.clone());
+    let state = State::new(machine, config.history, &hub);
+    let hub = Arc::new(hub);
     let reports = Arc::new(Reports::new(metrics.clone()));
 
     let advertised = rc
@@ -141,6 +144,8 @@ pub async fn start(
         replica,
         store,
         hub: hub.clone(),
+        state,
+        reads,
         transport: transport.clone(),
         group: membership.group_text().to_string(),
         address: advertised.clone(),

@@ -47,17 +47,24 @@ pub use crate::reports::Rejected;
 
 /// The objects `commands` name that a source other than `owner` holds, with that source:
 /// `owner`'s version of them is not applied.
-pub fn foreign(hub: &crate::hub::Hub, owner: &str, commands: &[Command]) -> BTreeMap<Key, String> {
-    hub.read(|st| {
-        commands
-            .iter()
-            .map(palisade_policy::manifest::command_key)
+pub async fn foreign(
+    hub: &crate::hub::Hub,
+    owner: &'static str,
+    commands: &[Command],
+) -> Result<BTreeMap<Key, String>, crate::hub::Gone> {
+    let keys: Vec<Key> = commands
+        .iter()
+        .map(palisade_policy::manifest::command_key)
+        .collect();
+    hub.ask(move |st| {
+        keys.into_iter()
             .filter_map(|k| {
                 let other = st.machine().owner(&k).filter(|o| *o != owner)?.to_string();
                 Some((k, other))
             })
             .collect()
     })
+    .await
 }
 
 /// How the source reads its directory.

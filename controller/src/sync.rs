@@ -7,8 +7,8 @@
 //! for everything it missed, and the controller holds at most one message per connection in
 //! flight (memory per agent is bounded). Transport buffers alone would not do this: small
 //! updates fit in HTTP/2 windows and would queue there. Updates recorded in the node's history
-//! go out pre-encoded, shared with every other send of them; snapshots are encoded and
-//! updates composed outside the hub's lock.
+//! go out pre-encoded, shared with every other send of them; plans are made from the hub's
+//! view (no lock), snapshots are sliced by the apply thread when asked and encoded here.
 //!
 //! Bounded whatever an agent does: one stream per node (a newer one replaces the older),
 //! agent-supplied strings are cut to a few KiB before they are stored or logged, and an agent

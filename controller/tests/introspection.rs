@@ -290,7 +290,7 @@ async fn nodes_node_wait_explain_and_rejected() {
     // A valid policy that is probably wrong: listed as a lint finding over the replicated
     // state, counted in the metrics.
     c.write("typo.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: shop}\nspec: {podSelector: {matchLabels: {app: wbe}}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: types, namespace: shop}\nspec: {podSelector: {}, policyTypes: [Ingress], egress: [{to: [{podSelector: {}}]}]}\n");
-    // Findings asked for are at most 10 s old (a lint holds the state lock).
+    // Findings asked for are at most 10 s old (a lint holds the apply thread).
     let report = rejected_when(&op, |r| r.findings > 1).await;
     let found = json(&report.text);
     // Sorted by object: shop/types, then shop/typo.

@@ -51,7 +51,7 @@ async fn cluster(kubeconfig: std::path::PathBuf, emit_events: bool) -> Cluster {
 }
 
 fn owned(c: &Cluster) -> BTreeMap<Key, Object> {
-    c.hub().read(|st| st.machine().owned_by(OWNER))
+    c.state(|st| st.machine().owned_by(OWNER))
 }
 
 fn names(c: &Cluster, kind: Kind) -> Vec<String> {
@@ -258,8 +258,7 @@ async fn an_object_another_source_holds_is_taken_once_it_lets_go() {
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ops\n  labels: {team: files}\n",
     );
     until("the manifests source holds ops", || {
-        c.hub()
-            .read(|st| st.machine().owner(&(Kind::Namespace, "ops".into())) == Some("manifests"))
+        c.state(|st| st.machine().owner(&(Kind::Namespace, "ops".into())) == Some("manifests"))
     })
     .await;
     e.apply(Resource::Namespaces, namespace("ops", "api"));

@@ -1,6 +1,7 @@
-//! Three replicas in one process (the real server, plaintext loopback), to hold one replica's
-//! hub lock from the test: Raft's thread never waits on it, so a leader whose state machine is
-//! busy (a long compile, a slow reader) keeps its leadership and the group keeps committing.
+//! Three replicas in one process (the real server, plaintext loopback), to keep one replica's
+//! apply thread busy from the test: Raft's thread never waits on it, so a leader whose state
+//! machine is busy (a long compile, a slow reader) keeps its leadership and the group keeps
+//! committing.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ async fn leader(running: &[Running]) -> &Running {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_whose_state_machine_is_locked_keeps_leading_and_committing() {
+async fn a_leader_whose_apply_thread_is_busy_keeps_leading_and_committing() {
     let (running, shutdown, _dir) = group().await;
     let leader = leader(&running).await;
     let term = leader.group.status().raft.term;
@@ -74,14 +75,19 @@ async fn a_leader_whose_state_machine_is_locked_keeps_leading_and_committing() {
         .iter()
         .find(|r| r.group.id() != leader.group.id())
         .unwrap();
-    let before = follower.hub.read(|st| st.revision());
-    // Hold the leader's hub lock for 2 s (a reader that takes long): 20 election timeouts'
-    // worth of ticks at 50 ms.
+    let before = follower.hub.view().revision();
+    // Keep the leader's apply thread busy for 2 s (a reader that takes long): 20 election
+    // timeouts' worth of ticks at 50 ms.
     let hub = leader.hub.clone();
+    let (inside_tx, inside) = tokio::sync::oneshot::channel();
     let held = std::thread::spawn(move || {
-        hub.read(|_| std::thread::sleep(Duration::from_secs(2)));
+        hub.ask_blocking(|_| {
+            let _ = inside_tx.send(());
+            std::thread::sleep(Duration::from_secs(2))
+        })
+        .unwrap();
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    inside.await.unwrap();
     // A proposal meanwhile commits (the leader answers once it applies, after the lock).
     let group = leader.group.clone();
     let proposal = tokio::spawn(async move {
@@ -96,7 +102,7 @@ async fn a_leader_whose_state_machine_is_locked_keeps_leading_and_committing() {
     let mut w = follower.hub.revisions();
     tokio::time::timeout(Duration::from_millis(1500), w.wait_for(|r| *r > before))
         .await
-        .expect("committed and applied on a follower while the leader's hub is locked")
+        .expect("committed and applied on a follower while the leader's apply thread is busy")
         .unwrap();
     held.join().unwrap();
     let index = proposal.await.unwrap().unwrap().revision;
@@ -125,7 +131,7 @@ async fn a_proposal_is_told_what_the_state_machine_refused_of_all_its_entries() 
     let first = leader.group.propose("a", namespaces(0..40)).await.unwrap();
     assert!(first.refused.is_empty(), "{:?}", first.refused);
     // "b" names 20 of "a"'s namespaces among 60: spread over several entries of 256 bytes.
-    let before = leader.hub.read(|st| st.revision());
+    let before = leader.hub.view().revision();
     let second = leader.group.propose("b", namespaces(20..80)).await.unwrap();
     assert!(
         second.revision > before + 1,
@@ -141,16 +147,25 @@ async fn a_proposal_is_told_what_the_state_machine_refused_of_all_its_entries() 
         .map(|i| (format!("Namespace/team-{i:03}"), "a".to_string()))
         .collect();
     assert_eq!(refused, expected);
-    leader.hub.read(|st| {
-        for i in 20..80 {
-            let key = (
-                palisade_policy::k8s::Kind::Namespace,
-                format!("team-{i:03}"),
-            );
-            let owner = if i < 40 { "a" } else { "b" };
-            assert_eq!(st.machine().owner(&key), Some(owner), "{key:?}");
-        }
-    });
+    let owners = leader
+        .hub
+        .ask(|st| {
+            (20..80)
+                .map(|i| {
+                    let key = (
+                        palisade_policy::k8s::Kind::Namespace,
+                        format!("team-{i:03}"),
+                    );
+                    st.machine().owner(&key).map(str::to_string)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+    for (i, owner) in (20..80).zip(owners) {
+        let expected = if i < 40 { "a" } else { "b" };
+        assert_eq!(owner.as_deref(), Some(expected), "team-{i:03}");
+    }
     shutdown.cancel();
     for r in running {
         r.wait().await.unwrap();

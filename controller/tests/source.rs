@@ -18,7 +18,7 @@ fn microservices() -> Vec<(&'static str, String)> {
 }
 
 fn policies(c: &Cluster) -> usize {
-    c.hub().read(|st| st.engine().policies().len())
+    c.state(|st| st.engine().policies().len())
 }
 
 /// Run `write` on a thread while watching the engine: the number of policies it ever held.
@@ -98,7 +98,7 @@ async fn a_file_rewritten_slowly_in_place_never_opens_anything() {
     });
     let mut widened = false;
     while !writer.is_finished() {
-        widened |= c.hub().read(|st| {
+        widened |= c.state(|st| {
             st.engine().policies().iter().any(|p| {
                 &*p.key.name == "allow-mysql" && p.ingress.as_ref().unwrap()[0].peers.is_none()
             })
@@ -220,11 +220,12 @@ spec:
 /// Whether the engine ever held policy `name` with a rule open to every peer or every port
 /// (a half of `EXTRA`), and whether it holds it whole now.
 fn extra_state(c: &Cluster, name: &str) -> (bool, bool) {
-    let Some(p) = c.hub().read(|st| {
+    let name = name.to_string();
+    let Some(p) = c.state(move |st| {
         st.engine()
             .policies()
             .into_iter()
-            .find(|p| &*p.key.name == name)
+            .find(|p| *p.key.name == *name)
             .cloned()
     }) else {
         return (false, false);
@@ -346,8 +347,8 @@ fn write_atomically(path: &std::path::Path, text: &str) {
 }
 
 fn has_pod(c: &Cluster, name: &str) -> bool {
-    c.hub()
-        .read(|st| st.engine().pods().iter().any(|p| &*p.key.name == name))
+    let name = name.to_string();
+    c.state(move |st| st.engine().pods().iter().any(|p| *p.key.name == *name))
 }
 
 fn metric(c: &Cluster, line_start: &str) -> f64 {

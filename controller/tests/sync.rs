@@ -111,9 +111,10 @@ async fn a_change_reaches_exactly_the_affected_nodes() {
         .filter(|n| before[n] != after[n])
         .collect();
     assert_eq!(changed, vec!["n5"]);
-    c.hub().read_both(|st, p| {
+    let view = c.hub().view();
+    c.hub().progress(|p| {
         for n in NODES {
-            let (v, d) = st.desired(n);
+            let (v, d) = view.desired(n);
             let r = p.rollout().node(n).unwrap();
             assert_eq!(
                 (r.acked_version, r.acked_digest),
@@ -145,7 +146,7 @@ async fn a_reconnecting_agent_resumes_by_delta() {
         .await;
     assert_eq!(s.snapshots, 0, "resumed from its saved version: {s:?}");
     assert_eq!(s.updates, 1, "one coalesced delta for both revisions");
-    assert_eq!((s.version, s.digest), c.hub().read(|st| st.desired("n3")));
+    assert_eq!((s.version, s.digest), c.hub().view().desired("n3"));
     c.shutdown().await;
 }
 
@@ -164,7 +165,7 @@ async fn resuming_with_a_wrong_digest_gets_a_snapshot() {
         .agent_until("n5", "synced", |s| s.phase == Phase::Synced)
         .await;
     assert_eq!(s.snapshots, 1, "{s:?}");
-    assert_eq!((s.version, s.digest), c.hub().read(|st| st.desired("n5")));
+    assert_eq!((s.version, s.digest), c.hub().view().desired("n5"));
     c.shutdown().await;
 }
 
@@ -223,7 +224,7 @@ async fn a_nack_is_reported_and_does_not_stall_others() {
     // Changes for other nodes are still delivered and acked.
     c.write("t1.yaml", &namespace_file(1, 9090, ""));
     let r = c.next_revision(revision).await;
-    let (v, d) = c.hub().read(|st| st.desired("n3"));
+    let (v, d) = c.hub().view().desired("n3");
     assert_eq!(v, r);
     c.agent_until("n3", "acked the change", |s| {
         s.version == v && s.digest == d
@@ -301,7 +302,7 @@ async fn a_slow_agent_gets_coalesced_updates() {
         c.write("t0.yaml", &namespace_file(0, port, ""));
         r = c.next_revision(r).await;
     }
-    let (v, d) = c.hub().read(|st| st.desired("n1"));
+    let (v, d) = c.hub().view().desired("n1");
     assert_eq!(v, r, "every edit changed n1");
     let s = c
         .agent_until("n1", "at the latest version", |s| {
@@ -339,7 +340,7 @@ async fn after_a_controller_restart_agents_resume_without_snapshots() {
 async fn invalid_edits_are_rejected_and_reported() {
     let c = running().await;
     let r0 = c.revision();
-    let before = c.hub().read(|st| st.desired("n3"));
+    let before = c.hub().view().desired("n3");
     c.write(
         "t1.yaml",
         &namespace_file(1, 8080, "").replace("port: 8080", "port: 0"),
@@ -356,6 +357,6 @@ async fn invalid_edits_are_rejected_and_reported() {
     assert_eq!(rejected[0].object, "t1/api");
     assert!(rejected[0].errors[0].contains("port"), "{:?}", rejected[0]);
     assert_eq!(c.revision(), r0);
-    assert_eq!(c.hub().read(|st| st.desired("n3")), before);
+    assert_eq!(c.hub().view().desired("n3"), before);
     c.shutdown().await;
 }

@@ -339,7 +339,7 @@ impl Cluster {
     pub fn describe(&self) -> String {
         let mut out = format!("tick {}, leader {:?}\n", self.net.now(), self.leader());
         for c in self.cores.values() {
-            let (revision, digests) = c.hub().read(|st| (st.revision(), st.machine().digests()));
+            let (revision, digests) = (c.state().revision(), c.state().machine().digests());
             let versions: Vec<String> = digests
                 .iter()
                 .map(|(n, (v, d))| format!("{n}@{v}:{}", &d.to_hex()[..6]))
@@ -390,8 +390,10 @@ impl Cluster {
     /// node's latest slice, and every replica counts that revision realized.
     pub fn converged(&self) -> bool {
         let mut states = self.cores.values().map(|c| {
-            c.hub()
-                .read(|st| (st.revision(), normalized(st.machine().digests())))
+            (
+                c.state().revision(),
+                normalized(c.state().machine().digests()),
+            )
         });
         let Some(first) = states.next() else {
             return false;

@@ -1,19 +1,20 @@
-//! One controller core: a replica on an in-memory log, the hub its committed entries are
-//! applied to (as the controller's apply thread applies them), and the sync sessions of the
-//! agents connected to it, each a `Session` machine with this as its shell (as the
+//! One controller core: a replica on an in-memory log, the applied state its committed
+//! entries are applied to and the hub it publishes to (this core is the apply thread: it
+//! owns the state), and the sync sessions of the agents connected to it, each a `Session` machine with this as its shell (as the
 //! controller's `Connection` is over gRPC).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use palisade_controller::applied::State;
 use palisade_controller::history::Limits;
 use palisade_controller::hub::Hub;
 use palisade_controller::metrics::Metrics;
 use palisade_controller::replication::exchange;
 use palisade_controller::rollout::AgentInfo;
 use palisade_controller::sync::serves_ahead;
-use palisade_controller::sync::session::{encode, Knowledge, Session};
+use palisade_controller::sync::session::{self, Knowledge, Session};
 use palisade_policy::model::{Command, Name};
 use palisade_policy::Digest;
 use palisade_proto::v1 as pb;
@@ -27,6 +28,8 @@ pub struct Core {
     pub id: u64,
     replica: Replica<MemLog>,
     hub: Arc<Hub>,
+    /// The applied state (this core is its writer).
+    state: State,
     snapshot_every: u64,
     sessions: BTreeMap<Name, Session>,
     /// Where each peer's ack table stands here: (epoch, seq).
@@ -42,11 +45,14 @@ impl Core {
             Some((_, data)) => Machine::restore(&data).expect("the snapshot restores"),
             None => Machine::new(),
         };
-        let hub = Arc::new(Hub::new(id, machine, Limits::default(), Metrics::new()));
+        // Nothing here asks the apply thread: the core reads its state itself.
+        let (hub, _reads) = Hub::new(id, Metrics::new());
+        let state = State::new(machine, Limits::default(), &hub);
         Core {
             id,
             replica,
-            hub,
+            hub: Arc::new(hub),
+            state,
             snapshot_every,
             sessions: BTreeMap::new(),
             tables: BTreeMap::new(),
@@ -55,6 +61,11 @@ impl Core {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// The applied state.
+    pub fn state(&self) -> &State {
+        &self.state
     }
 
     pub fn is_leader(&self) -> bool {
@@ -66,7 +77,7 @@ impl Core {
     }
 
     pub fn applied(&self) -> u64 {
-        self.hub.read(|st| st.revision())
+        self.state.revision()
     }
 
     /// Through which revision every node's agent holds what it should, as this replica knows.
@@ -110,24 +121,24 @@ impl Core {
         for e in out.events {
             let index = match e {
                 Event::Committed { index, batch, .. } => {
-                    self.hub.apply(&[(index, batch)]);
+                    self.state.apply(&*self.hub, &[(index, batch)]);
                     index
                 }
                 Event::Install { index, data } => {
-                    self.hub
-                        .install(Machine::restore(&data).expect("the leader's snapshot"));
+                    let m = Machine::restore(&data).expect("the leader's snapshot");
+                    self.state.install(&*self.hub, m);
                     index
                 }
                 Event::Membership { index, change, .. } => {
-                    self.hub.apply_change(index, change.as_ref());
+                    self.state.apply_change(&*self.hub, index, change.as_ref());
                     index
                 }
                 Event::Role { .. } | Event::ReadIndex { .. } => continue,
             };
-            let digests = self.hub.read(|st| st.machine().digests());
+            let digests = self.state.machine().digests();
             ledger.applied(self.id, index, digests);
         }
-        if let Some((index, data)) = self.hub.snapshot_if_due(self.snapshot_every) {
+        if let Some((index, data)) = self.state.snapshot_if_due(self.snapshot_every) {
             self.replica
                 .store_snapshot(index, data)
                 .expect("the snapshot is stored");
@@ -144,7 +155,7 @@ impl Core {
             return false;
         }
         let session = Session::new(node.clone(), Knowledge::Holds(version, digest));
-        if let Some((v, d)) = self.hub.read(|st| session.hello_ack(st)) {
+        if let Some((v, d)) = session.hello_ack(&*self.hub.view()) {
             self.hub.ack(node, v, d, Some(d), None);
         }
         self.hub.connected(node, &AgentInfo::default());
@@ -166,19 +177,19 @@ impl Core {
     pub fn sync(&mut self, now: Instant) -> Vec<(Name, Vec<u8>)> {
         let mut out = vec![];
         for (node, session) in &mut self.sessions {
-            let latest = self.hub.read(|st| st.desired(node).0);
+            let view = self.hub.view();
+            let latest = view.desired(node).0;
             if !session.due(latest, now) {
                 continue;
             }
-            let Some(planned) = self.hub.read(|st| session.plan(st)) else {
+            let Some(planned) = session.plan(&*view) else {
                 continue;
             };
-            let (msg, kind, desired, digest) = encode(node, planned, || {
-                self.hub.read(|st| {
-                    let (v, d) = st.desired(node);
-                    (v, d, st.engine().slice(node))
-                })
-            });
+            let (msg, kind, desired, digest) =
+                session::encode(node, planned).unwrap_or_else(|| {
+                    let (v, d, slice) = self.state.latest(node);
+                    session::snapshot(v, d, &slice)
+                });
             session.sent(kind, desired, digest, now);
             out.push((node.clone(), msg.0.to_vec()));
         }

@@ -298,7 +298,8 @@ pub async fn run(o: &RaftOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Raf
         let live = g.up[&leader]
             .running
             .hub
-            .read(|st| st.machine().encode().len()) as u64;
+            .ask(|st| st.machine().encode().len())
+            .await? as u64;
         let log_bytes: Vec<u64> =
             g.up.keys()
                 .map(|id| dir_bytes(&g.state_dir(*id).join("raft")))
@@ -367,7 +368,8 @@ async fn catch_up(
     let (snapshot_bytes, target) = g.up[&leader]
         .running
         .hub
-        .read(|st| (st.machine().encode().len() as u64, st.revision()));
+        .ask(|st| (st.machine().encode().len() as u64, st.revision()))
+        .await?;
     progress(&format!(
         "replica {follower} restarted; catching up to {target}"
     ));

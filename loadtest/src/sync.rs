@@ -100,6 +100,8 @@ pub enum SyncError {
     Fleet(#[from] crate::fleet::FleetError),
     #[error("{0}")]
     Timeout(String),
+    #[error(transparent)]
+    Gone(#[from] palisade_controller::hub::Gone),
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
@@ -195,13 +197,16 @@ pub async fn run(opts: &SyncOptions, progress: &dyn Fn(&str)) -> Result<SyncRepo
         "palisade_sync_messages_sent_total{kind=\"snapshot\"}",
     ) as u64;
     let snapshot_bytes_total = metric(&page, "palisade_sync_bytes_sent_total{kind=\"snapshot\"}");
-    let snapshot_max = hub.read(|st| {
-        nodes
-            .iter()
-            .map(|n| palisade_proto::encode::snapshot(&st.engine().slice(n)).len())
-            .max()
-            .unwrap_or(0)
-    });
+    let names = nodes.clone();
+    let snapshot_max = hub
+        .ask(move |st| {
+            names
+                .iter()
+                .map(|n| palisade_proto::encode::snapshot(&st.engine().slice(n)).len())
+                .max()
+                .unwrap_or(0)
+        })
+        .await?;
 
     progress(&format!("{} single-pod edits", opts.edits));
     let mut edits = manifests::Edits::new(&manifest_dir, files, shape);

@@ -1,16 +1,18 @@
-//! The hub's bookkeeping: realization, peers' tables, and which lock an ack takes.
+//! The hub's bookkeeping: realization, peers' tables, and that an ack waits for no reader.
 
+use super::fixture::Applied;
 use super::*;
 use crate::testing::{batch, SHOP};
 
 #[test]
 fn realization_follows_the_applied_index_and_peers_acks() {
-    let hub = Hub::new(1, Machine::new(), Limits::default(), Metrics::new());
+    let mut applied = Applied::new(1);
     let n1: Name = "n1".into();
     // Entry 1 is a new leader's empty entry, 2 changes n1, 3 and 4 change nothing.
-    hub.apply(&[(1, None), (2, Some(batch(SHOP))), (3, None)]);
-    hub.apply(&[(4, Some(batch("")))]);
-    let (version, digest) = hub.lock().desired("n1");
+    applied.apply(&[(1, None), (2, Some(batch(SHOP))), (3, None)]);
+    applied.apply(&[(4, Some(batch("")))]);
+    let hub = &applied.hub;
+    let (version, digest) = hub.view().desired("n1");
     assert_eq!(version, 2);
     assert_eq!(
         hub.lock_progress().rollout.realized_through(),
@@ -20,12 +22,12 @@ fn realization_follows_the_applied_index_and_peers_acks() {
     // Acked: everything applied is realized, up to the applied index (4), although the
     // engine's last change was at 2.
     hub.ack(&n1, 2, digest, None, None);
-    assert_eq!(hub.lock().engine().revision(), 2);
+    assert_eq!(applied.state.engine().revision(), 2);
     assert_eq!(hub.lock_progress().rollout.realized_through(), 4);
 
     // Another replica's table: an ack of a version this one has not applied yet waits
     // until it has, then realizes it here too.
-    let other = Hub::new(2, Machine::new(), Limits::default(), Metrics::new());
+    let mut other = Applied::new(2);
     let record = acks::to_pb(
         &n1,
         Some(&acks::Record {
@@ -44,15 +46,19 @@ fn realization_follows_the_applied_index_and_peers_acks() {
         applied: 2,
     });
     assert!(unreadable.is_empty());
-    other.merge_peer(1, changes);
-    assert_eq!(other.lock_progress().connected_at("n1"), Some(1));
+    other.hub.merge_peer(1, changes);
+    assert_eq!(other.hub.lock_progress().connected_at("n1"), Some(1));
     // It answered, with one agent, having applied revision 2 (what rebalancing counts).
     let within = std::time::Duration::from_secs(3);
-    assert_eq!(other.lock_progress().peers.answering(within), vec![(1, 2)]);
+    assert_eq!(
+        other.hub.lock_progress().peers.answering(within),
+        vec![(1, 2)]
+    );
     other.apply(&[(1, None), (2, Some(batch(SHOP)))]);
-    assert_eq!(other.lock_progress().rollout.realized_through(), 2);
+    assert_eq!(other.hub.lock_progress().rollout.realized_through(), 2);
     assert_eq!(
         other
+            .hub
             .lock_progress()
             .rollout
             .node("n1")
@@ -61,10 +67,10 @@ fn realization_follows_the_applied_index_and_peers_acks() {
         2
     );
     // The peer unreachable: n1 no longer counts as connected; its ack stays.
-    other.peer_unreachable(1);
-    assert_eq!(other.lock_progress().connected_at("n1"), None);
-    assert!(other.lock_progress().peers.answering(within).is_empty());
-    assert_eq!(other.lock_progress().rollout.realized_through(), 2);
+    other.hub.peer_unreachable(1);
+    assert_eq!(other.hub.lock_progress().connected_at("n1"), None);
+    assert!(other.hub.lock_progress().peers.answering(within).is_empty());
+    assert_eq!(other.hub.lock_progress().rollout.realized_through(), 2);
 
     // A node only a peer's stream named (no slice, no ack) goes when the peer forgets it.
     let ghost: Name = "ghost".into();
@@ -82,50 +88,83 @@ fn realization_follows_the_applied_index_and_peers_acks() {
         })
         .0
     };
-    other.merge_peer(1, table(2, vec![acks::to_pb(&ghost, Some(&named))]));
-    assert_eq!(other.lock_progress().connected_at("ghost"), Some(1));
-    assert!(other.lock_progress().rollout.node("ghost").is_some());
-    other.merge_peer(1, table(3, vec![acks::to_pb(&ghost, None)]));
-    assert_eq!(other.lock_progress().connected_at("ghost"), None);
-    assert!(other.lock_progress().rollout.node("ghost").is_none());
+    other
+        .hub
+        .merge_peer(1, table(2, vec![acks::to_pb(&ghost, Some(&named))]));
+    assert_eq!(other.hub.lock_progress().connected_at("ghost"), Some(1));
+    assert!(other.hub.lock_progress().rollout.node("ghost").is_some());
+    other
+        .hub
+        .merge_peer(1, table(3, vec![acks::to_pb(&ghost, None)]));
+    assert_eq!(other.hub.lock_progress().connected_at("ghost"), None);
+    assert!(other.hub.lock_progress().rollout.node("ghost").is_none());
     assert!(
-        other.lock_progress().rollout.node("n1").is_some(),
+        other.hub.lock_progress().rollout.node("n1").is_some(),
         "a node with a slice stays"
     );
 }
 
 #[test]
 fn an_ack_waits_for_no_reader_of_the_applied_state() {
-    let hub = std::sync::Arc::new(Hub::new(
-        1,
-        Machine::new(),
-        Limits::default(),
-        Metrics::new(),
-    ));
-    hub.apply(&[(1, None), (2, Some(batch(SHOP)))]);
-    let (version, digest) = hub.read(|st| st.desired("n1"));
+    let mut applied = Applied::new(1);
+    applied.apply(&[(1, None), (2, Some(batch(SHOP)))]);
+    let Applied { hub, state, reads } = applied;
+    let hub = std::sync::Arc::new(hub);
+    let (version, digest) = hub.view().desired("n1");
+    // The apply thread, answering questions with the state it owns.
+    let owner = std::thread::spawn(move || {
+        while let Ok(read) = reads.receiver().recv() {
+            read(&state);
+        }
+    });
     let (inside_tx, inside) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel::<()>();
     let reader = {
         let hub = hub.clone();
         std::thread::spawn(move || {
-            // Holds the state's lock until told to let go (or, if the ack waited for it,
+            // Holds the apply thread until told to let go (or, if the ack waited for it,
             // until the bound: then the ack below could not have finished first).
-            hub.read(|_| {
-                inside_tx.send(()).unwrap();
+            hub.ask_blocking(move |st| {
+                inside_tx.send(st.revision()).unwrap();
                 release_rx
                     .recv_timeout(std::time::Duration::from_secs(10))
                     .is_ok()
             })
         })
     };
-    inside.recv().unwrap();
-    let outcome = hub.ack(&"n1".into(), version, digest, Some(digest), None);
+    assert_eq!(inside.recv().unwrap(), 2);
+    let outcome = hub.ack(&"n1".into(), version, digest, None, None);
+    assert_eq!(hub.view().revision(), 2, "the view is read meanwhile");
     release.send(()).unwrap();
-    assert!(
-        reader.join().unwrap(),
-        "the ack finished while the state was being read"
+    assert_eq!(
+        reader.join().unwrap().ok(),
+        Some(true),
+        "the ack finished while the apply thread was answering a reader"
     );
     assert!(matches!(outcome, AckOutcome::Recorded));
     assert_eq!(hub.progress(|p| p.rollout().realized_through()), 2);
+    drop(hub);
+    owner.join().unwrap();
+}
+
+#[test]
+fn a_view_is_one_revision_whatever_is_applied_after_it() {
+    let mut applied = Applied::new(1);
+    applied.apply(&[(1, None), (2, Some(batch(SHOP)))]);
+    let before = applied.hub.view();
+    let (v2, d2) = before.desired("n1");
+    applied.apply(&[(3, Some(batch(&crate::testing::pod("b", "n1", "10.0.0.2"))))]);
+    // The view loaded before still reads revision 2, whole: its version, digest and history.
+    assert_eq!((before.revision(), before.desired("n1")), (2, (v2, d2)));
+    assert!(before.history().catch_up("n1", 3, &d2).is_none());
+    // A view loaded now reads 3, and its history takes an agent from 2 to 3.
+    let after = applied.hub.view();
+    let (v3, d3) = after.desired("n1");
+    assert_eq!((after.revision(), v3), (3, 3));
+    assert_ne!(d3, d2);
+    assert_eq!(after.digest_at("n1", 2), Some(d2));
+    assert!(matches!(
+        after.history().catch_up("n1", 2, &d2),
+        Some(crate::history::Catchup::One(e)) if e.to == 3
+    ));
 }

@@ -13,7 +13,7 @@ use palisade_proto::convert;
 use palisade_proto::v1::{self as pb, direction_check::Result as CheckResult};
 use tonic::Status;
 
-use crate::hub::State;
+use crate::applied::State;
 
 /// An address from `IP` or `namespace/name` of a pod with an address.
 fn address(st: &State, s: &str, field: &str) -> Result<Ipv4Addr, Status> {

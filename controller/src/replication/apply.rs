@@ -1,11 +1,14 @@
-//! The apply thread: committed entries into the [`Hub`], in order, each at its index; the
-//! leader's snapshots installed; a snapshot of the state machine taken every
-//! `snapshot_every` entries and handed to the driver to store. Proposers get their answer
-//! here, once their entry is applied (so `palisadectl apply` returns a revision this replica
-//! already serves).
+//! The apply thread, the one writer of the applied [`State`] (it owns it: no lock):
+//! committed entries applied in order, each at its index; the leader's snapshots installed;
+//! a snapshot of the state machine taken every `snapshot_every` entries and handed to the
+//! driver to store; readers' questions ([`Hub::ask`]) answered between revisions. Proposers
+//! get their answer here, once their entry is applied (so `palisadectl apply` returns a
+//! revision this replica already serves).
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
 
 use palisade_replica::{Batch, Machine};
 use palisade_storage::SledStorage;
@@ -14,7 +17,8 @@ use tracing::{error, info, warn};
 
 use super::driver::{Answer, Input};
 use super::{Committed, Failure, GroupStatus};
-use crate::hub::Hub;
+use crate::applied::State;
+use crate::hub::{Hub, Reads};
 
 pub enum Job {
     /// Entries committed together, in index order, and those of them proposed here.
@@ -33,6 +37,10 @@ pub enum Job {
 
 pub struct Applier {
     pub hub: Arc<Hub>,
+    /// The applied state, this thread's alone.
+    pub state: State,
+    /// Readers' questions.
+    pub reads: Reads,
     pub jobs: Receiver<Job>,
     pub inbox: Sender<Input>,
     pub snapshot_every: u64,
@@ -63,10 +71,29 @@ impl Applier {
     }
 
     pub fn run(mut self) {
-        while let Ok(job) = self.jobs.recv() {
+        loop {
+            crossbeam_channel::select! {
+                recv(self.jobs) -> job => match job {
+                    Ok(job) => self.job(job),
+                    Err(_) => break,
+                },
+                recv(self.reads.receiver()) -> read => {
+                    if let Ok(read) = read {
+                        crate::hub::answer(read, &self.state);
+                    }
+                }
+            }
+        }
+        // Questions asked before the group stopped get the state as it was left.
+        self.reads.answer(&self.state);
+    }
+
+    fn job(&mut self, job: Job) {
+        {
             if self.failure.get().is_some() {
-                // The state machine can no longer follow the log: keep what is applied.
-                continue;
+                // The state machine can no longer follow the log: keep what is applied (and
+                // answer readers from it).
+                return;
             }
             match job {
                 Job::Entries {
@@ -77,7 +104,7 @@ impl Applier {
                     for (_, at) in replies.iter().filter_map(|a| a.reply.as_ref()) {
                         self.hub.metrics.stage("commit", at.elapsed());
                     }
-                    let (applied, mut refused) = self.hub.apply(&entries);
+                    let (applied, mut refused) = self.state.apply(&*self.hub, &entries);
                     for Answer {
                         index,
                         refused: gathered,
@@ -102,13 +129,13 @@ impl Applier {
                     let added = change
                         .as_ref()
                         .is_some_and(|c| c.kind == palisade_replica::membership::Kind::AddLearner);
-                    let applied = self.hub.apply_change(index, change.as_ref());
+                    let applied = self.state.apply_change(&*self.hub, index, change.as_ref());
                     self.applied(applied);
                     if added {
                         // A snapshot holding the new replica in its configuration, for the
                         // leader to send it (it refuses one without itself).
                         self.snapshot(1);
-                        continue;
+                        return;
                     }
                 }
                 Job::Install { index, data } => {
@@ -130,7 +157,7 @@ impl Applier {
                                     );
                                 }
                             }
-                            self.hub.install(m);
+                            self.state.install(&*self.hub, m);
                             self.applied(index);
                         }
                         Err(why) => {
@@ -138,7 +165,7 @@ impl Applier {
                             self.failure.set(format!(
                                 "the snapshot at {index} cannot be installed: {why}"
                             ));
-                            continue;
+                            return;
                         }
                     }
                 }
@@ -148,8 +175,8 @@ impl Applier {
     }
 
     /// Take a snapshot if `every` entries were applied since the last one.
-    fn snapshot(&self, every: u64) {
-        if let Some((index, data)) = self.hub.snapshot_if_due(every) {
+    fn snapshot(&mut self, every: u64) {
+        if let Some((index, data)) = self.state.snapshot_if_due(every) {
             // Written here, not on Raft's thread: a large state takes a while to store.
             let bytes = data.len();
             match self.store.stage_snapshot(index, data) {

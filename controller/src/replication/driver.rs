@@ -5,7 +5,7 @@
 //! proposers wait for) to the apply thread in order, and publishes the group's status.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use palisade_policy::model::Command;
@@ -76,7 +76,7 @@ pub struct Driver {
     pub replica: Replica<SledStorage>,
     pub config: Config,
     pub inbox: Receiver<Input>,
-    pub jobs: Sender<Job>,
+    pub jobs: crossbeam_channel::Sender<Job>,
     pub outbox: Outbox,
     pub status: std::sync::Arc<watch::Sender<GroupStatus>>,
     pub failure: Failure,

@@ -94,8 +94,8 @@ async fn pull(
                 for why in unreadable {
                     warn!(peer, "an unreadable ack record from replica {peer}: {why}");
                 }
-                // Merging takes the state's lock: off the async workers, which carry Raft's
-                // messages and must not wait on a long compile.
+                // Merging takes the progress lock for the whole table: off the async workers,
+                // which carry Raft's messages.
                 let hub = hub.clone();
                 let merged = tokio::task::spawn_blocking(move || hub.merge_peer(peer, table));
                 if merged.await.is_err() {

@@ -16,7 +16,8 @@ use super::apply::Applier;
 use super::driver::{Driver, Input};
 use super::transport::Transport;
 use super::{Config, Failure, Group, GroupStatus};
-use crate::hub::Hub;
+use crate::applied::State;
+use crate::hub::{Hub, Reads};
 use crate::metrics::Metrics;
 
 /// What replication needs to start.
@@ -25,6 +26,9 @@ pub struct Parts {
     pub replica: Replica<SledStorage>,
     pub store: SledStorage,
     pub hub: Arc<Hub>,
+    /// The applied state (the apply thread takes it) and the readers' questions for it.
+    pub state: State,
+    pub reads: Reads,
     pub transport: Arc<Transport>,
     /// The group's identity, as peers' messages must carry it.
     pub group: String,
@@ -53,6 +57,8 @@ pub fn start(parts: Parts) -> std::io::Result<Started> {
         replica,
         store,
         hub,
+        state,
+        reads,
         transport,
         group,
         address,
@@ -61,13 +67,13 @@ pub fn start(parts: Parts) -> std::io::Result<Started> {
     } = parts;
     let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
     let outbox = transport.start(group, metrics.clone(), inbox_tx.clone(), shutdown.clone());
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
     let (status_tx, status_rx) = watch::channel(GroupStatus {
         raft: palisade_replica::Status {
             id: config.id,
             ..Default::default()
         },
-        applied: hub.read(|st| st.revision()),
+        applied: state.revision(),
         ..GroupStatus::default()
     });
     let status_tx = Arc::new(status_tx);
@@ -118,6 +124,8 @@ pub fn start(parts: Parts) -> std::io::Result<Started> {
     )?;
     let applier = Applier {
         hub,
+        state,
+        reads,
         jobs: jobs_rx,
         inbox: inbox_tx.clone(),
         snapshot_every: config.options.snapshot_every,

@@ -128,7 +128,9 @@ async fn apply(
     source: &mut ManifestDir,
     mut scan: Scan,
 ) -> Result<Option<u64>, String> {
-    let held = super::foreign(hub, OWNER, &scan.commands);
+    let held = super::foreign(hub, OWNER, &scan.commands)
+        .await
+        .map_err(|e| e.to_string())?;
     refuse(source, &mut scan.rejected, &held);
     scan.commands
         .retain(|c| !held.contains_key(&palisade_policy::manifest::command_key(c)));
@@ -346,7 +348,7 @@ async fn lead(term: u64, context: &Context, source: &mut ManifestDir, reported: 
                 info!(revision, "manifests changed");
                 (None, Some(revision))
             }
-            Ok(None) => (None, Some(hub.read(|st| st.revision()))),
+            Ok(None) => (None, Some(hub.view().revision())),
             Err(why) => (Some(why), health.borrow().revision),
         };
         let retry = match &failing {

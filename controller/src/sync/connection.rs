@@ -1,7 +1,8 @@
-//! One agent's Sync stream, the shell around its [`Session`]: reads the applied state for
-//! it under the hub's lock, encodes what it plans (a snapshot, a recorded update, a composed
-//! chain, or an empty confirmation) outside the lock, sends, records acks and nacks in the
-//! rollout, keeps the stream alive, counts, logs, and stops on what ends the stream.
+//! One agent's Sync stream, the shell around its [`Session`]: plans from the hub's view of
+//! the applied state (no lock), asks the apply thread for the slice when a snapshot is due,
+//! encodes what it plans (a snapshot, a recorded update, a composed chain, or an empty
+//! confirmation), sends, records acks and nacks in the rollout, keeps the stream alive,
+//! counts, logs, and stops on what ends the stream.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::session::{encode, Kind, Session};
+use super::session::{self, Kind, Session};
 use super::{cap, Stream, Streams, SyncConfig, MAX_FAILED_CLOSED, MAX_TEXT};
 use crate::hub::Hub;
 use crate::replication::Group;
@@ -105,8 +106,10 @@ impl Connection {
                     )));
                     break;
                 }
-                why = refusing.wait_for(Option::is_some) => {
-                    let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
+                // (The borrow ends inside: the arms' outputs must be Send, a snapshot's arm
+                // awaits the apply thread's answer.)
+                why = async { refusing.wait_for(Option::is_some).await.map(|w| w.clone()) } => {
+                    let why = why.ok().flatten().unwrap_or_default();
                     info!("ending the stream: {why}");
                     self.hub.metrics.streams_shed();
                     let _ = tx.try_send(Err(Status::unavailable(format!("{why}: try another replica"))));
@@ -114,7 +117,7 @@ impl Connection {
                 }
                 permit = tx.reserve(), if want => {
                     let Ok(permit) = permit else { break };
-                    if let Some((msg, kind)) = self.next_message() {
+                    if let Some((msg, kind)) = self.next_message().await {
                         self.hub.metrics.sent(kind.as_str(), msg.len());
                         permit.send(Ok(msg));
                     }
@@ -157,7 +160,7 @@ impl Connection {
         info!("agent disconnected");
     }
 
-    /// Where this replica stands (no hub lock: the group's status and lease).
+    /// Where this replica stands (the group's status and lease).
     fn keepalive(&self) -> Encoded {
         let f = self.group.freshness();
         encode::keepalive(pb::Keepalive {
@@ -173,29 +176,30 @@ impl Connection {
     /// The agent says what it holds; when that is what the controller sent for that version,
     /// it counts as an ack.
     fn hello_ack(&self) {
-        if let Some((v, d)) = self.hub.read(|st| self.session.hello_ack(st)) {
+        if let Some((v, d)) = self.session.hello_ack(&*self.hub.view()) {
             self.hub.ack(self.session.node(), v, d, Some(d), None);
         }
     }
 
-    /// What takes the agent from what it holds to the node's latest version: planned under
-    /// the state's lock (cheap: clones of shared parts, or the slice for a snapshot), encoded
-    /// after it.
-    fn next_message(&mut self) -> Option<(Encoded, Kind)> {
-        let session = &mut self.session;
-        let planned = self.hub.read(|st| session.plan(st))?;
-        // Recorded before the state's lock was let go (the apply thread records a revision
-        // in the rollout while it holds it); read apart, so a snapshot's slicing holds up no ack.
+    /// What takes the agent from what it holds to the node's latest version: planned from
+    /// one view (cheap: clones of shared parts), encoded after; a snapshot is the slice the
+    /// apply thread holds when asked (`None` when it is gone: the replica is stopping).
+    async fn next_message(&mut self) -> Option<(Encoded, Kind)> {
+        let planned = self.session.plan(&*self.hub.view())?;
+        // Recorded when the revision was published (the writer publishes before it tells
+        // the rollout, so a planned version is there).
         let applied_at = self
             .hub
             .progress(|p| p.rollout().committed_at(planned.desired));
-        let node = self.session.node();
-        let (msg, kind, desired, digest) = encode(node, planned, || {
-            self.hub.read(|st| {
-                let (desired, digest) = st.desired(node);
-                (desired, digest, st.engine().slice(node))
-            })
-        });
+        let node = self.session.node().clone();
+        let (msg, kind, desired, digest) = match session::encode(&node, planned) {
+            Some(m) => m,
+            None => {
+                let (version, digest, slice) =
+                    self.hub.ask(move |st| st.latest(&node)).await.ok()?;
+                session::snapshot(version, digest, &slice)
+            }
+        };
         let from = self.session.holds();
         let sent = self
             .session

@@ -1,9 +1,10 @@
 //! One agent stream's protocol as a machine without I/O: what the controller believes the
 //! agent holds, whether something is due, what to send next (decided through a
 //! [`NodeView`] of the applied state, and [`encode`]d), and what each ack and nack means. The connection
-//! ([`super::connection`]) is its shell: it reads the view under the hub's lock, encodes,
-//! sends, records acks in the rollout and counts in the metrics; every decision is here,
-//! with the time passed in, so it is tested by stepping it.
+//! ([`super::connection`]) is its shell: it loads the hub's view, asks the apply thread for
+//! the slice when a snapshot is due, encodes, sends, records acks in the rollout and counts
+//! in the metrics; every decision is here, with the time passed in, so it is tested by
+//! stepping it.
 
 use std::time::{Duration, Instant};
 
@@ -35,21 +36,18 @@ impl std::fmt::Display for Knowledge {
     }
 }
 
-/// What to send, decided under the hub's lock; encoded after it is released.
+/// What to send, decided from one view of the applied state.
 #[derive(Debug)]
 pub enum Plan {
     /// An update from `from` to `to` with no change (a confirmation, or the same content
     /// under another version).
-    Empty {
-        from: u64,
-        to: u64,
-        digest: Digest,
-    },
+    Empty { from: u64, to: u64, digest: Digest },
     /// A recorded update, pre-encoded.
     Recorded(Entry),
     /// Recorded updates to compose (when they do not compose, a snapshot goes instead).
     Chain(Vec<Entry>),
-    Snapshot(NodeSlice),
+    /// The node's whole slice (its latest, read apart: a view holds no slices).
+    Snapshot,
 }
 
 /// A plan and the version and digest it takes the agent to.
@@ -204,14 +202,14 @@ impl Session {
     pub fn plan(&mut self, view: &impl NodeView) -> Option<Planned> {
         let (desired, digest) = view.desired(&self.node);
         let plan = match self.holds {
-            Knowledge::Unknown => Plan::Snapshot(view.slice(&self.node)),
+            Knowledge::Unknown => Plan::Snapshot,
             Knowledge::Holds(v, d) if v == desired && d == digest => Plan::Empty {
                 from: v,
                 to: v,
                 digest: d,
             },
             // An agent that holds nothing yet gets its slice whole.
-            Knowledge::Holds(0, _) => Plan::Snapshot(view.slice(&self.node)),
+            Knowledge::Holds(0, _) => Plan::Snapshot,
             Knowledge::Holds(v, d) => match view.catch_up(&self.node, v, &d) {
                 Some(Catchup::UpToDate) => Plan::Empty {
                     from: desired,
@@ -227,7 +225,7 @@ impl Session {
                     to: desired,
                     digest,
                 },
-                None => Plan::Snapshot(view.slice(&self.node)),
+                None => Plan::Snapshot,
             },
         };
         if let Plan::Empty { from, to, digest } = plan {
@@ -314,14 +312,14 @@ impl Session {
     }
 }
 
-/// The message `planned` means for `node`, and the version and digest it takes the agent to
-/// (a chain that does not compose goes as the slice `latest` reads then, with its version and
-/// digest: the state may have moved on since the plan).
-pub fn encode(
-    node: &Name,
-    planned: Planned,
-    latest: impl FnOnce() -> (u64, Digest, NodeSlice),
-) -> (Encoded, Kind, u64, Digest) {
+/// What to send, encoded: a message, the kind it is, and the version and digest it takes the
+/// agent to.
+pub type Message = (Encoded, Kind, u64, Digest);
+
+/// The message `planned` means for `node`, or `None` when it is the node's whole slice (a
+/// snapshot was planned, or a chain does not compose): the shell reads the latest slice and
+/// sends it with [`snapshot`] (the state may have moved on since the plan).
+pub fn encode(node: &Name, planned: Planned) -> Option<Message> {
     let Planned {
         plan,
         desired,
@@ -331,32 +329,31 @@ pub fn encode(
         encode::update(node, from, to, digest, delta, &mut SharedParts::default())
     };
     match plan {
-        Plan::Empty { from, to, digest } => (
+        Plan::Empty { from, to, digest } => Some((
             update(from, to, &digest, &SliceDelta::default()),
             Kind::Update,
             desired,
             digest,
-        ),
-        Plan::Recorded(entry) => (entry.encoded, Kind::Update, desired, digest),
+        )),
+        Plan::Recorded(entry) => Some((entry.encoded, Kind::Update, desired, digest)),
         Plan::Chain(entries) => {
             let from = entries.first().expect("a chain").from;
             let last = entries.last().expect("a chain");
-            match compose_chain(&entries) {
-                Some(delta) => (
-                    update(from, last.to, &last.digest, &delta),
-                    Kind::Update,
-                    desired,
-                    digest,
-                ),
-                None => {
-                    let (desired, digest, slice) = latest();
-                    (encode::snapshot(&slice), Kind::Snapshot, desired, digest)
-                }
-            }
+            let delta = compose_chain(&entries)?;
+            Some((
+                update(from, last.to, &last.digest, &delta),
+                Kind::Update,
+                desired,
+                digest,
+            ))
         }
-        // Taken under the same lock as `desired` and `digest`: consistent.
-        Plan::Snapshot(slice) => (encode::snapshot(&slice), Kind::Snapshot, desired, digest),
+        Plan::Snapshot => None,
     }
+}
+
+/// The snapshot message of `slice`, at `version` with `digest`.
+pub fn snapshot(version: u64, digest: Digest, slice: &NodeSlice) -> Message {
+    (encode::snapshot(slice), Kind::Snapshot, version, digest)
 }
 
 #[cfg(test)]

@@ -158,6 +158,15 @@ impl Cluster {
         }
     }
 
+    /// Ask the replica's apply thread about its applied state (this thread waits: tests
+    /// only).
+    pub fn state<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&palisade_controller::applied::State) -> R + Send + 'static,
+    ) -> R {
+        self.hub().ask_blocking(f).expect("the replica runs")
+    }
+
     pub fn hub(&self) -> &Arc<Hub> {
         &self
             .controller
@@ -298,7 +307,7 @@ impl Cluster {
     }
 
     pub fn revision(&self) -> u64 {
-        self.hub().read(|st| st.revision())
+        self.hub().view().revision()
     }
 
     /// Wait until `revision` is realized.
@@ -342,7 +351,7 @@ impl Cluster {
 
     /// Wait until `node`'s agent holds the node's desired version and the controller knows it.
     pub async fn in_sync(&self, node: &str) {
-        let (version, digest) = self.hub().read(|st| st.desired(node));
+        let (version, digest) = self.hub().view().desired(node);
         self.agent_until(node, "in sync", |s| {
             s.phase == Phase::Synced && s.version == version && s.digest == digest
         })

@@ -26,7 +26,7 @@ use crate::manifests;
 use crate::synth::Rng;
 
 /// How soon a replica is asked again whether it holds a change yet, doubling up to
-/// [`MAX_POLL`] (the questions take the replica's state lock).
+/// [`MAX_POLL`] (each question waits its turn on the replica's apply thread).
 const POLL: Duration = Duration::from_millis(2);
 const MAX_POLL: Duration = Duration::from_millis(32);
 

@@ -1,21 +1,17 @@
-//! The stream's protocol, stepped against a real applied state (a hub fed batches as the
-//! apply thread feeds it), with time passed in.
+//! The stream's protocol, stepped against a real applied state (fed batches as the apply
+//! thread feeds it, read through the view it publishes), with time passed in.
 
 use std::time::{Duration, Instant};
 
+use super::*;
+use crate::hub::fixture::Applied;
+use crate::testing::{batch, pod, SHOP};
 use palisade_policy::model::Name;
 use palisade_policy::{Digest, NodeSlice};
-use palisade_replica::Machine;
 
-use super::*;
-use crate::history::Limits;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::testing::{batch, pod, SHOP};
-
-/// A hub where node n1 changed at revisions 2 (shop, pod a), 3 (pod b) and 4 (pod c).
-fn hub() -> Hub {
-    let hub = Hub::new(1, Machine::new(), Limits::default(), Metrics::new());
+/// A state where node n1 changed at revisions 2 (shop, pod a), 3 (pod b) and 4 (pod c).
+fn hub() -> Applied {
+    let mut hub = Applied::new(1);
     hub.apply(&[(1, None), (2, Some(batch(SHOP)))]);
     hub.apply(&[(3, Some(batch(&pod("b", "n1", "10.0.0.2"))))]);
     hub.apply(&[(4, Some(batch(&pod("c", "n1", "10.0.0.3"))))]);
@@ -26,19 +22,19 @@ fn n1() -> Name {
     "n1".into()
 }
 
-fn desired(hub: &Hub) -> (u64, Digest) {
-    hub.read(|st| st.desired("n1"))
+fn desired(hub: &Applied) -> (u64, Digest) {
+    hub.view().desired("n1")
 }
 
-fn digest_at(hub: &Hub, v: u64) -> Digest {
-    hub.read(|st| st.digest_at("n1", v)).expect("known")
+fn digest_at(hub: &Applied, v: u64) -> Digest {
+    hub.view().digest_at("n1", v).expect("known")
 }
 
 /// Plan and record the send, as the shell does.
-fn send(s: &mut Session, hub: &Hub, now: Instant) -> Option<(Kind, u64, Sent)> {
-    let planned = hub.read(|st| s.plan(st))?;
+fn send(s: &mut Session, hub: &Applied, now: Instant) -> Option<(Kind, u64, Sent)> {
+    let planned = s.plan(&*hub.view())?;
     let kind = match planned.plan {
-        Plan::Snapshot(_) => Kind::Snapshot,
+        Plan::Snapshot => Kind::Snapshot,
         _ => Kind::Update,
     };
     let sent = s.sent(kind, planned.desired, planned.digest, now);
@@ -47,12 +43,12 @@ fn send(s: &mut Session, hub: &Hub, now: Instant) -> Option<(Kind, u64, Sent)> {
 
 #[test]
 fn a_new_agent_gets_its_slice_whole_then_each_change_as_recorded() {
-    let hub = hub();
+    let mut hub = hub();
     let now = Instant::now();
     let mut s = Session::new(n1(), Knowledge::Holds(0, NodeSlice::empty("n1").digest()));
     assert!(s.due(4, now), "the Hello is always answered");
     assert_eq!(
-        hub.read(|st| s.hello_ack(st)),
+        s.hello_ack(&*hub.view()),
         None,
         "holding nothing acks nothing"
     );
@@ -75,7 +71,7 @@ fn a_new_agent_gets_its_slice_whole_then_each_change_as_recorded() {
 
     hub.apply(&[(5, Some(batch(&pod("d", "n1", "10.0.0.4"))))]);
     assert!(s.due(5, now));
-    let planned = hub.read(|st| s.plan(st)).unwrap();
+    let planned = s.plan(&*hub.view()).unwrap();
     match &planned.plan {
         Plan::Recorded(e) => assert_eq!((e.from, e.to), (4, 5)),
         other => panic!("expected the recorded update 4→5, got {other:?}"),
@@ -93,11 +89,11 @@ fn an_agent_resuming_at_the_latest_version_is_confirmed_with_nothing_to_apply() 
     let now = Instant::now();
     let mut s = Session::new(n1(), Knowledge::Holds(v, d));
     assert_eq!(
-        hub.read(|st| s.hello_ack(st)),
+        s.hello_ack(&*hub.view()),
         Some((v, d)),
         "the Hello is an ack"
     );
-    let planned = hub.read(|st| s.plan(st)).unwrap();
+    let planned = s.plan(&*hub.view()).unwrap();
     assert!(
         matches!(planned.plan, Plan::Empty { from, to, .. } if from == v && to == v),
         "{planned:?}"
@@ -107,7 +103,7 @@ fn an_agent_resuming_at_the_latest_version_is_confirmed_with_nothing_to_apply() 
     s.acked(v, now);
     assert!(!s.due(v, now));
     assert!(
-        hub.read(|st| s.plan(st)).is_none(),
+        s.plan(&*hub.view()).is_none(),
         "caught up: nothing more to confirm"
     );
 }
@@ -117,7 +113,7 @@ fn an_agent_resuming_behind_gets_the_updates_since_its_version() {
     let hub = hub();
     let now = Instant::now();
     let mut s = Session::new(n1(), Knowledge::Holds(2, digest_at(&hub, 2)));
-    let planned = hub.read(|st| s.plan(st)).unwrap();
+    let planned = s.plan(&*hub.view()).unwrap();
     match &planned.plan {
         Plan::Chain(entries) => assert_eq!(
             entries.iter().map(|e| (e.from, e.to)).collect::<Vec<_>>(),
@@ -132,7 +128,7 @@ fn an_agent_resuming_behind_gets_the_updates_since_its_version() {
     // One version behind: the one recorded update.
     let mut s = Session::new(n1(), Knowledge::Holds(3, digest_at(&hub, 3)));
     assert!(matches!(
-        hub.read(|st| s.plan(st)).unwrap().plan,
+        s.plan(&*hub.view()).unwrap().plan,
         Plan::Recorded(_)
     ));
 }
@@ -143,15 +139,12 @@ fn what_the_history_cannot_vouch_for_gets_a_snapshot_unless_the_content_is_the_s
     let (v, d) = desired(&hub);
     // A version the history never held, with another digest: a snapshot.
     let mut s = Session::new(n1(), Knowledge::Holds(99, Digest([7; 32])));
-    assert_eq!(hub.read(|st| s.hello_ack(st)), None);
-    assert!(matches!(
-        hub.read(|st| s.plan(st)).unwrap().plan,
-        Plan::Snapshot(_)
-    ));
+    assert_eq!(s.hello_ack(&*hub.view()), None);
+    assert!(matches!(s.plan(&*hub.view()).unwrap().plan, Plan::Snapshot));
     // The same content under another version (a controller restarted): moved to the
     // current version without any policy.
     let mut s = Session::new(n1(), Knowledge::Holds(99, d));
-    let planned = hub.read(|st| s.plan(st)).unwrap();
+    let planned = s.plan(&*hub.view()).unwrap();
     assert!(
         matches!(planned.plan, Plan::Empty { from: 99, to, .. } if to == v),
         "{planned:?}"
@@ -200,7 +193,7 @@ fn divergent_acks_get_snapshots_with_a_growing_back_off() {
 
 #[test]
 fn a_refused_snapshot_is_not_sent_again_until_the_node_changes() {
-    let hub = hub();
+    let mut hub = hub();
     let now = Instant::now();
     let mut s = Session::new(n1(), Knowledge::Holds(0, NodeSlice::empty("n1").digest()));
     send(&mut s, &hub, now).unwrap();
