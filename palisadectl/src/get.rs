@@ -4,14 +4,12 @@
 //! each: a pod's address, node and labels; a namespace's labels; a policy's pod selector and
 //! the rules of each direction it enforces.
 
-use std::fmt::Write as _;
-
 use palisade_policy::k8s::Kind;
 use palisade_policy::model::{self, Direction, Labels};
 use palisade_proto::v1 as pb;
 use serde_json::{json, Value};
 
-use crate::output::Output;
+use crate::output::{Output, Table};
 use crate::remote::{client, Conn, RemoteError};
 
 /// What `get` found: the text to print, and whether every object asked for is held.
@@ -68,56 +66,29 @@ pub async fn get(
             all_found,
         });
     }
-    let mut rows: Vec<Vec<String>> = vec![["KIND", "NAME", "OWNER"]
-        .into_iter()
-        .chain(
-            if output.wide() {
-                wide_header(kind)
-            } else {
-                &[]
-            }
-            .iter()
-            .copied(),
-        )
-        .map(String::from)
-        .collect()];
+    let mut table = Table::new(output).text("KIND").text("NAME").text("OWNER");
+    for name in wide_header(kind) {
+        table = table.wide_text(name);
+    }
     for o in &r.objects {
         let owner = if o.found {
             o.owner.as_str()
         } else {
             "(not found)"
         };
-        let mut row = vec![o.kind.clone(), o.name.clone(), owner.to_string()];
-        if output.wide() && o.found {
-            row.extend(wide_columns(kind, &o.json));
-        }
-        rows.push(row);
+        let wide = if output.wide() && o.found {
+            wide_columns(kind, &o.json)
+        } else {
+            Vec::new()
+        };
+        table.row(
+            [o.kind.clone(), o.name.clone(), owner.to_string()]
+                .into_iter()
+                .chain(wide),
+        );
     }
-    let text = format!("revision {}\n{}", r.revision, columns(&rows));
+    let text = format!("revision {}\n{}", r.revision, table.render());
     Ok(Got { text, all_found })
-}
-
-/// Rows as columns two spaces apart, each as wide as its widest cell (the last unpadded).
-fn columns(rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = Vec::new();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            let w = cell.chars().count();
-            match widths.get_mut(i) {
-                Some(max) => *max = (*max).max(w),
-                None => widths.push(w),
-            }
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:width$}  ");
-        }
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-    out
 }
 
 /// The columns `-o wide` adds for `kind`.
@@ -195,14 +166,5 @@ mod tests {
             vec!["10.0.0.5", "node-1", "app=web"]
         );
         assert_eq!(wide_columns(Kind::Pod, "{}"), vec!["?"]);
-        // Columns as wide as their widest cell, the header included.
-        let rows = [
-            vec!["KIND".to_string(), "NAME".into(), "IP".into()],
-            vec!["Pod".into(), "a-very-long-name".into(), "10.0.0.5".into()],
-        ];
-        assert_eq!(
-            columns(&rows),
-            "KIND  NAME              IP\nPod   a-very-long-name  10.0.0.5\n"
-        );
     }
 }

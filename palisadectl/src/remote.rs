@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use crate::fresh::{self, ReadArgs};
-use crate::output::{in_namespace, Output};
+use crate::output::{in_namespace, Output, Table};
 use crate::show;
 
 mod rejected_report;
@@ -42,6 +42,23 @@ impl Conn {
             key: Some(certs.join(format!("operator-{name}-key.pem"))),
             server_name: None,
             insecure: false,
+        }
+    }
+
+    /// Plaintext to `controller` (`http://` is added to a bare HOST:PORT), said explicitly.
+    pub fn insecure(controller: &str) -> Conn {
+        let controller = if controller.contains("://") {
+            controller.to_string()
+        } else {
+            format!("http://{controller}")
+        };
+        Conn {
+            controller,
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: None,
+            insecure: true,
         }
     }
 }
@@ -257,68 +274,44 @@ pub async fn nodes(
         out.push_str("no node matches\n");
         return Ok(out);
     }
-    let width = r
-        .nodes
-        .iter()
-        .map(|n| n.node.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let agent_width = r
-        .nodes
-        .iter()
-        .map(|n| n.agent_version.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    let wide = |lag: &str, agent: &str, digest: &str| {
-        if output.wide() {
-            format!("{lag:>7}  {agent:<agent_width$}  {digest:<16}  ")
-        } else {
-            String::new()
-        }
-    };
-    let _ = writeln!(
-        out,
-        "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  {}NACK",
-        "NODE",
-        "DESIRED",
-        "ACKED",
-        "LAG",
-        "CONNECTED",
-        "DATAPLANE",
-        "PODS",
-        "ENDPOINTS",
-        "SETS",
-        "FAILED-CLOSED",
-        wide("LAG-S", "AGENT", "ACKED-DIGEST"),
-    );
+    let mut table = Table::new(output)
+        .text("NODE")
+        .number("DESIRED")
+        .number("ACKED")
+        .number("LAG")
+        .text("CONNECTED")
+        .text("DATAPLANE")
+        .number("PODS")
+        .number("ENDPOINTS")
+        .number("SETS")
+        .number("FAILED-CLOSED")
+        .wide_number("LAG-S")
+        .wide_text("AGENT")
+        .wide_text("ACKED-DIGEST")
+        .text("NACK");
     for n in &r.nodes {
-        let _ = writeln!(
-            out,
-            "{:width$}  {:>8}  {:>8}  {:>5}  {:>9}  {:<21}  {:>5}  {:>9}  {:>5}  {:>13}  {}{}",
-            n.node,
-            n.desired_version,
-            n.acked_version,
-            n.lag_revisions,
+        table.row([
+            n.node.clone(),
+            n.desired_version.to_string(),
+            n.acked_version.to_string(),
+            n.lag_revisions.to_string(),
             connected_shown(n),
-            dataplane_shown(n.dataplane),
-            n.pods,
-            n.endpoints,
-            n.sets,
-            n.failed_closed.len(),
-            wide(
-                &format!("{:.1}", n.lag_seconds),
-                if n.agent_version.is_empty() {
-                    "-"
-                } else {
-                    &n.agent_version
-                },
-                short(&n.acked_digest)
-            ),
-            n.nack_error
-        );
+            dataplane_shown(n.dataplane).to_string(),
+            n.pods.to_string(),
+            n.endpoints.to_string(),
+            n.sets.to_string(),
+            n.failed_closed.len().to_string(),
+            format!("{:.1}", n.lag_seconds),
+            if n.agent_version.is_empty() {
+                "-".to_string()
+            } else {
+                n.agent_version.clone()
+            },
+            short(&n.acked_digest).to_string(),
+            n.nack_error.clone(),
+        ]);
     }
+    out.push_str(&table.render());
     Ok(out)
 }
 

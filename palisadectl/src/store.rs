@@ -9,7 +9,7 @@ use palisade_proto::v1::admin_client::AdminClient;
 use palisade_proto::v1::{self as pb};
 use serde_json::{json, Value};
 
-use crate::output::Output;
+use crate::output::{Output, Table};
 use crate::remote::{self, Conn, RemoteError};
 
 /// What to send.
@@ -120,27 +120,18 @@ pub async fn replicas(conn: &Conn, output: Output) -> Result<String, RemoteError
         let v = json!({"self": r.self_id, "leader": r.leader, "term": r.term, "replicas": list});
         return Ok(serde_json::to_string_pretty(&v).expect("serialisable") + "\n");
     }
-    let mut out = String::new();
-    let wide = |snapshot: &str, matched: &str| {
-        if output.wide() {
-            format!("{snapshot:>9} {matched:>9} ")
-        } else {
-            String::new()
-        }
-    };
-    let _ = writeln!(
-        out,
-        "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7} {} NOTE",
-        "ID",
-        "ADDRESS",
-        "ROLE",
-        "TERM",
-        "COMMIT",
-        "APPLIED",
-        "LAST-CONTACT",
-        "AGENTS",
-        wide("SNAPSHOT", "MATCHED"),
-    );
+    let mut table = Table::new(output)
+        .number("ID")
+        .text("ADDRESS")
+        .text("ROLE")
+        .number("TERM")
+        .number("COMMIT")
+        .number("APPLIED")
+        .text("LAST-CONTACT")
+        .number("AGENTS")
+        .wide_number("SNAPSHOT")
+        .wide_number("MATCHED")
+        .text("NOTE");
     for s in &r.replicas {
         let contact = match (s.id == r.self_id, s.last_contact_ms) {
             (true, _) => "self".to_string(),
@@ -154,25 +145,25 @@ pub async fn replicas(conn: &Conn, output: Output) -> Result<String, RemoteError
         if !s.refusing_agents.is_empty() {
             note = format!("refusing agents: {}", s.refusing_agents);
         }
-        let _ = writeln!(
-            out,
-            "{:<4} {:<22} {:<12} {:>6} {:>9} {:>9} {:>12} {:>7} {} {}",
-            s.id,
+        table.row([
+            s.id.to_string(),
             if s.address.is_empty() {
-                "-"
+                "-".to_string()
             } else {
-                &s.address
+                s.address.clone()
             },
-            s.role,
-            s.term,
-            s.commit,
-            s.applied,
+            s.role.clone(),
+            s.term.to_string(),
+            s.commit.to_string(),
+            s.applied.to_string(),
             contact,
-            s.agents,
-            wide(&dash(s.snapshot), &dash(s.matched)),
-            note
-        );
+            s.agents.to_string(),
+            dash(s.snapshot),
+            dash(s.matched),
+            note,
+        ]);
     }
+    let mut out = table.render();
     if r.leader == 0 {
         let _ = writeln!(
             out,
@@ -199,12 +190,14 @@ fn dash(index: u64) -> String {
 /// The Kubernetes source's watches as a table: state and for how long, objects, last event.
 fn watches_table(watches: &[pb::WatchStatus]) -> String {
     let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<14} {:<20} {:>9} {:>9} {:>8} {:>11}  ERROR",
-        "KIND", "STATE", "OBJECTS", "REJECTED", "RELISTS", "LAST-EVENT"
-    );
+    let mut table = Table::new(Output::Table)
+        .text("KIND")
+        .text("STATE")
+        .number("OBJECTS")
+        .number("REJECTED")
+        .number("RELISTS")
+        .text("LAST-EVENT")
+        .text("ERROR");
     for w in watches {
         let state = match w.state.as_str() {
             "backing-off" => format!("backing-off ({} left)", secs(w.retry_in_ms)),
@@ -213,11 +206,15 @@ fn watches_table(watches: &[pb::WatchStatus]) -> String {
         let last = w
             .last_event_ms
             .map_or("never".to_string(), |ms| format!("{} ago", secs(ms)));
-        let _ = writeln!(
-            out,
-            "{:<14} {:<20} {:>9} {:>9} {:>8} {:>11}  {}",
-            w.kind, state, w.objects, w.rejected, w.relists, last, w.error
-        );
+        table.row([
+            w.kind.clone(),
+            state,
+            w.objects.to_string(),
+            w.rejected.to_string(),
+            w.relists.to_string(),
+            last,
+            w.error.clone(),
+        ]);
     }
-    out
+    table.render()
 }
