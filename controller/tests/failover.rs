@@ -504,14 +504,14 @@ async fn a_paused_leader_is_left_in_seconds_and_never_calls_old_state_current() 
 
 /// How many agents stream from each replica, by the address each agent says it uses.
 fn spread(r: &Replicas, agents: &Agents) -> BTreeMap<u64, usize> {
-    let mut on: BTreeMap<u64, usize> = r.ports.keys().map(|id| (*id, 0)).collect();
+    let mut on: BTreeMap<u64, usize> = r.ids().into_iter().map(|id| (id, 0)).collect();
     for s in agents.now().values().filter(|s| s.phase == Phase::Synced) {
         if let Some(id) = r
-            .ports
-            .keys()
-            .find(|id| s.controller.contains(&r.addr(**id)))
+            .ids()
+            .into_iter()
+            .find(|id| s.controller.contains(&r.addr(*id)))
         {
-            *on.get_mut(id).unwrap() += 1;
+            *on.get_mut(&id).unwrap() += 1;
         }
     }
     on
@@ -558,7 +558,7 @@ async fn agents_crowded_onto_two_replicas_spread_back_once_the_third_returns() {
     })
     .await;
     // A follower goes (no election), and its agents move to the two others.
-    let victim = *r.ports.keys().find(|id| **id != leader).unwrap();
+    let victim = r.ids().into_iter().find(|id| *id != leader).unwrap();
     assert!(on[&victim] > 0, "{on:?}");
     r.kill(victim);
     spread_until(&r, &agents, "agents off the killed replica", |on| {
@@ -575,9 +575,9 @@ async fn agents_crowded_onto_two_replicas_spread_back_once_the_third_returns() {
     agents.never_went_back();
     // Only rebalancing sends agents back: they never move off a working replica by themselves.
     assert!(
-        r.ports
-            .keys()
-            .any(|id| r.log(*id).contains("more than its share of the agents")),
+        r.ids()
+            .into_iter()
+            .any(|id| r.log(id).contains("more than its share of the agents")),
         "no replica says it sent agents away"
     );
 }

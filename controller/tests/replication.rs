@@ -124,7 +124,7 @@ async fn only_replica_certificates_speak_raft_and_only_as_themselves() {
             key: read(key),
             domain: None,
         };
-        let addr = format!("127.0.0.1:{}", r.ports[&target]);
+        let addr = r.addr(target);
         async move {
             let ep = endpoint::endpoint(
                 &addr,

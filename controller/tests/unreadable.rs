@@ -84,14 +84,7 @@ async fn an_unreadable_directory_is_reported_at_once_and_keeps_what_it_held() {
         cmd.spawn()
             .expect("setpriv (util-linux) runs the controller"),
     );
-    let conn = Conn {
-        controller: format!("http://127.0.0.1:{port}"),
-        ca: None,
-        cert: None,
-        key: None,
-        server_name: None,
-        insecure: true,
-    };
+    let conn = Conn::insecure(&format!("127.0.0.1:{port}"));
     let deadline = Instant::now() + WAIT;
     while !policy_held(&conn).await {
         assert!(Instant::now() < deadline, "the policy never applied");

@@ -91,14 +91,7 @@ pub fn run(
                 .context("cannot start palisade-agent")?,
         );
     }
-    let conn = Conn {
-        controller: format!("http://{addr}"),
-        ca: None,
-        cert: None,
-        key: None,
-        server_name: None,
-        insecure: true,
-    };
+    let conn = Conn::insecure(&addr);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

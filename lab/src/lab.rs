@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use palisadectl::remote::{self, Conn};
 use crate::probe::{self, Flow};
 use crate::topology::{PodSpec, Topology};
 use crate::LabError;
+use palisade_procs::{Group, Member, Security, Spec, Start};
 use palisadectl::output::Output;
 
 /// Where each agent serves its metrics, inside its node's network namespace.
@@ -38,13 +39,8 @@ pub struct LabOptions {
 impl LabOptions {
     /// Binaries beside the running executable (or one level up, from `target/*/deps`).
     pub fn beside_executable() -> LabOptions {
-        let exe = std::env::current_exe().unwrap_or_default();
-        let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        if dir.ends_with("deps") {
-            dir.pop();
-        }
         LabOptions {
-            bin_dir: dir,
+            bin_dir: palisade_procs::beside_executable(),
             agent_args: Vec::new(),
             extra_nodes: Vec::new(),
             replicas: 1,
@@ -59,7 +55,9 @@ pub struct Lab {
     /// Introspection of one live replica (see [`Lab::use_replica`]).
     pub conn: Conn,
     opts: LabOptions,
-    controllers: BTreeMap<u64, Child>,
+    /// The controller replicas (started, killed and stopped by the one kit every runner of
+    /// replicas shares).
+    controllers: Group,
     agents: BTreeMap<String, Child>,
     runtime: tokio::runtime::Runtime,
     port: u16,
@@ -121,20 +119,26 @@ impl Lab {
             .enable_all()
             .build()
             .map_err(io("start a runtime"))?;
+        let controllers = Group::new(Spec {
+            bin: opts.bin_dir.join("palisade-controller"),
+            // Plaintext on the lab's own network (namespaces on this machine), said
+            // explicitly.
+            security: Security::Insecure { remote: true },
+            args: vec![
+                "--rescan".into(),
+                "1s".into(),
+                "--manifests".into(),
+                manifests_dir.clone().into(),
+            ],
+            log_filter: "info".into(),
+        });
         let mut lab = Lab {
-            conn: Conn {
-                controller: format!("http://{}:{port}", topology.gateway),
-                ca: None,
-                cert: None,
-                key: None,
-                server_name: None,
-                insecure: true,
-            },
+            conn: Conn::insecure(&format!("{}:{port}", topology.gateway)),
             topology,
             dir,
             manifests: manifests_dir,
             opts,
-            controllers: BTreeMap::new(),
+            controllers,
             agents: BTreeMap::new(),
             runtime,
             port,
@@ -228,61 +232,40 @@ impl Lab {
     }
 
     fn start_controller(&mut self, replica: u64) -> Result<(), LabError> {
-        let mut cmd = Command::new(self.opts.bin_dir.join("palisade-controller"));
-        // Plaintext on the lab's own network (namespaces on this machine), said explicitly.
-        cmd.args([
-            "--insecure",
-            "--insecure-allow-remote",
-            "--rescan",
-            "1s",
-            "--manifests",
-        ])
-        .arg(&self.manifests)
-        .arg("--listen")
-        .arg(format!(
-            "{}:{}",
-            self.topology.gateway,
-            self.port_of(replica)
-        ))
-        .arg("--metrics-listen")
-        .arg(format!(
-            "{}:{}",
-            self.topology.gateway,
-            self.port_of(replica) + 1000
-        ))
-        .arg("--state-dir")
-        .arg(self.dir.join(self.controller_log(replica)))
-        .stdout(Stdio::null())
-        .stderr(self.log(&self.controller_log(replica))?);
-        if self.opts.replicas > 1 {
-            let peers: Vec<String> = (1..=self.opts.replicas)
-                .map(|r| format!("{r}={}:{}", self.topology.gateway, self.port_of(r)))
-                .collect();
-            cmd.arg("--id")
-                .arg(replica.to_string())
-                .arg("--peers")
-                .arg(peers.join(","))
-                // A new group on first start; ignored once a directory holds it.
-                .arg("--bootstrap");
+        // Every replica of the lab's group, as its peers name it (the same each time).
+        for r in 1..=self.opts.replicas {
+            let addr = format!("{}:{}", self.topology.gateway, self.port_of(r));
+            let name = self.controller_log(r);
+            self.controllers.add(
+                r,
+                Member {
+                    listen: addr.clone(),
+                    reached: addr,
+                    metrics: Some(format!(
+                        "{}:{}",
+                        self.topology.gateway,
+                        self.port_of(r) + 1000
+                    )),
+                    state: self.dir.join(&name),
+                    log: self.dir.join(format!("{name}.log")),
+                    wrap: Vec::new(),
+                },
+            );
         }
-        let child = cmd
-            .spawn()
+        self.controllers
+            .start(replica, Start::default())
             .map_err(|e| LabError::Command(format!("start palisade-controller: {e}")))?;
-        self.controllers.insert(replica, child);
         Ok(())
     }
 
     /// SIGKILL replica `replica` (no goodbye to anyone).
     pub fn kill_controller(&mut self, replica: u64) {
-        if let Some(mut c) = self.controllers.remove(&replica) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.controllers.kill(replica);
     }
 
     /// Replicas running.
     pub fn controllers_alive(&self) -> Vec<u64> {
-        self.controllers.keys().copied().collect()
+        self.controllers.alive()
     }
 
     /// Ask replica `replica` from now on.
@@ -292,16 +275,9 @@ impl Lab {
 
     /// Replica `replica`'s Prometheus metrics.
     pub fn controller_metrics(&self, replica: u64) -> Result<String, LabError> {
-        use std::io::{Read, Write};
         let addr = format!("{}:{}", self.topology.gateway, self.port_of(replica) + 1000);
-        let fetch = || -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(&addr)?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        };
-        fetch().map_err(|e| LabError::Probe(format!("metrics of replica {replica}: {e}")))
+        palisade_procs::http_get(&addr, "/metrics")
+            .map_err(|e| LabError::Probe(format!("metrics of replica {replica}: {e}")))
     }
 
     /// Start (or restart) the agent of `node` with the eBPF dataplane.
@@ -363,15 +339,15 @@ impl Lab {
 
     /// Stop the agent of `node` (SIGTERM, then wait): its pinned programs and maps stay.
     pub fn stop_agent(&mut self, node: &str) {
-        if let Some(mut c) = self.agents.remove(node) {
-            terminate(&mut c);
+        if let Some(c) = self.agents.remove(node) {
+            terminate(c);
         }
     }
 
     /// Stop every controller replica: agents keep enforcing what they hold.
     pub fn stop_controller(&mut self) {
-        for (_, mut c) in std::mem::take(&mut self.controllers) {
-            terminate(&mut c);
+        for id in self.controllers.alive() {
+            self.controllers.stop(id, STOP_GRACE);
         }
     }
 
@@ -540,18 +516,11 @@ impl Lab {
     }
 }
 
-fn terminate(c: &mut Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = c.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
+/// How long a process is given to end after SIGTERM, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+fn terminate(c: Child) {
+    palisade_procs::stop(c, STOP_GRACE);
 }
 
 impl Drop for Lab {

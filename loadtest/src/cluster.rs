@@ -145,7 +145,7 @@ pub async fn run(o: &ClusterOptions, progress: &dyn Fn(&str)) -> anyhow::Result<
         }
     }
     let handle = replicas.lock().expect("replicas").handle();
-    let leader = handle.leader(Duration::from_secs(60)).await?;
+    let leader = replicas::leader(&handle, Duration::from_secs(60)).await?;
     progress(&format!("replica {leader} leads"));
 
     // The initial load.

@@ -5,8 +5,8 @@
 //! controller's own event-to-commit histogram); a burst of status-only pod updates (which
 //! must propose nothing); the controller's peak RSS.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palisade_kube_emulator::{Emulator, Resource};
@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::compile::{peak_rss_of, percentiles, Percentiles};
 use crate::failover::{histogram_between, Staleness};
 use crate::raft::ms;
-use crate::replicas::{free_port, http_get, sum, until};
+use crate::replicas::{sum, until};
 use crate::synth::{self, Shape};
 use crate::{fleet, manifests};
+use palisade_procs::{Group, Member, Security, Spec, Start};
 
 pub struct KubeOptions {
     pub shape: Shape,
@@ -75,54 +76,47 @@ pub(crate) fn resource(c: &Change) -> Resource {
     }
 }
 
+/// The one controller the Kubernetes load test runs (a group of one, plaintext on loopback),
+/// started by the kit every runner of replicas shares.
 struct Controller {
-    child: Child,
-    grpc: String,
-    metrics: String,
-    log: PathBuf,
+    group: Group,
 }
 
 impl Controller {
     fn spawn(o: &KubeOptions, dir: &Path, kubeconfig: &Path) -> anyhow::Result<Controller> {
-        let bin = &o.bin_dir;
-        let port = free_port()?;
-        let metrics = format!("127.0.0.1:{}", free_port()?);
-        let log = dir.join("controller.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(bin.join("palisade-controller"))
-            .arg("--insecure")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &metrics])
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args([
-                "--kube-batch-delay",
-                &format!("{}ms", o.batch_delay.as_millis()),
-            ])
-            .args(&o.controller_args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot start {}: {e}",
-                    bin.join("palisade-controller").display()
-                )
-            })?;
-        Ok(Controller {
-            child,
-            grpc: format!("127.0.0.1:{port}"),
-            metrics,
-            log,
-        })
+        let bin = o.bin_dir.join("palisade-controller");
+        let mut args: Vec<OsString> = vec![
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+            "--kube-batch-delay".into(),
+            format!("{}ms", o.batch_delay.as_millis()).into(),
+        ];
+        args.extend(o.controller_args.iter().map(OsString::from));
+        let mut group = Group::new(Spec {
+            bin: bin.clone(),
+            security: Security::Insecure { remote: false },
+            args,
+            log_filter: "info".into(),
+        });
+        let mut member = Member::loopback(dir, 1)?;
+        (member.state, member.log) = (dir.join("state"), dir.join("controller.log"));
+        group.add(1, member);
+        group
+            .start(1, Start::default())
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+        Ok(Controller { group })
+    }
+
+    fn grpc(&self) -> String {
+        self.group.addr(1)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.group.pid(1)
     }
 
     fn page(&self) -> String {
-        http_get(&self.metrics, "/metrics").unwrap_or_default()
+        self.group.metrics(1)
     }
 
     fn metric(&self, name: &str) -> f64 {
@@ -130,16 +124,7 @@ impl Controller {
     }
 
     fn tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.group.tail(1, 20)
     }
 }
 
@@ -204,7 +189,7 @@ pub async fn run(o: &KubeOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Kub
     let nodes: Vec<String> = (0..o.event_nodes.max(1)).map(synth::node_name).collect();
     let mut agents = fleet::start(
         &nodes,
-        &controller.grpc,
+        &controller.grpc(),
         None,
         &dir.path().join("agents"),
         &shutdown,
@@ -269,7 +254,7 @@ pub async fn run(o: &KubeOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Kub
         - ignored_before) as u64;
     let status_update_revisions =
         (controller.metric("palisade_revision ") - revision_before) as u64;
-    let controller_peak_rss_bytes = peak_rss_of(controller.child.id());
+    let controller_peak_rss_bytes = controller.pid().map_or(0, peak_rss_of);
     shutdown.cancel();
     fleet::stop_all(&mut agents).await;
     Ok(KubeReport {

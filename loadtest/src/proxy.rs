@@ -18,9 +18,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listen on a free loopback port, forwarding to `target`.
+    /// Listen on a free loopback port below the ephemeral range (healing listens on it again,
+    /// and no outgoing connection can have taken it meanwhile), forwarding to `target`.
     pub async fn start(target: String) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        let port = palisade_procs::free_port(lo.into())?;
+        let listener = TcpListener::bind((lo, port)).await?;
         let addr = listener.local_addr()?;
         let (cut, cut_rx) = watch::channel(false);
         let stop = CancellationToken::new();

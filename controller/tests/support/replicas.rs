@@ -1,15 +1,17 @@
 //! Controller replicas as real processes of the `palisade-controller` binary, over loopback
 //! with mTLS (replica certificates), each with its own state directory and log file; killed
-//! with SIGKILL and restarted from their data directories. Operators talk to them through
-//! `palisadectl`'s library (the same code as the command line).
+//! with SIGKILL and restarted from their data directories, through `palisade_procs` (the one
+//! kit the lab and the load test use too). Operators talk to them through `palisadectl`'s
+//! library (the same code as the command line).
 
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use palisade_procs::{Group, Member, Rule, Security, Spec, Start};
 use palisadectl::output::Output;
 use palisadectl::remote::Conn;
 use palisadectl::store;
@@ -28,8 +30,7 @@ use watchdog::{bounded, Watchdog};
 
 pub struct Replicas {
     pub dir: tempfile::TempDir,
-    pub ports: BTreeMap<u64, u16>,
-    children: BTreeMap<u64, Child>,
+    group: Group,
     opts: Options,
     watchdog: Watchdog,
 }
@@ -48,27 +49,6 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// More arguments for every replica.
     pub args: Vec<String>,
-}
-
-/// A free port below the kernel's ephemeral range: a replica restarts on its port, and a
-/// port from that range could meanwhile be handed to any listener on port 0 (another
-/// replica's metrics) or outgoing connection, which a test would then talk to instead.
-fn free_port() -> u16 {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (from, to) = if low > 12000 {
-        (10000, low)
-    } else {
-        (low.max(1024), 65535)
-    };
-    loop {
-        let port = fastrand::u16(from..to);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl Replicas {
@@ -103,27 +83,39 @@ impl Replicas {
             renew: false,
         })
         .unwrap();
-        let ports = ids
-            .iter()
-            .map(|i| {
-                (
-                    *i,
-                    if opts.netns.is_some() {
-                        7443
-                    } else {
-                        free_port()
-                    },
-                )
-            })
+        let mut args: Vec<OsString> = ["--raft-tick", "50ms", "--settle", "100ms"]
+            .into_iter()
+            .map(OsString::from)
             .collect();
+        args.extend(opts.args.iter().map(OsString::from));
+        if let Some(k) = &opts.kubeconfig {
+            args.extend([
+                "--kubeconfig".into(),
+                k.into(),
+                "--kube-watch-timeout".into(),
+                "10s".into(),
+            ]);
+        }
+        let group = Group::new(Spec {
+            bin: env!("CARGO_BIN_EXE_palisade-controller").into(),
+            security: Security::Mtls {
+                certs: dir.path().join("certs"),
+                operator: "admin".into(),
+            },
+            args,
+            log_filter: "info".into(),
+        });
         let watchdog = Watchdog::start(dir.path().to_path_buf());
         let mut r = Replicas {
             dir,
-            ports,
-            children: BTreeMap::new(),
+            group,
             opts,
             watchdog,
         };
+        for id in &ids {
+            let member = r.member(*id);
+            r.group.add(*id, member);
+        }
         for id in ids {
             if r.opts.manifests {
                 std::fs::create_dir_all(r.manifests_dir(id)).unwrap();
@@ -133,21 +125,33 @@ impl Replicas {
         r
     }
 
+    /// Where replica `id` listens, keeps its state and logs: loopback, or its namespace.
+    fn member(&self, id: u64) -> Member {
+        let mut m = Member::loopback(self.dir.path(), id).unwrap();
+        if let Some(net) = &self.opts.netns {
+            m.listen = format!("{}.{id}:7443", net.subnet);
+            m.reached = m.listen.clone();
+            m.metrics = Some("127.0.0.1:0".into());
+            m.wrap = ["ip", "netns", "exec", &net.ns(id)]
+                .into_iter()
+                .map(OsString::from)
+                .collect();
+        }
+        m
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.group.ids()
+    }
+
     /// Where replica `id` serves agents, operators and its peers.
     pub fn addr(&self, id: u64) -> String {
-        match &self.opts.netns {
-            Some(net) => format!("{}.{id}:{}", net.subnet, self.ports[&id]),
-            None => format!("127.0.0.1:{}", self.ports[&id]),
-        }
+        self.group.addr(id)
     }
 
     /// Every replica's address, separated by commas (an agent's `--controller`).
     pub fn addrs(&self) -> String {
-        self.ports
-            .keys()
-            .map(|id| self.addr(*id))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.group.addrs()
     }
 
     /// Cut replica `id` off from its peers (blackhole routes in its namespace); agents still
@@ -162,7 +166,7 @@ impl Replicas {
 
     fn blackholes(&self, id: u64, op: &str) {
         let net = self.opts.netns.as_ref().expect("replicas in namespaces");
-        for peer in self.ports.keys().filter(|p| **p != id) {
+        for peer in self.ids().into_iter().filter(|p| *p != id) {
             let to = format!("{}.{peer}/32", net.subnet);
             ip(&["-n", &net.ns(id), "route", op, "blackhole", &to]);
         }
@@ -178,10 +182,10 @@ impl Replicas {
 
     /// Write `name` into every replica's manifests directory (atomically: renamed into place).
     pub fn write_everywhere(&self, name: &str, text: &str) {
-        for id in self.ports.keys() {
-            let tmp = self.manifests_dir(*id).join(format!(".{name}.tmp"));
+        for id in self.ids() {
+            let tmp = self.manifests_dir(id).join(format!(".{name}.tmp"));
             std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, self.manifests_dir(*id).join(name)).unwrap();
+            std::fs::rename(&tmp, self.manifests_dir(id).join(name)).unwrap();
         }
     }
 
@@ -190,118 +194,58 @@ impl Replicas {
     }
 
     fn spawn(&mut self, id: u64) {
-        self.spawn_with(id, true)
-    }
-
-    fn spawn_with(&mut self, id: u64, bootstrap: bool) {
-        self.spawn_as(id, bootstrap, None)
+        self.spawn_as(id, true, None)
     }
 
     /// Start replica `id`; in `slot`, it runs in the place of replica `slot` (its address and
     /// `--peers` entry), as a StatefulSet pod does under a new id: `--ordinal` and `--id-file`.
     fn spawn_as(&mut self, id: u64, bootstrap: bool, slot: Option<u64>) {
-        let peers: Vec<String> = self
-            .ports
-            .keys()
-            .map(|i| format!("{i}={}", self.addr(*i)))
-            .collect();
-        let certs = self.path("certs");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(&format!("replica-{id}.log")))
-            .unwrap();
-        let bin = env!("CARGO_BIN_EXE_palisade-controller");
-        let mut cmd = match &self.opts.netns {
-            Some(net) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &net.ns(id), bin]);
-                c
-            }
-            None => Command::new(bin),
-        };
-        match slot {
-            Some(s) => {
-                let file = self.path(&format!("id-in-slot-{s}"));
-                std::fs::write(&file, format!("{id}\n")).unwrap();
-                cmd.arg("--ordinal")
-                    .arg((s - 1).to_string())
-                    .arg("--id-file")
-                    .arg(file)
-            }
-            None => cmd.arg("--id").arg(id.to_string()),
-        };
-        cmd.arg("--peers")
-            .arg(peers.join(","))
-            .arg(format!("--bootstrap={bootstrap}"))
-            .arg("--listen")
-            .arg(self.addr(slot.unwrap_or(id)))
-            .arg("--metrics-listen")
-            .arg("127.0.0.1:0")
-            .arg("--state-dir")
-            .arg(self.path(&format!("state-{id}")))
-            .args(palisadectl::certs::replica_flags(&certs, id))
-            .arg("--raft-tick")
-            .arg("50ms")
-            .arg("--settle")
-            .arg("100ms")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        cmd.args(&self.opts.args);
+        let mut args = Vec::new();
         if self.opts.manifests {
-            cmd.arg("--manifests").arg(self.manifests_dir(id));
+            args.extend(["--manifests".into(), self.manifests_dir(id).into()]);
         }
-        if let Some(k) = &self.opts.kubeconfig {
-            cmd.arg("--kubeconfig")
-                .arg(k)
-                .args(["--kube-watch-timeout", "10s"]);
-        }
-        let child = cmd.spawn().unwrap();
-        self.watchdog.pids.lock().unwrap().insert(id, child.id());
-        self.children.insert(id, child);
+        let pid = self
+            .group
+            .start(
+                id,
+                Start {
+                    bootstrap,
+                    slot,
+                    args,
+                },
+            )
+            .unwrap();
+        self.watchdog.pids.lock().unwrap().insert(id, pid);
     }
 
     /// SIGKILL replica `id`.
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.children.remove(&id) {
-            let _ = c.kill();
-            let _ = c.wait();
+        if self.group.kill(id) {
             self.watchdog.pids.lock().unwrap().remove(&id);
         }
     }
 
     /// SIGSTOP replica `id` (frozen: its connections stay open), or SIGCONT it.
     pub fn pause(&self, id: u64, paused: bool) {
-        self.signal(id, if paused { "-STOP" } else { "-CONT" });
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        self.group.signal(id, signal).unwrap();
     }
 
     /// SIGTERM replica `id` (see [`Replicas::exited`]).
     pub fn terminate(&self, id: u64) {
-        self.signal(id, "-TERM");
-    }
-
-    fn signal(&self, id: u64, signal: &str) {
-        let pid = self.children[&id].id().to_string();
-        let ok = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {signal} {pid}");
+        self.group.signal(id, libc::SIGTERM).unwrap();
     }
 
     pub fn restart(&mut self, id: u64) {
-        assert!(!self.children.contains_key(&id), "replica {id} runs");
+        assert!(!self.group.alive().contains(&id), "replica {id} runs");
         self.spawn(id);
     }
 
     /// Restart replica `id` without `--bootstrap` (as an operator who never asked for a new
     /// group would).
     pub fn restart_without_bootstrap(&mut self, id: u64) {
-        assert!(!self.children.contains_key(&id), "replica {id} runs");
-        self.spawn_with(id, false);
+        assert!(!self.group.alive().contains(&id), "replica {id} runs");
+        self.spawn_as(id, false, None);
     }
 
     /// A port and a certificate for a replica `id` new to the group (`palisadectl certs
@@ -309,14 +253,15 @@ impl Replicas {
     pub fn reserve(&mut self, id: u64) -> String {
         assert!(self.opts.netns.is_none(), "new replicas on loopback only");
         self.mint(id);
-        self.ports.insert(id, free_port());
+        let member = self.member(id);
+        self.group.add(id, member);
         self.addr(id)
     }
 
     /// Start replica `id` (reserved) with a blank directory and without `--bootstrap`, as an
     /// operator starts a replica added with `palisadectl replicas add`.
     pub fn join(&mut self, id: u64) {
-        self.spawn_with(id, false);
+        self.spawn_as(id, false, None);
     }
 
     /// A certificate for replica `id` (the CA is reused), to run it in another's place.
@@ -337,19 +282,22 @@ impl Replicas {
     /// naming `slot`), with `--bootstrap` as the StatefulSet always passes it, and a blank
     /// directory: a pod whose volume was lost, running a replica under a new id.
     pub fn join_in_slot(&mut self, id: u64, slot: u64) {
+        // Reached where the slot's replica was, with a state and log of its own.
+        let mut member = self.group.member(slot).clone();
+        let own = self.member(id);
+        (member.state, member.log, member.metrics) = (own.state, own.log, own.metrics);
+        self.group.add(id, member);
         self.spawn_as(id, true, Some(slot));
-        // Reached where the slot's replica was.
-        self.ports.insert(id, self.ports[&slot]);
     }
 
     /// Stop naming replica `id` in `--peers` of replicas started from now on (removed).
     pub fn forget(&mut self, id: u64) {
-        self.ports.remove(&id);
+        self.group.forget(id);
     }
 
     /// Delete replica `id`'s state directory (a lost disk); it must not run.
     pub fn wipe(&self, id: u64) {
-        assert!(!self.children.contains_key(&id), "replica {id} runs");
+        assert!(!self.group.alive().contains(&id), "replica {id} runs");
         std::fs::remove_dir_all(self.path(&format!("state-{id}"))).unwrap();
     }
 
@@ -357,9 +305,7 @@ impl Replicas {
     pub async fn exited(&mut self, id: u64) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
-            let c = self.children.get_mut(&id).expect("replica runs");
-            if let Some(s) = c.try_wait().unwrap() {
-                self.children.remove(&id);
+            if let Some(s) = self.group.exited(id).expect("replica runs") {
                 self.watchdog.pids.lock().unwrap().remove(&id);
                 return s;
             }
@@ -374,18 +320,16 @@ impl Replicas {
 
     /// Whether replica `id`'s process still runs.
     pub fn running(&mut self, id: u64) -> bool {
-        self.children
-            .get_mut(&id)
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.group.running(id)
     }
 
     pub fn alive(&self) -> Vec<u64> {
-        self.children.keys().copied().collect()
+        self.group.alive()
     }
 
     /// An operator's connection to replica `id`.
     pub fn conn(&self, id: u64) -> Conn {
-        Conn::operator(self.addr(id), &self.path("certs"), "admin")
+        self.group.conn(id)
     }
 
     /// `palisadectl replicas -o json` against `id`.
@@ -408,21 +352,9 @@ impl Replicas {
 
     /// The leader replicas `ids` agree on, once there is one.
     pub async fn leader_among(&self, ids: &[u64]) -> u64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let mut seen = Vec::new();
-            for &id in ids {
-                if let Some(v) = self.replicas(id).await {
-                    seen.push(v["leader"].as_u64().unwrap_or(0));
-                }
-            }
-            if let Some(&l) = seen.first() {
-                if l != 0 && self.alive().contains(&l) && seen.iter().all(|s| *s == l) {
-                    return l;
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match self.group.handle().leader(Rule::Agreed, ids, WAIT).await {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
         }
     }
 
@@ -560,7 +492,7 @@ impl Drop for Replicas {
             self.kill(id);
         }
         if let Some(net) = &self.opts.netns {
-            net.remove(&self.ports.keys().copied().collect::<Vec<_>>());
+            net.remove(&self.ids());
         }
     }
 }

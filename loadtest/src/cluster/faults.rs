@@ -199,7 +199,7 @@ impl Faults {
 
     async fn leader(&self) -> anyhow::Result<u64> {
         let r = self.replicas.lock().expect("replicas").handle();
-        r.leader(Duration::from_secs(30)).await
+        crate::replicas::leader(&r, Duration::from_secs(30)).await
     }
 
     /// Agents streaming from `addr`.
