@@ -91,6 +91,19 @@ fn other(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(raft::StorageError::Other(e.to_string().into()))
 }
 
+/// Whether sled refused to open a directory because its lock is held (by a store of this
+/// process still being dropped, or another process). sled says so as an I/O error of kind
+/// `Other` whose text names the lock, with the `WouldBlock` it got inside.
+fn lock_held(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().starts_with("could not acquire lock on")
+        }
+        _ => false,
+    }
+}
+
 impl SledStorage {
     /// Open the store in `path` (created if missing and `create` allows), checking that it is
     /// a Palisade Raft directory and that what it holds is whole.
@@ -138,10 +151,7 @@ impl SledStorage {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let opened = loop {
             match config.open() {
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < until =>
-                {
+                Err(e) if lock_held(&e) && std::time::Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 other => break other,
@@ -493,5 +503,43 @@ impl SledStorage {
             entries: entries.to_vec(),
             ..Write::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_held_elsewhere_is_told_apart_from_other_errors() {
+        // What sled 0.34 returns when another handle holds the directory's lock.
+        let held = sled::Error::Io(std::io::Error::other(
+            "could not acquire lock on \"/tmp/x/db\": Os { code: 11, kind: WouldBlock, message: \"Resource temporarily unavailable\" }",
+        ));
+        assert!(lock_held(&held));
+        assert!(lock_held(&sled::Error::Io(
+            std::io::ErrorKind::WouldBlock.into()
+        )));
+        assert!(!lock_held(&sled::Error::Io(std::io::Error::other(
+            "disk full"
+        ))));
+        assert!(!lock_held(&sled::Error::Unsupported("x".into())));
+    }
+
+    #[test]
+    fn a_store_reopens_while_the_last_one_is_still_being_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft");
+        let first = SledStorage::open(&path, Create::IfMissing).unwrap();
+        // Held by another thread while this one opens: the open waits for the lock.
+        let (opening_tx, opening) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            opening.recv().unwrap();
+            drop(first);
+        });
+        opening_tx.send(()).unwrap();
+        let second = SledStorage::open(&path, Create::Never);
+        holder.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
     }
 }
