@@ -12,6 +12,8 @@
 //! nothing while no leader is known or while it refuses agents (then they move anyway), or
 //! while a peer is still catching up with it (a peer replaying its log after a restart would
 //! hold the agents that chose it until it reached their versions).
+//!
+//! [`Balance`] decides, with time passed in (the harness steps it); [`run`] is its shell.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +63,70 @@ pub fn excess(own: usize, peers: &[usize]) -> usize {
     (own - fair).div_ceil(2)
 }
 
+/// When a replica moves agents, and how many: it has held more than its share for
+/// `after`, the group is settled, every answering peer has caught up, and the last move is a
+/// cool-down ago.
+#[derive(Debug)]
+pub struct Balance {
+    config: Config,
+    /// Since when it has held more than its share.
+    above_since: Option<Instant>,
+    /// No move before then (the peers' counts show a move a long poll later).
+    next_move: Option<Instant>,
+}
+
+/// What a replica sees when it compares, at one moment.
+#[derive(Clone, Debug)]
+pub struct Counts {
+    /// A leader is known and this replica does not refuse agents.
+    pub settled: bool,
+    /// Agents streaming from this replica.
+    pub own: usize,
+    /// Each peer whose ack table arrives lately: its agents, and the revision it had applied.
+    pub answering: Vec<(usize, u64)>,
+    /// The revision applied here.
+    pub applied: u64,
+}
+
+impl Balance {
+    pub fn new(config: Config) -> Balance {
+        Balance {
+            config,
+            above_since: None,
+            next_move: None,
+        }
+    }
+
+    /// Compare at `now`: how many agents to send away now (0: none).
+    pub fn step(&mut self, now: Instant, c: &Counts) -> usize {
+        if self.config.after.is_zero() {
+            return 0;
+        }
+        // One still catching up (a restart replays its log) would hold agents sent to it
+        // until it reached their versions, and the agents choose at random: wait for it.
+        let caught_up = c.answering.iter().all(|(_, a)| a + CAUGHT_UP >= c.applied);
+        let peers: Vec<usize> = c.answering.iter().map(|(n, _)| *n).collect();
+        let want = if c.settled && caught_up {
+            excess(c.own, &peers)
+        } else {
+            0
+        };
+        if want == 0 {
+            self.above_since = None;
+            return 0;
+        }
+        let since = *self.above_since.get_or_insert(now);
+        if now.duration_since(since) < self.config.after || self.next_move.is_some_and(|t| now < t)
+        {
+            return 0;
+        }
+        // The peers' counts show the moved agents a long poll later; until then this
+        // replica's share would look larger than it is.
+        self.next_move = Some(now + COOL_DOWN);
+        want.min(self.config.rate.max(1))
+    }
+}
+
 /// Compare and move, every second, until `shutdown`.
 pub async fn run(
     hub: Arc<Hub>,
@@ -72,8 +138,7 @@ pub async fn run(
     if config.after.is_zero() {
         return;
     }
-    let mut above_since: Option<Instant> = None;
-    let mut next_move = Instant::now();
+    let mut balance = Balance::new(config);
     let mut tick = tokio::time::interval(TICK);
     // After a stall, one tick, not the missed ones at once.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -82,34 +147,23 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let settled = group.status().raft.leader != 0 && group.refusing_agents().borrow().is_none();
         // Peers whose ack tables arrive serve agents (the long poll answers at least every
         // two seconds); one that is down holds none and takes none (an agent sent there is
-        // refused at once and tries another). One still catching up (a restart replays its
-        // log) would hold agents sent to it until it reached their versions, and the agents
-        // choose at random: wait until it has caught up.
-        let own = streams.count();
-        let applied = *hub.revisions().borrow();
-        let answering = hub.progress(|p| p.peers().answering(crate::replication::exchange::STALE));
-        let caught_up = answering.iter().all(|(_, a)| a + CAUGHT_UP >= applied);
-        let peers: Vec<usize> = answering.iter().map(|(n, _)| *n).collect();
-        let settled = settled && caught_up;
-        let want = if settled { excess(own, &peers) } else { 0 };
+        // refused at once and tries another).
+        let counts = Counts {
+            settled: group.status().raft.leader != 0 && group.refusing_agents().borrow().is_none(),
+            own: streams.count(),
+            answering: hub.progress(|p| p.peers().answering(crate::replication::exchange::STALE)),
+            applied: *hub.revisions().borrow(),
+        };
+        let want = balance.step(Instant::now(), &counts);
         if want == 0 {
-            above_since = None;
             continue;
         }
-        let since = *above_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < config.after || Instant::now() < next_move {
-            continue;
-        }
-        let moved = streams.move_agents(want.min(config.rate.max(1)));
-        // The peers' counts show the moved agents a long poll later; until then this
-        // replica's share would look larger than it is.
-        next_move = Instant::now() + COOL_DOWN;
+        let moved = streams.move_agents(want);
         info!(
-            here = own,
-            peers = %peers.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+            here = counts.own,
+            peers = %counts.answering.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>().join(", "),
             moved,
             "this replica holds more than its share of the agents: sending some to other replicas"
         );
@@ -118,7 +172,50 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::excess;
+    use super::*;
+
+    #[test]
+    fn a_replica_moves_agents_after_holding_too_many_for_a_while_then_cools_down() {
+        let mut b = Balance::new(Config {
+            after: Duration::from_secs(10),
+            rate: 50,
+        });
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let crowded = Counts {
+            settled: true,
+            own: 900,
+            answering: vec![(50, 1000), (50, 1000)],
+            applied: 1000,
+        };
+        assert_eq!(b.step(at(0), &crowded), 0, "not at once");
+        assert_eq!(b.step(at(9), &crowded), 0);
+        assert_eq!(
+            b.step(at(10), &crowded),
+            50,
+            "half the excess, at most the rate"
+        );
+        assert_eq!(b.step(at(11), &crowded), 0, "cooling down");
+        assert_eq!(b.step(at(13), &crowded), 50);
+        // A peer still catching up, no leader, or within the share: nothing, and the wait
+        // starts over.
+        let behind = Counts {
+            answering: vec![(50, 10), (50, 1000)],
+            ..crowded.clone()
+        };
+        assert_eq!(b.step(at(20), &behind), 0);
+        let unsettled = Counts {
+            settled: false,
+            ..crowded.clone()
+        };
+        assert_eq!(b.step(at(21), &unsettled), 0);
+        assert_eq!(
+            b.step(at(22), &crowded),
+            0,
+            "held too many again only just now"
+        );
+        assert_eq!(b.step(at(32), &crowded), 50);
+    }
 
     #[test]
     fn a_replica_within_its_share_moves_nobody() {

@@ -189,6 +189,7 @@ impl Cluster {
             self.deliver(e, now);
         }
         self.run_ready(now);
+        self.stand(now);
         if self.net.now().is_multiple_of(self.exchange_every) {
             self.exchange();
         }
@@ -217,6 +218,9 @@ impl Cluster {
                 let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
                 let delivered = match self.cores.get_mut(&to) {
                     Some(core) => {
+                        if let Addr::Replica(from) = &from {
+                            core.heard_from(*from, now);
+                        }
                         core.step(*m);
                         true
                     }
@@ -277,6 +281,33 @@ impl Cluster {
                     Addr::Agent(node),
                     Payload::ToAgent(bytes),
                 );
+            }
+        }
+    }
+
+    /// Each replica steps its standing (the streams of one that starts refusing agents end)
+    /// and its rebalancing (the streams of agents it sends away end).
+    fn stand(&mut self, now: Instant) {
+        let mut ended = Vec::new();
+        for (id, core) in &mut self.cores {
+            ended.extend(core.stand(now).into_iter().map(|n| (*id, n)));
+            ended.extend(core.balance(now).into_iter().map(|n| (*id, n)));
+        }
+        for (id, node) in ended {
+            let agent = self.agents.get_mut(&node).expect("an agent");
+            if agent.at == Some(id) {
+                agent.at = None;
+                self.net
+                    .close_stream(&Addr::Agent(node.clone()), &Addr::Replica(id));
+            }
+        }
+    }
+
+    /// Cut replica `id` from every other replica (agents still reach it).
+    pub fn cut_from_peers(&mut self, id: u64) {
+        for other in self.ids.clone() {
+            if other != id {
+                self.net.cut(Addr::Replica(id), Addr::Replica(other));
             }
         }
     }
@@ -357,11 +388,12 @@ impl Cluster {
                     .collect()
             });
             out += &format!(
-                "replica {}: term {}, leader {}, applied {revision}, realized {}, {}; {}\n",
+                "replica {}: term {}, leader {}, applied {revision}, realized {}, refusing {:?}, {}; {}\n",
                 c.id,
                 c.term(),
                 c.is_leader(),
                 c.realized(),
+                c.refusing(),
                 versions.join(" "),
                 rollout.join(", ")
             );

@@ -11,7 +11,9 @@ use palisade_controller::applied::State;
 use palisade_controller::history::Limits;
 use palisade_controller::hub::Hub;
 use palisade_controller::metrics::Metrics;
-use palisade_controller::replication::exchange;
+use palisade_controller::rebalance::{self, Balance, Counts};
+use palisade_controller::replication::standing::{Reach, Standing};
+use palisade_controller::replication::{exchange, GroupStatus};
 use palisade_controller::rollout::AgentInfo;
 use palisade_controller::sync::serves_ahead;
 use palisade_controller::sync::session::{self, Knowledge, Session};
@@ -34,7 +36,26 @@ pub struct Core {
     sessions: BTreeMap<Name, Session>,
     /// Where each peer's ack table stands here: (epoch, seq).
     tables: BTreeMap<u64, (u64, u64)>,
+    /// The group's members (this one included).
+    peers: Vec<u64>,
+    /// When each peer was last heard from (a Raft message from it arrived).
+    heard: BTreeMap<u64, Instant>,
+    /// Whether it serves agents, as the controller's standing decides.
+    standing: Standing,
+    /// When it sends agents to other replicas, as the controller's rebalancing decides.
+    balance: Balance,
 }
+
+/// How long a replica holds more than its share of agents before it moves some, and how many
+/// at a time at most (the controller's `--rebalance-after` and `--rebalance-rate`).
+pub const REBALANCE: rebalance::Config = rebalance::Config {
+    after: std::time::Duration::from_secs(1),
+    rate: 4,
+};
+
+/// How long a replica cut off from a quorum keeps serving agents (the controller's
+/// `--shed-agents-after`), and how recently a peer must have been heard from to count.
+pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Core {
     /// Replica `id` of the group `peers` on `log` (new, or what it held when it stopped).
@@ -56,6 +77,10 @@ impl Core {
             snapshot_every,
             sessions: BTreeMap::new(),
             tables: BTreeMap::new(),
+            peers: peers.to_vec(),
+            heard: BTreeMap::new(),
+            standing: Standing::new(SHED_AFTER),
+            balance: Balance::new(REBALANCE),
         }
     }
 
@@ -87,6 +112,64 @@ impl Core {
 
     pub fn tick(&mut self) {
         self.replica.tick();
+    }
+
+    /// Why it refuses agents now, if it does.
+    pub fn refusing(&self) -> Option<&str> {
+        self.standing.refusing()
+    }
+
+    /// A Raft message from `peer` arrived at `now`.
+    pub fn heard_from(&mut self, peer: u64, now: Instant) {
+        self.heard.insert(peer, now);
+    }
+
+    /// Step its standing at `now` (its status, and the peers heard from within the grace);
+    /// when it starts refusing agents, its streams end: the nodes whose stream it ended.
+    pub fn stand(&mut self, now: Instant) -> Vec<Name> {
+        let status = GroupStatus {
+            raft: self.replica.status(),
+            ..GroupStatus::default()
+        };
+        let reach = Reach {
+            voters: self.peers.len(),
+            heard: self
+                .heard
+                .iter()
+                .filter(|(p, t)| **p != self.id && now.duration_since(**t) < SHED_AFTER)
+                .count(),
+        };
+        match self.standing.step(&status, reach, now).change {
+            Some(Some(_)) => {
+                let ended: Vec<Name> = self.sessions.keys().cloned().collect();
+                for node in &ended {
+                    self.close(node);
+                }
+                ended
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Compare the agents it serves with its peers' (from their ack tables) at `now`, and end
+    /// the streams of those it sends away (the first by name: the controller prefers the
+    /// longest open); the nodes whose stream it ended.
+    pub fn balance(&mut self, now: Instant) -> Vec<Name> {
+        let counts = Counts {
+            settled: self.replica.status().leader != 0 && self.standing.refusing().is_none(),
+            own: self.sessions.len(),
+            // Every peer whose table arrived (the harness's clock is not the tables' stamps).
+            answering: self
+                .hub
+                .progress(|p| p.peers().answering(std::time::Duration::MAX)),
+            applied: self.state.revision(),
+        };
+        let n = self.balance.step(now, &counts);
+        let moved: Vec<Name> = self.sessions.keys().take(n).cloned().collect();
+        for node in &moved {
+            self.close(node);
+        }
+        moved
     }
 
     pub fn step(&mut self, m: Message) {
@@ -149,6 +232,10 @@ impl Core {
     /// An agent says hello holding `version` with `digest`: served here once this replica
     /// has applied that far (as the sync service decides); whether it was taken.
     pub fn open(&mut self, node: &Name, version: u64, digest: Digest) -> bool {
+        // Cut off from its group: it refuses streams (agents try another replica).
+        if self.standing.refusing().is_some() {
+            return false;
+        }
         let s = self.replica.status();
         let applied = self.applied();
         if applied < version && !serves_ahead(s.role == Role::Leader, &s, applied, version) {

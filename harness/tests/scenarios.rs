@@ -1,6 +1,7 @@
 //! The multi-party scenarios, deterministic: replicas, agents and the network stepped by
 //! ticks, so each runs in milliseconds and replays exactly.
 
+use palisade_controller::rebalance::excess;
 use palisade_harness::schedule::{self, base, pod, NODES};
 use palisade_harness::Cluster;
 use palisade_policy::model::Name;
@@ -120,6 +121,94 @@ fn acks_taken_on_one_replica_are_realized_on_every_replica_through_the_tables() 
         c.core(leader).unwrap().realized() < index,
         "{}",
         c.describe()
+    );
+}
+
+#[test]
+fn a_replica_cut_from_its_group_sends_its_agents_away_and_serves_again_once_healed() {
+    let mut c = settled(4);
+    c.auto_connect = false;
+    let leader = c.leader().expect("a leader");
+    let cut = *c.ids.iter().find(|id| **id != leader).expect("a follower");
+    for node in NODES {
+        assert!(c.connect(&n(node), cut), "{}", c.describe());
+    }
+    c.auto_connect = true;
+    // Cut from its peers, reachable by agents: after the grace it refuses them, and every
+    // agent moves to a replica that has a leader.
+    c.cut_from_peers(cut);
+    assert!(
+        c.run_until(200, |c| c.core(cut).unwrap().refusing().is_some()
+            && c.agents.values().all(|a| a.at.is_some_and(|at| at != cut))),
+        "{}",
+        c.describe()
+    );
+    // What the group commits meanwhile reaches them there, by version.
+    let index = c.propose(pod(40, true, "n1")).expect("the leader takes it");
+    let n1 = n("n1");
+    assert!(
+        c.run_until(300, |c| c.agents[&n1].holds().0 == index),
+        "{}",
+        c.describe()
+    );
+    // Healed: it has a leader again and serves agents again.
+    c.net.heal();
+    assert!(
+        c.run_until(300, |c| c.core(cut).unwrap().refusing().is_none()),
+        "{}",
+        c.describe()
+    );
+    assert!(c.settle_past(index, 300), "{}", c.describe());
+    for a in c.agents.values() {
+        assert_eq!(a.snapshots, 1, "agent {} moved by version", a.node);
+    }
+    assert!(
+        c.ledger.divergences.is_empty(),
+        "{:?}",
+        c.ledger.divergences
+    );
+}
+
+#[test]
+fn a_crowded_replica_sends_agents_to_its_peers_until_they_are_in_balance() {
+    let nodes: Vec<String> = (0..45).map(|i| format!("m{i}")).collect();
+    let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let mut c = Cluster::new(5, 3, &names);
+    c.auto_connect = false;
+    assert!(c.run_until(500, |c| c.leader().is_some()), "a leader");
+    let mut commands = base();
+    for (i, node) in names.iter().enumerate() {
+        commands.extend(pod(i as u64, true, node));
+    }
+    let index = c.propose(commands).expect("the leader takes it");
+    // Every agent on one replica (as after two failures).
+    let crowded = c.leader().expect("a leader");
+    for node in &names {
+        assert!(c.connect(&n(node), crowded), "{}", c.describe());
+    }
+    assert!(c.settle_past(index, 500), "{}", c.describe());
+    c.auto_connect = true;
+    let on = |c: &Cluster, id: u64| c.agents.values().filter(|a| a.at == Some(id)).count();
+    let balanced = |c: &Cluster| {
+        let peers: Vec<usize> = c
+            .ids
+            .iter()
+            .filter(|i| **i != crowded)
+            .map(|i| on(c, *i))
+            .collect();
+        c.agents.values().all(|a| a.at.is_some())
+            && peers.iter().all(|p| *p > 0)
+            && excess(on(c, crowded), &peers) == 0
+    };
+    assert!(c.run_until(1000, balanced), "{}", c.describe());
+    assert!(c.settle_past(index, 300), "{}", c.describe());
+    for a in c.agents.values() {
+        assert_eq!(a.snapshots, 1, "agent {} moved by version", a.node);
+    }
+    assert!(
+        c.ledger.divergences.is_empty(),
+        "{:?}",
+        c.ledger.divergences
     );
 }
 

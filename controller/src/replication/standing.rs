@@ -12,8 +12,10 @@
 //! move them to a replica in the same state (a large group of agents bouncing between the
 //! survivors of a leader loss, with every handshake that costs, can delay the election). An
 //! election that lasts three grace periods no longer counts as one: the replica steps aside.
+//!
+//! [`Standing`] decides, with time passed in (the harness steps it); [`watch`] is its shell.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -52,8 +54,101 @@ pub fn cut_off(s: &GroupStatus, reach: Reach) -> Option<String> {
     None
 }
 
-/// Keep `refusing` at [`cut_off`] once that has lasted `grace`, until `shutdown`. `reach`
-/// says how the group is reached now (asked again every 250 ms while no leader is known).
+/// Whether this replica serves agents: [`cut_off`] held for a grace, or an election that has
+/// lasted two graces, refuses them; a leader (or a quorum reached again) serves them again.
+#[derive(Debug)]
+pub struct Standing {
+    grace: Duration,
+    /// Since when it has been cut off (and not yet refusing).
+    since: Option<Instant>,
+    /// Since when no leader has been known.
+    leaderless_since: Option<Instant>,
+    electing: bool,
+    refusing: Option<String>,
+}
+
+/// What one step decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stepped {
+    /// The refusal changed: `Some(Some(why))`, refuse agents from now; `Some(None)`, serve
+    /// them again.
+    pub change: Option<Option<String>>,
+    /// An election began among reachable peers (agents keep being served).
+    pub election: bool,
+    /// When to step again if nothing changes before (`None`: at the next change).
+    pub wake: Option<Instant>,
+}
+
+impl Standing {
+    pub fn new(grace: Duration) -> Standing {
+        Standing {
+            grace,
+            since: None,
+            leaderless_since: None,
+            electing: false,
+            refusing: None,
+        }
+    }
+
+    /// Why agents are refused now, if they are.
+    pub fn refusing(&self) -> Option<&str> {
+        self.refusing.as_deref()
+    }
+
+    /// The group's status `s` and reach `reach` at `now`.
+    pub fn step(&mut self, s: &GroupStatus, reach: Reach, now: Instant) -> Stepped {
+        let grace = self.grace;
+        let mut why = cut_off(s, reach);
+        let leaderless = s.raft.leader == 0 && s.failure.is_none();
+        // An election that does not end is no longer one: two graces without a leader count
+        // as cut off whatever the peers answer (refused one grace later: three in all).
+        if !leaderless {
+            self.leaderless_since = None;
+        }
+        let without = leaderless.then(|| *self.leaderless_since.get_or_insert(now));
+        if why.is_none() && without.is_some_and(|t| now.duration_since(t) >= grace * 2) {
+            why = Some(format!(
+                "this replica has known no leader for {} s although a quorum of its group answers",
+                (grace * 2).as_secs()
+            ));
+        }
+        let election = leaderless && why.is_none() && !self.electing;
+        self.electing = leaderless && why.is_none();
+        let change = match why {
+            None => {
+                self.since = None;
+                self.refusing.take().map(|_| None)
+            }
+            Some(why) => {
+                let start = *self.since.get_or_insert(now);
+                if now >= start + grace && self.refusing.as_ref() != Some(&why) {
+                    self.refusing = Some(why.clone());
+                    Some(Some(why))
+                } else {
+                    None
+                }
+            }
+        };
+        let wake = self
+            .since
+            .filter(|_| self.refusing.is_none())
+            .map(|s| s + grace);
+        // Without a leader, who is heard from changes without any status change.
+        let recheck = leaderless.then(|| now + Duration::from_millis(250));
+        let wake = match (wake, recheck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Stepped {
+            change,
+            election,
+            wake,
+        }
+    }
+}
+
+/// Keep `refusing` at what [`Standing`] decides, until `shutdown`. `reach` says how the group
+/// is reached now (asked again every 250 ms while no leader is known).
 pub async fn watch(
     mut status: watch::Receiver<GroupStatus>,
     reach: impl Fn() -> Reach + Send + 'static,
@@ -62,66 +157,33 @@ pub async fn watch(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut since: Option<tokio::time::Instant> = None;
-    let mut electing = false;
-    let mut leaderless_since: Option<tokio::time::Instant> = None;
+    let mut standing = Standing::new(grace);
     loop {
-        let (mut why, leaderless) = {
-            // A copy: `reach` may read the status too, and a read lock taken twice while the
-            // Raft driver waits to write deadlocks (parking_lot lets the writer go first).
-            let s = status.borrow_and_update().clone();
-            (
-                cut_off(&s, reach()),
-                s.raft.leader == 0 && s.failure.is_none(),
-            )
-        };
-        // An election that does not end is no longer one: two graces without a leader count
-        // as cut off whatever the peers answer (refused one grace later: three in all).
-        if !leaderless {
-            leaderless_since = None;
-        }
-        let without =
-            leaderless.then(|| *leaderless_since.get_or_insert_with(tokio::time::Instant::now));
-        if why.is_none() && without.is_some_and(|t| t.elapsed() >= grace * 2) {
-            why = Some(format!(
-                "this replica has known no leader for {} s although a quorum of its group answers",
-                (grace * 2).as_secs()
-            ));
-        }
-        if leaderless && why.is_none() && !electing {
+        // A copy: `reach` may read the status too, and a read lock taken twice while the
+        // Raft driver waits to write deadlocks (parking_lot lets the writer go first).
+        let s = status.borrow_and_update().clone();
+        // Tokio's clock (paused in tests), as the standard one.
+        let now = tokio::time::Instant::now();
+        let stepped = standing.step(&s, reach(), now.into_std());
+        if stepped.election {
             info!("no leader yet, but a quorum of the group is reachable (an election): still serving agents");
         }
-        electing = leaderless && why.is_none();
-        let now = tokio::time::Instant::now();
-        match why {
-            None => {
-                since = None;
-                if refusing.borrow().is_some() {
-                    info!("this replica has a leader again: serving agents");
-                    refusing.send_replace(None);
-                    metrics.refusing_agents(false);
-                }
+        match stepped.change {
+            Some(Some(why)) => {
+                warn!(
+                    "refusing agent streams and ending those open, so agents move to another replica: {why}"
+                );
+                refusing.send_replace(Some(why));
+                metrics.refusing_agents(true);
             }
-            Some(why) => {
-                let start = *since.get_or_insert(now);
-                if now >= start + grace && refusing.borrow().as_ref() != Some(&why) {
-                    warn!(
-                        "refusing agent streams and ending those open, so agents move to another replica: {why}"
-                    );
-                    refusing.send_replace(Some(why));
-                    metrics.refusing_agents(true);
-                }
+            Some(None) => {
+                info!("this replica has a leader again: serving agents");
+                refusing.send_replace(None);
+                metrics.refusing_agents(false);
             }
+            None => {}
         }
-        let wake = since
-            .filter(|_| refusing.borrow().is_none())
-            .map(|s| s + grace);
-        // Without a leader, who is heard from changes without any status change.
-        let recheck = leaderless.then(|| now + Duration::from_millis(250));
-        let wake = match (wake, recheck) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake = stepped.wake.map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = status.changed() => if changed.is_err() { return },
