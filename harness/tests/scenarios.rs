@@ -24,6 +24,18 @@ fn n(node: &str) -> Name {
     node.into()
 }
 
+/// Every agent got its slice whole once and moved by version after, and no replica diverged.
+fn moved_by_version_without_divergence(c: &Cluster) {
+    for a in c.agents.values() {
+        assert_eq!(a.snapshots, 1, "agent {} moved by version", a.node);
+    }
+    assert!(
+        c.ledger.divergences.is_empty(),
+        "{:?}",
+        c.ledger.divergences
+    );
+}
+
 #[test]
 fn agents_resume_by_version_when_their_replica_fails() {
     let mut c = settled(1);
@@ -159,14 +171,7 @@ fn a_replica_cut_from_its_group_sends_its_agents_away_and_serves_again_once_heal
         c.describe()
     );
     assert!(c.settle_past(index, 300), "{}", c.describe());
-    for a in c.agents.values() {
-        assert_eq!(a.snapshots, 1, "agent {} moved by version", a.node);
-    }
-    assert!(
-        c.ledger.divergences.is_empty(),
-        "{:?}",
-        c.ledger.divergences
-    );
+    moved_by_version_without_divergence(&c);
 }
 
 #[test]
@@ -202,14 +207,7 @@ fn a_crowded_replica_sends_agents_to_its_peers_until_they_are_in_balance() {
     };
     assert!(c.run_until(1000, balanced), "{}", c.describe());
     assert!(c.settle_past(index, 300), "{}", c.describe());
-    for a in c.agents.values() {
-        assert_eq!(a.snapshots, 1, "agent {} moved by version", a.node);
-    }
-    assert!(
-        c.ledger.divergences.is_empty(),
-        "{:?}",
-        c.ledger.divergences
-    );
+    moved_by_version_without_divergence(&c);
 }
 
 #[test]
