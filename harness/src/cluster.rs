@@ -32,6 +32,8 @@ pub struct Cluster {
     /// Agents without a stream connect by themselves (to a replica drawn from the seed);
     /// off, only [`Cluster::connect`] opens streams.
     pub auto_connect: bool,
+    /// What the source every replica reads says (`None`: no source runs).
+    pub feed: Option<crate::feed::Desired>,
 }
 
 impl Cluster {
@@ -56,6 +58,7 @@ impl Cluster {
             base: Instant::now(),
             exchange_every: 5,
             auto_connect: true,
+            feed: None,
         };
         for id in ids {
             c.logs.insert(id, MemLog::new());
@@ -187,6 +190,11 @@ impl Cluster {
         }
         for e in self.net.advance() {
             self.deliver(e, now);
+        }
+        if let Some(want) = &self.feed {
+            for core in self.cores.values_mut() {
+                core.feed(want, now);
+            }
         }
         self.run_ready(now);
         self.stand(now);

@@ -25,6 +25,7 @@ use palisade_replica::{Event, Machine, Message, Options, ProposeError, Replica, 
 use palisade_storage::MemLog;
 
 use crate::check::Ledger;
+use crate::feed::{self, Act, Desired, Feed, Seen};
 
 pub struct Core {
     pub id: u64,
@@ -44,6 +45,8 @@ pub struct Core {
     standing: Standing,
     /// When it sends agents to other replicas, as the controller's rebalancing decides.
     balance: Balance,
+    /// The source it runs while it leads.
+    pub feed: Feed,
 }
 
 /// How long a replica holds more than its share of agents before it moves some, and how many
@@ -81,6 +84,7 @@ impl Core {
             heard: BTreeMap::new(),
             standing: Standing::new(SHED_AFTER),
             balance: Balance::new(REBALANCE),
+            feed: Feed::default(),
         }
     }
 
@@ -170,6 +174,28 @@ impl Core {
             self.close(node);
         }
         moved
+    }
+
+    /// Step its source at `now`, reading `want`: it proposes only while this replica leads.
+    pub fn feed(&mut self, want: &Desired, now: Instant) {
+        let s = self.replica.status();
+        let held = self.state.machine().owned_by(feed::OWNER);
+        let seen = Seen {
+            leader: s.role == Role::Leader,
+            term: s.term,
+            commit: s.commit,
+            applied: self.state.revision(),
+            held: &held,
+            now,
+        };
+        if let Act::Propose(commands) = self.feed.step(&seen, want) {
+            let index = self
+                .replica
+                .propose(feed::OWNER, commands)
+                .ok()
+                .map(|_| self.replica.status().last_index);
+            self.feed.proposed(index);
+        }
     }
 
     pub fn step(&mut self, m: Message) {

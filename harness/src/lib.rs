@@ -6,6 +6,7 @@
 //! one tick at a time, every random choice drawn from one seed, so a run replays from its
 //! seed. What must never happen (replicas or agents diverging, agents moving back) is
 //! checked as the run goes ([`check`]); [`schedule`] draws whole runs of faults from a seed.
+//! A [`feed`] is a source every replica reads alike, working only while its replica leads.
 //!
 //! Data comes from the test (proposals, faults) and goes nowhere but the checks: no sockets,
 //! no threads, no clock but the tick.
@@ -14,6 +15,7 @@ pub mod agent;
 pub mod check;
 pub mod cluster;
 pub mod core;
+pub mod feed;
 pub mod net;
 pub mod schedule;
 

@@ -3,7 +3,7 @@
 
 use palisade_controller::rebalance::excess;
 use palisade_harness::schedule::{self, base, pod, NODES};
-use palisade_harness::Cluster;
+use palisade_harness::{feed, Cluster};
 use palisade_policy::model::Name;
 
 /// Three replicas with a leader, the base policy and a pod on each node applied, and every
@@ -208,6 +208,63 @@ fn a_crowded_replica_sends_agents_to_its_peers_until_they_are_in_balance() {
     assert!(c.run_until(1000, balanced), "{}", c.describe());
     assert!(c.settle_past(index, 300), "{}", c.describe());
     moved_by_version_without_divergence(&c);
+}
+
+#[test]
+fn only_the_leader_ingests_and_a_new_leader_reconciles_what_changed_meanwhile() {
+    let mut c = Cluster::new(6, 3, &NODES);
+    assert!(c.run_until(500, |c| c.leader().is_some()), "a leader");
+    let read = |pods: &[(u64, &str)]| {
+        let mut commands = base();
+        for (i, node) in pods {
+            commands.extend(pod(*i, true, node));
+        }
+        feed::desired(commands)
+    };
+    // Every replica's source reads the same; only the leader's proposes it.
+    let want = read(&[(0, "n1"), (1, "n2"), (2, "n3")]);
+    c.feed = Some(want.clone());
+    let holds = |c: &Cluster, want: &feed::Desired| {
+        c.live()
+            .iter()
+            .all(|id| c.core(*id).unwrap().state().machine().owned_by(feed::OWNER) == *want)
+    };
+    assert!(c.run_until(500, |c| holds(c, &want)), "{}", c.describe());
+    let leader = c.leader().expect("a leader");
+    for id in c.live() {
+        let proposals = c.core(id).unwrap().feed.proposals;
+        assert_eq!(
+            proposals > 0,
+            id == leader,
+            "replica {id}: {proposals} proposals"
+        );
+    }
+    // The leader fails, and what the source reads changes meanwhile (a pod goes, another
+    // comes): the next leader reconciles the replicated state with it.
+    c.crash(leader);
+    let changed = read(&[(1, "n2"), (2, "n3"), (50, "n1")]);
+    c.feed = Some(changed.clone());
+    assert!(
+        c.run_until(500, |c| c.leader().is_some_and(|l| l != leader)
+            && holds(c, &changed)),
+        "{}",
+        c.describe()
+    );
+    let next = c.leader().expect("a leader");
+    assert!(c.core(next).unwrap().feed.proposals > 0, "it reconciled");
+    // The old leader comes back a follower: it catches up and proposes nothing.
+    c.restart(leader);
+    assert!(
+        c.run_until(500, |c| holds(c, &changed) && c.converged()),
+        "{}",
+        c.describe()
+    );
+    assert_eq!(c.core(leader).unwrap().feed.proposals, 0);
+    assert!(
+        c.ledger.divergences.is_empty(),
+        "{:?}",
+        c.ledger.divergences
+    );
 }
 
 #[test]
