@@ -24,12 +24,13 @@ use crate::history::{Entry, Limits};
 use crate::metrics::Metrics;
 use crate::view::View;
 
-/// Where the writer tells readers what it applied (the [`crate::hub::Hub`]), in this order per
-/// revision: publish the view, tell the rollout what changed, wake the changed nodes' streams.
+/// Where the writer tells readers what it applied (the [`crate::hub::Hub`]), per revision:
+/// publish the view and tell the rollout what changed (together, as one step for readers),
+/// then wake the changed nodes' streams.
 pub trait Readers {
     fn metrics(&self) -> &Metrics;
-    /// Revision `index` is applied: publish `view`, then record each node's new version and
-    /// digest (`changes`) in the rollout and wake those nodes.
+    /// Revision `index` is applied: publish `view` and record each node's new version and
+    /// digest (`changes`) in the rollout, as one step for readers, then wake those nodes.
     fn applied(&self, view: &View, index: u64, changes: &[(&Name, u64, Digest)], now: Instant);
     /// The state was replaced by a snapshot holding `nodes`: publish `view`, tell the rollout,
     /// wake every node.
@@ -122,8 +123,9 @@ impl State {
     }
 
     /// Apply committed log entries, each at its index (one revision), in order; entries at or
-    /// below the applied index are skipped. Each revision is published before the rollout
-    /// hears of it (so a reader that sees a version in the rollout finds it in the view).
+    /// below the applied index are skipped. Each revision is published together with what it
+    /// means for the rollout (so an ack of a version read from the view finds the rollout
+    /// expecting it, and a version the rollout holds is in the view).
     /// Returns the last index, and what the state machine refused of each entry (only those
     /// that refused something).
     pub fn apply(

@@ -26,9 +26,10 @@ use crate::view::View;
 /// A question for the apply thread, answered between revisions with the applied state.
 pub type Read = Box<dyn FnOnce(&State) + Send>;
 
-/// The apply thread is gone (the replica is shutting down): nobody can answer.
+/// The apply thread did not answer: it is gone (the replica is shutting down), or the
+/// question panicked (a bug, logged there).
 #[derive(Debug, thiserror::Error)]
-#[error("the applied state is gone (the replica is shutting down)")]
+#[error("the applied state could not answer (the replica is shutting down, or the question failed: its log says which)")]
 pub struct Gone;
 
 impl From<Gone> for tonic::Status {
@@ -363,17 +364,22 @@ impl Hub {
     }
 }
 
-/// What the writer ([`State`]) tells the readers, in this order per revision: publish the
-/// view, tell the rollout, wake the nodes' streams.
+/// What the writer ([`State`]) tells the readers, per revision: publish the view and tell the
+/// rollout (in one section of the progress lock), then wake the nodes' streams.
 impl Readers for Hub {
     fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     fn applied(&self, view: &View, index: u64, changes: &[(&Name, u64, Digest)], now: Instant) {
-        self.view.store(Arc::new(view.clone()));
         {
+            // Published under the progress lock, with the rollout told in the same section:
+            // whoever takes the lock sees both or neither. An agent acks only what a stream
+            // planned from a view, so its ack (taken under this lock) never finds a version
+            // the rollout has not heard of yet; and a merge that loads the view under it
+            // finds every version the rollout holds as desired.
             let mut p = self.lock_progress();
+            self.view.store(Arc::new(view.clone()));
             for (node, version, digest) in changes {
                 p.rollout.changed(node, *version, *digest, now);
             }
@@ -388,10 +394,11 @@ impl Readers for Hub {
     }
 
     fn restored(&self, view: &View, nodes: &[NodeSummary]) {
-        self.view.store(Arc::new(view.clone()));
         let now = Instant::now();
         {
+            // As in `applied`: the view and the rollout change in one section.
             let mut p = self.lock_progress();
+            self.view.store(Arc::new(view.clone()));
             for n in nodes {
                 if p.rollout.node(&n.node).map(|r| r.desired_version) != Some(n.version) {
                     p.rollout.known(&n.node, n.version, n.digest, now);

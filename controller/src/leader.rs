@@ -161,8 +161,12 @@ pub async fn run<S: LeaderSource>(
                 lifecycle.step(Event::CaughtUp { term, ok })
             }
             Step::Lead { term } => {
-                let Ok(applied) = hub.ask(|st| st.machine().owned_by(S::OWNER)).await else {
-                    return;
+                let applied = match hub.ask(|st| st.machine().owned_by(S::OWNER)).await {
+                    Ok(applied) => applied,
+                    Err(gone) => {
+                        warn!("{gone}: {} stops", source.name());
+                        return;
+                    }
                 };
                 let began = Instant::now();
                 let how = tokio::select! {

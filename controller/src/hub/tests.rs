@@ -168,3 +168,44 @@ fn a_view_is_one_revision_whatever_is_applied_after_it() {
         Some(crate::history::Catchup::One(e)) if e.to == 3
     ));
 }
+
+#[test]
+fn under_the_progress_lock_the_view_and_the_rollout_agree() {
+    // An agent acks what a stream planned from the view; its ack is taken under the progress
+    // lock, and must find the rollout expecting that version (else it is dropped as unknown
+    // and the realized watermark stalls until the node changes again).
+    let mut applied = Applied::new(1);
+    applied.apply(&[(1, None), (2, Some(batch(SHOP)))]);
+    let Applied {
+        hub,
+        mut state,
+        reads: _reads,
+    } = applied;
+    let hub = std::sync::Arc::new(hub);
+    let writer = {
+        let hub = hub.clone();
+        std::thread::spawn(move || {
+            for i in 0..300u64 {
+                let ip = format!("10.0.{}.{}", 1 + i / 200, 2 + i % 200);
+                let pod = crate::testing::pod(&format!("p{i}"), "n1", &ip);
+                state.apply(&*hub, &[(3 + i, Some(batch(&pod)))]);
+            }
+        })
+    };
+    let mut disagreed = Vec::new();
+    while !writer.is_finished() {
+        hub.progress(|p| {
+            let seen = hub.view().desired("n1").0;
+            let told = p.rollout().node("n1").map_or(0, |r| r.desired_version);
+            if seen != told {
+                disagreed.push((seen, told));
+            }
+        });
+    }
+    writer.join().unwrap();
+    assert!(
+        disagreed.is_empty(),
+        "the view showed a version the rollout had not heard of: {:?}",
+        &disagreed[..disagreed.len().min(5)]
+    );
+}

@@ -42,6 +42,8 @@ pub struct Applier {
     /// Readers' questions.
     pub reads: Reads,
     pub jobs: Receiver<Job>,
+    /// Disconnected at shutdown (its sender is dropped then).
+    pub stop: Receiver<()>,
     pub inbox: Sender<Input>,
     pub snapshot_every: u64,
     /// The log store, to stage snapshots in.
@@ -71,17 +73,27 @@ impl Applier {
     }
 
     pub fn run(mut self) {
+        let (jobs, reads, stop) = (
+            self.jobs.clone(),
+            self.reads.receiver().clone(),
+            self.stop.clone(),
+        );
+        let never = crossbeam_channel::never();
+        let mut taking = true;
         loop {
             crossbeam_channel::select! {
-                recv(self.jobs) -> job => match job {
+                recv(if taking { &jobs } else { &never }) -> job => match job {
                     Ok(job) => self.job(job),
-                    Err(_) => break,
+                    // Raft's thread is gone (it stopped, or it panicked: then this replica
+                    // keeps serving what it applied): answer readers until shutdown.
+                    Err(_) => taking = false,
                 },
-                recv(self.reads.receiver()) -> read => {
+                recv(reads) -> read => {
                     if let Ok(read) = read {
                         crate::hub::answer(read, &self.state);
                     }
                 }
+                recv(stop) -> _ => break,
             }
         }
         // Questions asked before the group stopped get the state as it was left.

@@ -68,6 +68,13 @@ pub fn start(parts: Parts) -> std::io::Result<Started> {
     let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
     let outbox = transport.start(group, metrics.clone(), inbox_tx.clone(), shutdown.clone());
     let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+    // The apply thread answers readers until shutdown, also after Raft's thread is gone.
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        drop(stop_tx);
+    });
     let (status_tx, status_rx) = watch::channel(GroupStatus {
         raft: palisade_replica::Status {
             id: config.id,
@@ -127,6 +134,7 @@ pub fn start(parts: Parts) -> std::io::Result<Started> {
         state,
         reads,
         jobs: jobs_rx,
+        stop: stop_rx,
         inbox: inbox_tx.clone(),
         snapshot_every: config.options.snapshot_every,
         store,

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::session::{self, Kind, Session};
 use super::{cap, Stream, Streams, SyncConfig, MAX_FAILED_CLOSED, MAX_TEXT};
-use crate::hub::Hub;
+use crate::hub::{Gone, Hub};
 use crate::replication::Group;
 use crate::rollout::{AckOutcome, AgentInfo};
 
@@ -117,9 +117,19 @@ impl Connection {
                 }
                 permit = tx.reserve(), if want => {
                     let Ok(permit) = permit else { break };
-                    if let Some((msg, kind)) = self.next_message().await {
-                        self.hub.metrics.sent(kind.as_str(), msg.len());
-                        permit.send(Ok(msg));
+                    match self.next_message().await {
+                        Ok(Some((msg, kind))) => {
+                            self.hub.metrics.sent(kind.as_str(), msg.len());
+                            permit.send(Ok(msg));
+                        }
+                        Ok(None) => {}
+                        // No slice to send: end the stream (the agent tries another replica)
+                        // rather than ask again at once.
+                        Err(gone) => {
+                            warn!("ending the stream: {gone}");
+                            permit.send(Err(Status::unavailable(format!("{gone}: try another replica"))));
+                            break;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(held.unwrap_or_else(tokio::time::Instant::now)), if held.is_some() => {
@@ -183,11 +193,13 @@ impl Connection {
 
     /// What takes the agent from what it holds to the node's latest version: planned from
     /// one view (cheap: clones of shared parts), encoded after; a snapshot is the slice the
-    /// apply thread holds when asked (`None` when it is gone: the replica is stopping).
-    async fn next_message(&mut self) -> Option<(Encoded, Kind)> {
-        let planned = self.session.plan(&*self.hub.view())?;
-        // Recorded when the revision was published (the writer publishes before it tells
-        // the rollout, so a planned version is there).
+    /// apply thread holds when asked (an error when it does not answer). `None`: nothing due.
+    async fn next_message(&mut self) -> Result<Option<(Encoded, Kind)>, Gone> {
+        let Some(planned) = self.session.plan(&*self.hub.view()) else {
+            return Ok(None);
+        };
+        // Recorded when the revision was published (together with the view, so a planned
+        // version is there).
         let applied_at = self
             .hub
             .progress(|p| p.rollout().committed_at(planned.desired));
@@ -195,8 +207,7 @@ impl Connection {
         let (msg, kind, desired, digest) = match session::encode(&node, planned) {
             Some(m) => m,
             None => {
-                let (version, digest, slice) =
-                    self.hub.ask(move |st| st.latest(&node)).await.ok()?;
+                let (version, digest, slice) = self.hub.ask(move |st| st.latest(&node)).await?;
                 session::snapshot(version, digest, &slice)
             }
         };
@@ -211,7 +222,7 @@ impl Connection {
             self.hub.metrics.stage("send", t.elapsed());
         }
         debug!(kind = kind.as_str(), %from, to = desired, bytes = msg.len(), "sending");
-        Some((msg, kind))
+        Ok(Some((msg, kind)))
     }
 
     fn received(&mut self, m: pb::AgentMessage) -> Result<(), Status> {
