@@ -137,11 +137,17 @@ impl AdminService {
     /// Wait (a few seconds at most) for a leader other than this replica, after handing
     /// leadership over.
     async fn new_leader(&self) -> u64 {
+        self.leader_known(true).await
+    }
+
+    /// Wait (10 s at most) until this replica knows a leader (`other`: one other than
+    /// itself); 0 when it does not.
+    async fn leader_known(&self, other: bool) -> u64 {
         let mut w = self.group.watch();
         let me = self.group.id();
         let found = tokio::time::timeout(
             Duration::from_secs(10),
-            w.wait_for(|s| s.raft.leader != 0 && s.raft.leader != me),
+            w.wait_for(|s| s.raft.leader != 0 && !(other && s.raft.leader == me)),
         )
         .await;
         match found {
@@ -204,6 +210,11 @@ impl Admin for AdminService {
         let mut req = req.into_inner();
         let change = requested_change(&req)?;
         let mut leader = self.group.status().raft.leader;
+        if leader == 0 {
+            // An election (a leader that just handed over forwards here before this replica
+            // has heard it won): wait for it rather than refuse.
+            leader = self.leader_known(false).await;
+        }
         if self.group.status().is_leader() {
             // A change still being committed (or a new leader's first entry, before which
             // raft-rs takes none) clears within moments: wait a little for it. So does a
