@@ -24,11 +24,30 @@ fn n(node: &str) -> Name {
     node.into()
 }
 
+/// The leader, and a replica that follows it.
+fn leader_and_follower(c: &Cluster) -> (u64, u64) {
+    let leader = c.leader().expect("a leader");
+    let follower = *c.ids.iter().find(|id| **id != leader).expect("a follower");
+    (leader, follower)
+}
+
+/// Every agent's stream to replica `id` (each must be taken).
+fn connect_all(c: &mut Cluster, id: u64) {
+    for node in NODES {
+        assert!(c.connect(&n(node), id), "{}", c.describe());
+    }
+}
+
 /// Every agent got its slice whole once and moved by version after, and no replica diverged.
 fn moved_by_version_without_divergence(c: &Cluster) {
     for a in c.agents.values() {
         assert_eq!(a.snapshots, 1, "agent {} moved by version", a.node);
     }
+    no_divergence(c);
+}
+
+/// No replica or agent diverged in the run.
+fn no_divergence(c: &Cluster) {
     assert!(
         c.ledger.divergences.is_empty(),
         "{:?}",
@@ -68,19 +87,14 @@ fn agents_resume_by_version_when_their_replica_fails() {
             a.node, a.updates
         );
     }
-    assert!(
-        c.ledger.divergences.is_empty(),
-        "{:?}",
-        c.ledger.divergences
-    );
+    no_divergence(&c);
 }
 
 #[test]
 fn an_agent_ahead_of_a_replica_is_sent_away_until_it_catches_up() {
     let mut c = settled(2);
     c.auto_connect = false;
-    let leader = c.leader().expect("a leader");
-    let behind = *c.ids.iter().find(|id| **id != leader).expect("a follower");
+    let (leader, behind) = leader_and_follower(&c);
     c.isolate(behind);
     let index = c.propose(pod(20, true, "n1")).expect("the leader takes it");
     let n1 = n("n1");
@@ -101,22 +115,15 @@ fn an_agent_ahead_of_a_replica_is_sent_away_until_it_catches_up() {
         c.connect(&n(node), leader);
     }
     assert!(c.settle_past(index, 200), "{}", c.describe());
-    assert!(
-        c.ledger.divergences.is_empty(),
-        "{:?}",
-        c.ledger.divergences
-    );
+    no_divergence(&c);
 }
 
 #[test]
 fn acks_taken_on_one_replica_are_realized_on_every_replica_through_the_tables() {
     let mut c = settled(3);
     c.auto_connect = false;
-    let leader = c.leader().expect("a leader");
-    let other = *c.ids.iter().find(|id| **id != leader).expect("a follower");
-    for node in NODES {
-        c.connect(&n(node), other);
-    }
+    let (leader, other) = leader_and_follower(&c);
+    connect_all(&mut c, other);
     let index = c.propose(pod(30, true, "n2")).expect("the leader takes it");
     // The leader serves no agent: it knows they hold the change from the other's table.
     assert!(c.settle_past(index, 200), "{}", c.describe());
@@ -140,11 +147,8 @@ fn acks_taken_on_one_replica_are_realized_on_every_replica_through_the_tables() 
 fn a_replica_cut_from_its_group_sends_its_agents_away_and_serves_again_once_healed() {
     let mut c = settled(4);
     c.auto_connect = false;
-    let leader = c.leader().expect("a leader");
-    let cut = *c.ids.iter().find(|id| **id != leader).expect("a follower");
-    for node in NODES {
-        assert!(c.connect(&n(node), cut), "{}", c.describe());
-    }
+    let (_, cut) = leader_and_follower(&c);
+    connect_all(&mut c, cut);
     c.auto_connect = true;
     // Cut from its peers, reachable by agents: after the grace it refuses them, and every
     // agent moves to a replica that has a leader.
@@ -260,11 +264,7 @@ fn only_the_leader_ingests_and_a_new_leader_reconciles_what_changed_meanwhile() 
         c.describe()
     );
     assert_eq!(c.core(leader).unwrap().feed.proposals, 0);
-    assert!(
-        c.ledger.divergences.is_empty(),
-        "{:?}",
-        c.ledger.divergences
-    );
+    no_divergence(&c);
 }
 
 #[test]
