@@ -438,7 +438,7 @@ async fn held_pod(r: &Replicas, id: u64, i: usize, consistent: bool) -> Option<(
 /// holds that change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_left_in_seconds_and_never_calls_old_state_current() {
-    let (r, agents, _) = synced(Options::default()).await;
+    let (mut r, agents, _) = synced(Options::default()).await;
     let leader = r.leader().await;
     let on_leader = agents
         .now()

@@ -134,15 +134,6 @@ impl Group {
         }
     }
 
-    pub fn spec(&self) -> &Spec {
-        &self.spec
-    }
-
-    /// Arguments every replica gets from its next start on.
-    pub fn args_mut(&mut self) -> &mut Vec<OsString> {
-        &mut self.spec.args
-    }
-
     /// Add (or replace) member `id`: named in the `--peers` of every replica started after.
     pub fn add(&mut self, id: u64, member: Member) {
         self.members.insert(id, member);
@@ -264,11 +255,17 @@ impl Group {
 
     /// Send `signal` to member `id` (SIGSTOP, SIGCONT, SIGTERM, ...): the process this group
     /// started and has not reaped.
-    pub fn signal(&self, id: u64, signal: i32) -> std::io::Result<()> {
+    pub fn signal(&mut self, id: u64, signal: i32) -> std::io::Result<()> {
         let c = self
             .children
-            .get(&id)
+            .get_mut(&id)
             .ok_or_else(|| std::io::Error::other(format!("replica {id} does not run")))?;
+        // Ended and reaped already (its PID may be another process's now): not signalled.
+        if let Some(status) = c.try_wait()? {
+            return Err(std::io::Error::other(format!(
+                "replica {id} has ended ({status})"
+            )));
+        }
         // SAFETY: a plain signal to a child this process started and has not reaped, so its
         // PID is still this child's.
         if unsafe { libc::kill(c.id() as i32, signal) } == 0 {
@@ -351,5 +348,30 @@ impl Drop for Group {
         for id in self.alive() {
             self.kill(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_that_ended_is_never_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        // `true` ends at once, whatever its arguments.
+        let mut g = Group::new(Spec {
+            bin: "true".into(),
+            security: Security::Insecure { remote: false },
+            args: Vec::new(),
+            log_filter: "info".into(),
+        });
+        g.add(1, Member::loopback(dir.path(), 1).unwrap());
+        g.start(1, Start::default()).unwrap();
+        while g.running(1) {
+            std::thread::yield_now();
+        }
+        // Reaped by `running`: its PID is free for any other process, so it is not used.
+        let e = g.signal(1, libc::SIGTERM).unwrap_err();
+        assert!(e.to_string().contains("has ended"), "{e}");
     }
 }

@@ -6,9 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on `host` below the kernel's ephemeral range. A replica restarts on its
-/// port, and a port from that range could meanwhile be handed to any listener on port 0 or
-/// any outgoing connection, which a test would then talk to instead.
+/// Ports [`free_port`] handed out in this process: each is handed out once (the listener that
+/// proved it free is closed at once, so a second draw could find it free again).
+static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A free TCP port on `host` below the kernel's ephemeral range, never one this process was
+/// given before. A replica restarts on its port, and a port from that range could meanwhile
+/// be handed to any listener on port 0 or any outgoing connection, which a test would then
+/// talk to instead.
 pub fn free_port(host: IpAddr) -> std::io::Result<u16> {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -19,9 +25,11 @@ pub fn free_port(host: IpAddr) -> std::io::Result<u16> {
     } else {
         (low.max(1024), 65535)
     };
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..10_000 {
         let port = fastrand::u16(from..to);
-        if std::net::TcpListener::bind((host, port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind((host, port)).is_ok() {
+            given.insert(port);
             return Ok(port);
         }
     }
@@ -67,6 +75,10 @@ pub fn sum(page: &str, name: &str) -> f64 {
 /// Stop `c` and reap it: SIGTERM and up to `grace` for it to end, then SIGKILL (a zero
 /// `grace`: SIGKILL at once).
 pub fn stop(mut c: Child, grace: Duration) {
+    // Ended and reaped already (its PID may be another process's now): nothing to signal.
+    if matches!(c.try_wait(), Ok(Some(_))) {
+        return;
+    }
     if !grace.is_zero() {
         // SAFETY: a plain signal to a child this process started and has not reaped, so its
         // PID is still this child's.
@@ -99,6 +111,14 @@ mod tests {
             assert!(port < low, "{port} is in the ephemeral range from {low}");
         }
         std::net::TcpListener::bind((lo, port)).unwrap();
+    }
+
+    #[test]
+    fn a_port_is_handed_out_once_in_a_process() {
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        let ports: Vec<u16> = (0..3000).map(|_| free_port(lo).unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
     }
 
     #[test]

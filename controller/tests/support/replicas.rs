@@ -226,13 +226,13 @@ impl Replicas {
     }
 
     /// SIGSTOP replica `id` (frozen: its connections stay open), or SIGCONT it.
-    pub fn pause(&self, id: u64, paused: bool) {
+    pub fn pause(&mut self, id: u64, paused: bool) {
         let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
         self.group.signal(id, signal).unwrap();
     }
 
     /// SIGTERM replica `id` (see [`Replicas::exited`]).
-    pub fn terminate(&self, id: u64) {
+    pub fn terminate(&mut self, id: u64) {
         self.group.signal(id, libc::SIGTERM).unwrap();
     }
 
