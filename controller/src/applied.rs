@@ -75,11 +75,6 @@ impl State {
         self.machine.applied()
     }
 
-    /// What readers see of this state (the copy published last).
-    pub fn view(&self) -> &View {
-        &self.view
-    }
-
     /// The node's desired version and digest (0 and the empty digest for an unknown node).
     pub fn desired(&self, node: &str) -> (u64, Digest) {
         self.view.desired(node)
@@ -92,7 +87,8 @@ impl State {
     }
 
     /// Replace the state machine (restored from a snapshot: at startup, or sent by the
-    /// leader to a replica that lagged too far). Every node whose version changed is woken;
+    /// leader to a replica that lagged too far). Every watched node is woken (those whose
+    /// version did not change find nothing to send);
     /// their history of updates is gone (agents resuming at an older version get snapshots),
     /// the others' stays.
     pub fn install(&mut self, hub: &impl Readers, machine: Machine) {

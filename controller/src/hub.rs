@@ -165,8 +165,8 @@ impl Hub {
         rx.await.map_err(|_| Gone)
     }
 
-    /// [`Hub::ask`], waiting on this thread: for threads that may block (tests, the load
-    /// test's own threads), never an async worker.
+    /// [`Hub::ask`], waiting on this thread: for threads that may block (the blocking pool,
+    /// tests), never an async worker.
     pub fn ask_blocking<R: Send + 'static>(
         &self,
         f: impl FnOnce(&State) -> R + Send + 'static,

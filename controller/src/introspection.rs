@@ -137,7 +137,6 @@ fn node_status(
 }
 
 /// Nodes the controller knows: with pods, or with an agent that connected.
-/// Every node with a slice (`slices`) or known to the rollout.
 fn known_nodes<'a>(slices: impl Iterator<Item = &'a Name>, p: &Progress) -> BTreeSet<Name> {
     let mut names: BTreeSet<Name> = slices.cloned().collect();
     names.extend(p.rollout().nodes().map(|(n, _)| n.clone()));

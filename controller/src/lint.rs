@@ -61,24 +61,22 @@ impl Linter {
             return known.clone();
         }
         let started = Instant::now();
-        // Linted on the apply thread, which owns the state. A bug in a diagnostic must not
-        // take the state (and every agent's sync) down with it: the panic stops there.
+        // Linted on the apply thread, which owns the state. A bug in a diagnostic does not take
+        // the state (and every agent's sync) down with it: a question that panics stops there
+        // and gets no answer (`hub::answer`).
         let linted = self.hub.ask_blocking(|st| {
-            let linted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                lint::lint(st.engine(), &lint::Options::default())
-            }));
-            (st.revision(), linted.ok())
+            (
+                st.revision(),
+                lint::lint(st.engine(), &lint::Options::default()),
+            )
         });
         let (revision, findings) = match linted {
-            Ok((revision, Some(f))) => (revision, f),
-            failed => {
-                match failed {
-                    Ok(_) => error!(
-                        revision,
-                        "the lint of the replicated state failed (a bug); the last findings are kept"
-                    ),
-                    Err(e) => warn!(revision, "no lint: {e}; the last findings are kept"),
-                }
+            Ok(linted) => linted,
+            Err(e) => {
+                error!(
+                    revision,
+                    "the lint of the replicated state failed: {e}; the last findings are kept"
+                );
                 let kept = cache.get_or_insert_with(|| {
                     Arc::new(Findings {
                         revision: 0,

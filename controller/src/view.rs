@@ -1,6 +1,6 @@
 //! What readers see of the applied state, per revision: each node's desired version and
 //! digest and its recent history of updates ([`View`]), published by the one writer (the
-//! apply thread, through [`crate::applied::State`]) after each applied batch and read
+//! apply thread, through [`crate::applied::State`]) after each applied revision and read
 //! without any lock. [`NodeView`] is the small read trait the agent stream's protocol
 //! ([`crate::sync`]) decides through, so it steps without the hub or any I/O.
 //!

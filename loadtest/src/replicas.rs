@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -23,11 +22,6 @@ pub use palisade_procs::{beside_executable, http_get, sum, Handle};
 
 /// How long a graceful stop waits before SIGKILL.
 const GRACE: Duration = Duration::from_secs(30);
-
-/// A free loopback port below the ephemeral range.
-pub fn free_port() -> std::io::Result<u16> {
-    palisade_procs::free_port(Ipv4Addr::LOCALHOST.into())
-}
 
 /// Wait until `done` holds (checked every 10 ms), at most `limit`; what it took.
 pub async fn until(
@@ -149,10 +143,6 @@ impl Replicas {
         self.group.addrs()
     }
 
-    pub fn log_path(&self, id: u64) -> PathBuf {
-        self.group.member(id).log.clone()
-    }
-
     /// Start replica `id` (`--bootstrap`: a new group on first start, ignored once its
     /// directory holds one).
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
@@ -209,10 +199,6 @@ impl Replicas {
 
     pub fn conn(&self, id: u64) -> Conn {
         self.group.conn(id)
-    }
-
-    pub fn metrics_addr(&self, id: u64) -> String {
-        self.group.member(id).metrics.clone().unwrap_or_default()
     }
 
     pub fn metrics(&self, id: u64) -> String {

@@ -91,6 +91,23 @@ fn other(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(raft::StorageError::Other(e.to_string().into()))
 }
 
+/// How the log's sled database is opened (the same settings every time: sled refuses a
+/// directory written with others).
+fn sled_config(path: &Path) -> sled::Config {
+    // The log is rewritten constantly (entries appended, compacted behind snapshots):
+    // sled reclaims space more eagerly in low-space mode, and compression shrinks the
+    // JSON entries and snapshots several times over.
+    sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::LowSpace)
+        // sled caches up to 1 GiB by default; the log is read back rarely (a lagging peer).
+        .cache_capacity(64 << 20)
+        // Every write is flushed when it must be durable: no background flusher thread
+        // (it also held the directory's lock for a while after the store was dropped).
+        .flush_every_ms(None)
+        .use_compression(true)
+}
+
 /// Whether sled refused to open a directory because its lock is held (by a store of this
 /// process still being dropped, or another process). sled says so as an I/O error of kind
 /// `Other` whose text names the lock, with the `WouldBlock` it got inside.
@@ -135,18 +152,7 @@ impl SledStorage {
                 }
             }
         }
-        // The log is rewritten constantly (entries appended, compacted behind snapshots):
-        // sled reclaims space more eagerly in low-space mode, and compression shrinks the
-        // JSON entries and snapshots several times over.
-        let config = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::LowSpace)
-            // sled caches up to 1 GiB by default; the log is read back rarely (a lagging peer).
-            .cache_capacity(64 << 20)
-            // Every write is flushed when it must be durable: no background flusher thread
-            // (it also held the directory's lock for a while after the store was dropped).
-            .flush_every_ms(None)
-            .use_compression(true);
+        let config = sled_config(path);
         // A store just dropped in this process may still be releasing its lock: wait a little.
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let opened = loop {
@@ -527,19 +533,13 @@ mod tests {
     }
 
     #[test]
-    fn a_store_reopens_while_the_last_one_is_still_being_dropped() {
+    fn sleds_own_refusal_while_a_store_holds_the_directory_is_a_held_lock() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft");
-        let first = SledStorage::open(&path, Create::IfMissing).unwrap();
-        // Held by another thread while this one opens: the open waits for the lock.
-        let (opening_tx, opening) = std::sync::mpsc::channel::<()>();
-        let holder = std::thread::spawn(move || {
-            opening.recv().unwrap();
-            drop(first);
-        });
-        opening_tx.send(()).unwrap();
-        let second = SledStorage::open(&path, Create::Never);
-        holder.join().unwrap();
-        assert!(second.is_ok(), "{:?}", second.err());
+        let _held = SledStorage::open(&path, Create::IfMissing).unwrap();
+        let refused = sled_config(&path)
+            .open()
+            .expect_err("sled refuses a directory another handle holds");
+        assert!(lock_held(&refused), "{refused}");
     }
 }
